@@ -1,0 +1,1 @@
+"""notifier: watch things, email a diff when they change."""

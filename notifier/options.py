@@ -1,0 +1,301 @@
+"""Typed option declarations: the one source of truth for validation, defaults, docs and schema.
+
+Each watcher, filter and config section declares a tuple of `Option`s. The same tuple is used
+to check a user's YAML (with a hint for every mistake), to fill defaults, to print
+`notifier kinds`, and to generate the published JSON Schema, so they cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from email.utils import parseaddr
+from typing import Any, ClassVar
+
+from notifier.errors import Problem
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+class Type:
+    """How one option's value is checked and described. `parse` raises ValueError(hint)."""
+
+    name: ClassVar[str] = "value"
+
+    def parse(self, value: Any) -> Any:
+        return value
+
+    def schema(self) -> dict[str, Any]:
+        return {}
+
+
+class Str(Type):
+    name = "string"
+
+    def parse(self, value: Any) -> str:
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValueError(f"expected a string, got {_describe(value)}")
+        return str(value)
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string"}
+
+
+class Int(Type):
+    name = "integer"
+
+    def __init__(self, minimum: int | None = None) -> None:
+        self.minimum = minimum
+
+    def parse(self, value: Any) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"expected a whole number, got {_describe(value)}")
+        if self.minimum is not None and value < self.minimum:
+            raise ValueError(f"must be at least {self.minimum}, got {value}")
+        return value
+
+    def schema(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"type": "integer"}
+        if self.minimum is not None:
+            out["minimum"] = self.minimum
+        return out
+
+
+class Bool(Type):
+    name = "boolean"
+
+    def parse(self, value: Any) -> bool:
+        if not isinstance(value, bool):
+            raise ValueError(f"expected true or false, got {_describe(value)}")
+        return value
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "boolean"}
+
+
+class Duration(Type):
+    """Seconds, written as a number or with a unit: ``30``, ``30s``, ``10m``, ``1.5h``, ``1d``."""
+
+    name = "duration"
+
+    def parse(self, value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError("expected a duration such as 30s, 10m or 1h, got a boolean")
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ValueError(f"expected a duration such as 30s, 10m or 1h, got {value!r}")
+        seconds = float(match.group(1)) * _UNITS[match.group(2)]
+        if seconds <= 0:
+            raise ValueError("a duration must be greater than zero")
+        return seconds
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": ["number", "string"], "pattern": _DURATION.pattern}
+
+
+class Choice(Type):
+    name = "choice"
+
+    def __init__(self, *choices: str) -> None:
+        self.choices = choices
+
+    def parse(self, value: Any) -> str:
+        text = str(value)
+        if text not in self.choices:
+            raise ValueError(f"must be one of {', '.join(self.choices)}; got {value!r}")
+        return text
+
+    def schema(self) -> dict[str, Any]:
+        return {"enum": list(self.choices)}
+
+
+class ListOf(Type):
+    """A list of items; a single item is accepted where users naturally write one."""
+
+    name = "list"
+
+    def __init__(self, item: Type, single_ok: bool = True) -> None:
+        self.item = item
+        self.single_ok = single_ok
+
+    def parse(self, value: Any) -> tuple[Any, ...]:
+        if not isinstance(value, list):
+            if not self.single_ok:
+                raise ValueError(f"expected a list, got {_describe(value)}")
+            value = [value]
+        return tuple(self.item.parse(v) for v in value)
+
+    def schema(self) -> dict[str, Any]:
+        items = {"type": "array", "items": self.item.schema()}
+        return {"anyOf": [items, self.item.schema()]} if self.single_ok else items
+
+
+class MapOf(Type):
+    name = "mapping"
+
+    def __init__(self, value: Type) -> None:
+        self.value = value
+
+    def parse(self, value: Any) -> dict[str, Any]:
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a mapping, got {_describe(value)}")
+        return {str(k): self.value.parse(v) for k, v in value.items()}
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "object", "additionalProperties": self.value.schema()}
+
+
+class Regex(Str):
+    name = "regex"
+
+    def parse(self, value: Any) -> re.Pattern[str]:
+        text = super().parse(value)
+        try:
+            return re.compile(text)
+        except re.error as exc:
+            raise ValueError(f"is not a valid regular expression: {exc}") from None
+
+
+class Address(Str):
+    """An email address, checked when the config is loaded rather than when a mail bounces."""
+
+    name = "address"
+
+    def parse(self, value: Any) -> str:
+        text = super().parse(value)
+        _, addr = parseaddr(text)
+        if "\n" in text or "\r" in text or not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+", addr):
+            raise ValueError(f"{text!r} is not an email address such as name@example.com")
+        return text
+
+
+class StrOrList(Type):
+    """A command: a string (run by the shell) or a list of arguments (run without one)."""
+
+    name = "string or list"
+
+    def parse(self, value: Any) -> str | tuple[str, ...]:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, list) and value and all(isinstance(v, str | int) for v in value):
+            return tuple(str(v) for v in value)
+        raise ValueError("expected a command string or a non-empty list of arguments")
+
+    def schema(self) -> dict[str, Any]:
+        return {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+
+
+class AnyValue(Type):
+    """A value validated elsewhere (filter lists are checked by the filter registry)."""
+
+    name = "see docs"
+
+
+REQUIRED: Any = object()
+
+
+@dataclass(frozen=True)
+class Option:
+    """One configurable key: its type, default (or REQUIRED) and one line of documentation."""
+
+    name: str
+    type: Type
+    default: Any = None
+    doc: str = ""
+    check: Callable[[Any], None] | None = field(default=None, compare=False)
+
+    @property
+    def required(self) -> bool:
+        return self.default is REQUIRED
+
+    def schema(self) -> dict[str, Any]:
+        out = dict(self.type.schema())
+        if self.doc:
+            out["description"] = self.doc
+        if not self.required and self.default is not None and not callable(self.default):
+            out["default"] = self.default
+        return out
+
+
+def parse_options(
+    raw: Mapping[str, Any],
+    options: Sequence[Option],
+    file: str,
+    path: str,
+    defaults: Mapping[str, Any] | None = None,
+    ignore: Sequence[str] = (),
+) -> tuple[dict[str, Any], list[Problem]]:
+    """Check `raw` against `options`; return parsed values and every problem found.
+
+    `defaults` are already-parsed values (from the config's `defaults:` section) that take the
+    place of an option's own default. Keys in `ignore` belong to the caller.
+    """
+    problems: list[Problem] = []
+    known = {o.name: o for o in options}
+    values: dict[str, Any] = {}
+    for key in raw:
+        if key in known or key in ignore:
+            continue
+        problems.append(Problem(file, line_of(raw, key), _join(path, key), unknown_key_hint(key, known)))
+    for opt in options:
+        if opt.name not in raw:
+            if defaults and opt.name in defaults:
+                values[opt.name] = defaults[opt.name]
+            elif opt.required:
+                problems.append(
+                    Problem(file, line_of(raw), _join(path, opt.name),
+                            f"is required ({opt.doc or opt.type.name}); add it.")
+                )
+            else:
+                values[opt.name] = opt.default
+            continue
+        try:
+            values[opt.name] = None if raw[opt.name] is None else opt.type.parse(raw[opt.name])
+            if opt.check and values[opt.name] is not None:
+                opt.check(values[opt.name])
+        except ValueError as exc:
+            problems.append(Problem(file, line_of(raw, opt.name), _join(path, opt.name), f"{exc}."))
+    return values, problems
+
+
+def unknown_key_hint(key: str, known: Mapping[str, Any] | Sequence[str]) -> str:
+    """The message for a key nobody declared, with the closest known key when there is one."""
+    close = difflib.get_close_matches(str(key), list(known), n=1, cutoff=0.6)
+    if close:
+        return f"unknown key; did you mean {close[0]!r}?"
+    return f"unknown key; known keys are {', '.join(sorted(known))}."
+
+
+def line_of(node: Any, key: Any = None) -> int | None:
+    """The 1-based line of `key` in a mapping loaded by `notifier.yamlload`, if it kept one."""
+    lines = getattr(node, "lines", None)
+    if key is not None and lines and key in lines:
+        return int(lines[key])
+    line = getattr(node, "line", None)
+    return int(line) if line else None
+
+
+def schema_for(options: Sequence[Option], extra: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A JSON Schema object for a set of options; unknown keys are rejected there too."""
+    props = {o.name: o.schema() for o in options}
+    props.update(extra or {})
+    out: dict[str, Any] = {"type": "object", "properties": props, "additionalProperties": False}
+    required = [o.name for o in options if o.required]
+    if required:
+        out["required"] = required
+    return out
+
+
+def _join(path: str, key: Any) -> str:
+    return f"{path}.{key}" if path else str(key)
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    return f"{type(value).__name__} {value!r}"

@@ -1,0 +1,114 @@
+"""Load YAML keeping the line of every key, expanding ``${VAR}`` and catching duplicate keys.
+
+PyYAML throws line numbers away once it builds dicts; config errors must name the line, so
+mappings are built as `LineDict`s that remember where each key was written.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from notifier.errors import ConfigError, Problem
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class LineDict(dict[Any, Any]):
+    """A dict that knows the line of itself (`line`) and of each key (`lines`)."""
+
+    line: int | None = None
+    lines: dict[Any, int]
+
+
+class LineList(list[Any]):
+    """A list that knows the line it starts on and the line of each item."""
+
+    line: int | None = None
+    lines: list[int]
+
+
+class _Loader(yaml.SafeLoader):
+    """SafeLoader (no arbitrary objects) that records lines and reports env/duplicate issues."""
+
+    problems: list[Problem]
+    filename: str
+    environ: Mapping[str, str]
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LineDict:  # type: ignore[override]
+        self.flatten_mapping(node)
+        out = LineDict()
+        out.line = node.start_mark.line + 1
+        out.lines = {}
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in out:
+                self.problems.append(Problem(self.filename, line, str(key),
+                                             f"appears twice in one mapping (first on line "
+                                             f"{out.lines[key]}); keep one."))
+            out[key] = self.construct_object(value_node, deep=True)
+            out.lines[key] = line
+        return out
+
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> LineList:  # type: ignore[override]
+        out = LineList(self.construct_object(child, deep=True) for child in node.value)
+        out.line = node.start_mark.line + 1
+        out.lines = [child.start_mark.line + 1 for child in node.value]
+        return out
+
+    def construct_yaml_str(self, node: yaml.ScalarNode) -> str:
+        text = str(self.construct_scalar(node))
+        return _ENV.sub(lambda m: self._expand(m, node.start_mark.line + 1), text)
+
+    def _expand(self, match: re.Match[str], line: int) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in self.environ:
+            return self.environ[name]
+        if default is not None:
+            return default
+        self.problems.append(Problem(self.filename, line, f"${{{name}}}",
+                                     f"environment variable {name} is not set; set it or "
+                                     f"write ${{{name}:-default}}."))
+        return ""
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", lambda ld, n: ld.construct_mapping(n))
+_Loader.add_constructor("tag:yaml.org,2002:seq", lambda ld, n: ld.construct_sequence(n))
+_Loader.add_constructor("tag:yaml.org,2002:str", lambda ld, n: ld.construct_yaml_str(n))
+
+
+def load_yaml(path: Path, environ: Mapping[str, str] | None = None) -> tuple[Any, list[Problem]]:
+    """Parse `path`; return the data and the problems found while building it.
+
+    Unreadable files and syntax errors raise ConfigError right away: nothing else can be
+    checked in a file that does not parse.
+    """
+    name = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([Problem(name, None, "", "file not found; create it or pass -c PATH.")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([Problem(name, None, "", f"cannot be read ({exc}); check its permissions and encoding.")]) from None
+    loader = _Loader(text)
+    loader.problems = []
+    loader.filename = name
+    loader.environ = os.environ if environ is None else environ
+    try:
+        data = loader.get_single_data()
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark
+        line = mark.line + 1 if mark else None
+        col = f", column {mark.column + 1}" if mark else ""
+        raise ConfigError([Problem(name, line, "", f"is not valid YAML{col}: {exc.problem}; fix the syntax there.")]) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError([Problem(name, None, "", f"is not valid YAML: {exc}.")]) from None
+    finally:
+        loader.dispose()
+    return data, loader.problems
