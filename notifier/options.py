@@ -239,7 +239,8 @@ def parse_options(
     for key in raw:
         if key in known or key in ignore:
             continue
-        problems.append(Problem(file, line_of(raw, key), _join(path, key), unknown_key_hint(key, known)))
+        hint = unknown_key_hint(key, [*known, *ignore])
+        problems.append(Problem(file, line_of(raw, key), _join(path, key), hint))
     for opt in options:
         if opt.name not in raw:
             if defaults and opt.name in defaults:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from typing import Any, ClassVar
 
 from notifier.options import Option
@@ -32,3 +33,15 @@ class Kind:
     def summary(cls) -> str:
         """The first line of the class docstring: what `notifier kinds` shows."""
         return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+def kinds(family: str) -> dict[str, type[Any]]:
+    """The registered kinds of a family ("watchers" or "filters"), loading them on first use.
+
+    Looked up by name so that the config loader, which comes first in the pipeline, does not
+    import the stages after it; the kinds are plugins it discovers.
+    """
+    package = importlib.import_module(f"notifier.{family}")
+    base_name = {"watchers": "Watcher", "filters": "Filter"}[family]
+    registry: dict[str, type[Any]] = getattr(package, base_name).registry
+    return registry

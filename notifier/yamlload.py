@@ -93,9 +93,9 @@ def load_yaml(path: Path, environ: Mapping[str, str] | None = None) -> tuple[Any
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise ConfigError([Problem(name, None, "", "file not found; create it or pass -c PATH.")]) from None
+        raise _error(name, None, "file not found; create it or pass -c PATH.") from None
     except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError([Problem(name, None, "", f"cannot be read ({exc}); check its permissions and encoding.")]) from None
+        raise _error(name, None, f"cannot be read ({exc}); check its permissions and encoding.") from None
     loader = _Loader(text)
     loader.problems = []
     loader.filename = name
@@ -106,9 +106,13 @@ def load_yaml(path: Path, environ: Mapping[str, str] | None = None) -> tuple[Any
         mark = exc.problem_mark
         line = mark.line + 1 if mark else None
         col = f", column {mark.column + 1}" if mark else ""
-        raise ConfigError([Problem(name, line, "", f"is not valid YAML{col}: {exc.problem}; fix the syntax there.")]) from None
+        raise _error(name, line, f"is not valid YAML{col}: {exc.problem}; fix the syntax there.") from None
     except yaml.YAMLError as exc:
-        raise ConfigError([Problem(name, None, "", f"is not valid YAML: {exc}.")]) from None
+        raise _error(name, None, f"is not valid YAML: {exc}.") from None
     finally:
         loader.dispose()
     return data, loader.problems
+
+
+def _error(file: str, line: int | None, message: str) -> ConfigError:
+    return ConfigError([Problem(file, line, "", message)])

@@ -1,0 +1,184 @@
+"""The `notifier` command. This is the one place where errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+
+from notifier import config as configmod
+from notifier import logs, schema
+from notifier.config import Config, WatcherConfig
+from notifier.console import Progress, colored_diff, use_color
+from notifier.errors import (
+    EXIT_CHANGED,
+    EXIT_CONFIG,
+    EXIT_FAILED,
+    EXIT_OK,
+    ConfigError,
+    NotifierError,
+)
+from notifier.pipeline import Outcome, check, filtered
+from notifier.registry import kinds
+from notifier.secrets import redact
+from notifier.store import Store
+
+log = logging.getLogger("notifier")
+EXIT_BUG = 70  # EX_SOFTWARE
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Parse arguments, run the subcommand, and turn known errors into one line each."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logs.setup("debug" if args.debug else args.log_level or "warning")
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        print(f"{len(exc.problems)} problem(s) found; fix them and run `notifier validate` again.",
+              file=sys.stderr)
+        return EXIT_CONFIG
+    except NotifierError as exc:
+        print(f"notifier: {redact(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.debug:
+            raise
+        print(f"notifier: unexpected {type(exc).__name__}: {redact(str(exc))}. This is a bug; "
+              f"run again with --debug to see where, and report it.", file=sys.stderr)
+        return EXIT_BUG
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="notifier",
+                                     description="Watch things; email a diff when they change.")
+    parser.add_argument("-c", "--config", type=Path, default=Path("watchers.yaml"),
+                        help="path of watchers.yaml (default: ./watchers.yaml)")
+    parser.add_argument("--debug", action="store_true", help="verbose logs and tracebacks for bugs")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    sub = parser.add_subparsers(required=True, metavar="COMMAND")
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_, description=help_)
+        p.set_defaults(func=func)
+        return p
+
+    command("validate", cmd_validate, "check watchers.yaml and report every problem at once")
+    p = command("check", cmd_check, "run watchers once and print what changed")
+    p.add_argument("names", nargs="*", metavar="NAME", help="watchers to run (default: all)")
+    p.add_argument("--dry-run", action="store_true", help="show changes but leave the state untouched")
+    p = command("test-filter", cmd_test_filter, "fetch once and show the text after each filter")
+    p.add_argument("name", metavar="NAME")
+    command("kinds", cmd_kinds, "list watcher and filter kinds with their options")
+    command("schema", cmd_schema, "print the JSON Schema of watchers.yaml")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> Config:
+    cfg = configmod.load(args.config)
+    for warning in cfg.warnings:
+        log.warning("%s", warning)
+    return cfg
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    try:
+        cfg = _load(args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}")
+        print(f"{len(exc.problems)} problem(s) found in {args.config}.")
+        return 1
+    for warning in cfg.warnings:
+        print(f"warning: {warning}")
+    print(f"{args.config} is valid: {len(cfg.watchers)} watcher(s).")
+    return EXIT_OK
+
+
+def _select(cfg: Config, names: Sequence[str]) -> list[WatcherConfig]:
+    unknown = [n for n in names if cfg.watcher(n) is None]
+    if unknown:
+        known = ", ".join(w.name for w in cfg.watchers)
+        raise NotifierError(f"no watcher named {', '.join(unknown)} in {cfg.path}; known: {known}.")
+    return [w for w in cfg.watchers if not names or w.name in names]
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    selected = _select(cfg, args.names)
+    store = Store(cfg.state_dir / "state.db")
+    color = use_color(sys.stdout)
+    progress = Progress(len(selected))
+    outcomes: list[Outcome] = []
+    try:
+        with ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="check") as pool:
+            futures = [pool.submit(check, wc, store, None, args.dry_run) for wc in selected]
+            for future in as_completed(futures):
+                outcome = future.result()
+                outcomes.append(outcome)
+                progress.clear()
+                _print_outcome(outcome, color)
+                progress.advance()
+    finally:
+        progress.clear()
+        store.close()
+    return _check_exit(outcomes)
+
+
+def _print_outcome(outcome: Outcome, color: bool) -> None:
+    if outcome.diff:
+        sys.stdout.write(colored_diff(outcome.diff.unified(f"{outcome.name} (old)",
+                                                           f"{outcome.name} (new)"), color))
+    print(outcome.line(), flush=True)
+
+
+def _check_exit(outcomes: Sequence[Outcome]) -> int:
+    if any(o.status == "failed" for o in outcomes):
+        return EXIT_FAILED
+    if any(o.status == "changed" for o in outcomes):
+        return EXIT_CHANGED
+    return EXIT_OK
+
+
+def cmd_test_filter(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    (wc,) = _select(cfg, [args.name])
+    fetched = wc.watcher.fetch({})
+    print(f"=== fetched from {wc.watcher.source()} ({len(fetched.text)} characters)")
+    print(fetched.text)
+
+    def step(description: str, text: str) -> None:
+        print(f"=== after {description} ({len(text)} characters)")
+        print(text)
+
+    filtered(wc, fetched.text, step)
+    return EXIT_OK
+
+
+def cmd_kinds(args: argparse.Namespace) -> int:
+    for family in ("watchers", "filters"):
+        print(f"{family}:")
+        for name, cls in sorted(kinds(family).items()):
+            short = f" (shorthand: {name}: <{cls.shorthand}>)" if getattr(cls, "shorthand", None) else ""
+            print(f"  {name}: {cls.summary()}{short}")
+            for opt in cls.options:
+                req = "required" if opt.required else f"default {opt.default!r}"
+                print(f"      {opt.name} ({opt.type.name}, {req}): {opt.doc}")
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    sys.stdout.write(schema.render())
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

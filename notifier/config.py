@@ -1,0 +1,448 @@
+"""Load `watchers.yaml` into frozen, typed objects, reporting every problem at once.
+
+Each problem names the file, the line, the key path and what to do. Nothing after this
+module reads raw YAML: watchers and filters are built (and so validated) here, from the
+options their classes declare.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import stat
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from apscheduler.triggers.cron import CronTrigger
+
+from notifier.errors import ConfigError, Problem
+from notifier.options import (
+    REQUIRED,
+    Address,
+    AnyValue,
+    Bool,
+    Choice,
+    Duration,
+    Int,
+    ListOf,
+    Option,
+    Str,
+    line_of,
+    parse_options,
+    unknown_key_hint,
+)
+from notifier.registry import kinds
+from notifier.secrets import Secret, read_secret
+from notifier.yamlload import LineDict, LineList, load_yaml
+
+_WINDOW = re.compile(r"^(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})$")
+
+PROVIDERS: dict[str, dict[str, Any]] = {
+    "163": {"host": "smtp.163.com", "port": 465, "security": "ssl", "from_must_match": True},
+    "qq": {"host": "smtp.qq.com", "port": 465, "security": "ssl", "from_must_match": True},
+    "gmail": {"host": "smtp.gmail.com", "port": 587, "security": "starttls"},
+    "outlook": {"host": "smtp-mail.outlook.com", "port": 587, "security": "starttls"},
+}
+DEFAULT_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
+
+
+def _check_timezone(value: str) -> None:
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(f"{value!r} is not a known time zone; use a name like Asia/Shanghai") from None
+
+
+def _check_cron(value: str) -> None:
+    try:
+        CronTrigger.from_crontab(value)
+    except ValueError as exc:
+        raise ValueError(f"{value!r} is not a cron expression ({exc}); use five fields like "
+                         f"'*/15 9-18 * * mon-fri'") from None
+
+
+def _check_window(value: str) -> None:
+    match = _WINDOW.match(value)
+    if not match or int(match[1]) > 23 or int(match[3]) > 23 or int(match[2]) > 59 or int(match[4]) > 59:
+        raise ValueError(f"{value!r} is not a time window; write it like 22:00-07:30")
+
+
+# Options every watcher has, whatever its kind; all but name/kind/filters may go in `defaults:`.
+WATCHER_OPTIONS: tuple[Option, ...] = (
+    Option("name", Str(), REQUIRED, "Unique, stable identity of the watcher; its history follows it."),
+    Option("kind", Str(), REQUIRED, "What to watch: url, file or command."),
+    Option("filters", AnyValue(), (), "Filter chain applied in order to the fetched text."),
+    Option("enabled", Bool(), True, "Set to false to keep a watcher in the file without running it."),
+    Option("every", Duration(), 600.0, "Check interval, like 30s, 10m or 1h."),
+    Option("cron", Str(), None, "Cron schedule instead of `every`, like '*/15 9-18 * * mon-fri'.",
+           check=_check_cron),
+    Option("timezone", Str(), None, "Time zone for cron, quiet hours and mail dates.",
+           check=_check_timezone),
+    Option("quiet_hours", Str(), None, "Hold alerts inside this daily window, like 22:00-07:00.",
+           check=_check_window),
+    Option("history", Int(minimum=1), 10, "How many past versions to keep in the state."),
+    Option("context_lines", Int(minimum=0), 3, "Unchanged lines shown around each change."),
+    Option("additions_only", Bool(), False, "Alert only on added lines."),
+    Option("deletions_only", Bool(), False, "Alert only on removed lines."),
+    Option("to", ListOf(Address()), (), "Recipients of this watcher's alerts."),
+    Option("cc", ListOf(Address()), (), "Copy recipients."),
+    Option("bcc", ListOf(Address()), (), "Blind-copy recipients: in the envelope, never a header."),
+    Option("account", Str(), None, "Name of the smtp account to send with."),
+    Option("templates", Str(), None, "Directory with templates that override the shipped ones."),
+    Option("error_after", Int(minimum=1), 3, "Consecutive failures before an error alert."),
+    Option("remind_every", Duration(), None, "Repeat the error alert this often while failing."),
+    Option("digest", Duration(), None, "Batch changes into one mail per this period."),
+    Option("attach_snapshot", Bool(), False, "Attach the full new content to change alerts."),
+)
+_NOT_DEFAULTABLE = {"name", "kind", "filters"}
+DEFAULTS_OPTIONS = tuple(o for o in WATCHER_OPTIONS if o.name not in _NOT_DEFAULTABLE)
+
+SMTP_OPTIONS: tuple[Option, ...] = (
+    Option("provider", Choice(*PROVIDERS), None, "Preset host/port/security: 163, qq, gmail, outlook."),
+    Option("host", Str(), None, "SMTP server host name."),
+    Option("port", Int(minimum=1), None, "SMTP port; defaults by security: 465, 587 or 25."),
+    Option("security", Choice("ssl", "starttls", "none"), None,
+           "ssl = implicit TLS (465), starttls (587), none (25, local relays only)."),
+    Option("username", Str(), None, "Login name, usually the full mail address."),
+    Option("password_env", Str(), None, "Environment variable holding the password/authorization code."),
+    Option("password_file", Str(), None, "File holding the password/authorization code."),
+    Option("password_credential", Str(), None, "systemd credential name (LoadCredential=) holding it."),
+    Option("from", Address(), None, "From address; 163 and QQ require it to equal username."),
+    Option("timeout", Duration(), 30.0, "Seconds to wait for the server before retrying later."),
+    Option("ca_file", Str(), None, "Extra CA bundle to trust; certificates are always verified."),
+)
+
+MAIL_OPTIONS: tuple[Option, ...] = (
+    Option("from", Address(), None, "Default From address; defaults to the account's login."),
+    Option("to", ListOf(Address()), (), "Default recipients of every alert."),
+    Option("cc", ListOf(Address()), (), "Default copy recipients."),
+    Option("bcc", ListOf(Address()), (), "Default blind-copy recipients."),
+    Option("account", Str(), None, "Default smtp account name; the first one if not set."),
+    Option("subject_prefix", Str(), "[notifier]", "Put in front of every subject."),
+)
+
+TOP_OPTIONS: tuple[Option, ...] = (
+    Option("state_dir", Str(), None, "Where the SQLite state and the local Maildir live."),
+    Option("timezone", Str(), None, "Default time zone.", check=_check_timezone),
+    Option("workers", Int(minimum=1), 16, "How many checks run at the same time."),
+    Option("log_level", Choice("debug", "info", "warning", "error"), "info", "Log verbosity."),
+    Option("templates", Str(), None, "Directory with templates that override the shipped ones."),
+    Option("mail", AnyValue(), None, "Sender and default recipients (see mail options)."),
+    Option("smtp", AnyValue(), None, "Named SMTP accounts (see smtp options)."),
+    Option("defaults", AnyValue(), None, "Defaults for every watcher (any watcher option)."),
+    Option("watchers", AnyValue(), REQUIRED, "The list of watchers."),
+)
+
+
+@dataclass(frozen=True)
+class SmtpAccount:
+    """One way to send mail. `password` is a Secret: it prints as ****."""
+
+    name: str
+    host: str
+    port: int
+    security: str
+    username: str | None
+    password: Secret
+    sender: str | None
+    timeout: float
+    ca_file: str | None
+    from_must_match: bool = False
+
+
+@dataclass(frozen=True)
+class Recipients:
+    """Who gets an alert. Bcc goes only into the SMTP envelope."""
+
+    to: tuple[str, ...] = ()
+    cc: tuple[str, ...] = ()
+    bcc: tuple[str, ...] = ()
+
+    def envelope(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(self.to + self.cc + self.bcc))
+
+
+@dataclass(frozen=True)
+class WatcherConfig:
+    """A watcher with everything needed to run, schedule and alert on it."""
+
+    name: str
+    kind: str
+    watcher: Any  # a notifier.watchers.Watcher; typed loosely to keep config first in the chain
+    filters: tuple[Any, ...]
+    every: float
+    cron: str | None
+    timezone: str | None
+    quiet_hours: str | None
+    history: int
+    context_lines: int
+    additions_only: bool
+    deletions_only: bool
+    recipients: Recipients
+    account: str | None
+    templates: str | None
+    error_after: int
+    remind_every: float | None
+    digest: float | None
+    attach_snapshot: bool
+    line: int | None
+    fingerprint: str = field(compare=False, default="")
+
+
+@dataclass(frozen=True)
+class Config:
+    """Everything in one `watchers.yaml`, validated."""
+
+    path: Path
+    state_dir: Path
+    watchers: tuple[WatcherConfig, ...]
+    accounts: Mapping[str, SmtpAccount]
+    default_account: str | None
+    sender: str | None
+    recipients: Recipients
+    subject_prefix: str
+    templates: str | None
+    timezone: str | None
+    workers: int
+    log_level: str
+    warnings: tuple[Problem, ...] = ()
+
+    def watcher(self, name: str) -> WatcherConfig | None:
+        return next((w for w in self.watchers if w.name == name), None)
+
+
+class _Collector:
+    """Gathers problems for one file so every error is reported in one go."""
+
+    def __init__(self, file: str) -> None:
+        self.file = file
+        self.problems: list[Problem] = []
+        self.warnings: list[Problem] = []
+
+    def options(self, raw: Any, options: tuple[Option, ...], path: str, **kw: Any) -> dict[str, Any]:
+        if not isinstance(raw, dict):
+            self.add(line_of(raw), path, "must be a mapping of keys to values.")
+            raw = LineDict()
+        values, problems = parse_options(raw, options, self.file, path, **kw)
+        self.problems.extend(problems)
+        return values
+
+    def add(self, line: int | None, key: str, message: str) -> None:
+        self.problems.append(Problem(self.file, line, key, message))
+
+
+def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Load and validate a config file. Raises ConfigError listing every problem."""
+    path = Path(path)
+    env = os.environ if environ is None else environ
+    raw, problems = load_yaml(path, env)
+    col = _Collector(str(path))
+    col.problems.extend(problems)
+    if raw is None:
+        raw = LineDict()
+    top = col.options(raw, TOP_OPTIONS, "")
+    mail = col.options(top["mail"] or LineDict(), MAIL_OPTIONS, "mail")
+    defaults = col.options(top["defaults"] or LineDict(), DEFAULTS_OPTIONS, "defaults")
+    if top["timezone"] and "timezone" not in (top["defaults"] or {}):
+        defaults["timezone"] = top["timezone"]
+    accounts = _accounts(col, top["smtp"])
+    watchers = _watchers(col, top["watchers"], defaults, raw.get("defaults"))
+    default_account = mail["account"] or next(iter(accounts), None)
+    if default_account and default_account not in accounts:
+        col.add(line_of(raw.get("mail"), "account"), "mail.account",
+                f"names no account under smtp; known accounts: {', '.join(accounts) or 'none'}.")
+    for w in watchers:
+        if w.account and w.account not in accounts:
+            col.add(w.line, f"watchers.{w.name}.account", "names no account under smtp.")
+    _check_command_permissions(col, path, watchers)
+    if col.problems:
+        raise ConfigError(sorted(col.problems, key=lambda p: p.line or 0))
+    return Config(
+        path=path,
+        state_dir=_state_dir(path, top["state_dir"], env),
+        watchers=tuple(watchers),
+        accounts=accounts,
+        default_account=default_account,
+        sender=mail["from"],
+        recipients=Recipients(mail["to"], mail["cc"], mail["bcc"]),
+        subject_prefix=mail["subject_prefix"],
+        templates=top["templates"],
+        timezone=top["timezone"],
+        workers=top["workers"],
+        log_level=top["log_level"],
+        warnings=tuple(col.warnings),
+    )
+
+
+def _state_dir(path: Path, configured: str | None, env: Mapping[str, str]) -> Path:
+    """The configured dir (relative to the config file), systemd's, or ./state beside the config."""
+    if configured:
+        return (path.parent / configured).resolve()
+    if env.get("STATE_DIRECTORY"):
+        return Path(env["STATE_DIRECTORY"].split(":")[0])
+    return (path.parent / "state").resolve()
+
+
+def _accounts(col: _Collector, raw: Any) -> dict[str, SmtpAccount]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        col.add(line_of(raw), "smtp",
+                "must map account names to settings, like `smtp: {main: {provider: qq, ...}}`.")
+        return {}
+    accounts = {}
+    for name, spec in raw.items():
+        path = f"smtp.{name}"
+        values = col.options(spec, SMTP_OPTIONS, path)
+        preset = PROVIDERS.get(values["provider"] or "", {})
+        host = values["host"] or preset.get("host")
+        security = values["security"] or preset.get("security") or "ssl"
+        if not host:
+            col.add(line_of(raw, name), path, "needs a host or a provider (163, qq, gmail, outlook).")
+            continue
+        try:
+            password = read_secret(env=values["password_env"], file=values["password_file"],
+                                   credential=values["password_credential"])
+        except ValueError as exc:
+            col.add(line_of(raw, name), path, f"password cannot be read: {exc}.")
+            password = Secret("")
+        account = SmtpAccount(
+            name=str(name), host=host, port=values["port"] or DEFAULT_PORTS[security],
+            security=security, username=values["username"], password=password,
+            sender=values["from"], timeout=values["timeout"], ca_file=values["ca_file"],
+            from_must_match=bool(preset.get("from_must_match")),
+        )
+        if account.from_must_match and account.sender and account.username and \
+                account.username.lower() not in account.sender.lower():
+            col.warnings.append(Problem(col.file, line_of(spec, "from"), f"{path}.from",
+                                        f"differs from username; {values['provider']} rejects mail "
+                                        f"whose From is not the login. Use {account.username}."))
+        accounts[str(name)] = account
+    return accounts
+
+
+def _watchers(col: _Collector, raw: Any, defaults: dict[str, Any], raw_defaults: Any) -> list[WatcherConfig]:
+    if not isinstance(raw, list):
+        col.add(line_of(raw), "watchers", "must be a list of watchers, each starting with `- name:`.")
+        return []
+    seen: dict[str, int | None] = {}
+    out = []
+    defaults_key = json.dumps(raw_defaults, sort_keys=True, default=str)
+    for index, spec in enumerate(raw):
+        name = spec.get("name") if isinstance(spec, dict) else None
+        path = f"watchers.{name}" if isinstance(name, str) else f"watchers[{index}]"
+        if isinstance(name, str) and name in seen:
+            col.add(line_of(spec, "name"), f"{path}.name",
+                    f"{name!r} is already used on line {seen[name]}; names must be unique.")
+            continue
+        if isinstance(name, str):
+            seen[name] = line_of(spec, "name")
+        built = _watcher(col, spec, path, defaults, defaults_key)
+        if built is not None:
+            out.append(built)
+    return out
+
+
+def _watcher(col: _Collector, spec: Any, path: str, defaults: dict[str, Any],
+             defaults_key: str) -> WatcherConfig | None:
+    """Build one watcher; None (with problems recorded) when it is unusable or disabled."""
+    # Unknown keys are reported by the kind's pass below, which knows both sets of names.
+    values = col.options(spec, WATCHER_OPTIONS, path, defaults=defaults,
+                         ignore=list(spec) if isinstance(spec, dict) else [])
+    name, kind = values.get("name"), values.get("kind")
+    if not name or not kind:
+        return None
+    registry = kinds("watchers")
+    if kind not in registry:
+        col.add(line_of(spec, "kind"), f"{path}.kind",
+                f"unknown kind {kind!r}; known kinds are {', '.join(sorted(registry))}.")
+        return None
+    cls = registry[kind]
+    kind_values = col.options(spec, cls.options, path, ignore=[o.name for o in WATCHER_OPTIONS])
+    if values["additions_only"] and values["deletions_only"]:
+        col.add(line_of(spec, "deletions_only"), f"{path}.deletions_only",
+                "cannot be combined with additions_only; keep one.")
+    if spec.get("every") is not None and values["cron"]:
+        col.add(line_of(spec, "cron"), f"{path}.cron", "cannot be combined with every; keep one.")
+    filters = _filters(col, values["filters"], path)
+    try:
+        watcher = cls(name, kind_values)
+    except ValueError as exc:
+        col.add(line_of(spec), path, f"{exc}.")
+        return None
+    if not values["enabled"]:
+        return None
+    fingerprint = hashlib.sha256(
+        (json.dumps(spec, sort_keys=True, default=str) + defaults_key).encode()).hexdigest()
+    return WatcherConfig(
+        name=name, kind=kind, watcher=watcher, filters=tuple(filters), every=values["every"],
+        cron=values["cron"], timezone=values["timezone"], quiet_hours=values["quiet_hours"],
+        history=values["history"], context_lines=values["context_lines"],
+        additions_only=values["additions_only"], deletions_only=values["deletions_only"],
+        recipients=Recipients(values["to"], values["cc"], values["bcc"]),
+        account=values["account"], templates=values["templates"],
+        error_after=values["error_after"], remind_every=values["remind_every"],
+        digest=values["digest"], attach_snapshot=values["attach_snapshot"],
+        line=line_of(spec), fingerprint=fingerprint,
+    )
+
+
+def _filters(col: _Collector, raw: Any, path: str) -> list[Any]:
+    """Build the filter chain; each entry is ``kind``, ``{kind: shorthand}`` or ``{kind: {..}}``."""
+    if raw in ((), None):
+        return []
+    if not isinstance(raw, list):
+        col.add(line_of(raw), f"{path}.filters", "must be a list, each item starting with `- `.")
+        return []
+    registry = kinds("filters")
+    built = []
+    for index, item in enumerate(raw):
+        line = raw.lines[index] if isinstance(raw, LineList) else None
+        where = f"{path}.filters[{index}]"
+        if isinstance(item, str):
+            kind, options = item, LineDict()
+        elif isinstance(item, dict) and len(item) == 1:
+            kind, options = next(iter(item.items()))
+        else:
+            col.add(line, where, "write a filter as `- name` or `- name: value`.")
+            continue
+        cls = registry.get(kind)
+        if cls is None:
+            col.add(line, where, f"{unknown_key_hint(kind, registry).replace('key', 'filter')}")
+            continue
+        if not isinstance(options, dict):
+            if cls.shorthand is None:
+                col.add(line, where, f"filter {kind!r} takes options as a mapping, not a single value.")
+                continue
+            options = _with_line(LineDict({cls.shorthand: options}), line)
+        values = col.options(options, cls.options, where)
+        try:
+            built.append(cls(values))
+        except ValueError as exc:
+            col.add(line, where, f"{exc}")
+    return built
+
+
+def _with_line(node: LineDict, line: int | None) -> LineDict:
+    node.line = line
+    node.lines = dict.fromkeys(node, line) if line else {}
+    return node
+
+
+def _check_command_permissions(col: _Collector, path: Path, watchers: list[WatcherConfig]) -> None:
+    """Refuse command watchers when someone else could rewrite the commands we run."""
+    if not any(w.kind == "command" for w in watchers):
+        return
+    for target in (path, path.resolve().parent):
+        try:
+            mode = target.stat().st_mode
+        except OSError:
+            continue
+        if mode & stat.S_IWOTH and not mode & stat.S_ISVTX:
+            col.add(None, "watchers", f"{target} is writable by other users, so command watchers "
+                    f"are refused; run `chmod o-w {target}`.")

@@ -1,0 +1,81 @@
+"""Secrets that cannot leak by accident: they print as ``****`` and logs redact their value.
+
+A password is read from the environment, a file, or a systemd credential
+(``$CREDENTIALS_DIRECTORY``), never required in `watchers.yaml` itself.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+MASK = "****"
+
+
+class Secret:
+    """A string that only `reveal()` gives out; repr, str and f-strings show ``****``."""
+
+    __slots__ = ("_value",)
+    _known: set[str] = set()  # noqa: RUF012 - process-wide on purpose: the log filter reads it
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+        if value:
+            Secret._known.add(value)
+
+    def reveal(self) -> str:
+        """The real value, for the one place that needs it (SMTP login)."""
+        return self._value
+
+    def __repr__(self) -> str:
+        return f"Secret({MASK})"
+
+    def __str__(self) -> str:
+        return MASK
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and other._value == self._value
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+
+def redact(text: str) -> str:
+    """Replace every known secret value in `text` by the mask."""
+    for value in Secret._known:
+        if value in text:
+            text = text.replace(value, MASK)
+    return text
+
+
+class RedactingFilter(logging.Filter):
+    """A logging filter that masks known secret values in every record, arguments included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if Secret._known:
+            record.msg = redact(record.getMessage())
+            record.args = None
+            if record.exc_text:
+                record.exc_text = redact(record.exc_text)
+        return True
+
+
+def read_secret(*, env: str | None, file: str | None, credential: str | None) -> Secret:
+    """Read a secret from the first source given. Raises ValueError with a hint on failure."""
+    if env:
+        value = os.environ.get(env)
+        if value is None:
+            raise ValueError(f"environment variable {env} is not set; export it before starting")
+        return Secret(value)
+    if credential:
+        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            raise ValueError("CREDENTIALS_DIRECTORY is not set; use LoadCredential= in the unit")
+        file = str(Path(directory) / credential)
+    if file:
+        try:
+            return Secret(Path(file).read_text(encoding="utf-8").strip())
+        except OSError as exc:
+            raise ValueError(f"cannot read {file} ({exc.strerror}); check the path and permissions") from None
+    return Secret("")
