@@ -250,7 +250,7 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
     defaults = col.options(top["defaults"] or LineDict(), DEFAULTS_OPTIONS, "defaults")
     if top["timezone"] and "timezone" not in (top["defaults"] or {}):
         defaults["timezone"] = top["timezone"]
-    accounts = _accounts(col, top["smtp"])
+    accounts = _accounts(col, top["smtp"], env)
     watchers = _watchers(col, top["watchers"], defaults, raw.get("defaults"))
     default_account = mail["account"] or next(iter(accounts), None)
     if default_account and default_account not in accounts:
@@ -288,7 +288,7 @@ def _state_dir(path: Path, configured: str | None, env: Mapping[str, str]) -> Pa
     return (path.parent / "state").resolve()
 
 
-def _accounts(col: _Collector, raw: Any) -> dict[str, SmtpAccount]:
+def _accounts(col: _Collector, raw: Any, env: Mapping[str, str]) -> dict[str, SmtpAccount]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -307,7 +307,7 @@ def _accounts(col: _Collector, raw: Any) -> dict[str, SmtpAccount]:
             continue
         try:
             password = read_secret(env=values["password_env"], file=values["password_file"],
-                                   credential=values["password_credential"])
+                                   credential=values["password_credential"], environ=env)
         except ValueError as exc:
             col.add(line_of(raw, name), path, f"password cannot be read: {exc}.")
             password = Secret("")
@@ -363,13 +363,17 @@ def _watcher(col: _Collector, spec: Any, path: str, defaults: dict[str, Any],
                 f"unknown kind {kind!r}; known kinds are {', '.join(sorted(registry))}.")
         return None
     cls = registry[kind]
+    before = len(col.problems)
     kind_values = col.options(spec, cls.options, path, ignore=[o.name for o in WATCHER_OPTIONS])
+    kind_ok = len(col.problems) == before
     if values["additions_only"] and values["deletions_only"]:
         col.add(line_of(spec, "deletions_only"), f"{path}.deletions_only",
                 "cannot be combined with additions_only; keep one.")
     if spec.get("every") is not None and values["cron"]:
         col.add(line_of(spec, "cron"), f"{path}.cron", "cannot be combined with every; keep one.")
     filters = _filters(col, values["filters"], path)
+    if not kind_ok:
+        return None
     try:
         watcher = cls(name, kind_values)
     except ValueError as exc:
@@ -420,7 +424,10 @@ def _filters(col: _Collector, raw: Any, path: str) -> list[Any]:
                 col.add(line, where, f"filter {kind!r} takes options as a mapping, not a single value.")
                 continue
             options = _with_line(LineDict({cls.shorthand: options}), line)
+        before = len(col.problems)
         values = col.options(options, cls.options, where)
+        if len(col.problems) > before:
+            continue
         try:
             built.append(cls(values))
         except ValueError as exc:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 MASK = "****"
@@ -61,15 +62,17 @@ class RedactingFilter(logging.Filter):
         return True
 
 
-def read_secret(*, env: str | None, file: str | None, credential: str | None) -> Secret:
+def read_secret(*, env: str | None, file: str | None, credential: str | None,
+                environ: Mapping[str, str] | None = None) -> Secret:
     """Read a secret from the first source given. Raises ValueError with a hint on failure."""
+    environ = os.environ if environ is None else environ
     if env:
-        value = os.environ.get(env)
+        value = environ.get(env)
         if value is None:
             raise ValueError(f"environment variable {env} is not set; export it before starting")
         return Secret(value)
     if credential:
-        directory = os.environ.get("CREDENTIALS_DIRECTORY")
+        directory = environ.get("CREDENTIALS_DIRECTORY")
         if not directory:
             raise ValueError("CREDENTIALS_DIRECTORY is not set; use LoadCredential= in the unit")
         file = str(Path(directory) / credential)

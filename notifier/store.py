@@ -292,8 +292,9 @@ def _upsert(db: sqlite3.Connection, name: str) -> None:
 def _enqueue(db: sqlite3.Connection, alerts: Sequence[Queued]) -> None:
     now = time.time()
     db.executemany(
-        "INSERT OR IGNORE INTO outbox (message_id, watcher, kind, account, sender, recipients, "
-        "body, not_before, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        # Only a repeated Message-ID is skipped; OR IGNORE would also hide NOT NULL failures.
+        "INSERT INTO outbox (message_id, watcher, kind, account, sender, recipients, body, "
+        "not_before, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING",
         [(a.message_id, a.watcher, a.kind, a.account, a.sender, json.dumps(list(a.recipients)),
           a.body, a.not_before, now) for a in alerts],
     )

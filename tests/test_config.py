@@ -1,0 +1,183 @@
+"""notifier.config: every problem at once, each with file, line, key path and a hint."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from notifier import config
+from notifier.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "watchers.yaml"
+    path.write_text(text)
+    return path
+
+
+def problems(path: Path, environ: dict[str, str] | None = None) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        config.load(path, environ or {})
+    return [str(p) for p in info.value.problems]
+
+
+def test_shipped_watchers_yaml_is_valid() -> None:
+    cfg = config.load(ROOT / "watchers.yaml", {})
+    assert {w.kind for w in cfg.watchers} == {"url", "file", "command"}
+    assert cfg.accounts == {}
+
+
+def readme_yaml_blocks() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    return [b for b in re.findall(r"```yaml\n(.*?)```", text, re.S) if "watchers:" in b]
+
+
+def test_readme_has_yaml_examples() -> None:
+    assert readme_yaml_blocks()
+
+
+@pytest.mark.parametrize("block", readme_yaml_blocks())
+def test_readme_yaml_examples_validate(tmp_path: Path, block: str) -> None:
+    config.load(write(tmp_path, block), {"NOTIFIER_SMTP_PASSWORD": "x"})
+
+
+def test_all_problems_reported_with_lines_and_hints(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+timezon: UTC
+defaults:
+  evry: 10m
+watchers:
+  - name: a
+    kind: url
+    urll: http://example.com
+  - name: a
+    kind: file
+    path: /x
+  - name: b
+    kind: fil
+  - name: c
+    kind: file
+    every: soon
+    to: not-an-address
+    filters:
+      - regex: "("
+      - csss: "p"
+  - kind: file
+    path: /y
+""")
+    found = problems(path)
+    text = "\n".join(found)
+    assert f"{path}:1: timezon: unknown key; did you mean 'timezone'?" in found
+    assert f"{path}:3: defaults.evry: unknown key; did you mean 'every'?" in found
+    assert "watchers.a.urll: unknown key; did you mean 'url'?" in text
+    assert f"{path}:8: watchers.a.name: 'a' is already used on line 5" in text
+    assert "watchers.b.kind: unknown kind 'fil'; known kinds are command, file, url." in text
+    assert f"{path}:15: watchers.c.every: expected a duration" in text
+    assert f"{path}:16: watchers.c.to: 'not-an-address' is not an email address" in text
+    assert f"{path}:18: watchers.c.filters[0].pattern: is not a valid regular expression" in text
+    assert "watchers.c.filters[1]: unknown filter; did you mean 'css'?" in text
+    assert "watchers[4].name: is required" in text
+    # the url watcher is missing its url as well: still reported alongside the rest
+    assert "watchers.a.url: is required" in text
+
+
+def test_malformed_yaml_names_line_and_column(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, "watchers:\n  - name: [unclosed\n"))
+    assert len(found) == 1
+    assert re.search(r"watchers.yaml:\d+: is not valid YAML, column \d+", found[0])
+
+
+def test_duplicate_yaml_key(tmp_path: Path) -> None:
+    found = problems(write(tmp_path, "watchers: []\nwatchers: []\n"))
+    assert any(":2: watchers: appears twice" in p for p in found)
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    assert "file not found" in problems(tmp_path / "nope.yaml")[0]
+
+
+def test_environment_expansion(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+watchers:
+  - name: a
+    kind: file
+    path: ${WATCH_DIR}/x.txt
+    every: ${EVERY:-5m}
+""")
+    cfg = config.load(path, {"WATCH_DIR": "/srv"})
+    assert cfg.watchers[0].every == 300
+    assert cfg.watchers[0].watcher.source().startswith("/srv/x.txt")
+    found = problems(path, {})
+    assert found == [f"{path}:4: ${{WATCH_DIR}}: environment variable WATCH_DIR is not set; "
+                     f"set it or write ${{WATCH_DIR:-default}}."]
+
+
+def test_defaults_apply_and_watcher_overrides(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+defaults: {every: 1h, history: 3}
+watchers:
+  - {name: a, kind: file, path: /a}
+  - {name: b, kind: file, path: /b, every: 30s, enabled: true}
+  - {name: c, kind: file, path: /c, enabled: false}
+""")
+    cfg = config.load(path, {})
+    assert [(w.name, w.every, w.history) for w in cfg.watchers] == [("a", 3600, 3), ("b", 30, 3)]
+
+
+def test_smtp_provider_preset_and_secret_sources(tmp_path: Path) -> None:
+    secret_file = tmp_path / "pw"
+    secret_file.write_text("file-secret\n")
+    path = write(tmp_path, f"""\
+smtp:
+  qq: {{provider: qq, username: 1@qq.com, password_env: PW, from: "Bot <2@qq.com>"}}
+  relay: {{host: localhost, security: none, password_file: {secret_file}}}
+mail: {{to: [a@example.com], account: qq}}
+watchers: []
+""")
+    cfg = config.load(path, {"PW": "env-secret"})
+    qq, relay = cfg.accounts["qq"], cfg.accounts["relay"]
+    assert (qq.host, qq.port, qq.security) == ("smtp.qq.com", 465, "ssl")
+    assert (relay.port, relay.password.reveal()) == (25, "file-secret")
+    assert "env-secret" not in repr(cfg) and "file-secret" not in repr(cfg)
+    assert any("qq rejects mail whose From is not the login" in str(w) for w in cfg.warnings)
+
+
+def test_unreadable_password_is_a_config_problem(tmp_path: Path) -> None:
+    path = write(tmp_path, "smtp:\n  main: {provider: 163, password_env: NOPE}\nwatchers: []\n")
+    assert "password cannot be read: environment variable NOPE is not set" in problems(path)[0]
+
+
+def test_systemd_credential(tmp_path: Path) -> None:
+    (tmp_path / "smtp").write_text("cred")
+    path = write(tmp_path, "smtp:\n  main: {provider: 163, password_credential: smtp}\nwatchers: []\n")
+    assert "CREDENTIALS_DIRECTORY is not set; use LoadCredential=" in problems(path)[0]
+    cfg = config.load(path, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
+    assert cfg.accounts["main"].password.reveal() == "cred"
+
+
+def test_command_watchers_refused_in_world_writable_dir(tmp_path: Path) -> None:
+    path = write(tmp_path, "watchers:\n  - {name: c, kind: command, command: [true]}\n")
+    config.load(path, {})
+    tmp_path.chmod(0o777)
+    try:
+        assert any("writable by other users" in p for p in problems(path))
+    finally:
+        tmp_path.chmod(0o700)
+
+
+def test_state_dir_relative_to_config(tmp_path: Path) -> None:
+    path = write(tmp_path, "state_dir: st\nwatchers: []\n")
+    assert config.load(path, {}).state_dir == tmp_path / "st"
+    path.write_text("watchers: []\n")
+    assert config.load(path, {"STATE_DIRECTORY": "/var/lib/notifier"}).state_dir == Path("/var/lib/notifier")
+
+
+def test_fingerprint_tracks_watcher_and_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, "watchers:\n  - {name: a, kind: file, path: /a}\n")
+    first = config.load(path, {}).watchers[0].fingerprint
+    path.write_text("defaults: {every: 1h}\nwatchers:\n  - {name: a, kind: file, path: /a}\n")
+    assert config.load(path, {}).watchers[0].fingerprint != first

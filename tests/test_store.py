@@ -1,0 +1,128 @@
+"""notifier.store: atomic checks, bounded history, a claimable outbox, and clear failures."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from notifier.errors import StateError
+from notifier.store import Queued, Store
+
+
+def queued(n: int = 1) -> Queued:
+    return Queued(message_id=f"<m{n}@x>", kind="change", watcher="w", account=None,
+                  sender="a@x.org", recipients=("b@x.org",), body=b"Subject: x\r\n\r\nbody")
+
+
+@pytest.fixture
+def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A fresh state database in tmp_path, closed after the test."""
+    s = Store(tmp_path / "state.db")
+    yield s
+    s.close()
+
+
+def test_first_state_is_empty(store: Store) -> None:
+    st = store.state("w")
+    assert st.content is None and st.failures == 0 and dict(st.meta) == {}
+
+
+def test_history_is_bounded_and_latest_wins(store: Store) -> None:
+    for i in range(5):
+        store.record_success("w", float(i), {"etag": str(i)}, f"v{i}", history=3)
+    assert [c for _, c in store.history("w")] == ["v4", "v3", "v2"]
+    st = store.state("w")
+    assert (st.content, st.meta["etag"], st.last_change) == ("v4", "4", 4.0)
+
+
+def test_unchanged_keeps_content_and_resets_failures(store: Store) -> None:
+    store.record_success("w", 1.0, {}, "v1", history=3)
+    store.record_failure("w", 2.0, "boom")
+    store.record_failure("w", 3.0, "boom", [queued()])
+    assert store.state("w").failures == 2
+    assert store.state("w").error_alerted_at == 3.0
+    store.record_success("w", 4.0, {}, None, history=3)
+    st = store.state("w")
+    assert (st.content, st.failures, st.error_alerted_at, st.last_check) == ("v1", 0, None, 4.0)
+
+
+def test_snapshot_and_alert_commit_together(store: Store) -> None:
+    store.record_success("w", 1.0, {}, "v1", history=3)
+    bad = Queued(message_id="<x@x>", kind="change", watcher="w", account=None, sender="a@x.org",
+                 recipients=("b@x.org",), body=None)  # type: ignore[arg-type]
+    with pytest.raises(StateError):
+        store.record_success("w", 2.0, {}, "v2", history=3, alerts=[bad])
+    assert store.state("w").content == "v1"
+    assert store.outbox() == []
+
+
+def test_claim_is_exclusive_and_expires(store: Store) -> None:
+    store.enqueue([queued(1), queued(2)])
+    assert len(store.claim("one", now=10.0, limit=10, lease=60)) == 2
+    assert store.claim("two", now=20.0, limit=10, lease=60) == []
+    assert len(store.claim("two", now=100.0, limit=10, lease=60)) == 2  # first owner died
+
+
+def test_reschedule_release_and_counts(store: Store) -> None:
+    store.enqueue([queued(1), queued(2), queued(3)])
+    rows = store.claim("me", now=0.0, limit=10)
+    store.reschedule(rows[0].id, "held", "bad login", 0.0)
+    store.reschedule(rows[1].id, "dead", "554 no", 0.0, recipients=["c@x.org"])
+    store.delivered(rows[2].id)
+    assert store.outbox_counts() == {"pending": 0, "held": 1, "dead": 1}
+    dead = next(r for r in store.outbox() if r.state == "dead")
+    assert (dead.recipients, dead.attempts, dead.last_error) == (("c@x.org",), 1, "554 no")
+    assert store.release(("held",), now=5.0) == 1
+    assert store.outbox_counts()["pending"] == 1
+
+
+def test_same_message_id_is_queued_once(store: Store) -> None:
+    store.enqueue([queued(1)])
+    store.enqueue([queued(1)])
+    assert len(store.outbox()) == 1
+
+
+def test_corrupt_database_is_reported_not_reset(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StateError, match="cannot be used .*left as it is"):
+        Store(path)
+    assert path.read_bytes().startswith(b"this is not sqlite")
+
+
+def test_locked_database_is_reported(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    Store(path).close()
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN EXCLUSIVE")
+    try:
+        store = Store.__new__(Store)
+        store.path = path
+        import threading
+
+        store._lock = threading.Lock()
+        store._db = sqlite3.connect(path, timeout=0.1, isolation_level=None, check_same_thread=False)
+        with pytest.raises(StateError, match="locked by another process"):
+            store.record_success("w", 1.0, {}, "x", history=1)
+        store._db.close()
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+
+
+def test_unwritable_state_dir(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(StateError, match="cannot be used"):
+        Store(blocker / "sub" / "state.db")
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    db = sqlite3.connect(path)
+    db.execute("PRAGMA user_version = 99")
+    db.close()
+    with pytest.raises(StateError, match="newer than this notifier"):
+        Store(path)
