@@ -101,20 +101,20 @@ class WatcherState:
 class Store:
     """Thread-safe access to the state database (one connection, one lock)."""
 
-    def __init__(self, path: Path, readonly: bool = False) -> None:
+    def __init__(self, path: Path, readonly: bool = False, busy_timeout: float = 10.0) -> None:
+        """`busy_timeout`: how long to wait for another process's write before giving up."""
         self.path = path
         self._lock = threading.Lock()
-        self._db = self._open(path, readonly)
+        self._db = self._open(path, readonly, busy_timeout)
 
     @staticmethod
-    def _open(path: Path, readonly: bool) -> sqlite3.Connection:
+    def _open(path: Path, readonly: bool, busy_timeout: float) -> sqlite3.Connection:
         try:
             if not readonly:
                 path.parent.mkdir(parents=True, exist_ok=True)
             uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
-            db = sqlite3.connect(uri, uri=True, timeout=10, check_same_thread=False,
+            db = sqlite3.connect(uri, uri=True, timeout=busy_timeout, check_same_thread=False,
                                  isolation_level=None)
-            db.execute("PRAGMA busy_timeout = 10000")
             if not readonly:
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL survives process crashes

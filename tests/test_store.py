@@ -94,22 +94,16 @@ def test_corrupt_database_is_reported_not_reset(tmp_path: Path) -> None:
 
 def test_locked_database_is_reported(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
-    Store(path).close()
+    store = Store(path, busy_timeout=0.1)
     holder = sqlite3.connect(path, isolation_level=None)
     holder.execute("BEGIN EXCLUSIVE")
     try:
-        store = Store.__new__(Store)
-        store.path = path
-        import threading
-
-        store._lock = threading.Lock()
-        store._db = sqlite3.connect(path, timeout=0.1, isolation_level=None, check_same_thread=False)
         with pytest.raises(StateError, match="locked by another process"):
             store.record_success("w", 1.0, {}, "x", history=1)
-        store._db.close()
     finally:
         holder.execute("ROLLBACK")
         holder.close()
+        store.close()
 
 
 def test_unwritable_state_dir(tmp_path: Path) -> None:
