@@ -148,15 +148,18 @@ class MapOf(Type):
         return {"type": "object", "additionalProperties": self.value.schema()}
 
 
-class Regex(Str):
+class Regex(Type):
     name = "regex"
 
     def parse(self, value: Any) -> re.Pattern[str]:
-        text = super().parse(value)
+        text = Str().parse(value)
         try:
             return re.compile(text)
         except re.error as exc:
             raise ValueError(f"is not a valid regular expression: {exc}") from None
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "format": "regex"}
 
 
 class Address(Str):
@@ -242,7 +245,7 @@ def parse_options(
         hint = unknown_key_hint(key, [*known, *ignore])
         problems.append(Problem(file, line_of(raw, key), _join(path, key), hint))
     for opt in options:
-        if opt.name not in raw:
+        if raw.get(opt.name) is None and (opt.name not in raw or opt.required):
             if defaults and opt.name in defaults:
                 values[opt.name] = defaults[opt.name]
             elif opt.required:
@@ -254,7 +257,7 @@ def parse_options(
                 values[opt.name] = opt.default
             continue
         try:
-            values[opt.name] = None if raw[opt.name] is None else opt.type.parse(raw[opt.name])
+            values[opt.name] = None if raw.get(opt.name) is None else opt.type.parse(raw[opt.name])
             if opt.check and values[opt.name] is not None:
                 opt.check(values[opt.name])
         except ValueError as exc:

@@ -13,6 +13,7 @@ import pkgutil
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+from notifier.errors import WatchError
 from notifier.registry import Kind
 
 
@@ -34,7 +35,7 @@ class Filter(Kind):
         return self.kind
 
 
-class FilterError(ValueError):
+class FilterError(WatchError):
     """A filter matched nothing or could not read its input; reported per watcher."""
 
 

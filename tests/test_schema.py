@@ -1,0 +1,38 @@
+"""notifier.schema: the published JSON Schema is generated from the validator's declarations."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from notifier import schema
+from notifier.config import WATCHER_OPTIONS
+from notifier.registry import kinds
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_published_schema_is_up_to_date() -> None:
+    published = (ROOT / "watchers.schema.json").read_text()
+    assert published == schema.render(), (
+        "watchers.schema.json is stale; regenerate it with `notifier schema > watchers.schema.json`")
+
+
+def test_schema_covers_every_kind_and_option() -> None:
+    doc = schema.generate()
+    variants = doc["properties"]["watchers"]["items"]["oneOf"]
+    assert {v["properties"]["kind"]["const"] for v in variants} == set(kinds("watchers"))
+    for variant in variants:
+        cls = kinds("watchers")[variant["properties"]["kind"]["const"]]
+        names = {o.name for o in WATCHER_OPTIONS + cls.options}
+        assert set(variant["properties"]) == names
+        assert variant["additionalProperties"] is False
+    filters = variants[0]["properties"]["filters"]["items"]["anyOf"]
+    named = {next(iter(v["properties"])) for v in filters if "properties" in v}
+    assert named == set(kinds("filters"))
+
+
+def test_schema_is_json_serializable_and_rejects_unknown_top_keys() -> None:
+    doc = json.loads(schema.render())
+    assert doc["additionalProperties"] is False
+    assert "watchers" in doc["required"]
