@@ -4,15 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
+import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from datetime import UTC, datetime
 from pathlib import Path
 
 from notifier import config as configmod
 from notifier import logs, schema
+from notifier.alerts import Alerter
 from notifier.config import Config, WatcherConfig
 from notifier.console import Progress, colored_diff, use_color
+from notifier.daemon import Daemon, pid_file, trigger_for
 from notifier.errors import (
     EXIT_CHANGED,
     EXIT_CONFIG,
@@ -21,10 +27,11 @@ from notifier.errors import (
     ConfigError,
     NotifierError,
 )
+from notifier.outbox import Report, Sender
 from notifier.pipeline import Outcome, check, filtered
 from notifier.registry import kinds
 from notifier.secrets import redact
-from notifier.store import Store
+from notifier.store import Store, WatcherState
 
 log = logging.getLogger("notifier")
 EXIT_BUG = 70  # EX_SOFTWARE
@@ -72,9 +79,20 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     command("validate", cmd_validate, "check watchers.yaml and report every problem at once")
+    parser.add_argument("--debug-smtp", action="store_true",
+                        help="log the SMTP dialogue (credentials masked)")
     p = command("check", cmd_check, "run watchers once and print what changed")
     p.add_argument("names", nargs="*", metavar="NAME", help="watchers to run (default: all)")
     p.add_argument("--dry-run", action="store_true", help="show changes but leave the state untouched")
+    p.add_argument("--send", action="store_true", help="queue and send alerts for what was found")
+    command("run", cmd_run, "run the daemon: check on schedule, send alerts, reload on change")
+    command("reload", cmd_reload, "validate the config, then tell the running daemon to reload it")
+    command("status", cmd_status, "show each watcher's schedule, last check, change, error; outbox counts")
+    p = command("outbox", cmd_outbox, "list pending, held and dead messages")
+    p.add_argument("action", nargs="?", choices=["list", "retry"], default="list",
+                   help="retry: make held and dead messages due again now")
+    p = command("test-mail", cmd_test_mail, "send a test alert and report the server's answer")
+    p.add_argument("--to", action="append", default=[], metavar="ADDR", help="recipient (repeatable)")
     p = command("test-filter", cmd_test_filter, "fetch once and show the text after each filter")
     p.add_argument("name", metavar="NAME")
     command("kinds", cmd_kinds, "list watcher and filter kinds with their options")
@@ -120,17 +138,26 @@ def cmd_check(args: argparse.Namespace) -> int:
     outcomes: list[Outcome] = []
     try:
         with ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="check") as pool:
-            futures = [pool.submit(check, wc, store, None, args.dry_run) for wc in selected]
+            alerter = Alerter(cfg) if args.send and not args.dry_run else None
+            futures = [pool.submit(check, wc, store, alerter, args.dry_run) for wc in selected]
             for future in as_completed(futures):
                 outcome = future.result()
                 outcomes.append(outcome)
                 progress.clear()
                 _print_outcome(outcome, color)
                 progress.advance()
+        if args.send and not args.dry_run:
+            _print_report(Sender(cfg, store, args.debug_smtp).deliver(limit=10_000))
     finally:
         progress.clear()
         store.close()
     return _check_exit(outcomes)
+
+
+def _print_report(report: Report) -> None:
+    print(f"outbox: {report.sent} sent, {report.retry} to retry, {report.held} held, {report.dead} dead")
+    for error in dict.fromkeys(report.errors):
+        print(f"  {error}")
 
 
 def _print_outcome(outcome: Outcome, color: bool) -> None:
@@ -173,6 +200,108 @@ def cmd_kinds(args: argparse.Namespace) -> int:
                 req = "required" if opt.required else f"default {opt.default!r}"
                 print(f"      {opt.name} ({opt.type.name}, {req}): {opt.doc}")
     return EXIT_OK
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = configmod.load(args.config)
+    if not args.log_level and not args.debug:
+        logs.setup(cfg.log_level)
+    return Daemon(args.config, debug_smtp=args.debug_smtp).run()
+
+
+def cmd_reload(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    try:
+        pid = int(pid_file(cfg).read_text())
+        os.kill(pid, signal.SIGHUP)
+    except (OSError, ValueError):
+        raise NotifierError(f"no running notifier found for {args.config} (no usable {pid_file(cfg)}); "
+                            f"start it with `notifier run`.") from None
+    print(f"{args.config} is valid; asked notifier (pid {pid}) to reload it.")
+    return EXIT_OK
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    store = Store(cfg.state_dir / "state.db", readonly=True)
+    try:
+        states = store.states()
+        counts = store.outbox_counts()
+    finally:
+        store.close()
+    now = time.time()
+    for wc in cfg.watchers:
+        st = states.get(wc.name)
+        schedule = f"cron {wc.cron}" if wc.cron else f"every {_ago(wc.every)}"
+        print(f"{wc.name} ({wc.kind}, {schedule})")
+        print(f"    last check {_when(st and st.last_check, now)}, last change "
+              f"{_when(st and st.last_change, now)}, next run {_when(next_run(wc, st), now)}")
+        if st and st.failures:
+            print(f"    failing {st.failures} time(s) in a row: {st.last_error}")
+    print(f"outbox: {counts['pending']} pending, {counts['held']} held, {counts['dead']} dead")
+    return EXIT_OK
+
+
+def next_run(wc: WatcherConfig, st: WatcherState | None) -> float | None:
+    """When the daemon will check next, derived from the schedule and the last check."""
+    now = datetime.now(UTC)
+    fire = trigger_for(wc).get_next_fire_time(None, now)
+    if st is None or st.last_check is None or (not wc.cron and now.timestamp() - st.last_check >= wc.every):
+        return now.timestamp()
+    return fire.timestamp() if fire else None
+
+
+def _when(ts: float | None, now: float) -> str:
+    if ts is None:
+        return "never"
+    return f"{_ago(abs(now - ts))} {'ago' if ts <= now else 'from now'}"
+
+
+def _ago(seconds: float) -> str:
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds / size:.0f}{unit}"
+    return f"{seconds:.0f}s"
+
+
+def cmd_outbox(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    store = Store(cfg.state_dir / "state.db")
+    try:
+        if args.action == "retry":
+            print(f"{store.release(('held', 'dead'))} message(s) will be sent on the next round.")
+            return EXIT_OK
+        rows = store.outbox()
+    finally:
+        store.close()
+    for row in rows:
+        print(f"{row.state:8} {row.kind:9} {row.watcher or '-':20} attempts={row.attempts} "
+              f"to={','.join(row.recipients)} {row.message_id}")
+        if row.last_error:
+            print(f"         {row.last_error}")
+    print(f"{len(rows)} message(s) in the outbox.")
+    return EXIT_OK
+
+
+def cmd_test_mail(args: argparse.Namespace) -> int:
+    cfg = _load(args)
+    store = Store(cfg.state_dir / "state.db")
+    try:
+        queued = Alerter(cfg).test(time.time(), args.to)
+        sender = Sender(cfg, store, args.debug_smtp)
+        transport = sender.transport(queued.account)
+        transport.open()
+        try:
+            refused = transport.send(queued.sender, queued.recipients, queued.body)
+        finally:
+            transport.close()
+    finally:
+        store.close()
+    accepted = [r for r in queued.recipients if r not in refused]
+    print(f"{transport.describe()} accepted the test message for {', '.join(accepted) or 'nobody'}.")
+    for addr, reason in refused.items():
+        print(f"refused {addr}: {reason}")
+    return EXIT_FAILED if refused else EXIT_OK
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

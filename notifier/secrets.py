@@ -22,7 +22,7 @@ class Secret:
 
     def __init__(self, value: str) -> None:
         self._value = value
-        if value:
+        if len(value) >= 4:  # masking every "x" in every log line would make logs unreadable
             Secret._known.add(value)
 
     def reveal(self) -> str:

@@ -1,3 +1,4 @@
 """Shared pytest fixtures, re-exported so every test directory can use them by name."""
 
 from tests.servers.http import http_server  # noqa: F401
+from tests.servers.smtp import plain_server, silent_server, smtp_server, starttls_server, tls_ca  # noqa: F401

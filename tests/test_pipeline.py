@@ -62,7 +62,8 @@ def test_baseline_then_change_then_unchanged(setup) -> None:  # type: ignore[no-
     assert check(wc, store, rec).status == "unchanged"
     path.write_text("price 2\nnoise b\n")
     outcome = check(wc, store, rec)
-    assert outcome.status == "changed" and outcome.alerts == 1
+    assert outcome.status == "changed"
+    assert outcome.alerts == 1
     assert rec.calls == [("change", "price 2")]
     assert len(store.outbox()) == 1
     assert store.state("w").content == "price 2\n"
@@ -85,7 +86,8 @@ def test_filter_matching_nothing_is_a_failure_not_a_change(setup) -> None:  # ty
     check(wc, store, rec)
     path.write_text("nothing here\n")
     outcome = check(wc, store, rec)
-    assert outcome.status == "failed" and "matched nothing" in (outcome.error or "")
+    assert outcome.status == "failed"
+    assert "matched nothing" in (outcome.error or "")
     assert store.state("w").content == "price 1\n"
 
 

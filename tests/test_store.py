@@ -26,7 +26,9 @@ def store(tmp_path: Path):  # type: ignore[no-untyped-def]
 
 def test_first_state_is_empty(store: Store) -> None:
     st = store.state("w")
-    assert st.content is None and st.failures == 0 and dict(st.meta) == {}
+    assert st.content is None
+    assert st.failures == 0
+    assert dict(st.meta) == {}
 
 
 def test_history_is_bounded_and_latest_wins(store: Store) -> None:
@@ -87,7 +89,7 @@ def test_same_message_id_is_queued_once(store: Store) -> None:
 def test_corrupt_database_is_reported_not_reset(tmp_path: Path) -> None:
     path = tmp_path / "state.db"
     path.write_bytes(b"this is not sqlite" * 100)
-    with pytest.raises(StateError, match="cannot be used .*left as it is"):
+    with pytest.raises(StateError, match=r"cannot be used .*left as it is"):
         Store(path)
     assert path.read_bytes().startswith(b"this is not sqlite")
 

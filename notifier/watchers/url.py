@@ -259,5 +259,5 @@ def _validators(response: requests.Response) -> dict[str, str]:
 def _reason(exc: Exception) -> str:
     """The useful tail of a requests/urllib3 error ("Connection refused"), without the wrapping."""
     text = str(exc)
-    found = re.findall(r"\[(?:Errno -?\d+|SSL: \w+)\] ([^'\"(\[]+)", text)
+    found = re.findall(r"\[(?:Errno -?\d+|SSL: \w+)\] ([^'\"()\[]+)", text)
     return found[-1].strip().rstrip(":") if found else (text or type(exc).__name__)

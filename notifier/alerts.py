@@ -1,0 +1,142 @@
+"""Turn what a check found into queued messages: render the templates, build the email.
+
+The message is rendered and serialized once, here, so the outbox stores the exact bytes that
+will be sent; a retry sends the same message with the same Message-ID.
+"""
+
+from __future__ import annotations
+
+import getpass
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from email.utils import parseaddr
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from notifier.config import Config, Recipients, WatcherConfig
+from notifier.diff import Diff
+from notifier.mail import build_message, message_bytes, new_message_id
+from notifier.render import AlertContext, Renderer, WatcherInfo
+from notifier.store import Queued, WatcherState
+
+LOCAL_SENDER = "notifier@localhost"
+
+
+class Alerter:
+    """Builds `Queued` alerts for one loaded config (implements pipeline.Alerts)."""
+
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self._renderers: dict[tuple[Path, ...], Renderer] = {}
+
+    def change(self, wc: WatcherConfig, diff: Diff, old: str, new: str,
+               state: WatcherState, now: float) -> list[Queued]:
+        ctx = AlertContext(kind="change", watcher=_info(wc), at=self._time(wc, now), diff=diff,
+                           old=old, new=new, previous_at=self._time(wc, state.last_change),
+                           subject_prefix=self.cfg.subject_prefix)
+        attachments = [("snapshot.txt", "text/plain", new.encode())] if wc.attach_snapshot else []
+        return [self._queue(wc, ctx, now, attachments)]
+
+    def error(self, wc: WatcherConfig, error: str, state: WatcherState, now: float) -> list[Queued]:
+        ctx = AlertContext(kind="error", watcher=_info(wc), at=self._time(wc, now), error=error,
+                           failures=state.failures + 1,
+                           failing_since=self._time(wc, state.last_error_at if state.failures else now),
+                           subject_prefix=self.cfg.subject_prefix)
+        return [self._queue(wc, ctx, now)]
+
+    def recovery(self, wc: WatcherConfig, state: WatcherState, now: float) -> list[Queued]:
+        ctx = AlertContext(kind="recovery", watcher=_info(wc), at=self._time(wc, now),
+                           error=state.last_error, failures=state.failures,
+                           failing_since=self._time(wc, state.last_error_at),
+                           subject_prefix=self.cfg.subject_prefix)
+        return [self._queue(wc, ctx, now)]
+
+    def test(self, now: float, to: Sequence[str] = ()) -> Queued:
+        """A test alert through the default account, to `to` or the configured recipients."""
+        account = self.cfg.default_account
+        ctx = AlertContext(kind="test", watcher=None, at=self._time(None, now),
+                           subject_prefix=self.cfg.subject_prefix,
+                           extra={"via": self._via(account)})
+        recipients = Recipients(tuple(to)) if to else self.cfg.recipients
+        return self._build(ctx, account, recipients, self._renderer(None), 0.0, None, [])
+
+    def _queue(self, wc: WatcherConfig, ctx: AlertContext, now: float,
+               attachments: Sequence[tuple[str, str, bytes]] = ()) -> Queued:
+        account = wc.account or self.cfg.default_account
+        recipients = wc.recipients if wc.recipients.envelope() else self.cfg.recipients
+        not_before = quiet_until(wc.quiet_hours, self._zone(wc), now)
+        return self._build(ctx, account, recipients, self._renderer(wc), not_before, wc.name, attachments)
+
+    def _build(self, ctx: AlertContext, account: str | None, recipients: Recipients,
+               renderer: Renderer, not_before: float, watcher: str | None,
+               attachments: Sequence[tuple[str, str, bytes]]) -> Queued:
+        sender = self._sender(account)
+        if not recipients.envelope():
+            recipients = Recipients((f"{getpass.getuser()}@localhost",))
+        rendered = renderer.render(ctx)
+        message_id = new_message_id(sender)
+        msg = build_message(subject=rendered.subject, text=rendered.text, html=rendered.html,
+                            sender=sender, to=recipients.to, cc=recipients.cc,
+                            message_id=message_id, date=ctx.at, attachments=attachments)
+        return Queued(message_id=message_id, kind=ctx.kind, watcher=watcher, account=account,
+                      sender=_address(sender), recipients=recipients.envelope(),
+                      body=message_bytes(msg), not_before=not_before)
+
+    def _sender(self, account: str | None) -> str:
+        acct = self.cfg.accounts.get(account) if account else None
+        if acct is not None:
+            return acct.sender or self.cfg.sender or acct.username or LOCAL_SENDER
+        return self.cfg.sender or LOCAL_SENDER
+
+    def _via(self, account: str | None) -> str:
+        acct = self.cfg.accounts.get(account) if account else None
+        if acct is None:
+            return f"the local Maildir {self.cfg.state_dir / 'maildir'}"
+        return f"{acct.host}:{acct.port} ({acct.security})"
+
+    def _renderer(self, wc: WatcherConfig | None) -> Renderer:
+        names = (wc.templates if wc else None, self.cfg.templates)
+        dirs = tuple(self.cfg.path.parent / d for d in names if d)
+        if dirs not in self._renderers:
+            self._renderers[dirs] = Renderer(dirs)
+        return self._renderers[dirs]
+
+    def _zone(self, wc: WatcherConfig | None) -> ZoneInfo | None:
+        name = (wc.timezone if wc else None) or self.cfg.timezone
+        return ZoneInfo(name) if name else None
+
+    def _time(self, wc: WatcherConfig | None, ts: float | None) -> datetime | None:
+        if ts is None:
+            return None
+        return datetime.fromtimestamp(ts, self._zone(wc)).astimezone(self._zone(wc))
+
+
+def quiet_until(window: str | None, zone: ZoneInfo | None, now: float) -> float:
+    """When an alert created at `now` may be sent: the end of the quiet window, or now."""
+    if not window:
+        return now
+    start_s, end_s = (part.strip() for part in window.split("-"))
+    local = datetime.fromtimestamp(now, zone).astimezone(zone)
+    start = _at(local, start_s)
+    end = _at(local, end_s)
+    if start <= end:
+        inside = start <= local < end
+    else:  # the window wraps midnight, like 22:00-07:00
+        inside = local >= start or local < end
+        if local >= start:
+            end += timedelta(days=1)
+    return end.timestamp() if inside else now
+
+
+def _at(day: datetime, hhmm: str) -> datetime:
+    hours, minutes = (int(x) for x in hhmm.split(":"))
+    return day.replace(hour=hours, minute=minutes, second=0, microsecond=0)
+
+
+def _info(wc: WatcherConfig) -> WatcherInfo:
+    return WatcherInfo(name=wc.name, kind=wc.kind, source=wc.watcher.source(), link=wc.watcher.link())
+
+
+def _address(sender: str) -> str:
+    """The bare address of a From value, for the SMTP envelope."""
+    return parseaddr(sender)[1] or sender

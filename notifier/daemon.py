@@ -1,0 +1,269 @@
+"""`notifier run`: the long-running process that checks on schedule and delivers the outbox.
+
+Threads: APScheduler runs checks in a bounded pool of their own, the outbox sender in a
+one-thread pool, and housekeeping (heartbeat, config-file watch) in another, so slow
+watchers can never starve delivery. The main thread only waits for signals and reloads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+import zlib
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+from apscheduler.triggers.base import BaseTrigger
+from apscheduler.triggers.cron import CronTrigger
+from apscheduler.triggers.interval import IntervalTrigger
+
+from notifier import config as configmod
+from notifier import systemd
+from notifier.alerts import Alerter
+from notifier.config import Config, WatcherConfig
+from notifier.errors import ConfigError
+from notifier.outbox import Sender
+from notifier.pipeline import check
+from notifier.store import Store
+
+log = logging.getLogger("notifier.daemon")
+
+OUTBOX_EVERY = 5.0  # seconds between outbox rounds when nothing wakes the sender sooner
+CONFIG_POLL = 1.0  # seconds between looks at watchers.yaml's mtime
+DEBOUNCE = 1.0  # an edited config must be unchanged this long before it is reloaded
+STARTUP_SPREAD = 30.0  # overdue checks at start are spread over up to this many seconds
+SHUTDOWN_TIMEOUT = 20.0  # running checks get this long to finish on SIGTERM
+
+
+def stable_fraction(name: str) -> float:
+    """A number in [0, 1) fixed for a watcher name, used to spread watchers over time."""
+    return zlib.crc32(name.encode()) / 2**32
+
+
+def trigger_for(wc: WatcherConfig) -> BaseTrigger:
+    """Interval watchers get a stable per-name phase, so 1,000 of them don't fire together."""
+    if wc.cron:
+        return CronTrigger.from_crontab(wc.cron, timezone=wc.timezone or "UTC")
+    anchor = datetime(2020, 1, 1, tzinfo=UTC) + timedelta(seconds=stable_fraction(wc.name) * wc.every)
+    return IntervalTrigger(seconds=wc.every, start_date=anchor, timezone=UTC)
+
+
+def pid_file(cfg: Config) -> Path:
+    return cfg.state_dir / "notifier.pid"
+
+
+class Daemon:
+    """Owns the scheduler, the store and the current config; swaps configs on reload."""
+
+    def __init__(self, path: Path, debug_smtp: bool = False) -> None:
+        self.path = path
+        self.debug_smtp = debug_smtp
+        self.cfg = configmod.load(path)
+        self.store = Store(self.cfg.state_dir / "state.db")
+        self.alerter = Alerter(self.cfg)
+        self.sender = Sender(self.cfg, self.store, debug_smtp)
+        self._wake = threading.Event()
+        self._stop = False
+        self._reload = False
+        self._busy = 0
+        self._busy_lock = threading.Lock()
+        self._config_sig = self._signature()
+        self._config_seen = (self._config_sig, time.monotonic())
+        self.scheduler = BackgroundScheduler(
+            executors={"checks": ThreadPoolExecutor(self.cfg.workers),
+                       "outbox": ThreadPoolExecutor(1), "default": ThreadPoolExecutor(1)},
+            # A late check still runs (once: coalesce); the 1 s library default would drop it.
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=UTC,
+        )
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    def run(self) -> int:
+        self._announce()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(signum, self._on_stop)
+        signal.signal(signal.SIGHUP, self._on_hup)
+        pid_file(self.cfg).write_text(f"{os.getpid()}\n")
+        self.store.release(("held",))  # a restart may follow a fix to the account
+        for wc in self.cfg.watchers:
+            self._add(wc, startup=True)
+        self.scheduler.add_job(self._deliver, IntervalTrigger(seconds=OUTBOX_EVERY), id="outbox",
+                               executor="outbox", next_run_time=datetime.now(UTC))
+        self.scheduler.add_job(self._housekeeping, IntervalTrigger(seconds=self._heartbeat_every()),
+                               id="housekeeping", next_run_time=datetime.now(UTC))
+        self.scheduler.start()
+        systemd.notify("READY=1", f"STATUS={self.status_line()}")
+        try:
+            while not self._stop:
+                self._wake.wait()
+                self._wake.clear()
+                if self._reload and not self._stop:
+                    self._reload = False
+                    self.reload()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _announce(self) -> None:
+        cfg = self.cfg
+        if cfg.accounts:
+            where = f"SMTP account {cfg.default_account}"
+        else:
+            where = (f"the local Maildir {self.sender.maildir()} (no smtp account is configured; "
+                     f"open it with any mail client, e.g. `mutt -f {self.sender.maildir()}`)")
+        log.info("started: %d watcher(s) from %s, state in %s, alerts go to %s",
+                 len(cfg.watchers), self.path, self.store.path, where)
+        if os.geteuid() == 0 and any(w.kind == "command" for w in cfg.watchers):
+            log.warning("command watchers will run as root; run notifier as a dedicated user "
+                        "(the shipped systemd unit does) unless that is intended.")
+
+    def _on_stop(self, signum: int, frame: FrameType | None) -> None:
+        self._stop = True
+        self._wake.set()
+
+    def _on_hup(self, signum: int, frame: FrameType | None) -> None:
+        self._reload = True
+        self._wake.set()
+
+    def _shutdown(self) -> None:
+        systemd.notify("STOPPING=1")
+        log.info("stopping: waiting up to %.0f s for running checks", SHUTDOWN_TIMEOUT)
+        self.scheduler.pause()
+        deadline = time.monotonic() + SHUTDOWN_TIMEOUT
+        while self._busy and time.monotonic() < deadline:
+            time.sleep(0.05)
+        self.scheduler.shutdown(wait=False)
+        pid_file(self.cfg).unlink(missing_ok=True)
+        if self._busy:
+            # Each check commits in one transaction, so abandoning it loses nothing.
+            log.warning("stopped with %d check(s) still running; they will run again at start", self._busy)
+            logging.shutdown()
+            os._exit(0)
+        for wc in self.cfg.watchers:
+            wc.watcher.close()
+        self.store.close()
+        log.info("stopped")
+
+    # -- jobs -------------------------------------------------------------------------------
+
+    def _job(self, func: Any, *args: Any) -> Any:
+        """Run a job, counting it as busy so shutdown can wait for it."""
+        with self._busy_lock:
+            self._busy += 1
+        try:
+            return func(*args)
+        except Exception:
+            log.exception("job %s failed; it will run again on schedule", getattr(func, "__name__", func))
+            return None
+        finally:
+            with self._busy_lock:
+                self._busy -= 1
+
+    def _check(self, name: str) -> None:
+        wc = self.cfg.watcher(name)
+        if wc is None or self._stop:
+            return
+        outcome = self._job(check, wc, self.store, self.alerter)
+        if outcome is None:
+            return
+        log.log(logging.WARNING if outcome.status == "failed" else logging.INFO, "%s", outcome.line())
+        if outcome.alerts:
+            self.wake_outbox()
+
+    def wake_outbox(self) -> None:
+        """Deliver now rather than at the next outbox round (change-to-inbox latency)."""
+        job = self.scheduler.get_job("outbox")
+        if job is not None:
+            job.modify(next_run_time=datetime.now(UTC))
+
+    def _deliver(self) -> None:
+        if not self._stop:
+            self._job(self.sender.deliver)
+
+    def _housekeeping(self) -> None:
+        fields = [f"STATUS={self.status_line()}"]
+        if systemd.watchdog_interval():
+            fields.append("WATCHDOG=1")
+        systemd.notify(*fields)
+        self._watch_config()
+
+    def _heartbeat_every(self) -> float:
+        return min(systemd.watchdog_interval() or CONFIG_POLL, CONFIG_POLL)
+
+    def status_line(self) -> str:
+        """The STATUS= line systemctl status shows, e.g. "12 watchers, next check in 40 s, outbox 0"."""
+        counts = self.store.outbox_counts()
+        nxt = [j.next_run_time for j in self.scheduler.get_jobs()
+               if j.executor == "checks" and j.next_run_time]
+        due = f", next check in {max(0, (min(nxt) - datetime.now(UTC)).total_seconds()):.0f} s" if nxt else ""
+        stuck = f" ({counts['held']} held, {counts['dead']} dead)" if counts["held"] or counts["dead"] else ""
+        return f"{len(self.cfg.watchers)} watchers{due}, outbox {counts['pending']}{stuck}"
+
+    # -- scheduling and reload --------------------------------------------------------------
+
+    def _add(self, wc: WatcherConfig, startup: bool = False) -> None:
+        kwargs: dict[str, Any] = {}
+        state = self.store.state(wc.name) if startup else None
+        if state is None or state.last_check is None or (
+                not wc.cron and time.time() - state.last_check >= wc.every):
+            # New or overdue: run soon, spread out so a restart is not a thundering herd.
+            delay = stable_fraction(wc.name) * min(STARTUP_SPREAD, wc.every)
+            kwargs["next_run_time"] = datetime.now(UTC) + timedelta(seconds=delay)
+        self.scheduler.add_job(self._check, trigger_for(wc), args=[wc.name], id=f"check:{wc.name}",
+                               name=wc.name, executor="checks", replace_existing=True, **kwargs)
+
+    def reload(self) -> bool:
+        """Load the config again; apply only what changed. A bad config changes nothing."""
+        try:
+            new = configmod.load(self.path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("reload refused: %s", problem)
+            log.error("the running configuration stays in effect; fix %s and save it again.", self.path)
+            return False
+        if new.state_dir != self.cfg.state_dir:
+            log.warning("state_dir changed; restart notifier to move to %s", new.state_dir)
+        old = {w.name: w for w in self.cfg.watchers}
+        self._config_sig = self._signature()
+        self.cfg = new
+        self.alerter = Alerter(new)
+        self.sender = Sender(new, self.store, self.debug_smtp)
+        for name in old.keys() - {w.name for w in new.watchers}:
+            self.scheduler.remove_job(f"check:{name}")
+        for wc in old.values():
+            wc.watcher.close()
+        changed = 0
+        for wc in new.watchers:
+            if wc.name not in old or old[wc.name].fingerprint != wc.fingerprint:
+                self._add(wc, startup=True)
+                changed += 1
+        self.store.release(("held",))
+        log.info("reloaded %s: %d watcher(s), %d added or changed, %d removed", self.path,
+                 len(new.watchers), changed, len(old.keys() - {w.name for w in new.watchers}))
+        systemd.notify(f"STATUS={self.status_line()}")
+        return True
+
+    def _signature(self) -> tuple[float, int, int] | None:
+        try:
+            st = self.path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size, st.st_ino)
+
+    def _watch_config(self) -> None:
+        """Reload when watchers.yaml changed on disk and then stayed unchanged for DEBOUNCE s."""
+        sig, now = self._signature(), time.monotonic()
+        if sig != self._config_seen[0]:
+            self._config_seen = (sig, now)
+        elif sig != self._config_sig and sig is not None and now - self._config_seen[1] >= DEBOUNCE:
+            self._config_sig = sig
+            self._reload = True
+            self._wake.set()

@@ -1,0 +1,405 @@
+"""Build alert e-mails and hand them to a transport: an SMTP account or the local Maildir.
+
+Messages are built once and queued as bytes, so every retry resends the same Message-ID.
+Header values are sanitized here because page titles are untrusted and Python before 3.11.10
+lets CR/LF in a header inject headers; bodies are 7-bit (quoted-printable or base64), so no line
+exceeds 998 octets. `classify` maps every SMTP failure, in one place, onto the DeliveryError the
+outbox acts on. The password leaves only through `Secret.reveal()` into `login()`; errors and
+the debug dialogue are redacted. Nothing here imports the store, outbox, daemon or CLI.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import mailbox
+import re
+import smtplib
+import ssl
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, getaddresses, make_msgid, parseaddr
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol, Self, TypeVar
+
+from notifier.errors import (
+    DeliveryError,
+    HeldDeliveryError,
+    PermanentDeliveryError,
+    RateLimitedError,
+    TransientDeliveryError,
+)
+from notifier.secrets import MASK, redact
+
+if TYPE_CHECKING:  # only for hints: any object shaped like an account will do
+    from notifier.config import SmtpAccount
+
+# One policy for building and serializing: CRLF, folding at 78, and cte_type="7bit" so the
+# content manager picks 7bit/quoted-printable/base64 and never emits raw 8bit bodies.
+POLICY = SMTP.clone(max_line_length=78, cte_type="7bit")
+
+_dialogue_log = logging.getLogger("notifier.smtp")
+_T = TypeVar("_T")
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]")
+_DOMAIN = re.compile(r"^[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$")
+
+
+def sanitize_header(value: str, limit: int = 200) -> str:
+    """Make untrusted text safe for one header line: control characters and line separators
+    become spaces (CR/LF can never start a header, whatever the Python version), whitespace
+    collapses, ``=?`` is split so a title cannot forge an encoded word, and length is capped."""
+    value = " ".join(_CONTROL.sub(" ", value).split()).replace("=?", "= ?")
+    return value if len(value) <= limit else value[: limit - 1].rstrip() + "…"
+
+
+def new_message_id(sender: str) -> str:
+    """A fresh Message-ID in the sender's domain; generated once per alert and stored with it,
+    so retries resend the same id and clients deduplicate. The domain comes from the sender
+    rather than the host name, which would be slow to look up and leak the machine's name."""
+    _, at, domain = parseaddr(sender)[1].rpartition("@")
+    try:
+        domain = domain.encode("idna").decode("ascii")
+    except UnicodeError:
+        domain = ""
+    return make_msgid(domain=domain if at and _DOMAIN.match(domain) else "notifier.invalid")
+
+
+def _addresses(values: Sequence[str]) -> list[Address]:
+    """Parse "Name <addr>" strings into Address objects, so display names (Chinese ones
+    included) are quoted and RFC 2047-encoded by the policy instead of pasted in raw."""
+    out = []
+    for value in values:
+        parsed = getaddresses([sanitize_header(value, 320)])
+        if len(parsed) != 1 or "@" not in parsed[0][1]:
+            raise ValueError(f"{value!r} is not one mail address; write it like Name <me@a.com>")
+        out.append(Address(display_name=parsed[0][0], addr_spec=parsed[0][1]))
+    return out
+
+
+def build_message(*, subject: str, text: str, html: str | None, sender: str, to: Sequence[str],
+                  cc: Sequence[str] = (), message_id: str | None = None,
+                  date: datetime | None = None,
+                  attachments: Sequence[tuple[str, str, bytes]] = ()) -> EmailMessage:
+    """Build the alert: text/plain first and text/html last (clients show the last part they
+    understand), wrapped in multipart/mixed when there are attachments ``(filename,
+    content_type, data)``. Bcc is deliberately not a parameter: it lives only in the envelope."""
+    msg = EmailMessage(policy=POLICY)
+    msg["From"] = _addresses([sender])
+    msg["To"] = _addresses(to) if to else "undisclosed-recipients:;"
+    if cc:
+        msg["Cc"] = _addresses(cc)
+    msg["Subject"] = sanitize_header(subject)
+    when = date or datetime.now(UTC)
+    msg["Date"] = format_datetime(when if when.tzinfo else when.astimezone())
+    msg["Message-ID"] = sanitize_header(message_id or new_message_id(sender), 250)
+    msg["MIME-Version"] = "1.0"
+    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: vacation responders stay quiet
+    msg["X-Auto-Response-Suppress"] = "All"  # the same, for Exchange/Outlook
+    msg.set_content(text, subtype="plain", charset="utf-8")
+    if html is not None:
+        msg.add_alternative(html, subtype="html", charset="utf-8")
+    for filename, content_type, data in attachments:
+        maintype, _, subtype = content_type.split(";")[0].strip().lower().partition("/")
+        if not maintype or not subtype:
+            maintype, subtype = "application", "octet-stream"
+        # Text attachments come from the pipeline, which encodes them as UTF-8.
+        params = {"charset": "utf-8"} if maintype == "text" else None
+        msg.add_attachment(data, maintype=maintype, subtype=subtype, params=params,
+                           filename=sanitize_header(filename))
+    for part in list(msg.walk())[1:]:  # add_alternative stamps MIME-Version on parts too
+        del part["MIME-Version"]
+    return msg
+
+
+def message_bytes(msg: EmailMessage) -> bytes:
+    """Serialize with the module policy: CRLF line ends, ready for SMTP DATA as is."""
+    return msg.as_bytes(policy=POLICY)
+
+
+class Transport(Protocol):
+    """What the outbox needs from a way of delivering mail. Transports subclass it to inherit
+    the context-manager methods: open on enter, close on exit."""
+
+    def open(self) -> None: ...
+
+    def send(self, sender: str, recipients: Sequence[str], data: bytes) -> dict[str, str]:
+        """Deliver `data`; return the refused recipients as {addr: "code text"} when the
+        message was accepted for the others. Raises DeliveryError when nobody got it."""
+        ...
+
+    def close(self) -> None: ...
+
+    def describe(self) -> str: ...
+
+    def __enter__(self) -> Self:
+        self.open()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+# --- SMTP -------------------------------------------------------------------------------------
+
+_AUTH_ARGUMENT = re.compile(r"(?i)(\bAUTH\s+[\w-]+\s+)\S+")
+_CHALLENGE = re.compile(r"^reply: (b'|retcode \()334")
+_RATE = re.compile(r"(?i)\b(rate|quota|too many|frequen\w*|exceed\w*|limit\w*)\b")
+_NOT_RATE = re.compile(r"(?i)DT:SPM|\bsize\b")  # 163's spam verdict; message too big
+_SENDER = re.compile(r"(?i)sender|\bfrom\b|not owned|authori[sz]ed user|mismatch")
+_FAILURES = (smtplib.SMTPException, OSError, UnicodeError)  # OSError covers ssl and sockets
+_AUTH_HINT = ("Check the username and the authorization code (163/QQ need the authorization "
+              "code, not the web password).")
+
+
+class _Dialogue(smtplib.SMTP):
+    """smtplib.SMTP whose debug dialogue goes to the "notifier.smtp" logger instead of stderr.
+    redact() catches the literal password, but AUTH sends it base64-encoded, so AUTH arguments
+    and every line answering a 334 challenge are masked too."""
+
+    _challenged = False
+    _host: str  # smtplib's TLS server name, which it sets only when __init__ connects
+
+    def _print_debug(self, *args: object) -> None:
+        line = " ".join(str(arg) for arg in args)
+        if line.startswith("send:"):
+            line = f"send: {MASK}" if self._challenged else _AUTH_ARGUMENT.sub(rf"\g<1>{MASK}", line)
+            self._challenged = False
+        elif _CHALLENGE.match(line):
+            self._challenged = True
+        _dialogue_log.debug("%s", redact(line))
+
+
+class _DialogueSSL(_Dialogue, smtplib.SMTP_SSL):
+    """Implicit TLS (port 465) with the same logging."""
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        return host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def describe_account(account: SmtpAccount) -> str:
+    """Where mail goes, for messages and logs; never the password."""
+    who = f"as {account.username}" if account.username else "without login"
+    return f"{account.host}:{account.port} ({account.security}) {who}"
+
+
+class SmtpTransport(Transport):
+    """Send through one SMTP account; one connection serves many messages until close().
+    TLS is always verified (hostname and chain). security "none" may log in only to a loopback
+    relay: a password in clear over a network is refused (held), never sent silently."""
+
+    def __init__(self, account: SmtpAccount, debug: bool = False) -> None:
+        self.account = account
+        self.debug = debug
+        self._smtp: smtplib.SMTP | None = None
+
+    def describe(self) -> str:
+        return describe_account(self.account)
+
+    def open(self) -> None:
+        if self._smtp is None:
+            self._smtp = self._guard(self._connect)
+
+    def send(self, sender: str, recipients: Sequence[str], data: bytes) -> dict[str, str]:
+        self.open()
+        smtp = self._smtp
+        assert smtp is not None
+        refused = self._guard(lambda: smtp.sendmail(sender, list(recipients), data))
+        return {addr: _reply_text(code, text) for addr, (code, text) in refused.items()}
+
+    def close(self) -> None:
+        """QUIT politely. Errors from QUIT are ignored: the message was already accepted, and
+        QQ answers QUIT with garbage or just drops the connection."""
+        smtp, self._smtp = self._smtp, None
+        if smtp is None:
+            return
+        try:
+            smtp.quit()
+        except _FAILURES as exc:
+            _dialogue_log.debug("ignored %s on QUIT to %s", type(exc).__name__, self.describe())
+        finally:
+            smtp.close()
+
+    def _guard(self, step: Callable[[], _T]) -> _T:
+        """Run one step of the dialogue; on failure drop the connection (without QUIT, which
+        could wait out another timeout) and raise the classified DeliveryError. It is raised
+        outside the handler so it has no __context__: smtplib's frames hold the password."""
+        try:
+            return step()
+        except _FAILURES as exc:
+            smtp, self._smtp = self._smtp, None
+            if smtp is not None:
+                smtp.close()
+            error = classify(exc, self.account)
+        raise error
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """System CAs plus `ca_file` if given: it adds trust, it never turns checks off."""
+        context = ssl.create_default_context()
+        context.check_hostname, context.verify_mode = True, ssl.CERT_REQUIRED
+        try:
+            if self.account.ca_file:
+                context.load_verify_locations(cafile=self.account.ca_file)
+        except (OSError, ssl.SSLError) as exc:
+            raise _error(HeldDeliveryError, f"ca_file {self.account.ca_file} cannot be loaded "
+                         f"({exc}); point it at a PEM CA certificate.") from None
+        return context
+
+    def _connect(self) -> smtplib.SMTP:
+        acct = self.account
+        if acct.username and acct.security == "none" and not _is_loopback(acct.host):
+            raise _error(HeldDeliveryError, f"Refusing to send the password for {self.describe()} "
+                         "unencrypted over the network. Use security: ssl or starttls; plain "
+                         "connections may log in only to a relay on this machine.")
+        context = self._tls_context()
+        smtp = (_DialogueSSL(timeout=acct.timeout, context=context) if acct.security == "ssl"
+                else _Dialogue(timeout=acct.timeout))
+        smtp.set_debuglevel(1 if self.debug else 0)
+        smtp._host = acct.host  # we connect after __init__, once the debug level is set
+        try:
+            code, reply = smtp.connect(acct.host, acct.port)
+            if code != 220:
+                raise smtplib.SMTPConnectError(code, reply)
+            smtp.ehlo()
+            if acct.security == "starttls":
+                if not smtp.has_extn("starttls"):
+                    raise _error(HeldDeliveryError, f"{self.describe()} does not offer STARTTLS, "
+                                 "so the password and the mail would travel unencrypted; refusing "
+                                 "to continue. Check host and port, or use security: ssl.")
+                smtp.starttls(context=context)
+                smtp.ehlo()
+            if acct.username:
+                smtp.login(acct.username, acct.password.reveal())
+        except BaseException:
+            smtp.close()
+            raise
+        return smtp
+
+
+def _error(cls: type[DeliveryError], message: str,
+           refused: dict[str, str] | None = None) -> DeliveryError:
+    return cls(redact(message), {addr: redact(r) for addr, r in (refused or {}).items()})
+
+
+def _reply_text(code: int, text: bytes | str) -> str:
+    text = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    return " ".join(f"{code} {text}".split())
+
+
+def _reply_error(code: int, reply: str, where: str) -> DeliveryError:
+    """Map a server reply onto what to do: 4xx later, rate texts slowly, other 5xx never."""
+    if code == 530:
+        return _error(HeldDeliveryError, f"{where} wants a login or TLS first: it replied "
+                      f"{reply}. Set username and password, and use security ssl or starttls.")
+    if not 500 <= code < 600:  # 4xx, and -1 for an unparsable reply
+        return _error(TransientDeliveryError, f"{where} cannot take the message now: it "
+                      f"replied {reply}. It will be retried.")
+    if _RATE.search(reply) and not _NOT_RATE.search(reply):
+        return _error(RateLimitedError, f"{where} says we send too much: it replied {reply}. "
+                      "Sending will be retried more slowly.")
+    return _error(PermanentDeliveryError, f"{where} refused the message: it replied {reply}. "
+                  "Retrying will not help.")
+
+
+def _os_reason(exc: OSError, account: SmtpAccount) -> str:
+    """Why the connection failed, in words; smtplib wraps read timeouts in SMTPServerDisconnected."""
+    if isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError):
+        return f"no answer within {account.timeout:g} seconds"
+    if isinstance(exc, smtplib.SMTPServerDisconnected | ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return "the server closed the connection"
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def classify(exc: BaseException, account: SmtpAccount) -> DeliveryError:
+    """Turn what smtplib, ssl or the socket raised into the DeliveryError that tells the outbox
+    what to do. One function decides, by exception type and reply code, so retry policy is
+    not spread over string matches; messages keep the server's code and text, never secrets."""
+    where, refused = describe_account(account), None
+    cls: type[DeliveryError] = HeldDeliveryError
+    match exc:
+        case smtplib.SMTPRecipientsRefused():
+            refused = {addr: _reply_text(code, text) for addr, (code, text) in exc.recipients.items()}
+            cls = (PermanentDeliveryError if all(r.startswith("5") for r in refused.values())
+                   else TransientDeliveryError)
+            listed = "; ".join(f"{addr}: {reply}" for addr, reply in refused.items())
+            message = f"{where} refused every recipient ({listed})."
+        case smtplib.SMTPAuthenticationError(smtp_code=code) if code >= 500:
+            message = (f"Could not log in to {where}: the server replied "
+                       f"{_reply_text(code, exc.smtp_error)}. {_AUTH_HINT}")
+        case smtplib.SMTPSenderRefused(smtp_code=501 | 550 | 553 as code) if (
+                _SENDER.search(reply := _reply_text(code, exc.smtp_error))
+                and not _RATE.search(reply)):
+            message = (f"{where} refused the sender {exc.sender}: it replied {reply}. "
+                       f"The From address must equal the login ({account.username}).")
+        case smtplib.SMTPResponseException():
+            return _reply_error(exc.smtp_code, _reply_text(exc.smtp_code, exc.smtp_error), where)
+        case smtplib.SMTPException() if not isinstance(exc, smtplib.SMTPServerDisconnected):
+            message = f"{where} cannot be used as configured: {exc} Check host, port and security."
+        case ssl.SSLCertVerificationError():
+            trusted = f"ca_file {account.ca_file}" if account.ca_file else "the system CAs"
+            message = (f"The TLS certificate of {where} is not trusted ({exc.verify_message}; "
+                       f"checked against {trusted}). If the server uses a private CA, set "
+                       "ca_file to its certificate.")
+        case ssl.SSLError() if not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+            message = (f"The TLS handshake with {where} failed ({exc.reason or exc}). Check that "
+                       f"port {account.port} speaks {account.security} (465: ssl, 587: starttls).")
+        case OSError():
+            cls = TransientDeliveryError
+            message = f"Could not talk to {where}: {_os_reason(exc, account)}. It will be retried."
+        case _:
+            message = (f"The username, password or an address for {where} has characters SMTP "
+                       f"cannot carry ({type(exc).__name__}); use plain ASCII.")
+    return _error(cls, message, refused)
+
+
+# --- Maildir ----------------------------------------------------------------------------------
+
+class MaildirTransport(Transport):
+    """Deliver into a local Maildir: the default when no SMTP account is configured, so alerts
+    are never lost and any mail client (mutt -f DIR) can read them."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._box: mailbox.Maildir | None = None
+
+    def describe(self) -> str:
+        return f"the Maildir {self.path}"
+
+    def open(self) -> None:
+        if self._box is None:
+            self._box = self._guard(self._create)
+
+    def _create(self) -> mailbox.Maildir:
+        self.path.parent.mkdir(parents=True, exist_ok=True)  # Maildir makes only the last level
+        return mailbox.Maildir(self.path, create=True)
+
+    def send(self, sender: str, recipients: Sequence[str], data: bytes) -> dict[str, str]:
+        self.open()
+        box = self._box
+        assert box is not None
+        # What a local delivery agent adds; mailbox writes os.linesep, so feed it bare LF.
+        envelope = [f"Return-Path: <{sanitize_header(sender, 320)}>"]
+        envelope += [f"Delivered-To: {sanitize_header(r, 320)}" for r in recipients]
+        text = "\n".join(envelope).encode() + b"\n" + data.replace(b"\r\n", b"\n")
+        self._guard(lambda: box.add(text))
+        return {}
+
+    def close(self) -> None:
+        box, self._box = self._box, None
+        if box is not None:
+            box.close()
+
+    def _guard(self, step: Callable[[], _T]) -> _T:
+        try:
+            return step()
+        except OSError as exc:
+            cls = HeldDeliveryError if isinstance(exc, PermissionError) else TransientDeliveryError
+            error = _error(cls, f"Could not write to {self.describe()}: {exc.strerror or exc}.")
+        raise error

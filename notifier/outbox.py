@@ -1,0 +1,147 @@
+"""Deliver the outbox: claim due messages, send them in batches, and decide what a failure means.
+
+A message leaves the outbox only after a server (or the Maildir) accepted it. What happens on
+failure depends on its type (see notifier.errors): transient → retry with exponential backoff
+and jitter; rate-limited → slow retry; held → wait for a person (config change or
+`notifier outbox retry`); permanent → dead letter, kept and listed, never dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from itertools import groupby
+
+from notifier.config import Config
+from notifier.errors import (
+    DeliveryError,
+    HeldDeliveryError,
+    PermanentDeliveryError,
+    RateLimitedError,
+    TransientDeliveryError,
+)
+from notifier.mail import MaildirTransport, SmtpTransport, Transport
+from notifier.store import OutboxRow, Store
+
+log = logging.getLogger("notifier.outbox")
+
+BACKOFF_BASE = 30.0  # seconds before the first retry
+BACKOFF_CAP = 3600.0  # never wait longer than an hour between retries
+RATE_LIMIT_DELAY = 1800.0  # providers' hourly/daily quotas: come back much later
+
+
+@dataclass
+class Report:
+    """What one delivery round did, for logs, status lines and tests."""
+
+    sent: int = 0
+    retry: int = 0
+    held: int = 0
+    dead: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+def jittered(delay: float) -> float:
+    """`delay` scaled by a random factor in [0.5, 1.5), so many retries spread apart."""
+    return delay * (0.5 + random.random())  # noqa: S311 - jitter, not cryptography
+
+
+def backoff(attempts: int) -> float:
+    """Exponential backoff with jitter, capped at an hour."""
+    return jittered(min(BACKOFF_BASE * 2 ** attempts, BACKOFF_CAP))
+
+
+class Sender:
+    """Delivers due outbox rows for one config. Safe to run from several processes at once."""
+
+    def __init__(self, cfg: Config, store: Store, debug_smtp: bool = False,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.debug_smtp = debug_smtp
+        self.clock = clock
+        self.owner = f"{socket.gethostname()}:{os.getpid()}"
+
+    def maildir(self) -> str:
+        return str(self.cfg.state_dir / "maildir")
+
+    def transport(self, account: str | None) -> Transport:
+        """The transport for an account name; no account means the local Maildir."""
+        if account is None:
+            return MaildirTransport(self.cfg.state_dir / "maildir")
+        acct = self.cfg.accounts.get(account)
+        if acct is None:
+            raise HeldDeliveryError(f"the smtp account {account!r} is no longer configured; add it "
+                                    f"back or run `notifier outbox retry` after fixing the config.")
+        return SmtpTransport(acct, debug=self.debug_smtp)
+
+    def deliver(self, limit: int = 200) -> Report:
+        """Send every due message (up to `limit`), one connection per account."""
+        report = Report()
+        rows = self.store.claim(self.owner, self.clock(), limit)
+        by_account = sorted(rows, key=lambda r: r.account or "")
+        for account, group in groupby(by_account, key=lambda r: r.account):
+            self._deliver_batch(account, list(group), report)
+        return report
+
+    def _deliver_batch(self, account: str | None, rows: list[OutboxRow], report: Report) -> None:
+        """Send `rows` over one connection, reconnecting after a message-level failure."""
+        pending = list(rows)
+        while pending:
+            try:
+                transport = self.transport(account)
+                transport.open()
+            except DeliveryError as exc:
+                # Cannot even connect or log in: every message in the batch waits alike.
+                for row in pending:
+                    self._failed(row, exc, report)
+                return
+            try:
+                while pending:
+                    row = pending.pop(0)
+                    try:
+                        refused = transport.send(row.sender, row.recipients, row.body)
+                    except DeliveryError as exc:
+                        self._failed(row, exc, report)
+                        break  # the session may be unusable now; reconnect for the rest
+                    self._accepted(row, refused, transport.describe(), report)
+            finally:
+                transport.close()
+
+    def _accepted(self, row: OutboxRow, refused: dict[str, str], via: str, report: Report) -> None:
+        if not refused:
+            self.store.delivered(row.id)
+            report.sent += 1
+            log.info("message=%s kind=%s watcher=%s outcome=sent via=%s recipients=%d",
+                     row.message_id, row.kind, row.watcher, via, len(row.recipients))
+            return
+        # Accepted for some recipients: keep the message only for the refused ones.
+        permanent = all(reason[:1] == "5" for reason in refused.values())
+        error = "; ".join(f"{addr}: {reason}" for addr, reason in refused.items())
+        exc: DeliveryError = (PermanentDeliveryError if permanent else TransientDeliveryError)(
+            f"the server refused some recipients ({error})")
+        report.sent += 1
+        self._failed(row, exc, report, recipients=list(refused))
+
+    def _failed(self, row: OutboxRow, exc: DeliveryError, report: Report,
+                recipients: list[str] | None = None) -> None:
+        now = self.clock()
+        message = str(exc)
+        if isinstance(exc, HeldDeliveryError):
+            state, when, report.held = "held", now, report.held + 1
+        elif isinstance(exc, PermanentDeliveryError):
+            state, when, report.dead = "dead", now, report.dead + 1
+        elif isinstance(exc, RateLimitedError):
+            state, when, report.retry = "pending", now + jittered(RATE_LIMIT_DELAY), report.retry + 1
+        else:
+            state, when, report.retry = "pending", now + backoff(row.attempts), report.retry + 1
+        report.errors.append(message)
+        self.store.reschedule(row.id, state, message, when, recipients)
+        level = logging.WARNING if state == "pending" else logging.ERROR
+        log.log(level, "message=%s kind=%s watcher=%s outcome=%s attempts=%d: %s", row.message_id,
+                row.kind, row.watcher, "retry" if state == "pending" else state, row.attempts + 1, message)
