@@ -93,6 +93,7 @@ class Daemon:
         signal.signal(signal.SIGHUP, self._on_hup)
         pid_file(self.cfg).write_text(f"{os.getpid()}\n")
         self.store.release(("held",))  # a restart may follow a fix to the account
+        self.sender.recover()
         for wc in self.cfg.watchers:
             self._add(wc, startup=True)
         self.scheduler.add_job(self._deliver, IntervalTrigger(seconds=OUTBOX_EVERY), id="outbox",

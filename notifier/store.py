@@ -227,6 +227,17 @@ class Store:
             cur.row_factory = sqlite3.Row
             return [_row(r) for r in cur.fetchall()]
 
+    def claims(self) -> list[str]:
+        """Owners that hold claims right now (to find senders that died holding some)."""
+        return [r["claimed_by"] for r in self._query(
+            "SELECT DISTINCT claimed_by FROM outbox WHERE claimed_by IS NOT NULL")]
+
+    def unclaim(self, owner: str) -> int:
+        """Drop `owner`'s claims, once it is known to be dead."""
+        with self._tx() as db:
+            return db.execute("UPDATE outbox SET claimed_by = NULL, claimed_until = NULL "
+                              "WHERE claimed_by = ?", (owner,)).rowcount
+
     def delivered(self, row_id: int) -> None:
         with self._tx() as db:
             db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))

@@ -1,0 +1,257 @@
+"""notifier.daemon, as users run it: `notifier run` in a real process, real files, HTTP and SMTP.
+
+Intervals are one second; every wait is a poll of the log or the SMTP server with a deadline.
+"""
+
+from __future__ import annotations
+
+import email
+import email.policy
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.servers.http import LocalHTTPServer
+from tests.servers.smtp import PASSWORD, USERNAME, SmtpServer
+
+DEADLINE = 20.0
+
+
+def poll(condition: Callable[[], bool], what: str, timeout: float = DEADLINE) -> None:
+    """Wait until `condition()` holds, checking often; fail naming `what` after `timeout`."""
+    end = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > end:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(0.02)
+
+
+class Daemon:
+    """One `notifier run` subprocess with its log in a file the test can poll."""
+
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.log_path = config.parent / "daemon.log"
+        self.env = {**os.environ, "PW": PASSWORD, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Daemon:
+        with self.log_path.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "notifier.cli", "-c", str(self.config), "--log-level", "info", "run"],
+                stdout=log, stderr=subprocess.STDOUT, env=self.env)
+        return self
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def count(self, pattern: str) -> int:
+        return len(re.findall(pattern, self.log()))
+
+    def wait_log(self, pattern: str, count: int = 1, timeout: float = DEADLINE) -> None:
+        poll(lambda: self.count(pattern) >= count, f"{count} x {pattern!r} in the log:\n{self.log()}", timeout)
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=30)
+        self.proc = None
+        return code
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+            self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def daemons() -> Iterator[Callable[..., Daemon]]:
+    """Start daemons with `daemons(config)`; any still running are killed after the test."""
+    started: list[Daemon] = []
+
+    def start(config: Path, **kw: object) -> Daemon:
+        daemon = Daemon(config, **kw).start()  # type: ignore[arg-type]
+        started.append(daemon)
+        return daemon
+
+    yield start
+    for daemon in started:
+        daemon.close()
+
+
+def write_config(path: Path, smtp: SmtpServer, watchers: str, extra: str = "") -> Path:
+    path.write_text(f"""\
+smtp:
+  test: {{host: {smtp.host}, port: {smtp.port}, security: ssl, username: {USERNAME},
+         password_env: PW, ca_file: {smtp.ca_file}}}
+mail: {{to: [me@example.com]}}
+defaults: {{every: 1s}}
+{extra}
+watchers:
+{watchers}
+""")
+    return path
+
+
+def file_watcher(name: str, path: Path) -> str:
+    return f"  - {{name: {name}, kind: file, path: {path}}}\n"
+
+
+def subjects(smtp: SmtpServer) -> list[str]:
+    return [str(email.message_from_bytes(r.content, policy=email.policy.default)["Subject"])
+            for r in smtp.received]
+
+
+def test_file_change_sends_exactly_one_mail(tmp_path: Path, smtp_server: SmtpServer, daemons) -> None:  # type: ignore[no-untyped-def]
+    watched = tmp_path / "watched.txt"
+    watched.write_text("v1\n")
+    daemon = daemons(write_config(tmp_path / "watchers.yaml", smtp_server, file_watcher("doc", watched)))
+    daemon.wait_log(r"watcher=doc kind=file outcome=baseline")
+    watched.write_text("v2\n")
+    smtp_server.wait_for(1, timeout=DEADLINE)
+    checks = daemon.count(r"watcher=doc .*outcome=unchanged")
+    daemon.wait_log(r"watcher=doc .*outcome=unchanged", checks + 3)
+    assert subjects(smtp_server) == ["[notifier] doc changed: 1 added, 1 removed"]
+    assert daemon.stop() == 0
+    assert "outcome=sent" in daemon.log()
+
+
+def test_config_edits_are_picked_up_and_bad_ones_refused(  # type: ignore[no-untyped-def]
+        tmp_path: Path, smtp_server: SmtpServer, daemons) -> None:
+    a, b = tmp_path / "a.txt", tmp_path / "b.txt"
+    a.write_text("a\n")
+    b.write_text("b\n")
+    config = tmp_path / "watchers.yaml"
+    daemon = daemons(write_config(config, smtp_server, file_watcher("a", a)))
+    daemon.wait_log(r"watcher=a .*outcome=baseline")
+    write_config(config, smtp_server, file_watcher("a", a) + file_watcher("b", b))
+    daemon.wait_log(r"watcher=b .*outcome=baseline")
+    write_config(config, smtp_server, file_watcher("b", b))
+    daemon.wait_log(r"reloaded .*1 watcher\(s\), 0 added or changed, 1 removed")
+    after_removal = daemon.count(r"watcher=a ")
+    daemon.wait_log(r"watcher=b ", daemon.count(r"watcher=b ") + 3)
+    assert daemon.count(r"watcher=a ") <= after_removal + 1  # one check may have been running
+    config.write_text(config.read_text().replace("kind: file", "kind: fiel"))
+    daemon.wait_log(r"reload refused: .*unknown kind 'fiel'")
+    daemon.wait_log(r"watcher=b ", daemon.count(r"watcher=b ") + 2)  # the old config runs on
+    assert daemon.stop() == 0
+
+
+def test_failing_url_alerts_once_then_recovers_once(tmp_path: Path, smtp_server: SmtpServer,
+                                                    http_server: LocalHTTPServer, daemons) -> None:  # type: ignore[no-untyped-def]
+    http_server.set("/flaky", "down", status=500)
+    watchers = f"  - {{name: site, kind: url, url: '{http_server.url('/flaky')}', error_after: 3}}\n"
+    daemon = daemons(write_config(tmp_path / "watchers.yaml", smtp_server, watchers))
+    smtp_server.wait_for(1, timeout=DEADLINE)
+    daemon.wait_log(r"watcher=site .*outcome=failed", daemon.count(r"watcher=site .*outcome=failed") + 2)
+    assert len(smtp_server.received) == 1
+    assert subjects(smtp_server)[0].startswith("[notifier] site is failing (3 in a row)")
+    http_server.set("/flaky", "up again")
+    smtp_server.wait_for(2, timeout=DEADLINE)
+    daemon.wait_log(r"watcher=site .*outcome=unchanged", 2)
+    assert len(smtp_server.received) == 2
+    assert re.fullmatch(r"\[notifier\] site is back to normal after \d+ failures", subjects(smtp_server)[1])
+    assert daemon.stop() == 0
+
+
+def test_restart_resumes_without_baseline_or_duplicate(  # type: ignore[no-untyped-def]
+        tmp_path: Path, smtp_server: SmtpServer, daemons) -> None:
+    watched = tmp_path / "watched.txt"
+    watched.write_text("v1\n")
+    config = write_config(tmp_path / "watchers.yaml", smtp_server, file_watcher("doc", watched))
+    first = daemons(config)
+    first.wait_log(r"watcher=doc .*outcome=baseline")
+    assert first.stop(signal.SIGTERM) == 0
+    second = daemons(config)
+    second.wait_log(r"watcher=doc .*outcome=unchanged", first.count(r"outcome=unchanged") + 2)
+    assert first.count(r"outcome=baseline") == 1
+    assert smtp_server.received == []
+    assert second.stop(signal.SIGINT) == 0
+
+
+def test_kill_9_loses_no_alert(tmp_path: Path, smtp_server: SmtpServer, daemons) -> None:  # type: ignore[no-untyped-def]
+    """Kill -9 right after a change is committed, and right after the server accepted it.
+
+    Every edit must reach the inbox. A second copy may only happen when the kill falls
+    between the server's 250 and the outbox commit, and then carries the same Message-ID.
+    """
+    watched = tmp_path / "watched.txt"
+    watched.write_text("start\n")
+    config = write_config(tmp_path / "watchers.yaml", smtp_server, file_watcher("doc", watched))
+    rounds = 6
+    for i in range(rounds):
+        checks = Daemon(config).count(r"watcher=doc ")
+        daemon = daemons(config)
+        daemon.wait_log(r"watcher=doc ", checks + 1)  # running, and has seen the last edit
+        with watched.open("a") as handle:
+            handle.write(f"edit {i}\n")
+        if i % 2:
+            received = len(smtp_server.received)
+            poll(lambda n=received: len(smtp_server.received) > n, "a delivery")
+        else:
+            daemon.wait_log(r"watcher=doc .*outcome=changed", daemon.count(r"outcome=changed") + 1)
+        daemon.stop(signal.SIGKILL)
+    started = Daemon(config).count("started:")
+    final = daemons(config)
+    final.wait_log("started:", started + 1)
+    poll(lambda: all(f"edit {i}" in _all_added(smtp_server) for i in range(rounds)),
+         f"every edit in some mail; got {_all_added(smtp_server)}")
+    assert final.stop() == 0
+    by_id: dict[str, list[str]] = {}
+    for received in smtp_server.received:
+        msg = email.message_from_bytes(received.content, policy=email.policy.default)
+        by_id.setdefault(str(msg["Message-ID"]), []).append(_added(received.content))
+    for copies in by_id.values():
+        assert len(set(copies)) == 1  # a duplicate is the very same message
+    distinct = [copies[0] for copies in by_id.values()]
+    for i in range(rounds):
+        assert sum(f"edit {i}" in added for added in distinct) == 1, distinct
+    duplicates = len(smtp_server.received) - len(by_id)
+    print(f"kill -9 loop: {rounds} rounds, {len(by_id)} alerts, {duplicates} duplicate copies")
+
+
+def _added(content: bytes) -> str:
+    msg = email.message_from_bytes(content, policy=email.policy.default)
+    text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    return "\n".join(ln for ln in text.splitlines() if ln.startswith("+") and not ln.startswith("+++"))
+
+
+def _all_added(smtp: SmtpServer) -> str:
+    return "\n".join(_added(r.content) for r in smtp.received)
+
+
+def test_systemd_notify_protocol(tmp_path: Path, smtp_server: SmtpServer, daemons) -> None:  # type: ignore[no-untyped-def]
+    watched = tmp_path / "watched.txt"
+    watched.write_text("x\n")
+    config = write_config(tmp_path / "watchers.yaml", smtp_server, file_watcher("doc", watched))
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+        sock.bind(str(tmp_path / "notify.sock"))
+        sock.settimeout(DEADLINE)
+        daemon = daemons(config, env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock"),
+                                      "WATCHDOG_USEC": "2000000"})
+        seen: list[str] = []
+        while not {"READY=1", "WATCHDOG=1"} <= {f for m in seen for f in m.split("\n")}:
+            seen.append(sock.recv(4096).decode())
+        status = [f for m in seen for f in m.split("\n") if f.startswith("STATUS=")]
+        assert re.match(r"STATUS=1 watchers, next check in \d+ s, outbox \d+", status[0])
+        assert daemon.stop() == 0
+        assert "STOPPING=1" in sock.recv(4096).decode()
+
+
+def test_invalid_config_exits_78_with_the_problems(tmp_path: Path, daemons) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "watchers.yaml"
+    config.write_text("watchers:\n  - {name: x, kind: nope}\n")
+    daemon = daemons(config)
+    assert daemon.proc is not None
+    assert daemon.proc.wait(timeout=30) == 78
+    daemon.proc = None
+    assert "watchers.yaml:2: watchers.x.kind: unknown kind 'nope'" in daemon.log()
+    assert "Traceback" not in daemon.log()
