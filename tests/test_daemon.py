@@ -57,7 +57,7 @@ class Daemon:
         return len(re.findall(pattern, self.log()))
 
     def wait_log(self, pattern: str, count: int = 1, timeout: float = DEADLINE) -> None:
-        poll(lambda: self.count(pattern) >= count, f"{count} x {pattern!r} in the log:\n{self.log()}", timeout)
+        poll(lambda: self.count(pattern) >= count, f"{count} x {pattern!r} in the log", timeout)
 
     def stop(self, sig: int = signal.SIGTERM) -> int:
         assert self.proc is not None
