@@ -41,7 +41,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Parse arguments, run the subcommand, and turn known errors into one line each."""
     parser = _parser()
     args = parser.parse_args(argv)
-    logs.setup("debug" if args.debug else args.log_level or "warning")
+    logs.setup("debug" if args.debug else args.log_level or "warning", args.debug_smtp)
     try:
         code: int = args.func(args)
         return code
@@ -205,7 +205,7 @@ def cmd_kinds(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     cfg = configmod.load(args.config)
     if not args.log_level and not args.debug:
-        logs.setup(cfg.log_level)
+        logs.setup(cfg.log_level, args.debug_smtp)
     return Daemon(args.config, debug_smtp=args.debug_smtp).run()
 
 

@@ -13,9 +13,20 @@ import sys
 from notifier.secrets import RedactingFilter
 
 
-def setup(level: str = "info") -> None:
-    """Route all notifier logging to stderr at `level`, with secrets masked."""
-    handler = logging.StreamHandler(sys.stderr)
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time, so a replaced stderr is followed."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def setup(level: str = "info", smtp_dialogue: bool = False) -> None:
+    """Route all notifier logging to stderr at `level`, with secrets masked.
+
+    `smtp_dialogue` shows the SMTP conversation (credentials are masked by notifier.mail).
+    """
+    handler = _StderrHandler()
     handler.addFilter(RedactingFilter())
     if os.environ.get("JOURNAL_STREAM"):
         fmt = "%(levelname)s %(name)s: %(message)s"
@@ -30,3 +41,4 @@ def setup(level: str = "info") -> None:
     # Library chatter (connection pools, scheduler internals) only when asked for.
     for noisy in ("urllib3", "apscheduler"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    logging.getLogger("notifier.smtp").setLevel(logging.DEBUG if smtp_dialogue else logging.NOTSET)

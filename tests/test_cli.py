@@ -1,0 +1,139 @@
+"""notifier.cli: the commands users type, their output and exit codes."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from notifier.cli import main
+from tests.servers.smtp import PASSWORD, USERNAME, SmtpServer
+
+
+def write(tmp_path: Path, body: str) -> Path:
+    path = tmp_path / "watchers.yaml"
+    path.write_text(body)
+    return path
+
+
+@pytest.fixture
+def watched(tmp_path: Path) -> Path:
+    """A config with one file watcher on tmp_path/doc.txt (grep: price)."""
+    (tmp_path / "doc.txt").write_text("price 1\nnoise\n")
+    return write(tmp_path, f"""\
+watchers:
+  - name: doc
+    kind: file
+    path: {tmp_path / "doc.txt"}
+    filters: [{{grep: price}}]
+""")
+
+
+def test_validate_ok_and_errors(tmp_path: Path, watched: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-c", str(watched), "validate"]) == 0
+    assert "is valid: 1 watcher(s)" in capsys.readouterr().out
+    bad = write(tmp_path, "watchers:\n  - {name: a, kind: file, pth: /x}\n")
+    assert main(["-c", str(bad), "validate"]) == 1
+    out = capsys.readouterr().out
+    assert f"error: {bad}:2: watchers.a.pth: unknown key; did you mean 'path'?" in out
+    assert f"error: {bad}:2: watchers.a.path: is required" in out
+
+
+def test_check_exit_codes_and_plain_output(watched: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-c", str(watched), "check"]) == 0
+    assert "watcher=doc kind=file outcome=baseline" in capsys.readouterr().out
+    (watched.parent / "doc.txt").write_text("price 2\n")
+    assert main(["-c", str(watched), "check", "--dry-run"]) == 1
+    out = capsys.readouterr().out
+    assert "-price 1\n+price 2\n" in out
+    assert "\033[" not in out  # not a terminal: no color codes
+    assert main(["-c", str(watched), "check", "doc"]) == 1  # dry run did not record it
+    assert main(["-c", str(watched), "check"]) == 0
+    (watched.parent / "doc.txt").write_text("nothing\n")
+    assert main(["-c", str(watched), "check"]) == 2
+    assert "matched nothing" in capsys.readouterr().out
+
+
+def test_check_unknown_name(watched: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-c", str(watched), "check", "nope"]) == 2
+    assert "no watcher named nope" in capsys.readouterr().err
+
+
+def test_check_send_delivers_to_maildir(watched: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["-c", str(watched), "check"])
+    (watched.parent / "doc.txt").write_text("price 3\n")
+    assert main(["-c", str(watched), "check", "--send"]) == 1
+    assert "outbox: 1 sent, 0 to retry, 0 held, 0 dead" in capsys.readouterr().out
+    assert len(list((watched.parent / "state" / "maildir" / "new").iterdir())) == 1
+
+
+def test_test_filter_shows_each_step(watched: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-c", str(watched), "test-filter", "doc"]) == 0
+    out = capsys.readouterr().out
+    assert "=== after grep 'price'" in out
+    assert out.rstrip().endswith("price 1")
+
+
+def test_kinds_lists_options(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["kinds"]) == 0
+    out = capsys.readouterr().out
+    for needle in ("url:", "file:", "command:", "css:", "max_bytes", "shorthand"):
+        assert needle in out
+
+
+def test_status_and_outbox(watched: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    main(["-c", str(watched), "check"])
+    capsys.readouterr()
+    assert main(["-c", str(watched), "status"]) == 0
+    out = capsys.readouterr().out
+    assert "doc (file, every 10m)" in out
+    assert "last check 0s ago" in out
+    assert "outbox: 0 pending, 0 held, 0 dead" in out
+    assert main(["-c", str(watched), "outbox"]) == 0
+    assert "0 message(s) in the outbox." in capsys.readouterr().out
+
+
+def test_bad_config_is_one_line_per_problem_and_exit_78(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    bad = write(tmp_path, "watchers: [\n")
+    assert main(["-c", str(bad), "check"]) == 78
+    err = capsys.readouterr().err
+    assert "is not valid YAML" in err
+    assert "Traceback" not in err
+
+
+def test_test_mail_through_smtp_with_masked_debug(tmp_path: Path, smtp_server: SmtpServer,
+                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    path = write(tmp_path, f"""\
+smtp:
+  main: {{host: {smtp_server.host}, port: {smtp_server.port}, security: ssl, username: {USERNAME},
+         password_env: PW, ca_file: {smtp_server.ca_file}}}
+mail: {{to: [ops@example.com]}}
+watchers: []
+""")
+    result = subprocess.run([sys.executable, "-m", "notifier.cli", "-c", str(path), "--debug-smtp",
+                             "test-mail", "--to", "me@example.com"], capture_output=True, text=True,
+                            env={"PW": PASSWORD, "PATH": "/usr/bin:/bin"}, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "accepted the test message for me@example.com" in result.stdout
+    assert smtp_server.received[0].rcpt_tos == ("me@example.com",)
+    assert "AUTH" in result.stderr  # the dialogue was shown...
+    assert PASSWORD not in result.stderr + result.stdout  # ...with the secret masked
+
+
+def test_untrusted_certificate_is_refused(tmp_path: Path, smtp_server: SmtpServer) -> None:
+    path = write(tmp_path, f"""\
+smtp:
+  main: {{host: {smtp_server.host}, port: {smtp_server.port}, security: ssl, username: {USERNAME},
+         password_env: PW}}
+watchers: []
+""")
+    result = subprocess.run([sys.executable, "-m", "notifier.cli", "-c", str(path), "test-mail"],
+                            capture_output=True, text=True, env={"PW": PASSWORD, "PATH": "/usr/bin:/bin"},
+                            timeout=60, check=False)
+    assert result.returncode == 2
+    assert "certificate" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert smtp_server.received == []
