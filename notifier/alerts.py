@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import getpass
 from collections.abc import Sequence
-from datetime import datetime, timedelta
+from datetime import datetime, timedelta, tzinfo
 from email.utils import parseaddr
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -31,21 +31,21 @@ class Alerter:
 
     def change(self, wc: WatcherConfig, diff: Diff, old: str, new: str,
                state: WatcherState, now: float) -> list[Queued]:
-        ctx = AlertContext(kind="change", watcher=_info(wc), at=self._time(wc, now), diff=diff,
+        ctx = AlertContext(kind="change", watcher=_info(wc), at=self._at(wc, now), diff=diff,
                            old=old, new=new, previous_at=self._time(wc, state.last_change),
                            subject_prefix=self.cfg.subject_prefix)
         attachments = [("snapshot.txt", "text/plain", new.encode())] if wc.attach_snapshot else []
         return [self._queue(wc, ctx, now, attachments)]
 
     def error(self, wc: WatcherConfig, error: str, state: WatcherState, now: float) -> list[Queued]:
-        ctx = AlertContext(kind="error", watcher=_info(wc), at=self._time(wc, now), error=error,
+        ctx = AlertContext(kind="error", watcher=_info(wc), at=self._at(wc, now), error=error,
                            failures=state.failures + 1,
                            failing_since=self._time(wc, state.last_error_at if state.failures else now),
                            subject_prefix=self.cfg.subject_prefix)
         return [self._queue(wc, ctx, now)]
 
     def recovery(self, wc: WatcherConfig, state: WatcherState, now: float) -> list[Queued]:
-        ctx = AlertContext(kind="recovery", watcher=_info(wc), at=self._time(wc, now),
+        ctx = AlertContext(kind="recovery", watcher=_info(wc), at=self._at(wc, now),
                            error=state.last_error, failures=state.failures,
                            failing_since=self._time(wc, state.last_error_at),
                            subject_prefix=self.cfg.subject_prefix)
@@ -54,7 +54,7 @@ class Alerter:
     def test(self, now: float, to: Sequence[str] = ()) -> Queued:
         """A test alert through the default account, to `to` or the configured recipients."""
         account = self.cfg.default_account
-        ctx = AlertContext(kind="test", watcher=None, at=self._time(None, now),
+        ctx = AlertContext(kind="test", watcher=None, at=self._at(None, now),
                            subject_prefix=self.cfg.subject_prefix,
                            extra={"via": self._via(account)})
         recipients = Recipients(tuple(to)) if to else self.cfg.recipients
@@ -105,13 +105,15 @@ class Alerter:
         name = (wc.timezone if wc else None) or self.cfg.timezone
         return ZoneInfo(name) if name else None
 
-    def _time(self, wc: WatcherConfig | None, ts: float | None) -> datetime | None:
-        if ts is None:
-            return None
+    def _at(self, wc: WatcherConfig | None, ts: float) -> datetime:
+        """`ts` as an aware datetime in the watcher's (or the config's, or local) time zone."""
         return datetime.fromtimestamp(ts, self._zone(wc)).astimezone(self._zone(wc))
 
+    def _time(self, wc: WatcherConfig | None, ts: float | None) -> datetime | None:
+        return None if ts is None else self._at(wc, ts)
 
-def quiet_until(window: str | None, zone: ZoneInfo | None, now: float) -> float:
+
+def quiet_until(window: str | None, zone: tzinfo | None, now: float) -> float:
     """When an alert created at `now` may be sent: the end of the quiet window, or now."""
     if not window:
         return now

@@ -234,8 +234,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         st = states.get(wc.name)
         schedule = f"cron {wc.cron}" if wc.cron else f"every {_ago(wc.every)}"
         print(f"{wc.name} ({wc.kind}, {schedule})")
-        print(f"    last check {_when(st and st.last_check, now)}, last change "
-              f"{_when(st and st.last_change, now)}, next run {_when(next_run(wc, st), now)}")
+        print(f"    last check {_when(st.last_check if st else None, now)}, last change "
+              f"{_when(st.last_change if st else None, now)}, next run {_when(next_run(wc, st), now)}")
         if st and st.failures:
             print(f"    failing {st.failures} time(s) in a row: {st.last_error}")
     print(f"outbox: {counts['pending']} pending, {counts['held']} held, {counts['dead']} dead")

@@ -40,7 +40,7 @@ class _Loader(yaml.SafeLoader):
     filename: str
     environ: Mapping[str, str]
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LineDict:  # type: ignore[override]
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> LineDict:
         self.flatten_mapping(node)
         out = LineDict()
         out.line = node.start_mark.line + 1
@@ -56,7 +56,7 @@ class _Loader(yaml.SafeLoader):
             out.lines[key] = line
         return out
 
-    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> LineList:  # type: ignore[override]
+    def construct_sequence(self, node: yaml.SequenceNode, deep: bool = False) -> LineList:
         out = LineList(self.construct_object(child, deep=True) for child in node.value)
         out.line = node.start_mark.line + 1
         out.lines = [child.start_mark.line + 1 for child in node.value]
@@ -78,9 +78,21 @@ class _Loader(yaml.SafeLoader):
         return ""
 
 
-_Loader.add_constructor("tag:yaml.org,2002:map", lambda ld, n: ld.construct_mapping(n))
-_Loader.add_constructor("tag:yaml.org,2002:seq", lambda ld, n: ld.construct_sequence(n))
-_Loader.add_constructor("tag:yaml.org,2002:str", lambda ld, n: ld.construct_yaml_str(n))
+def _map(loader: _Loader, node: yaml.MappingNode) -> LineDict:
+    return loader.construct_mapping(node)
+
+
+def _seq(loader: _Loader, node: yaml.SequenceNode) -> LineList:
+    return loader.construct_sequence(node)
+
+
+def _str(loader: _Loader, node: yaml.ScalarNode) -> str:
+    return loader.construct_yaml_str(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:map", _map)
+_Loader.add_constructor("tag:yaml.org,2002:seq", _seq)
+_Loader.add_constructor("tag:yaml.org,2002:str", _str)
 
 
 def load_yaml(path: Path, environ: Mapping[str, str] | None = None) -> tuple[Any, list[Problem]]:
