@@ -17,6 +17,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check notifier tests bench
+	$(BIN)/mypy notifier
 	$(BIN)/pytest
 
 bench: $(STAMP)
