@@ -7,6 +7,7 @@ will be sent; a retry sends the same message with the same Message-ID.
 from __future__ import annotations
 
 import getpass
+import json
 from collections.abc import Sequence
 from datetime import datetime, timedelta, tzinfo
 from email.utils import parseaddr
@@ -16,8 +17,8 @@ from zoneinfo import ZoneInfo
 from notifier.config import Config, Recipients, WatcherConfig
 from notifier.diff import Diff
 from notifier.mail import build_message, message_bytes, new_message_id
-from notifier.render import AlertContext, Renderer, WatcherInfo
-from notifier.store import Queued, WatcherState
+from notifier.render import AlertContext, DigestItem, Renderer, WatcherInfo, cap_diff
+from notifier.store import Alert, DigestEntry, Queued, WatcherState
 
 LOCAL_SENDER = "notifier@localhost"
 
@@ -30,21 +31,23 @@ class Alerter:
         self._renderers: dict[tuple[Path, ...], Renderer] = {}
 
     def change(self, wc: WatcherConfig, diff: Diff, old: str, new: str,
-               state: WatcherState, now: float) -> list[Queued]:
+               state: WatcherState, now: float) -> list[Alert]:
+        if wc.digest:
+            return [self._digest_entry(wc, diff, now)]
         ctx = AlertContext(kind="change", watcher=_info(wc), at=self._at(wc, now), diff=diff,
                            old=old, new=new, previous_at=self._time(wc, state.last_change),
                            subject_prefix=self.cfg.subject_prefix)
         attachments = [("snapshot.txt", "text/plain", new.encode())] if wc.attach_snapshot else []
         return [self._queue(wc, ctx, now, attachments)]
 
-    def error(self, wc: WatcherConfig, error: str, state: WatcherState, now: float) -> list[Queued]:
+    def error(self, wc: WatcherConfig, error: str, state: WatcherState, now: float) -> list[Alert]:
         ctx = AlertContext(kind="error", watcher=_info(wc), at=self._at(wc, now), error=error,
                            failures=state.failures + 1,
                            failing_since=self._time(wc, state.last_error_at if state.failures else now),
                            subject_prefix=self.cfg.subject_prefix)
         return [self._queue(wc, ctx, now)]
 
-    def recovery(self, wc: WatcherConfig, state: WatcherState, now: float) -> list[Queued]:
+    def recovery(self, wc: WatcherConfig, state: WatcherState, now: float) -> list[Alert]:
         ctx = AlertContext(kind="recovery", watcher=_info(wc), at=self._at(wc, now),
                            error=state.last_error, failures=state.failures,
                            failing_since=self._time(wc, state.last_error_at),
@@ -60,10 +63,39 @@ class Alerter:
         recipients = Recipients(tuple(to)) if to else self.cfg.recipients
         return self._build(ctx, account, recipients, self._renderer(None), 0.0, None, [])
 
+    def _digest_entry(self, wc: WatcherConfig, diff: Diff, now: float) -> DigestEntry:
+        """A change of a `digest:` watcher waits, grouped by who receives it and how often."""
+        recipients = self._recipients(wc)
+        bucket = json.dumps({"account": wc.account or self.cfg.default_account, "to": recipients.to,
+                             "cc": recipients.cc, "bcc": recipients.bcc, "every": wc.digest},
+                            sort_keys=True)
+        shown, _ = cap_diff(diff)
+        info = _info(wc)
+        payload = json.dumps({"name": info.name, "kind": info.kind, "source": info.source,
+                              "link": info.link, "at": now, "diff": shown.to_data()})
+        return DigestEntry(bucket=bucket, watcher=wc.name, payload=payload,
+                           period=wc.digest or 0.0, created=now)
+
+    def digest(self, bucket: str, payloads: Sequence[str], now: float) -> Queued:
+        """One mail for every change collected in a digest bucket."""
+        spec = json.loads(bucket)
+        items = []
+        for payload in payloads:
+            data = json.loads(payload)
+            watcher = WatcherInfo(data["name"], data["kind"], data["source"], data["link"])
+            items.append(DigestItem(watcher, self._at(None, data["at"]), Diff.from_data(data["diff"])))
+        ctx = AlertContext(kind="digest", watcher=None, at=self._at(None, now), entries=tuple(items),
+                           subject_prefix=self.cfg.subject_prefix)
+        recipients = Recipients(tuple(spec["to"]), tuple(spec["cc"]), tuple(spec["bcc"]))
+        return self._build(ctx, spec["account"], recipients, self._renderer(None), now, None, [])
+
+    def _recipients(self, wc: WatcherConfig) -> Recipients:
+        return wc.recipients if wc.recipients.envelope() else self.cfg.recipients
+
     def _queue(self, wc: WatcherConfig, ctx: AlertContext, now: float,
                attachments: Sequence[tuple[str, str, bytes]] = ()) -> Queued:
         account = wc.account or self.cfg.default_account
-        recipients = wc.recipients if wc.recipients.envelope() else self.cfg.recipients
+        recipients = self._recipients(wc)
         not_before = quiet_until(wc.quiet_hours, self._zone(wc), now)
         return self._build(ctx, account, recipients, self._renderer(wc), not_before, wc.name, attachments)
 

@@ -40,6 +40,7 @@ CONFIG_POLL = 1.0  # seconds between looks at watchers.yaml's mtime
 DEBOUNCE = 1.0  # an edited config must be unchanged this long before it is reloaded
 STARTUP_SPREAD = 30.0  # overdue checks at start are spread over up to this many seconds
 SHUTDOWN_TIMEOUT = 20.0  # running checks get this long to finish on SIGTERM
+DIGEST_POLL = 1.0  # seconds between looks for digests that are due
 
 
 def stable_fraction(name: str) -> float:
@@ -98,6 +99,7 @@ class Daemon:
             self._add(wc, startup=True)
         self.scheduler.add_job(self._deliver, IntervalTrigger(seconds=OUTBOX_EVERY), id="outbox",
                                executor="outbox", next_run_time=datetime.now(UTC))
+        self.scheduler.add_job(self._flush_digests, IntervalTrigger(seconds=DIGEST_POLL), id="digests")
         self.scheduler.add_job(self._housekeeping, IntervalTrigger(seconds=self._heartbeat_every()),
                                id="housekeeping", next_run_time=datetime.now(UTC))
         self.scheduler.start()
@@ -188,6 +190,15 @@ class Daemon:
     def _deliver(self) -> None:
         if not self._stop:
             self._job(self.sender.deliver)
+
+    def _flush_digests(self) -> None:
+        """Turn each due digest bucket into one queued mail."""
+        due = self.store.due_digests(time.time())
+        for bucket, entries in due.items():
+            message = self.alerter.digest(bucket, [payload for _, payload in entries], time.time())
+            self.store.flush_digest([i for i, _ in entries], message)
+        if due:
+            self.wake_outbox()
 
     def _housekeeping(self) -> None:
         fields = [f"STATUS={self.status_line()}"]

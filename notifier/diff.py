@@ -13,7 +13,7 @@ import difflib
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 Opcode = tuple[str, int, int, int, int]
 _SMALL = 200  # gaps up to this many lines per side go straight to difflib
@@ -63,6 +63,17 @@ class Diff:
     @property
     def removed(self) -> list[str]:
         return [ln.text for h in self.hunks for ln in h.lines if ln.tag == "removed"]
+
+    def to_data(self) -> list[Any]:
+        """Plain lists for JSON, so a diff can wait in the state database (digests)."""
+        return [[h.old_start, h.old_len, h.new_start, h.new_len,
+                 [[ln.tag, ln.text, ln.old, ln.new] for ln in h.lines]] for h in self.hunks]
+
+    @classmethod
+    def from_data(cls, data: list[Any]) -> Diff:
+        """The inverse of `to_data` (rewritten-line pairs are not kept)."""
+        return cls(tuple(Hunk(a, b, c, d, tuple(Line(*ln) for ln in lines))
+                         for a, b, c, d, lines in data), ())
 
     def unified(self, old_label: str = "old", new_label: str = "new") -> str:
         """The diff as `diff -u` prints it."""

@@ -17,7 +17,7 @@ from typing import Literal, Protocol
 from notifier.config import WatcherConfig
 from notifier.diff import Diff, compute
 from notifier.errors import NotifierError, StateError
-from notifier.store import Queued, Store, WatcherState
+from notifier.store import Alert, Store, WatcherState
 
 log = logging.getLogger("notifier.check")
 
@@ -28,11 +28,11 @@ class Alerts(Protocol):
     """Builds the queued messages for what a check found (see notifier.alerts)."""
 
     def change(self, wc: WatcherConfig, diff: Diff, old: str, new: str,
-               state: WatcherState, now: float) -> list[Queued]: ...
+               state: WatcherState, now: float) -> list[Alert]: ...
 
-    def error(self, wc: WatcherConfig, error: str, state: WatcherState, now: float) -> list[Queued]: ...
+    def error(self, wc: WatcherConfig, error: str, state: WatcherState, now: float) -> list[Alert]: ...
 
-    def recovery(self, wc: WatcherConfig, state: WatcherState, now: float) -> list[Queued]: ...
+    def recovery(self, wc: WatcherConfig, state: WatcherState, now: float) -> list[Alert]: ...
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def check(wc: WatcherConfig, store: Store, alerts: Alerts | None, dry_run: bool 
     return Outcome(wc.name, wc.kind, status, time.monotonic() - started, diff, alerts=len(queued))
 
 
-def _recovery(wc: WatcherConfig, alerts: Alerts | None, state: WatcherState, now: float) -> list[Queued]:
+def _recovery(wc: WatcherConfig, alerts: Alerts | None, state: WatcherState, now: float) -> list[Alert]:
     if alerts and state.error_alerted_at is not None:
         return alerts.recovery(wc, state, now)
     return []
@@ -110,7 +110,7 @@ def _recovery(wc: WatcherConfig, alerts: Alerts | None, state: WatcherState, now
 def _failed(wc: WatcherConfig, store: Store, alerts: Alerts | None, state: WatcherState,
             error: str, now: float, started: float, dry_run: bool) -> Outcome:
     failures = state.failures + 1
-    queued: list[Queued] = []
+    queued: list[Alert] = []
     if alerts and _error_due(wc, state, failures, now):
         queued = alerts.error(wc, error, state, now)
     if not dry_run:

@@ -29,8 +29,8 @@ MAX_SUBJECT = 150  # characters; longer subjects get cut with an ellipsis
 MAX_CONTENT_BYTES = 100_000  # per side, for `old` and `new` as templates see them
 MAX_DIFF_LINES = 2_000  # diff lines shown; the rest is summarised as "… N more lines"
 
-Kind = Literal["change", "error", "recovery", "test"]
-KINDS: tuple[Kind, ...] = ("change", "error", "recovery", "test")
+Kind = Literal["change", "error", "recovery", "test", "digest"]
+KINDS: tuple[Kind, ...] = ("change", "error", "recovery", "test", "digest")
 
 # Whitespace of any kind and control characters end a subject line; bidi overrides could
 # make a subject read differently from what it says, so they are dropped.
@@ -50,6 +50,15 @@ class WatcherInfo:
 
 
 @dataclass(frozen=True)
+class DigestItem:
+    """One change inside a digest mail."""
+
+    watcher: WatcherInfo
+    at: datetime
+    diff: Diff
+
+
+@dataclass(frozen=True)
 class AlertContext:
     """Everything one alert knows. Times must be timezone-aware so mails never guess a zone."""
 
@@ -66,6 +75,7 @@ class AlertContext:
     subject_prefix: str = "[notifier]"
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     tz: tzinfo | None = None  # show times in this zone (the watcher's `timezone`)
+    entries: tuple[DigestItem, ...] = ()  # the changes a digest alert carries
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
@@ -190,7 +200,15 @@ def template_variables(ctx: AlertContext) -> dict[str, Any]:
         "old": cap_text(ctx.old), "new": cap_text(ctx.new),
         "error": ctx.error, "failures": ctx.failures, "failing_since": local(ctx.failing_since),
         "subject_prefix": ctx.subject_prefix, "extra": ctx.extra,
+        "entries": [_entry(item, local) for item in ctx.entries],
     }
+
+
+def _entry(item: DigestItem, local: Any) -> dict[str, Any]:
+    shown, omitted = cap_diff(item.diff)
+    return {"watcher": item.watcher, "name": one_line(item.watcher.name, 1_000),
+            "link": safe_link(item.watcher.link), "at": local(item.at), "diff": shown,
+            "omitted": omitted, "counts": _counts(item.diff)}
 
 
 def _render(envs: tuple[jinja2.Environment, jinja2.Environment], kind: str,
@@ -233,5 +251,6 @@ class Renderer:
         for kind in KINDS:
             ctx = AlertContext(kind, watcher, at, old="a\nb\n", new="a\nc\n", error="sample",
                                failures=3, failing_since=at - timedelta(hours=1),
-                               previous_at=at - timedelta(hours=1))
+                               previous_at=at - timedelta(hours=1),
+                               entries=(DigestItem(watcher, at, compute("a\n", "b\n")),))
             _render(self._envs, kind, template_variables(ctx))

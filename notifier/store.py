@@ -20,7 +20,7 @@ from typing import Any
 
 from notifier.errors import StateError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: digest table
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS watcher (
     name TEXT PRIMARY KEY,
@@ -57,6 +57,14 @@ CREATE TABLE IF NOT EXISTS outbox (
     claimed_until REAL
 );
 CREATE INDEX IF NOT EXISTS outbox_due ON outbox(state, not_before);
+CREATE TABLE IF NOT EXISTS digest (
+    id INTEGER PRIMARY KEY,
+    bucket TEXT NOT NULL,
+    due REAL NOT NULL,
+    watcher TEXT NOT NULL,
+    payload TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS digest_due ON digest(due);
 """
 
 
@@ -72,6 +80,21 @@ class Queued:
     recipients: tuple[str, ...]
     body: bytes
     not_before: float = 0.0
+
+
+@dataclass(frozen=True)
+class DigestEntry:
+    """A change waiting for its digest mail. `bucket` says who gets it and how (JSON);
+    the first entry of a bucket fixes when the digest is due, `period` seconds later."""
+
+    bucket: str
+    watcher: str
+    payload: str
+    period: float
+    created: float
+
+
+Alert = Queued | DigestEntry
 
 
 @dataclass(frozen=True)
@@ -171,7 +194,7 @@ class Store:
         return [(r["taken_at"], r["content"]) for r in rows]
 
     def record_success(self, name: str, now: float, meta: Mapping[str, str],
-                       content: str | None, history: int, alerts: Sequence[Queued] = ()) -> None:
+                       content: str | None, history: int, alerts: Sequence[Alert] = ()) -> None:
         """Record a successful check; `content` is None when nothing changed.
 
         The snapshot, the trimmed history, the cleared failure count and any alerts (a change,
@@ -189,7 +212,7 @@ class Store:
                            "snapshot WHERE name = ? ORDER BY id DESC LIMIT ?)", (name, name, history))
             _enqueue(db, alerts)
 
-    def record_failure(self, name: str, now: float, error: str, alerts: Sequence[Queued] = ()) -> None:
+    def record_failure(self, name: str, now: float, error: str, alerts: Sequence[Alert] = ()) -> None:
         """Count a failed check; with an error alert, remember when it was sent."""
         with self._tx() as db:
             _upsert(db, name)
@@ -208,9 +231,23 @@ class Store:
 
     # -- outbox -----------------------------------------------------------------------------
 
-    def enqueue(self, alerts: Sequence[Queued]) -> None:
+    def enqueue(self, alerts: Sequence[Alert]) -> None:
         with self._tx() as db:
             _enqueue(db, alerts)
+
+    def due_digests(self, now: float) -> dict[str, list[tuple[int, str]]]:
+        """Digest entries whose digest is due, by bucket: (id, payload), oldest first."""
+        rows = self._query("SELECT id, bucket, payload FROM digest WHERE due <= ? ORDER BY id", (now,))
+        out: dict[str, list[tuple[int, str]]] = {}
+        for r in rows:
+            out.setdefault(r["bucket"], []).append((r["id"], r["payload"]))
+        return out
+
+    def flush_digest(self, ids: Sequence[int], message: Queued) -> None:
+        """Replace digest entries by their digest mail, in one transaction."""
+        with self._tx() as db:
+            db.executemany("DELETE FROM digest WHERE id = ?", [(i,) for i in ids])
+            _enqueue(db, [message])
 
     def claim(self, owner: str, now: float, limit: int, lease: float = 600.0) -> list[OutboxRow]:
         """Take up to `limit` due messages for `owner`, so two senders never send one twice.
@@ -300,14 +337,19 @@ def _upsert(db: sqlite3.Connection, name: str) -> None:
     db.execute("INSERT OR IGNORE INTO watcher (name) VALUES (?)", (name,))
 
 
-def _enqueue(db: sqlite3.Connection, alerts: Sequence[Queued]) -> None:
+def _enqueue(db: sqlite3.Connection, alerts: Sequence[Alert]) -> None:
     now = time.time()
+    for entry in (a for a in alerts if isinstance(a, DigestEntry)):
+        db.execute("INSERT INTO digest (bucket, due, watcher, payload) VALUES (?, COALESCE("
+                   "(SELECT MIN(due) FROM digest WHERE bucket = ?), ?), ?, ?)",
+                   (entry.bucket, entry.bucket, entry.created + entry.period, entry.watcher,
+                    entry.payload))
     db.executemany(
         # Only a repeated Message-ID is skipped; OR IGNORE would also hide NOT NULL failures.
         "INSERT INTO outbox (message_id, watcher, kind, account, sender, recipients, body, "
         "not_before, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO NOTHING",
         [(a.message_id, a.watcher, a.kind, a.account, a.sender, json.dumps(list(a.recipients)),
-          a.body, a.not_before, now) for a in alerts],
+          a.body, a.not_before, now) for a in alerts if isinstance(a, Queued)],
     )
 
 

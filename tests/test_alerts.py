@@ -120,3 +120,47 @@ def test_quiet_hours_hold_until_window_ends() -> None:
     assert quiet_until("22:00-07:00", zone, day) == day
     assert quiet_until("12:00-13:00", UTC, datetime(2026, 1, 1, 12, 30, tzinfo=UTC).timestamp()) == \
         datetime(2026, 1, 1, 13, 0, tzinfo=UTC).timestamp()
+
+
+def test_digest_batches_changes_into_one_mail(tmp_path: Path, smtp_server: SmtpServer) -> None:
+    doc = tmp_path / "doc.txt"
+    path = tmp_path / "watchers.yaml"
+    path.write_text(f"""\
+smtp:
+  test: {{host: {smtp_server.host}, port: {smtp_server.port}, security: ssl, username: {USERNAME},
+         password_env: PW, ca_file: {smtp_server.ca_file}}}
+mail: {{to: [me@example.com]}}
+defaults: {{digest: 1h}}
+watchers:
+  - {{name: doc, kind: file, path: {doc}}}
+  - {{name: other, kind: file, path: {doc}}}
+""")
+    cfg = config.load(path, {"PW": PASSWORD})
+    store = Store(cfg.state_dir / "state.db")
+    alerter = Alerter(cfg)
+    try:
+        times = iter([1000.0, 1000.0, 2000.0, 2000.0, 3000.0])
+        doc.write_text("one\n")
+        for wc in cfg.watchers:
+            check(wc, store, alerter, clock=lambda: next(times))
+        doc.write_text("two\n")
+        for wc in cfg.watchers:
+            check(wc, store, alerter, clock=lambda: next(times))
+        doc.write_text("three\n")
+        check(cfg.watchers[0], store, alerter, clock=lambda: next(times))
+        assert store.outbox() == []
+        assert store.due_digests(2000.0 + 3599) == {}
+        (bucket, entries), = store.due_digests(2000.0 + 3600).items()
+        assert len(entries) == 3
+        store.flush_digest([i for i, _ in entries], alerter.digest(bucket, [p for _, p in entries], 5600.0))
+        assert store.due_digests(1e12) == {}
+        assert Sender(cfg, store).deliver().sent == 1
+    finally:
+        store.close()
+    (received,) = smtp_server.wait_for(1)
+    msg = email.message_from_bytes(received.content, policy=email.policy.default)
+    assert msg["Subject"] == "[notifier] 3 changes: doc, other"
+    text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    assert text.count("+two") == 2
+    assert "+three" in text
+    assert "== doc: 1 added, 1 removed ==" in text

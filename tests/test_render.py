@@ -20,6 +20,7 @@ from notifier.render import (
     MAX_SUBJECT,
     SHIPPED_TEMPLATES,
     AlertContext,
+    DigestItem,
     Renderer,
     WatcherInfo,
     fmt_time,
@@ -260,7 +261,7 @@ def test_every_kind_renders_with_full_context(kind: str) -> None:
     ctx = AlertContext(kind, WATCHER, AT, diff=compute(OLD, NEW), old=OLD, new=NEW,  # type: ignore[arg-type]
                        previous_at=AT - timedelta(hours=1), error="e", failures=1,
                        failing_since=AT - timedelta(hours=3), extra={"via": "x", "k": "v"},
-                       tz=UTC)
+                       tz=UTC, entries=(DigestItem(WATCHER, AT, compute(OLD, NEW)),))
     out = Renderer().render(ctx)
     assert "02:15:03 UTC (+0000)" in out.text
 
@@ -275,7 +276,7 @@ def test_context_validation() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         AlertContext("change", WATCHER, datetime(2026, 1, 1))
     with pytest.raises(ValueError, match="unknown alert kind"):
-        AlertContext("digest", WATCHER, AT)  # type: ignore[arg-type]
+        AlertContext("weekly", WATCHER, AT)  # type: ignore[arg-type]
 
 
 def test_fmt_time() -> None:
