@@ -255,3 +255,22 @@ def test_invalid_config_exits_78_with_the_problems(tmp_path: Path, daemons) -> N
     daemon.proc = None
     assert "watchers.yaml:2: watchers.x.kind: unknown kind 'nope'" in daemon.log()
     assert "Traceback" not in daemon.log()
+
+
+def test_notifier_reload_signals_the_running_daemon(  # type: ignore[no-untyped-def]
+        tmp_path: Path, smtp_server: SmtpServer, daemons) -> None:
+    watched = tmp_path / "watched.txt"
+    watched.write_text("x\n")
+    config = write_config(tmp_path / "watchers.yaml", smtp_server, file_watcher("doc", watched))
+    daemon = daemons(config)
+    daemon.wait_log(r"watcher=doc .*outcome=baseline")
+    result = subprocess.run([sys.executable, "-m", "notifier.cli", "-c", str(config), "reload"],
+                            capture_output=True, text=True, env=daemon.env, timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert "asked notifier (pid" in result.stdout
+    daemon.wait_log(r"reloaded .*1 watcher\(s\), 0 added or changed, 0 removed")
+    assert daemon.stop() == 0
+    result = subprocess.run([sys.executable, "-m", "notifier.cli", "-c", str(config), "reload"],
+                            capture_output=True, text=True, env=daemon.env, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "no running notifier found" in result.stderr
