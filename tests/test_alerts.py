@@ -17,7 +17,7 @@ from notifier.outbox import Sender
 from notifier.pipeline import check
 from notifier.store import Store
 from tests.servers.http import LocalHTTPServer
-from tests.servers.smtp import PASSWORD, USERNAME, SmtpServer
+from tests.servers.smtp import PASSWORD, USERNAME, SmtpServer, smtp_yaml
 
 HOSTILE = "Price\r\nBcc: victim@example.com\r\nX-Evil: 1 =?utf-8?b?SGk=?="
 
@@ -25,10 +25,7 @@ HOSTILE = "Price\r\nBcc: victim@example.com\r\nX-Evil: 1 =?utf-8?b?SGk=?="
 def write_config(tmp_path: Path, http: LocalHTTPServer, smtp: SmtpServer) -> Path:
     path = tmp_path / "watchers.yaml"
     path.write_text(f"""\
-smtp:
-  test: {{host: {smtp.host}, port: {smtp.port}, security: ssl, username: {USERNAME},
-         password_env: PW, ca_file: {smtp.ca_file}}}
-mail:
+{smtp_yaml(smtp)}mail:
   from: "通知机器人 <{USERNAME}>"
   to: ["张三 <zhang@example.com>"]
   bcc: [hidden@example.com]
@@ -126,10 +123,7 @@ def test_digest_batches_changes_into_one_mail(tmp_path: Path, smtp_server: SmtpS
     doc = tmp_path / "doc.txt"
     path = tmp_path / "watchers.yaml"
     path.write_text(f"""\
-smtp:
-  test: {{host: {smtp_server.host}, port: {smtp_server.port}, security: ssl, username: {USERNAME},
-         password_env: PW, ca_file: {smtp_server.ca_file}}}
-mail: {{to: [me@example.com]}}
+{smtp_yaml(smtp_server)}mail: {{to: [me@example.com]}}
 defaults: {{digest: 1h}}
 watchers:
   - {{name: doc, kind: file, path: {doc}}}

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from notifier.cli import main
-from tests.servers.smtp import PASSWORD, USERNAME, SmtpServer
+from tests.servers.smtp import PASSWORD, SmtpServer, smtp_yaml
 
 
 def write(tmp_path: Path, body: str) -> Path:
@@ -107,10 +107,7 @@ def test_bad_config_is_one_line_per_problem_and_exit_78(tmp_path: Path,
 def test_test_mail_through_smtp_with_masked_debug(tmp_path: Path, smtp_server: SmtpServer,
                                                   monkeypatch: pytest.MonkeyPatch) -> None:
     path = write(tmp_path, f"""\
-smtp:
-  main: {{host: {smtp_server.host}, port: {smtp_server.port}, security: ssl, username: {USERNAME},
-         password_env: PW, ca_file: {smtp_server.ca_file}}}
-mail: {{to: [ops@example.com]}}
+{smtp_yaml(smtp_server)}mail: {{to: [ops@example.com]}}
 watchers: []
 """)
     result = subprocess.run([sys.executable, "-m", "notifier.cli", "-c", str(path), "--debug-smtp",
@@ -125,10 +122,7 @@ watchers: []
 
 def test_untrusted_certificate_is_refused(tmp_path: Path, smtp_server: SmtpServer) -> None:
     path = write(tmp_path, f"""\
-smtp:
-  main: {{host: {smtp_server.host}, port: {smtp_server.port}, security: ssl, username: {USERNAME},
-         password_env: PW}}
-watchers: []
+{smtp_yaml(smtp_server, ca_file=False)}watchers: []
 """)
     result = subprocess.run([sys.executable, "-m", "notifier.cli", "-c", str(path), "test-mail"],
                             capture_output=True, text=True, env={"PW": PASSWORD, "PATH": "/usr/bin:/bin"},

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.servers.http import LocalHTTPServer
-from tests.servers.smtp import PASSWORD, USERNAME, SmtpServer
+from tests.servers.smtp import PASSWORD, SmtpServer, smtp_yaml
 
 DEADLINE = 20.0
 
@@ -89,10 +89,7 @@ def daemons() -> Iterator[Callable[..., Daemon]]:
 
 def write_config(path: Path, smtp: SmtpServer, watchers: str, extra: str = "") -> Path:
     path.write_text(f"""\
-smtp:
-  test: {{host: {smtp.host}, port: {smtp.port}, security: ssl, username: {USERNAME},
-         password_env: PW, ca_file: {smtp.ca_file}}}
-mail: {{to: [me@example.com]}}
+{smtp_yaml(smtp)}mail: {{to: [me@example.com]}}
 defaults: {{every: 1s}}
 {extra}
 watchers:
@@ -105,15 +102,22 @@ def file_watcher(name: str, path: Path) -> str:
     return f"  - {{name: {name}, kind: file, path: {path}}}\n"
 
 
+@pytest.fixture
+def doc(tmp_path: Path, smtp_server: SmtpServer) -> tuple[Path, Path]:
+    """(config, watched file): one file watcher "doc" checked every second, mail to the server."""
+    watched = tmp_path / "watched.txt"
+    watched.write_text("v1\n")
+    return write_config(tmp_path / "watchers.yaml", smtp_server, file_watcher("doc", watched)), watched
+
+
 def subjects(smtp: SmtpServer) -> list[str]:
     return [str(email.message_from_bytes(r.content, policy=email.policy.default)["Subject"])
             for r in smtp.received]
 
 
-def test_file_change_sends_exactly_one_mail(tmp_path: Path, smtp_server: SmtpServer, daemons) -> None:  # type: ignore[no-untyped-def]
-    watched = tmp_path / "watched.txt"
-    watched.write_text("v1\n")
-    daemon = daemons(write_config(tmp_path / "watchers.yaml", smtp_server, file_watcher("doc", watched)))
+def test_file_change_sends_exactly_one_mail(doc, smtp_server: SmtpServer, daemons) -> None:  # type: ignore[no-untyped-def]
+    config, watched = doc
+    daemon = daemons(config)
     daemon.wait_log(r"watcher=doc kind=file outcome=baseline")
     watched.write_text("v2\n")
     smtp_server.wait_for(1, timeout=DEADLINE)
@@ -162,11 +166,8 @@ def test_failing_url_alerts_once_then_recovers_once(tmp_path: Path, smtp_server:
     assert daemon.stop() == 0
 
 
-def test_restart_resumes_without_baseline_or_duplicate(  # type: ignore[no-untyped-def]
-        tmp_path: Path, smtp_server: SmtpServer, daemons) -> None:
-    watched = tmp_path / "watched.txt"
-    watched.write_text("v1\n")
-    config = write_config(tmp_path / "watchers.yaml", smtp_server, file_watcher("doc", watched))
+def test_restart_resumes_without_baseline_or_duplicate(doc, smtp_server: SmtpServer, daemons) -> None:  # type: ignore[no-untyped-def]
+    config, _ = doc
     first = daemons(config)
     first.wait_log(r"watcher=doc .*outcome=baseline")
     assert first.stop(signal.SIGTERM) == 0
@@ -177,15 +178,13 @@ def test_restart_resumes_without_baseline_or_duplicate(  # type: ignore[no-untyp
     assert second.stop(signal.SIGINT) == 0
 
 
-def test_kill_9_loses_no_alert(tmp_path: Path, smtp_server: SmtpServer, daemons) -> None:  # type: ignore[no-untyped-def]
+def test_kill_9_loses_no_alert(doc, smtp_server: SmtpServer, daemons) -> None:  # type: ignore[no-untyped-def]
     """Kill -9 right after a change is committed, and right after the server accepted it.
 
     Every edit must reach the inbox. A second copy may only happen when the kill falls
     between the server's 250 and the outbox commit, and then carries the same Message-ID.
     """
-    watched = tmp_path / "watched.txt"
-    watched.write_text("start\n")
-    config = write_config(tmp_path / "watchers.yaml", smtp_server, file_watcher("doc", watched))
+    config, watched = doc
     rounds = 6
     for i in range(rounds):
         checks = Daemon(config).count(r"watcher=doc ")
@@ -228,10 +227,8 @@ def _all_added(smtp: SmtpServer) -> str:
     return "\n".join(_added(r.content) for r in smtp.received)
 
 
-def test_systemd_notify_protocol(tmp_path: Path, smtp_server: SmtpServer, daemons) -> None:  # type: ignore[no-untyped-def]
-    watched = tmp_path / "watched.txt"
-    watched.write_text("x\n")
-    config = write_config(tmp_path / "watchers.yaml", smtp_server, file_watcher("doc", watched))
+def test_systemd_notify_protocol(tmp_path: Path, doc, daemons) -> None:  # type: ignore[no-untyped-def]
+    config, _ = doc
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(tmp_path / "notify.sock"))
         sock.settimeout(DEADLINE)
@@ -257,11 +254,8 @@ def test_invalid_config_exits_78_with_the_problems(tmp_path: Path, daemons) -> N
     assert "Traceback" not in daemon.log()
 
 
-def test_notifier_reload_signals_the_running_daemon(  # type: ignore[no-untyped-def]
-        tmp_path: Path, smtp_server: SmtpServer, daemons) -> None:
-    watched = tmp_path / "watched.txt"
-    watched.write_text("x\n")
-    config = write_config(tmp_path / "watchers.yaml", smtp_server, file_watcher("doc", watched))
+def test_notifier_reload_signals_the_running_daemon(doc, daemons) -> None:  # type: ignore[no-untyped-def]
+    config, _ = doc
     daemon = daemons(config)
     daemon.wait_log(r"watcher=doc .*outcome=baseline")
     result = subprocess.run([sys.executable, "-m", "notifier.cli", "-c", str(config), "reload"],

@@ -231,6 +231,14 @@ def make_account(server: SmtpServer | SilentServer, **overrides: Any) -> SmtpAcc
     return SmtpAccount(**values)
 
 
+def smtp_yaml(server: SmtpServer, ca_file: bool = True) -> str:
+    """The `smtp:` section of a watchers.yaml for `server`, as users write it; the password
+    comes from $PW and, unless `ca_file` is False, the test CA is trusted."""
+    trust = f", ca_file: {server.ca_file}" if ca_file else ""
+    return (f"smtp:\n  test: {{host: {server.host}, port: {server.port}, security: {server.security}, "
+            f"username: {USERNAME}, password_env: PW{trust}}}\n")
+
+
 class LocalCA(trustme.CA):
     """A trustme CA that also knows where its certificate is written, for ``ca_file``."""
 
