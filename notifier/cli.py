@@ -64,23 +64,38 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_BUG
 
 
+def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
+    """Options accepted before or after the command (`notifier -c X run` = `notifier run -c X`).
+
+    On the subcommands their defaults are suppressed, so they only override when given.
+    """
+    def default(value: object) -> object:
+        return argparse.SUPPRESS if suppress else value
+
+    parser.add_argument("-c", "--config", type=Path, default=default(Path("watchers.yaml")),
+                        help="path of watchers.yaml (default: ./watchers.yaml)")
+    parser.add_argument("--debug", action="store_true", default=default(False),
+                        help="verbose logs, and tracebacks for bugs")
+    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
+                        default=default(None))
+    parser.add_argument("--debug-smtp", action="store_true", default=default(False),
+                        help="log the SMTP dialogue (credentials masked)")
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="notifier",
                                      description="Watch things; email a diff when they change.")
-    parser.add_argument("-c", "--config", type=Path, default=Path("watchers.yaml"),
-                        help="path of watchers.yaml (default: ./watchers.yaml)")
-    parser.add_argument("--debug", action="store_true", help="verbose logs and tracebacks for bugs")
-    parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    _global_options(parser, suppress=False)
+    common = argparse.ArgumentParser(add_help=False)
+    _global_options(common, suppress=True)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
 
     def command(name: str, func: Callable[[argparse.Namespace], int], help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
+        p = sub.add_parser(name, help=help_, description=help_, parents=[common])
         p.set_defaults(func=func)
         return p
 
     command("validate", cmd_validate, "check watchers.yaml and report every problem at once")
-    parser.add_argument("--debug-smtp", action="store_true",
-                        help="log the SMTP dialogue (credentials masked)")
     p = command("check", cmd_check, "run watchers once and print what changed")
     p.add_argument("names", nargs="*", metavar="NAME", help="watchers to run (default: all)")
     p.add_argument("--dry-run", action="store_true", help="show changes but leave the state untouched")

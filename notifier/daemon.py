@@ -38,7 +38,8 @@ log = logging.getLogger("notifier.daemon")
 OUTBOX_EVERY = 5.0  # seconds between outbox rounds when nothing wakes the sender sooner
 CONFIG_POLL = 1.0  # seconds between looks at watchers.yaml's mtime
 DEBOUNCE = 1.0  # an edited config must be unchanged this long before it is reloaded
-STARTUP_SPREAD = 30.0  # overdue checks at start are spread over up to this many seconds
+STARTUP_SPREAD = 30.0  # overdue checks at start are spread over up to this many seconds...
+SPREAD_PER_WATCHER = 0.03  # ...and 30 ms per watcher, so a small config starts checking at once
 SHUTDOWN_TIMEOUT = 20.0  # running checks get this long to finish on SIGTERM
 DIGEST_POLL = 1.0  # seconds between looks for digests that are due
 
@@ -227,7 +228,8 @@ class Daemon:
         if state is None or state.last_check is None or (
                 not wc.cron and time.time() - state.last_check >= wc.every):
             # New or overdue: run soon, spread out so a restart is not a thundering herd.
-            delay = stable_fraction(wc.name) * min(STARTUP_SPREAD, wc.every)
+            spread = min(STARTUP_SPREAD, wc.every, max(1.0, SPREAD_PER_WATCHER * len(self.cfg.watchers)))
+            delay = stable_fraction(wc.name) * spread
             kwargs["next_run_time"] = datetime.now(UTC) + timedelta(seconds=delay)
         self.scheduler.add_job(self._check, trigger_for(wc), args=[wc.name], id=f"check:{wc.name}",
                                name=wc.name, executor="checks", replace_existing=True, **kwargs)

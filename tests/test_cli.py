@@ -131,3 +131,13 @@ def test_untrusted_certificate_is_refused(tmp_path: Path, smtp_server: SmtpServe
     assert "certificate" in result.stderr
     assert "Traceback" not in result.stderr
     assert smtp_server.received == []
+
+
+def test_global_options_work_before_and_after_the_command(watched: Path, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    assert main(["validate", "-c", str(watched)]) == 0
+    assert main(["-c", str(watched), "validate"]) == 0
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")
+    assert main(["-c", str(watched), "check", "--dry-run", "--log-level", "error"]) == 0
+    assert main(["validate"]) == 1  # ./watchers.yaml is the default, and there is none here
