@@ -215,6 +215,11 @@ class Config:
     def watcher(self, name: str) -> WatcherConfig | None:
         return next((w for w in self.watchers if w.name == name), None)
 
+    @property
+    def pid_file(self) -> Path:
+        """Where the running daemon writes its pid, for `notifier reload`."""
+        return self.state_dir / "notifier.pid"
+
 
 class _Collector:
     """Gathers problems for one file so every error is reported in one go."""

@@ -27,7 +27,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from notifier import config as configmod
 from notifier import systemd
 from notifier.alerts import Alerter
-from notifier.config import Config, WatcherConfig
+from notifier.config import WatcherConfig
 from notifier.errors import ConfigError
 from notifier.outbox import Sender
 from notifier.pipeline import check
@@ -55,10 +55,6 @@ def trigger_for(wc: WatcherConfig) -> BaseTrigger:
         return CronTrigger.from_crontab(wc.cron, timezone=wc.timezone or "UTC")
     anchor = datetime(2020, 1, 1, tzinfo=UTC) + timedelta(seconds=stable_fraction(wc.name) * wc.every)
     return IntervalTrigger(seconds=wc.every, start_date=anchor, timezone=UTC)
-
-
-def pid_file(cfg: Config) -> Path:
-    return cfg.state_dir / "notifier.pid"
 
 
 class Daemon:
@@ -93,7 +89,7 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
-        pid_file(self.cfg).write_text(f"{os.getpid()}\n")
+        self.cfg.pid_file.write_text(f"{os.getpid()}\n")
         self.store.release(("held",))  # a restart may follow a fix to the account
         self.sender.recover()
         for wc in self.cfg.watchers:
@@ -145,7 +141,7 @@ class Daemon:
         while self._busy and time.monotonic() < deadline:
             time.sleep(0.05)
         self.scheduler.shutdown(wait=False)
-        pid_file(self.cfg).unlink(missing_ok=True)
+        self.cfg.pid_file.unlink(missing_ok=True)
         if self._busy:
             # Each check commits in one transaction, so abandoning it loses nothing.
             log.warning("stopped with %d check(s) still running; they will run again at start", self._busy)

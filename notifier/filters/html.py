@@ -5,6 +5,7 @@ lxml parses any input the forgiving way browsers do, so broken markup never cras
 
 from __future__ import annotations
 
+import functools
 import math
 import re
 from collections.abc import Mapping
@@ -88,7 +89,7 @@ class Css(Query, kind="css"):
         if self.attribute and self.text:
             raise ValueError("css outputs an attribute or the text of matches, not both; drop one.")
         try:
-            self._select = CSSSelector(self.query, translator="html")
+            self._select = _css(self.query)
         except SelectorError as exc:
             raise ValueError(f"css selector {self.query!r} is not valid: {exc}.") from None
 
@@ -109,6 +110,19 @@ class Css(Query, kind="css"):
         return f"css {self.query}{extra}"
 
 
+@functools.lru_cache(maxsize=1024)
+def _css(selector: str) -> CSSSelector:
+    """Compiled once per selector: a thousand watchers often share a few selectors, and an
+    lxml XPath object is safe to share between threads (it locks around evaluation)."""
+    return CSSSelector(selector, translator="html")
+
+
+@functools.lru_cache(maxsize=1024)
+def _xpath(expression: str) -> etree.XPath:
+    """Compiled once per expression, for the same reason as `_css`."""
+    return etree.XPath(expression, namespaces=_NAMESPACES, smart_strings=False)
+
+
 class XPath(Query, kind="xpath"):
     """Keep what an XPath 1.0 expression selects on an HTML page: elements, text or a value.
 
@@ -125,7 +139,7 @@ class XPath(Query, kind="xpath"):
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.query = options["expression"]
         try:
-            self._xpath = etree.XPath(self.query, namespaces=_NAMESPACES, smart_strings=False)
+            self._xpath = _xpath(self.query)
             self._xpath(etree.Element("html"))  # unknown functions or prefixes fail only when run
         except etree.XPathError as exc:
             raise ValueError(f"xpath expression {self.query!r} is not valid: {exc}.") from None
