@@ -10,133 +10,26 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from apscheduler.triggers.cron import CronTrigger
 
 from notifier.errors import ConfigError, Problem
-from notifier.options import (
-    REQUIRED,
-    Address,
-    AnyValue,
-    Bool,
-    Choice,
-    Duration,
-    Int,
-    ListOf,
-    Option,
-    Str,
-    line_of,
-    parse_options,
-    unknown_key_hint,
-)
+from notifier.options import Option, line_of, parse_options, unknown_key_hint
 from notifier.registry import kinds
 from notifier.secrets import Secret, read_secret
+from notifier.sections import (
+    DEFAULT_PORTS,
+    DEFAULTS_OPTIONS,
+    MAIL_OPTIONS,
+    PROVIDERS,
+    SMTP_OPTIONS,
+    TOP_OPTIONS,
+    WATCHER_OPTIONS,
+)
 from notifier.yamlload import LineDict, LineList, load_yaml
-
-_WINDOW = re.compile(r"^(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})$")
-
-PROVIDERS: dict[str, dict[str, Any]] = {
-    "163": {"host": "smtp.163.com", "port": 465, "security": "ssl", "from_must_match": True},
-    "qq": {"host": "smtp.qq.com", "port": 465, "security": "ssl", "from_must_match": True},
-    "gmail": {"host": "smtp.gmail.com", "port": 587, "security": "starttls"},
-    "outlook": {"host": "smtp-mail.outlook.com", "port": 587, "security": "starttls"},
-}
-DEFAULT_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
-
-
-def _check_timezone(value: str) -> None:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"{value!r} is not a known time zone; use a name like Asia/Shanghai") from None
-
-
-def _check_cron(value: str) -> None:
-    try:
-        CronTrigger.from_crontab(value)
-    except ValueError as exc:
-        raise ValueError(f"{value!r} is not a cron expression ({exc}); use five fields like "
-                         f"'*/15 9-18 * * mon-fri'") from None
-
-
-def _check_window(value: str) -> None:
-    match = _WINDOW.match(value)
-    if not match or int(match[1]) > 23 or int(match[3]) > 23 or int(match[2]) > 59 or int(match[4]) > 59:
-        raise ValueError(f"{value!r} is not a time window; write it like 22:00-07:30")
-
-
-# Options every watcher has, whatever its kind; all but name/kind/filters may go in `defaults:`.
-WATCHER_OPTIONS: tuple[Option, ...] = (
-    Option("name", Str(), REQUIRED, "Unique, stable identity of the watcher; its history follows it."),
-    Option("kind", Str(), REQUIRED, "What to watch: url, file or command."),
-    Option("filters", AnyValue(), (), "Filter chain applied in order to the fetched text."),
-    Option("enabled", Bool(), True, "Set to false to keep a watcher in the file without running it."),
-    Option("every", Duration(), 600.0, "Check interval, like 30s, 10m or 1h."),
-    Option("cron", Str(), None, "Cron schedule instead of `every`, like '*/15 9-18 * * mon-fri'.",
-           check=_check_cron),
-    Option("timezone", Str(), None, "Time zone for cron, quiet hours and mail dates.",
-           check=_check_timezone),
-    Option("quiet_hours", Str(), None, "Hold alerts inside this daily window, like 22:00-07:00.",
-           check=_check_window),
-    Option("history", Int(minimum=1), 10, "How many past versions to keep in the state."),
-    Option("context_lines", Int(minimum=0), 3, "Unchanged lines shown around each change."),
-    Option("additions_only", Bool(), False, "Alert only on added lines."),
-    Option("deletions_only", Bool(), False, "Alert only on removed lines."),
-    Option("to", ListOf(Address()), (), "Recipients of this watcher's alerts."),
-    Option("cc", ListOf(Address()), (), "Copy recipients."),
-    Option("bcc", ListOf(Address()), (), "Blind-copy recipients: in the envelope, never a header."),
-    Option("account", Str(), None, "Name of the smtp account to send with."),
-    Option("templates", Str(), None, "Directory with templates that override the shipped ones."),
-    Option("error_after", Int(minimum=1), 3, "Consecutive failures before an error alert."),
-    Option("remind_every", Duration(), None, "Repeat the error alert this often while failing."),
-    Option("digest", Duration(), None, "Batch changes into one mail per this period."),
-    Option("attach_snapshot", Bool(), False, "Attach the full new content to change alerts."),
-)
-_NOT_DEFAULTABLE = {"name", "kind", "filters"}
-DEFAULTS_OPTIONS = tuple(o for o in WATCHER_OPTIONS if o.name not in _NOT_DEFAULTABLE)
-
-SMTP_OPTIONS: tuple[Option, ...] = (
-    Option("provider", Choice(*PROVIDERS), None, "Preset host/port/security: 163, qq, gmail, outlook."),
-    Option("host", Str(), None, "SMTP server host name."),
-    Option("port", Int(minimum=1), None, "SMTP port; defaults by security: 465, 587 or 25."),
-    Option("security", Choice("ssl", "starttls", "none"), None,
-           "ssl = implicit TLS (465), starttls (587), none (25, local relays only)."),
-    Option("username", Str(), None, "Login name, usually the full mail address."),
-    Option("password_env", Str(), None, "Environment variable holding the password/authorization code."),
-    Option("password_file", Str(), None, "File holding the password/authorization code."),
-    Option("password_credential", Str(), None, "systemd credential name (LoadCredential=) holding it."),
-    Option("from", Address(), None, "From address; 163 and QQ require it to equal username."),
-    Option("timeout", Duration(), 30.0, "Seconds to wait for the server before retrying later."),
-    Option("ca_file", Str(), None, "Extra CA bundle to trust; certificates are always verified."),
-)
-
-MAIL_OPTIONS: tuple[Option, ...] = (
-    Option("from", Address(), None, "Default From address; defaults to the account's login."),
-    Option("to", ListOf(Address()), (), "Default recipients of every alert."),
-    Option("cc", ListOf(Address()), (), "Default copy recipients."),
-    Option("bcc", ListOf(Address()), (), "Default blind-copy recipients."),
-    Option("account", Str(), None, "Default smtp account name; the first one if not set."),
-    Option("subject_prefix", Str(), "[notifier]", "Put in front of every subject."),
-)
-
-TOP_OPTIONS: tuple[Option, ...] = (
-    Option("state_dir", Str(), None, "Where the SQLite state and the local Maildir live."),
-    Option("timezone", Str(), None, "Default time zone.", check=_check_timezone),
-    Option("workers", Int(minimum=1), 16, "How many checks run at the same time."),
-    Option("log_level", Choice("debug", "info", "warning", "error"), "info", "Log verbosity."),
-    Option("templates", Str(), None, "Directory with templates that override the shipped ones."),
-    Option("mail", AnyValue(), None, "Sender and default recipients (see mail options)."),
-    Option("smtp", AnyValue(), None, "Named SMTP accounts (see smtp options)."),
-    Option("defaults", AnyValue(), None, "Defaults for every watcher (any watcher option)."),
-    Option("watchers", AnyValue(), REQUIRED, "The list of watchers."),
-)
 
 
 @dataclass(frozen=True)

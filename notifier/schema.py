@@ -7,9 +7,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from notifier.config import DEFAULTS_OPTIONS, MAIL_OPTIONS, SMTP_OPTIONS, TOP_OPTIONS, WATCHER_OPTIONS
 from notifier.options import schema_for
 from notifier.registry import kinds
+from notifier.sections import DEFAULTS_OPTIONS, MAIL_OPTIONS, SMTP_OPTIONS, TOP_OPTIONS, WATCHER_OPTIONS
 
 
 def _filter_schema() -> dict[str, Any]:

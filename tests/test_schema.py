@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from notifier import schema
-from notifier.config import WATCHER_OPTIONS
+from notifier.sections import WATCHER_OPTIONS
 from notifier.registry import kinds
 
 ROOT = Path(__file__).resolve().parent.parent
