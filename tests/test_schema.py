@@ -6,8 +6,8 @@ import json
 from pathlib import Path
 
 from notifier import schema
-from notifier.sections import WATCHER_OPTIONS
 from notifier.registry import kinds
+from notifier.sections import WATCHER_OPTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
 
