@@ -249,12 +249,12 @@ def cmd_kinds(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    cfg = configmod.load(args.config)
-    if not args.log_level and not args.debug:
-        logs.setup(cfg.log_level, args.debug_smtp)
     from notifier.daemon import Daemon  # noqa: PLC0415 - see the note at the imports
 
-    return Daemon(args.config, debug_smtp=args.debug_smtp).run()
+    daemon = Daemon(args.config, debug_smtp=args.debug_smtp)
+    if not args.log_level and not args.debug:
+        logs.setup(daemon.cfg.log_level, args.debug_smtp)
+    return daemon.run()
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
