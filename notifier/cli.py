@@ -271,6 +271,9 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     cfg = _load(args)
+    if not (cfg.state_dir / "state.db").exists():
+        raise NotifierError(f"no state yet in {cfg.state_dir}; run `notifier check` or start "
+                            f"`notifier run` first.")
     store = Store(cfg.state_dir / "state.db", readonly=True)
     try:
         states = store.states()
