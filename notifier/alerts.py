@@ -123,7 +123,7 @@ class Alerter:
     def _via(self, account: str | None) -> str:
         acct = self.cfg.accounts.get(account) if account else None
         if acct is None:
-            return f"the local Maildir {self.cfg.state_dir / 'maildir'}"
+            return f"the local Maildir {self.cfg.maildir}"
         return f"{acct.host}:{acct.port} ({acct.security})"
 
     def _renderer(self, wc: WatcherConfig | None) -> Renderer:

@@ -298,9 +298,9 @@ def next_run(wc: WatcherConfig, st: WatcherState | None) -> float | None:
     from notifier.daemon import trigger_for  # noqa: PLC0415 - see the note at the imports
 
     now = datetime.now(UTC)
-    fire = trigger_for(wc).get_next_fire_time(None, now)
     if st is None or st.last_check is None or (not wc.cron and now.timestamp() - st.last_check >= wc.every):
-        return now.timestamp()
+        return now.timestamp()  # new or overdue: the daemon runs it at once
+    fire = trigger_for(wc).get_next_fire_time(None, now)
     return fire.timestamp() if fire else None
 
 

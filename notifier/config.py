@@ -109,6 +109,11 @@ class Config:
         return next((w for w in self.watchers if w.name == name), None)
 
     @property
+    def maildir(self) -> Path:
+        """Where alerts go when no smtp account is configured."""
+        return self.state_dir / "maildir"
+
+    @property
     def pid_file(self) -> Path:
         """Where the running daemon writes its pid, for `notifier reload`."""
         return self.state_dir / "notifier.pid"
@@ -301,36 +306,55 @@ def _filters(col: _Collector, raw: Any, path: str) -> list[Any]:
     if not isinstance(raw, list):
         col.add(line_of(raw), f"{path}.filters", "must be a list, each item starting with `- `.")
         return []
-    registry = kinds("filters")
     built = []
     for index, item in enumerate(raw):
         line = raw.lines[index] if isinstance(raw, LineList) else None
-        where = f"{path}.filters[{index}]"
-        if isinstance(item, str):
-            kind, options = item, LineDict()
-        elif isinstance(item, dict) and len(item) == 1:
-            kind, options = next(iter(item.items()))
-        else:
-            col.add(line, where, "write a filter as `- name` or `- name: value`.")
-            continue
-        cls = registry.get(kind)
-        if cls is None:
-            col.add(line, where, f"{unknown_key_hint(kind, registry).replace('key', 'filter')}")
-            continue
-        if not isinstance(options, dict):
-            if cls.shorthand is None:
-                col.add(line, where, f"filter {kind!r} takes options as a mapping, not a single value.")
-                continue
-            options = _with_line(LineDict({cls.shorthand: options}), line)
-        before = len(col.problems)
-        values = col.options(options, cls.options, where)
-        if len(col.problems) > before:
-            continue
-        try:
-            built.append(cls(values))
-        except ValueError as exc:
-            col.add(line, where, f"{exc}")
+        flt = _filter(col, item, f"{path}.filters[{index}]", line)
+        if flt is not None:
+            built.append(flt)
     return built
+
+
+def _filter(col: _Collector, item: Any, where: str, line: int | None) -> Any:
+    """One filter from its spec, or None with the problems recorded in `col`."""
+    registry = kinds("filters")
+    if isinstance(item, str):
+        kind, options = item, LineDict()
+    elif isinstance(item, dict) and len(item) == 1:
+        kind, options = next(iter(item.items()))
+    else:
+        col.add(line, where, "write a filter as `- name` or `- name: value`.")
+        return None
+    cls = registry.get(kind)
+    if cls is None:
+        col.add(line, where, f"{unknown_key_hint(kind, registry).replace('key', 'filter')}")
+        return None
+    if not isinstance(options, dict):
+        if cls.shorthand is None:
+            col.add(line, where, f"filter {kind!r} takes options as a mapping, not a single value.")
+            return None
+        options = _with_line(LineDict({cls.shorthand: options}), line)
+    before = len(col.problems)
+    values = col.options(options, cls.options, where)
+    if len(col.problems) > before:
+        return None
+    try:
+        return cls(values)
+    except ValueError as exc:
+        col.add(line, where, f"{exc}")
+        return None
+
+
+def build_filter(spec: Any, file: str = "<filter>") -> Any:
+    """One filter from a spec written as in watchers.yaml; ValueError listing its problems.
+
+    For tools and tests that build a filter outside a config file.
+    """
+    col = _Collector(file)
+    flt = _filter(col, spec, "filter", None)
+    if flt is None:
+        raise ValueError("; ".join(str(p) for p in col.problems))
+    return flt
 
 
 def _with_line(node: LineDict, line: int | None) -> LineDict:

@@ -103,7 +103,7 @@ class Daemon:
         self._stop = False
         self._reload = False
         self._busy = 0
-        self._busy_lock = threading.Lock()
+        self._idle = threading.Condition()  # notified whenever a job finishes
         self._config_sig = self._signature()
         self._config_seen = (self._config_sig, time.monotonic())
         self.scheduler = BackgroundScheduler(
@@ -150,8 +150,8 @@ class Daemon:
         if cfg.accounts:
             where = f"SMTP account {cfg.default_account}"
         else:
-            where = (f"the local Maildir {self.sender.maildir()} (no smtp account is configured; "
-                     f"open it with any mail client, e.g. `mutt -f {self.sender.maildir()}`)")
+            where = (f"the local Maildir {cfg.maildir} (no smtp account is configured; "
+                     f"open it with any mail client, e.g. `mutt -f {cfg.maildir}`)")
         log.info("started: %d watcher(s) from %s, state in %s, alerts go to %s",
                  len(cfg.watchers), self.path, self.store.path, where)
         if os.geteuid() == 0 and any(w.kind == "command" for w in cfg.watchers):
@@ -170,9 +170,8 @@ class Daemon:
         systemd.notify("STOPPING=1")
         log.info("stopping: waiting up to %.0f s for running checks", SHUTDOWN_TIMEOUT)
         self.scheduler.pause()
-        deadline = time.monotonic() + SHUTDOWN_TIMEOUT
-        while self._busy and time.monotonic() < deadline:
-            time.sleep(0.05)
+        with self._idle:
+            self._idle.wait_for(lambda: self._busy == 0, SHUTDOWN_TIMEOUT)
         self.scheduler.shutdown(wait=False)
         self.cfg.pid_file.unlink(missing_ok=True)
         if self._busy:
@@ -189,7 +188,7 @@ class Daemon:
 
     def _job(self, func: Any, *args: Any) -> Any:
         """Run a job, counting it as busy so shutdown can wait for it."""
-        with self._busy_lock:
+        with self._idle:
             self._busy += 1
         try:
             return func(*args)
@@ -197,8 +196,9 @@ class Daemon:
             log.exception("job %s failed; it will run again on schedule", getattr(func, "__name__", func))
             return None
         finally:
-            with self._busy_lock:
+            with self._idle:
                 self._busy -= 1
+                self._idle.notify_all()
 
     def _check(self, name: str) -> None:
         wc = self.cfg.watcher(name)

@@ -82,13 +82,10 @@ class Sender:
             log.info("took over %d message(s) claimed by a sender that is gone", released)
         return released
 
-    def maildir(self) -> str:
-        return str(self.cfg.state_dir / "maildir")
-
     def transport(self, account: str | None) -> Transport:
         """The transport for an account name; no account means the local Maildir."""
         if account is None:
-            return MaildirTransport(self.cfg.state_dir / "maildir")
+            return MaildirTransport(self.cfg.maildir)
         acct = self.cfg.accounts.get(account)
         if acct is None:
             raise HeldDeliveryError(f"the smtp account {account!r} is no longer configured; add it "

@@ -307,10 +307,6 @@ class Store:
         counts.update({r["state"]: r["n"] for r in rows})
         return counts
 
-    def next_due(self) -> float | None:
-        rows = self._query("SELECT MIN(not_before) AS t FROM outbox WHERE state = 'pending'")
-        return rows[0]["t"] if rows else None
-
 
 def _migrate(db: sqlite3.Connection) -> None:
     version = db.execute("PRAGMA user_version").fetchone()[0]

@@ -1,8 +1,7 @@
 """Build filters from specs written as in watchers.yaml, and load the golden cases.
 
-The real config loader lives elsewhere; this small resolver follows the same rules
-(``- kind``, ``- kind: shorthand-value``, ``- kind: {option: value}``) so the filter tests
-do not depend on it.
+Specs go through the config loader's own resolver (``- kind``, ``- kind: shorthand-value``,
+``- kind: {option: value}``), so the tests exercise exactly what users write.
 """
 
 from __future__ import annotations
@@ -14,8 +13,8 @@ from typing import Any
 import pytest
 import yaml
 
+from notifier.config import build_filter
 from notifier.filters import Filter, FilterError
-from notifier.options import parse_options
 
 GOLDEN = Path(__file__).parent.parent / "data" / "filter_tests.yaml"
 
@@ -27,25 +26,9 @@ def filter_class(spec: Any) -> type[Filter]:
 
 
 def make_filter(spec: Any) -> Filter:
-    """A filter from one spec; ValueError for bad options, as the config loader would report.
-
-    Like the loader, a non-mapping value (even null, from ``- grep:``) goes to the shorthand.
-    """
-    cls = filter_class(spec)
-    raw: dict[str, Any] = {}
-    if isinstance(spec, dict):
-        assert len(spec) == 1, f"one kind per filter: {spec!r}"
-        value = next(iter(spec.values()))
-        if isinstance(value, dict):
-            raw = value
-        elif cls.shorthand:
-            raw = {cls.shorthand: value}
-        else:
-            raise ValueError(f"{cls.kind} takes options as a mapping, not a single value")
-    values, problems = parse_options(raw, cls.options, file="test", path="filter")
-    if problems:
-        raise ValueError("; ".join(str(p) for p in problems))
-    return cls(values)
+    """A filter from one spec, through the config loader's own resolver; ValueError if bad."""
+    flt: Filter = build_filter(spec, file="test")
+    return flt
 
 
 def run(specs: Any, text: str) -> str:
