@@ -24,7 +24,7 @@ from notifier.diff import Diff, compute
 
 log = logging.getLogger(__name__)
 
-SHIPPED_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+SHIPPED_TEMPLATES = Path(__file__).resolve().parent / "templates"  # package data, in the wheel
 MAX_SUBJECT = 150  # characters; longer subjects get cut with an ellipsis
 MAX_CONTENT_BYTES = 100_000  # per side, for `old` and `new` as templates see them
 MAX_DIFF_LINES = 2_000  # diff lines shown; the rest is summarised as "… N more lines"
