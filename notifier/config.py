@@ -19,7 +19,7 @@ from typing import Any
 from notifier.errors import ConfigError, Problem
 from notifier.options import Option, line_of, parse_options, unknown_key_hint
 from notifier.registry import kinds
-from notifier.secrets import Secret, read_secret
+from notifier.secrets import Secret, SecretRef
 from notifier.sections import (
     DEFAULT_PORTS,
     DEFAULTS_OPTIONS,
@@ -31,17 +31,19 @@ from notifier.sections import (
 )
 from notifier.yamlload import LineDict, LineList, load_yaml
 
+_COMMON_KEYS = frozenset(o.name for o in WATCHER_OPTIONS)
+
 
 @dataclass(frozen=True)
 class SmtpAccount:
-    """One way to send mail. `password` is a Secret: it prints as ****."""
+    """One way to send mail. `password` prints as ****; a SecretRef is read only to log in."""
 
     name: str
     host: str
     port: int
     security: str
     username: str | None
-    password: Secret
+    password: Secret | SecretRef
     sender: str | None
     timeout: float
     ca_file: str | None
@@ -139,35 +141,49 @@ class _Collector:
         self.problems.append(Problem(self.file, line, key, message))
 
 
-def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
-    """Load and validate a config file. Raises ConfigError listing every problem."""
+def load(path: str | Path, environ: Mapping[str, str] | None = None,
+         state_dir: str | Path | None = None) -> Config:
+    """Load and validate a config file. Raises ConfigError listing every problem.
+
+    `state_dir` (the command line's --state-dir) wins over everything the file or the
+    environment says; see `_state_dir` for the order.
+    """
     path = Path(path)
     env = os.environ if environ is None else environ
     raw, problems = load_yaml(path, env)
     col = _Collector(str(path))
     col.problems.extend(problems)
     if raw is None:
-        raw = LineDict()
+        col.add(None, "", "is empty; add a `watchers:` list (the shipped watchers.yaml is an example).")
+        raise ConfigError(col.problems)
+    if not isinstance(raw, dict):
+        col.add(line_of(raw), "", "must be a mapping with a `watchers:` list at the top level, "
+                "like the shipped watchers.yaml.")
+        raise ConfigError(col.problems)
     top = col.options(raw, TOP_OPTIONS, "")
-    mail = col.options(top["mail"] or LineDict(), MAIL_OPTIONS, "mail")
-    defaults = col.options(top["defaults"] or LineDict(), DEFAULTS_OPTIONS, "defaults")
-    if top["timezone"] and "timezone" not in (top["defaults"] or {}):
+    top["templates"] = _beside(path, top["templates"])
+    raw_mail, raw_defaults = _section(col, top["mail"], "mail"), _section(col, top["defaults"], "defaults")
+    mail = col.options(raw_mail, MAIL_OPTIONS, "mail")
+    defaults = col.options(raw_defaults, DEFAULTS_OPTIONS, "defaults")
+    if top["timezone"] and "timezone" not in raw_defaults:
         defaults["timezone"] = top["timezone"]
     accounts = _accounts(col, top["smtp"], env)
-    watchers = _watchers(col, top["watchers"], defaults, raw.get("defaults"))
+    watchers = _watchers(col, top["watchers"], defaults, raw_defaults)
     default_account = mail["account"] or next(iter(accounts), None)
     if default_account and default_account not in accounts:
-        col.add(line_of(raw.get("mail"), "account"), "mail.account",
+        col.add(line_of(raw_mail, "account"), "mail.account",
                 f"names no account under smtp; known accounts: {', '.join(accounts) or 'none'}.")
     for w in watchers:
         if w.account and w.account not in accounts:
             col.add(w.line, f"watchers.{w.name}.account", "names no account under smtp.")
+    _check_mail_from(col, raw_mail, mail["from"], accounts)
+    _check_templates(col, path, top["templates"], raw, watchers)
     _check_command_permissions(col, path, watchers)
     if col.problems:
         raise ConfigError(sorted(col.problems, key=lambda p: p.line or 0))
     return Config(
         path=path,
-        state_dir=_state_dir(path, top["state_dir"], env),
+        state_dir=_state_dir(path, state_dir, top["state_dir"], env),
         watchers=tuple(watchers),
         accounts=accounts,
         default_account=default_account,
@@ -182,12 +198,36 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
     )
 
 
-def _state_dir(path: Path, configured: str | None, env: Mapping[str, str]) -> Path:
-    """The configured dir (relative to the config file), systemd's, or ./state beside the config."""
-    if configured:
-        return (path.parent / configured).resolve()
+def _beside(config: Path, value: str | None) -> str | None:
+    """A path from the config, relative to the config file's directory (not the working
+    directory, which is / under systemd)."""
+    return str((config.parent / Path(value).expanduser()).resolve()) if value else None
+
+
+def _section(col: _Collector, raw: Any, name: str) -> LineDict:
+    """A top-level mapping such as `mail:`, or an empty one (with a problem) when it is not one."""
+    if raw is None:
+        return LineDict()
+    if not isinstance(raw, LineDict):
+        col.add(line_of(raw), name, f"must be a mapping of keys to values, like `{name}: {{key: value}}`.")
+        return LineDict()
+    return raw
+
+
+def _state_dir(path: Path, flag: str | Path | None, configured: str | None,
+               env: Mapping[str, str]) -> Path:
+    """Where state lives: the --state-dir flag, systemd's $STATE_DIRECTORY, `state_dir:` in
+    the file (relative to it), or ./state beside the config — in that order.
+
+    systemd's directory wins over the file so that the shipped unit, whose file system is
+    read-only outside StateDirectory=, works whatever a copied watchers.yaml says.
+    """
+    if flag:
+        return Path(flag).expanduser().resolve()
     if env.get("STATE_DIRECTORY"):
         return Path(env["STATE_DIRECTORY"].split(":")[0])
+    if configured:
+        return Path(str(_beside(path, configured)))
     return (path.parent / "state").resolve()
 
 
@@ -208,12 +248,14 @@ def _accounts(col: _Collector, raw: Any, env: Mapping[str, str]) -> dict[str, Sm
         if not host:
             col.add(line_of(raw, name), path, "needs a host or a provider (163, qq, gmail, outlook).")
             continue
+        password = SecretRef(env=values["password_env"], file=values["password_file"],
+                             credential=values["password_credential"], environ=env)
         try:
-            password = read_secret(env=values["password_env"], file=values["password_file"],
-                                   credential=values["password_credential"], environ=env)
+            password.read()
         except ValueError as exc:
-            col.add(line_of(raw, name), path, f"password cannot be read: {exc}.")
-            password = Secret("")
+            col.warnings.append(Problem(col.file, line_of(raw, name), path,
+                                        f"password cannot be read here: {exc}. Sending will be "
+                                        f"held until it can; other commands do not need it."))
         account = SmtpAccount(
             name=str(name), host=host, port=values["port"] or DEFAULT_PORTS[security],
             security=security, username=values["username"], password=password,
@@ -230,6 +272,8 @@ def _accounts(col: _Collector, raw: Any, env: Mapping[str, str]) -> dict[str, Sm
 
 
 def _watchers(col: _Collector, raw: Any, defaults: dict[str, Any], raw_defaults: Any) -> list[WatcherConfig]:
+    if raw is None:  # missing: already reported as required
+        return []
     if not isinstance(raw, list):
         col.add(line_of(raw), "watchers", "must be a list of watchers, each starting with `- name:`.")
         return []
@@ -238,7 +282,8 @@ def _watchers(col: _Collector, raw: Any, defaults: dict[str, Any], raw_defaults:
     defaults_key = json.dumps(raw_defaults, sort_keys=True, default=str)
     for index, spec in enumerate(raw):
         name = spec.get("name") if isinstance(spec, dict) else None
-        path = f"watchers.{name}" if isinstance(name, str) else f"watchers[{index}]"
+        clean = isinstance(name, str) and name.isprintable() and name.strip() == name != ""
+        path = f"watchers.{name}" if clean else f"watchers[{index}]"
         if isinstance(name, str) and name in seen:
             col.add(line_of(spec, "name"), f"{path}.name",
                     f"{name!r} is already used on line {seen[name]}; names must be unique.")
@@ -254,28 +299,30 @@ def _watchers(col: _Collector, raw: Any, defaults: dict[str, Any], raw_defaults:
 def _watcher(col: _Collector, spec: Any, path: str, defaults: dict[str, Any],
              defaults_key: str) -> WatcherConfig | None:
     """Build one watcher; None (with problems recorded) when it is unusable or disabled."""
-    # Unknown keys are reported by the kind's pass below, which knows both sets of names.
-    values = col.options(spec, WATCHER_OPTIONS, path, defaults=defaults,
-                         ignore=list(spec) if isinstance(spec, dict) else [])
-    name, kind = values.get("name"), values.get("kind")
-    if not name or not kind:
+    if not isinstance(spec, dict):
+        col.add(line_of(spec), path, "must be a mapping that starts with `- name:` and `kind:`.")
         return None
+    before = len(col.problems)
     registry = kinds("watchers")
-    if kind not in registry:
+    raw_kind = spec.get("kind")
+    cls = registry.get(raw_kind) if isinstance(raw_kind, str) else None
+    # Unknown keys are reported once, against the common keys plus the kind's own ones (when the
+    # kind is known), so a misspelt `nmae:` gets its did-you-mean even though name is missing.
+    kind_names = [o.name for o in cls.options] if cls else []
+    values = col.options(spec, WATCHER_OPTIONS, path, defaults=defaults,
+                         ignore=kind_names if cls else [k for k in spec if k not in _COMMON_KEYS])
+    name, kind = values["name"], values["kind"]
+    if kind is not None and cls is None:
         col.add(line_of(spec, "kind"), f"{path}.kind",
                 f"unknown kind {kind!r}; known kinds are {', '.join(sorted(registry))}.")
-        return None
-    cls = registry[kind]
-    before = len(col.problems)
-    kind_values = col.options(spec, cls.options, path, ignore=[o.name for o in WATCHER_OPTIONS])
-    kind_ok = len(col.problems) == before
+    kind_values = col.options(spec, cls.options, path, ignore=list(spec)) if cls else None
     if values["additions_only"] and values["deletions_only"]:
         col.add(line_of(spec, "deletions_only"), f"{path}.deletions_only",
                 "cannot be combined with additions_only; keep one.")
     if spec.get("every") is not None and values["cron"]:
         col.add(line_of(spec, "cron"), f"{path}.cron", "cannot be combined with every; keep one.")
-    filters = _filters(col, values["filters"], path)
-    if not kind_ok:
+    filters = _filters(col, spec.get("filters"), path)
+    if cls is None or kind_values is None or not name or len(col.problems) > before:
         return None
     try:
         watcher = cls(name, kind_values)
@@ -292,7 +339,7 @@ def _watcher(col: _Collector, spec: Any, path: str, defaults: dict[str, Any],
         history=values["history"], context_lines=values["context_lines"],
         additions_only=values["additions_only"], deletions_only=values["deletions_only"],
         recipients=Recipients(values["to"], values["cc"], values["bcc"]),
-        account=values["account"], templates=values["templates"],
+        account=values["account"], templates=_beside(Path(col.file), values["templates"]),
         error_after=values["error_after"], remind_every=values["remind_every"],
         digest=values["digest"], attach_snapshot=values["attach_snapshot"],
         line=line_of(spec), fingerprint=fingerprint,
@@ -361,6 +408,52 @@ def _with_line(node: LineDict, line: int | None) -> LineDict:
     node.line = line
     node.lines = dict.fromkeys(node, line) if line else {}
     return node
+
+
+def _check_mail_from(col: _Collector, raw_mail: LineDict, sender: str | None,
+                     accounts: Mapping[str, SmtpAccount]) -> None:
+    """163 and QQ refuse mail whose From is not the login: say so now, not at the first alert."""
+    for account in accounts.values():
+        if account.from_must_match and not account.sender and sender and account.username and \
+                account.username.lower() not in sender.lower():
+            col.warnings.append(Problem(
+                col.file, line_of(raw_mail, "from"), "mail.from",
+                f"differs from the login of smtp.{account.name}; its provider rejects mail whose "
+                f"From is not the login. Use {account.username}, or set smtp.{account.name}.from."))
+
+
+def _check_templates(col: _Collector, path: Path, top: str | None, raw: Mapping[str, Any],
+                     watchers: list[WatcherConfig]) -> None:
+    """Compile user templates now, so a syntax error is a config problem with its file and line
+    rather than a fallback to the shipped templates when the first alert is rendered."""
+    dirs: dict[str, int | None] = {}
+    if top:
+        dirs[top] = line_of(raw, "templates")
+    for w in watchers:
+        if w.templates:
+            dirs.setdefault(w.templates, w.line)
+    if not dirs:
+        return
+    import jinja2  # noqa: PLC0415 - only configs with their own templates pay for jinja2 here
+
+    env = jinja2.Environment(autoescape=True)
+    for directory, line in dirs.items():
+        folder = Path(directory)
+        if not folder.is_dir():
+            col.add(line, "templates", f"{folder} is not a directory; create it or fix the path "
+                    f"(relative paths are relative to {path.parent}).")
+            continue
+        for file in sorted(folder.iterdir()):
+            if file.suffix not in (".txt", ".html"):
+                continue
+            try:
+                env.parse(file.read_text(encoding="utf-8"), file.name, str(file))
+            except jinja2.TemplateSyntaxError as exc:
+                col.problems.append(Problem(str(file), exc.lineno, "", f"template syntax error: "
+                                            f"{exc.message}; fix the template."))
+            except (OSError, UnicodeDecodeError) as exc:
+                col.problems.append(Problem(str(file), None, "", f"cannot be read ({exc}); check its "
+                                            f"permissions and encoding."))
 
 
 def _check_command_permissions(col: _Collector, path: Path, watchers: list[WatcherConfig]) -> None:

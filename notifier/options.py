@@ -17,7 +17,10 @@ from typing import Any, ClassVar
 from notifier.errors import Problem
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MAX_DURATION = 366 * 86400.0  # a year: anything longer is a typo, and overflows date arithmetic
+# C0 and C1 control characters; tab and newline included, since a name is one line of a log.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 class Type:
@@ -37,30 +40,53 @@ class Str(Type):
 
     def parse(self, value: Any) -> str:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise ValueError(f"expected a string, got {_describe(value)}")
+            raise ValueError(f"expected a string, got {_describe(value)}{_quote_hint(value)}")
         return str(value)
 
     def schema(self) -> dict[str, Any]:
         return {"type": "string"}
 
 
+class Name(Str):
+    """A watcher's name: its identity in the state, in mails and in one-line log records."""
+
+    name = "name"
+
+    def parse(self, value: Any) -> str:
+        text = super().parse(value)
+        if not text.strip():
+            raise ValueError("must not be empty; give the watcher a short, stable name")
+        if _CONTROL.search(text):
+            raise ValueError(f"{text!r} contains a control character (newline, tab, ...); "
+                             f"write the name on one line with printable characters")
+        return text
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "minLength": 1, "pattern": r"^[^\x00-\x1f\x7f-\x9f]+$"}
+
+
 class Int(Type):
     name = "integer"
 
-    def __init__(self, minimum: int | None = None) -> None:
+    def __init__(self, minimum: int | None = None, maximum: int | None = None) -> None:
         self.minimum = minimum
+        self.maximum = maximum
 
     def parse(self, value: Any) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected a whole number, got {_describe(value)}")
         if self.minimum is not None and value < self.minimum:
             raise ValueError(f"must be at least {self.minimum}, got {value}")
+        if self.maximum is not None and value > self.maximum:
+            raise ValueError(f"must be at most {self.maximum:,}, got {value:,}")
         return value
 
     def schema(self) -> dict[str, Any]:
         out: dict[str, Any] = {"type": "integer"}
         if self.minimum is not None:
             out["minimum"] = self.minimum
+        if self.maximum is not None:
+            out["maximum"] = self.maximum
         return out
 
 
@@ -77,23 +103,32 @@ class Bool(Type):
 
 
 class Duration(Type):
-    """Seconds, written as a number or with a unit: ``30``, ``30s``, ``10m``, ``1.5h``, ``1d``."""
+    """Seconds, written with a unit: ``30s``, ``10m``, ``1.5h``, ``1d``, ``500ms``.
+
+    A bare number is refused: ``every: 10`` could mean seconds or minutes, and guessing wrong
+    checks a site 60 times too often.
+    """
 
     name = "duration"
 
     def parse(self, value: Any) -> float:
-        if isinstance(value, bool):
-            raise ValueError("expected a duration such as 30s, 10m or 1h, got a boolean")
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise ValueError(f"expected a duration such as 30s, 10m or 1h, got {_describe(value)}")
         match = _DURATION.match(str(value))
         if not match:
             raise ValueError(f"expected a duration such as 30s, 10m or 1h, got {value!r}")
+        if match.group(2) is None:
+            raise ValueError(f"{value!r} has no unit; write {match.group(1)}s, {match.group(1)}m "
+                             f"or {match.group(1)}h")
         seconds = float(match.group(1)) * _UNITS[match.group(2)]
         if seconds <= 0:
             raise ValueError("a duration must be greater than zero")
+        if seconds > MAX_DURATION:
+            raise ValueError(f"{value!r} is longer than a year; use a shorter duration")
         return seconds
 
     def schema(self) -> dict[str, Any]:
-        return {"type": ["number", "string"], "pattern": _DURATION.pattern}
+        return {"type": "string", "pattern": _DURATION.pattern.replace(")?", ")")}
 
 
 class Choice(Type):
@@ -103,7 +138,7 @@ class Choice(Type):
         self.choices = choices
 
     def parse(self, value: Any) -> str:
-        text = str(value)
+        text = value if isinstance(value, str) else repr(value)
         if text not in self.choices:
             raise ValueError(f"must be one of {', '.join(self.choices)}; got {value!r}")
         return text
@@ -183,9 +218,11 @@ class StrOrList(Type):
     def parse(self, value: Any) -> str | tuple[str, ...]:
         if isinstance(value, str):
             return value
-        if isinstance(value, list) and value and all(isinstance(v, str | int) for v in value):
+        if isinstance(value, list) and value and all(
+                isinstance(v, str | int) and not isinstance(v, bool) for v in value):
             return tuple(str(v) for v in value)
-        raise ValueError("expected a command string or a non-empty list of arguments")
+        raise ValueError("expected a command string or a non-empty list of strings; quote "
+                         "arguments YAML would read as something else, like 'false' or 'on'")
 
     def schema(self) -> dict[str, Any]:
         return {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
@@ -245,23 +282,26 @@ def parse_options(
         hint = unknown_key_hint(key, [*known, *ignore])
         problems.append(Problem(file, line_of(raw, key), _join(path, key), hint))
     for opt in options:
-        if raw.get(opt.name) is None and (opt.name not in raw or opt.required):
-            if defaults and opt.name in defaults:
-                values[opt.name] = defaults[opt.name]
-            elif opt.required:
+        # Every declared key gets a value, even after a problem, so that callers can go on
+        # checking the rest of the file and report every problem at once.
+        fallback = defaults[opt.name] if defaults and opt.name in defaults else (
+            None if opt.required else opt.default)
+        values[opt.name] = fallback
+        if raw.get(opt.name) is None:  # absent, or written empty (`key:`): not set
+            if fallback is None and opt.required:
                 problems.append(
                     Problem(file, line_of(raw), _join(path, opt.name),
                             f"is required ({opt.doc or opt.type.name}); add it.")
                 )
-            else:
-                values[opt.name] = opt.default
             continue
         try:
-            values[opt.name] = None if raw.get(opt.name) is None else opt.type.parse(raw[opt.name])
-            if opt.check and values[opt.name] is not None:
-                opt.check(values[opt.name])
+            value = opt.type.parse(raw[opt.name])
+            if opt.check:
+                opt.check(value)
         except ValueError as exc:
             problems.append(Problem(file, line_of(raw, opt.name), _join(path, opt.name), f"{exc}."))
+        else:
+            values[opt.name] = value
     return values, problems
 
 
@@ -295,6 +335,13 @@ def schema_for(options: Sequence[Option], extra: Mapping[str, Any] | None = None
 
 def _join(path: str, key: Any) -> str:
     return f"{path}.{key}" if path else str(key)
+
+
+def _quote_hint(value: Any) -> str:
+    """YAML turns unquoted yes/no/on/off/true/false/null into non-strings; say how to keep text."""
+    if isinstance(value, bool) or value is None:
+        return f"; put it in quotes, like '{str(value).lower()}', to mean the text"
+    return ""
 
 
 def _describe(value: Any) -> str:

@@ -11,6 +11,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+from notifier.errors import HeldDeliveryError
+
 MASK = "****"
 
 
@@ -60,6 +62,40 @@ class RedactingFilter(logging.Filter):
             if record.exc_text:
                 record.exc_text = redact(record.exc_text)
         return True
+
+
+class SecretRef:
+    """Where a secret is kept, read only when it is needed (an SMTP login).
+
+    Commands that only read the state (`validate`, `status`, `outbox`) run from an admin shell
+    that has no $CREDENTIALS_DIRECTORY or password variable; they must not need the secret.
+    A rotated password file is picked up at the next login without a reload.
+    """
+
+    __slots__ = ("credential", "env", "environ", "file")
+
+    def __init__(self, *, env: str | None = None, file: str | None = None,
+                 credential: str | None = None, environ: Mapping[str, str] | None = None) -> None:
+        self.env, self.file, self.credential = env, file, credential
+        self.environ = os.environ if environ is None else environ
+
+    def reveal(self) -> str:
+        """The secret's value; HeldDeliveryError (retrying cannot help) when it cannot be read."""
+        try:
+            return self.read().reveal()
+        except ValueError as exc:
+            raise HeldDeliveryError(f"The SMTP password cannot be read: {exc}.") from None
+
+    def read(self) -> Secret:
+        """The secret, or ValueError with a hint."""
+        return read_secret(env=self.env, file=self.file, credential=self.credential,
+                           environ=self.environ)
+
+    def __repr__(self) -> str:
+        return f"SecretRef({MASK})"
+
+    def __str__(self) -> str:
+        return MASK
 
 
 def read_secret(*, env: str | None, file: str | None, credential: str | None,

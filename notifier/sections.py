@@ -22,6 +22,7 @@ from notifier.options import (
     Duration,
     Int,
     ListOf,
+    Name,
     Option,
     Str,
 )
@@ -60,7 +61,7 @@ def _check_window(value: str) -> None:
 
 # Options every watcher has, whatever its kind; all but name/kind/filters may go in `defaults:`.
 WATCHER_OPTIONS: tuple[Option, ...] = (
-    Option("name", Str(), REQUIRED, "Unique, stable identity of the watcher; its history follows it."),
+    Option("name", Name(), REQUIRED, "Unique, stable identity of the watcher; its history follows it."),
     Option("kind", Str(), REQUIRED, "What to watch: url, file or command."),
     Option("filters", AnyValue(), (), "Filter chain applied in order to the fetched text."),
     Option("enabled", Bool(), True, "Set to false to keep a watcher in the file without running it."),

@@ -16,6 +16,7 @@ import yaml
 
 from notifier.errors import ConfigError, Problem
 
+MAX_NODES = 1_000_000  # values after alias expansion; 20,000 watchers need about 300,000
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
@@ -52,6 +53,11 @@ class _Loader(_Base):  # type: ignore[valid-type,misc]
         for key_node, value_node in node.value:
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
+            if not isinstance(key, str | int | float | bool | None):
+                self.problems.append(Problem(self.filename, line, "",
+                                             "a key must be a plain word, not a list or mapping; "
+                                             "check the indentation and the `?` there."))
+                continue
             if key in out:
                 self.problems.append(Problem(self.filename, line, str(key),
                                              f"appears twice in one mapping (first on line "
@@ -110,24 +116,76 @@ def load_yaml(path: Path, environ: Mapping[str, str] | None = None) -> tuple[Any
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise _error(name, None, "file not found; create it or pass -c PATH.") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise _error(name, None, f"cannot be read ({exc}); check its permissions and encoding.") from None
+    except UnicodeDecodeError as exc:
+        raw = path.read_bytes()
+        raise _error(name, raw.count(b"\n", 0, exc.start) + 1, f"is not UTF-8 text (byte {raw[exc.start]:#04x} at offset "
+                     f"{exc.start}); save the file as UTF-8.") from None
+    except OSError as exc:
+        raise _error(name, None, f"cannot be read ({exc.strerror or exc}); check its permissions.") from None
     loader = _Loader(text)
     loader.problems = []
     loader.filename = name
     loader.environ = os.environ if environ is None else environ
     try:
-        data = loader.get_single_data()
+        node = loader.get_single_node()
+        if node is None:
+            return None, loader.problems
+        _check_size(name, node)
+        data = loader.construct_document(node)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
-        line = mark.line + 1 if mark else None
         col = f", column {mark.column + 1}" if mark else ""
-        raise _error(name, line, f"is not valid YAML{col}: {exc.problem}; fix the syntax there.") from None
+        raise _error(name, mark.line + 1 if mark else None,
+                     f"is not valid YAML{col}: {exc.problem}; {_syntax_hint(text, mark)}") from None
     except yaml.YAMLError as exc:
         raise _error(name, None, f"is not valid YAML: {exc}.") from None
+    except RecursionError:
+        raise _error(name, None, "is nested too deeply to be a config; flatten it.") from None
     finally:
         loader.dispose()
     return data, loader.problems
+
+
+def _syntax_hint(text: str, mark: yaml.Mark | None) -> str:
+    """What to do about a syntax error; tabs get their own hint, being the usual cause."""
+    lines = text.splitlines()
+    if mark is not None and mark.line < len(lines) and "\t" in lines[mark.line][: mark.column + 1]:
+        return "YAML does not allow a tab there; indent with spaces."
+    return "fix the syntax there."
+
+
+def _check_size(file: str, root: yaml.Node) -> None:
+    """Refuse documents whose aliases expand to more values than any config needs.
+
+    PyYAML shares aliased nodes, so a "billion laughs" file loads in a moment, but anything
+    that walks the result (a fingerprint, a JSON dump) would expand it. Counting the expanded
+    size on the node graph, with each node's size computed once, costs one pass over the file.
+    """
+    sizes: dict[int, int] = {}
+    pending: set[int] = set()
+
+    def size(node: yaml.Node) -> int:
+        key = id(node)
+        if key in sizes:
+            return sizes[key]
+        if key in pending:
+            raise _error(file, node.start_mark.line + 1, "an alias refers to the value that contains "
+                         "it; a config cannot be infinite, so remove that alias.")
+        pending.add(key)
+        total = 1
+        if isinstance(node, yaml.MappingNode):
+            total += sum(size(k) + size(v) for k, v in node.value)
+        elif isinstance(node, yaml.SequenceNode):
+            total += sum(size(child) for child in node.value)
+        pending.discard(key)
+        sizes[key] = total
+        if total > MAX_NODES:
+            raise _error(file, node.start_mark.line + 1, f"expands to more than {MAX_NODES:,} values "
+                         f"through aliases (&anchor / *alias); a config never needs that many, so "
+                         f"this looks like an alias bomb. Write the values out instead.")
+        return total
+
+    size(root)
 
 
 def _error(file: str, line: int | None, message: str) -> ConfigError:

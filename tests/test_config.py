@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from notifier import config
-from notifier.errors import ConfigError
+from notifier.errors import ConfigError, HeldDeliveryError
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -147,21 +147,29 @@ watchers: []
     assert any("qq rejects mail whose From is not the login" in str(w) for w in cfg.warnings)
 
 
-def test_unreadable_password_is_a_config_problem(tmp_path: Path) -> None:
+def test_unreadable_password_is_only_a_warning_until_something_is_sent(tmp_path: Path) -> None:
+    """Read-only commands (validate, status, outbox) run from shells without the secret."""
     path = write(tmp_path, "smtp:\n  main: {provider: 163, password_env: NOPE}\nwatchers: []\n")
-    assert "password cannot be read: environment variable NOPE is not set" in problems(path)[0]
+    cfg = config.load(path, {})
+    assert any("password cannot be read here: environment variable NOPE is not set" in str(w)
+               for w in cfg.warnings)
+    with pytest.raises(HeldDeliveryError, match="environment variable NOPE is not set"):
+        cfg.accounts["main"].password.reveal()
 
 
 def test_systemd_credential(tmp_path: Path) -> None:
     (tmp_path / "smtp").write_text("cred")
     path = write(tmp_path, "smtp:\n  main: {provider: 163, password_credential: smtp}\nwatchers: []\n")
-    assert "CREDENTIALS_DIRECTORY is not set; use LoadCredential=" in problems(path)[0]
+    assert any("CREDENTIALS_DIRECTORY is not set; use LoadCredential=" in str(w)
+               for w in config.load(path, {}).warnings)
     cfg = config.load(path, {"CREDENTIALS_DIRECTORY": str(tmp_path)})
     assert cfg.accounts["main"].password.reveal() == "cred"
+    (tmp_path / "smtp").write_text("rotated")
+    assert cfg.accounts["main"].password.reveal() == "rotated"
 
 
 def test_command_watchers_refused_in_world_writable_dir(tmp_path: Path) -> None:
-    path = write(tmp_path, "watchers:\n  - {name: c, kind: command, command: [true]}\n")
+    path = write(tmp_path, "watchers:\n  - {name: c, kind: command, command: ['true']}\n")
     config.load(path, {})
     tmp_path.chmod(0o777)
     try:
