@@ -118,7 +118,8 @@ def load_yaml(path: Path, environ: Mapping[str, str] | None = None) -> tuple[Any
         raise _error(name, None, "file not found; create it or pass -c PATH.") from None
     except UnicodeDecodeError as exc:
         raw = path.read_bytes()
-        raise _error(name, raw.count(b"\n", 0, exc.start) + 1, f"is not UTF-8 text (byte {raw[exc.start]:#04x} at offset "
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise _error(name, line, f"is not UTF-8 text (byte {raw[exc.start]:#04x} at offset "
                      f"{exc.start}); save the file as UTF-8.") from None
     except OSError as exc:
         raise _error(name, None, f"cannot be read ({exc.strerror or exc}); check its permissions.") from None

@@ -86,7 +86,7 @@ def mutated(draw: st.DrawFn) -> str:
     return yaml.safe_dump(doc, allow_unicode=True)
 
 
-def validate(path: Path, text: str, monkeypatch: pytest.MonkeyPatch) -> tuple[int, str]:
+def validate(path: Path, text: str) -> tuple[int, str]:
     path.write_text(text, encoding="utf-8")
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
@@ -100,9 +100,10 @@ def test_validate_never_crashes_on_a_mutated_config(
         text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for key, value in ENV.items():
         monkeypatch.setenv(key, value)
-    code, output = validate(tmp_path / "watchers.yaml", text, monkeypatch)
+    code, output = validate(tmp_path / "watchers.yaml", text)
     assert code in (0, 1), output
-    assert "Traceback" not in output and "This is a bug" not in output, output
+    assert "Traceback" not in output, output
+    assert "This is a bug" not in output, output
     if code == 1:
         assert re.search(r"^error: .+watchers\.yaml", output, re.M), output
 
