@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 import logging
 import os
 import signal
@@ -16,16 +17,19 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from notifier import config as configmod
-from notifier import logs, schema
+from notifier import logs, runstate, schema
 from notifier.config import Config, WatcherConfig
 from notifier.console import Progress, colored_diff, use_color
 from notifier.errors import (
+    EXIT_BUG,
     EXIT_CHANGED,
     EXIT_CONFIG,
     EXIT_FAILED,
     EXIT_OK,
+    EXIT_PIPE,
     ConfigError,
     NotifierError,
+    UsageError,
 )
 from notifier.pipeline import Outcome, check, filtered
 from notifier.registry import kinds
@@ -40,7 +44,6 @@ if TYPE_CHECKING:
 # a plain `check` of 1,000 watchers stays several MB smaller and starts faster without them.
 
 log = logging.getLogger("notifier")
-EXIT_BUG = 70  # EX_SOFTWARE
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -62,6 +65,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `notifier check | head`: the reader has all it wanted. Point stdout at /dev/null so
+        # the interpreter's final flush does not complain either.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_PIPE
     except Exception as exc:
         if args.debug:
             raise
@@ -80,6 +89,8 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
     parser.add_argument("-c", "--config", type=Path, default=default(Path("watchers.yaml")),
                         help="path of watchers.yaml (default: ./watchers.yaml)")
+    parser.add_argument("-s", "--state-dir", type=Path, default=default(None),
+                        help="state directory; wins over $STATE_DIRECTORY and state_dir: in the file")
     parser.add_argument("--debug", action="store_true", default=default(False),
                         help="verbose logs, and tracebacks for bugs")
     parser.add_argument("--log-level", choices=["debug", "info", "warning", "error"],
@@ -92,6 +103,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="notifier",
                                      description="Watch things; email a diff when they change.")
     _global_options(parser, suppress=False)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, suppress=True)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -102,10 +114,12 @@ def _parser() -> argparse.ArgumentParser:
         return p
 
     command("validate", cmd_validate, "check watchers.yaml and report every problem at once")
-    p = command("check", cmd_check, "run watchers once and print what changed")
+    p = command("check", cmd_check, "run watchers once and print what changed (a preview unless --send)")
     p.add_argument("names", nargs="*", metavar="NAME", help="watchers to run (default: all)")
-    p.add_argument("--dry-run", action="store_true", help="show changes but leave the state untouched")
-    p.add_argument("--send", action="store_true", help="queue and send alerts for what was found")
+    p.add_argument("--dry-run", action="store_true",
+                   help="record nothing and send nothing (the default without --send)")
+    p.add_argument("--send", action="store_true",
+                   help="record the new state and send its alerts, as the daemon would")
     command("run", cmd_run, "run the daemon: check on schedule, send alerts, reload on change")
     command("reload", cmd_reload, "validate the config, then tell the running daemon to reload it")
     command("status", cmd_status, "show each watcher's schedule, last check, change, error; outbox counts")
@@ -121,8 +135,17 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 - --version only
+
+    try:
+        return version("notifier")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "(not installed)"
+
+
 def _load(args: argparse.Namespace) -> Config:
-    cfg = configmod.load(args.config)
+    cfg = configmod.load(args.config, state_dir=args.state_dir)
     for warning in cfg.warnings:
         log.warning("%s", warning)
     return cfg
@@ -143,34 +166,53 @@ def cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _select(cfg: Config, names: Sequence[str]) -> list[WatcherConfig]:
-    unknown = [n for n in names if cfg.watcher(n) is None]
-    if unknown:
-        known = ", ".join(w.name for w in cfg.watchers)
-        raise NotifierError(f"no watcher named {', '.join(unknown)} in {cfg.path}; known: {known}.")
+    """The watchers named on the command line (all when none); a usage error for unknown names."""
+    known = [w.name for w in cfg.watchers]
+    for name in names:
+        if cfg.watcher(name) is None:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else f"known: {', '.join(known) or 'none'}."
+            raise UsageError(f"no watcher named {name!r} in {cfg.path}; {hint}")
     return [w for w in cfg.watchers if not names or w.name in names]
 
 
 def cmd_check(args: argparse.Namespace) -> int:
+    """Without --send a preview: the stored state stays as it was, so a change seen here is
+    still new to the daemon, which alerts on it as usual."""
     cfg = _load(args)
     selected = _select(cfg, args.names)
+    send = args.send and not args.dry_run
     store = Store(cfg.state_dir / "state.db")
     color = use_color(sys.stdout)
     progress = Progress(len(selected))
-    statuses: set[str] = set()
-    send = args.send and not args.dry_run
+    outcomes: list[Outcome] = []
+    started = time.monotonic()
     try:
         alerter = _alerter(cfg) if send else None
-        for outcome in run_checks(selected, cfg.workers, lambda wc: check(wc, store, alerter, args.dry_run)):
-            statuses.add(outcome.status)
+        for outcome in run_checks(selected, cfg.workers,
+                                  lambda wc: check(wc, store, alerter, dry_run=not send)):
+            outcomes.append(outcome)
             progress.clear()
             _print_outcome(outcome, color)
             progress.advance()
+        progress.clear()
+        print(_check_summary(outcomes, time.monotonic() - started, send))
         if send:
             _print_report(_sender(cfg, store, args.debug_smtp).deliver(limit=10_000))
     finally:
         progress.clear()
         store.close()
-    return _check_exit(statuses)
+    return _check_exit({o.status for o in outcomes})
+
+
+def _check_summary(outcomes: Sequence[Outcome], seconds: float, sent: bool) -> str:
+    """The last line of `check`: counts, time, and what happened to the state and alerts."""
+    statuses = [o.status for o in outcomes]
+    changed, failed = statuses.count("changed"), statuses.count("failed")
+    effect = (f"state recorded, {sum(o.alerts for o in outcomes)} alert(s) queued" if sent else
+              "preview: nothing recorded or sent, use --send to record and alert")
+    return (f"checked {len(statuses)}, changed {changed}, failed {failed}, took {seconds:.1f}s; "
+            f"{effect}.")
 
 
 def run_checks(selected: Sequence[WatcherConfig], workers: int,
@@ -251,7 +293,7 @@ def cmd_kinds(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from notifier.daemon import Daemon  # noqa: PLC0415 - see the note at the imports
 
-    daemon = Daemon(args.config, debug_smtp=args.debug_smtp)
+    daemon = Daemon(args.config, debug_smtp=args.debug_smtp, state_dir=args.state_dir)
     if not args.log_level and not args.debug:
         logs.setup(daemon.cfg.log_level, args.debug_smtp)
     return daemon.run()
@@ -270,18 +312,29 @@ def cmd_reload(args: argparse.Namespace) -> int:
 
 
 def cmd_status(args: argparse.Namespace) -> int:
-    cfg = _load(args)
-    if not (cfg.state_dir / "state.db").exists():
-        raise NotifierError(f"no state yet in {cfg.state_dir}; run `notifier check` or start "
+    """Each watcher's state, and whether the running daemon runs the file on disk.
+
+    Works while watchers.yaml has errors: the daemon keeps its last good configuration then,
+    and this is where the user sees that (and why).
+    """
+    try:
+        cfg: Config | None = _load(args)
+        problems: list[str] = []
+    except ConfigError as exc:
+        cfg, problems = None, [str(p) for p in exc.problems]
+    state_dir = cfg.state_dir if cfg else configmod.locate_state_dir(args.config, args.state_dir)
+    _print_daemon(state_dir, args.config, problems)
+    if not (state_dir / "state.db").exists():
+        raise NotifierError(f"no state yet in {state_dir}; run `notifier check --send` or start "
                             f"`notifier run` first.")
-    store = Store(cfg.state_dir / "state.db", readonly=True)
+    store = Store(state_dir / "state.db", readonly=True)
     try:
         states = store.states()
         counts = store.outbox_counts()
     finally:
         store.close()
     now = time.time()
-    for wc in cfg.watchers:
+    for wc in cfg.watchers if cfg else ():
         st = states.get(wc.name)
         schedule = f"cron {wc.cron}" if wc.cron else f"every {_ago(wc.every)}"
         print(f"{wc.name} ({wc.kind}, {schedule})")
@@ -289,8 +342,45 @@ def cmd_status(args: argparse.Namespace) -> int:
               f"{_when(st.last_change if st else None, now)}, next run {_when(next_run(wc, st), now)}")
         if st and st.failures:
             print(f"    failing {st.failures} time(s) in a row: {st.last_error}")
+    if cfg is None:
+        for name, st in sorted(states.items()):
+            print(f"{name}: last check {_when(st.last_check, now)}, last change {_when(st.last_change, now)}"
+                  + (f", failing {st.failures} time(s) in a row: {st.last_error}" if st.failures else ""))
     print(f"outbox: {counts['pending']} pending, {counts['held']} held, {counts['dead']} dead")
-    return EXIT_OK
+    return EXIT_CONFIG if problems else EXIT_OK
+
+
+def _print_daemon(state_dir: Path, config: Path, problems: Sequence[str]) -> None:
+    """Say which configuration the running daemon uses, and what it refused and why."""
+    run = runstate.read(state_dir)
+    if run is None or not _alive(run.pid):
+        print("daemon: not running")
+        if problems:
+            print(f"config: {config} has {len(problems)} problem(s); `notifier run` would refuse to "
+                  f"start. First: {problems[0]}")
+        return
+    print(f"daemon: running (pid {run.pid}), configuration loaded {_when(run.loaded_at, time.time())}")
+    on_disk = runstate.digest(config)
+    if on_disk == run.digest:
+        print(f"config: the daemon runs {config} as it is on disk")
+    elif run.refused_digest is not None and on_disk == run.refused_digest:
+        print(f"config: {config} on disk was REFUSED {_when(run.refused_at, time.time())}; the daemon "
+              f"keeps its last good configuration. Fix the file and save it again:")
+        for problem in run.problems:
+            print(f"    {problem}")
+    else:
+        print(f"config: {config} on disk differs from the running configuration; the daemon picks "
+              f"up a saved file within a few seconds (or run `notifier reload`).")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def next_run(wc: WatcherConfig, st: WatcherState | None) -> float | None:

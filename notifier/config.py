@@ -198,6 +198,19 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None,
     )
 
 
+def locate_state_dir(path: str | Path, flag: str | Path | None = None,
+                     environ: Mapping[str, str] | None = None) -> Path:
+    """The state directory for a config file that may not validate (for `notifier status`
+    while a running daemon refused the file on disk): `state_dir:` is taken if readable."""
+    path, env = Path(path), os.environ if environ is None else environ
+    try:
+        raw, _ = load_yaml(path, env)
+    except ConfigError:
+        raw = None
+    configured = raw.get("state_dir") if isinstance(raw, dict) else None
+    return _state_dir(path, flag, configured if isinstance(configured, str) else None, env)
+
+
 def _beside(config: Path, value: str | None) -> str | None:
     """A path from the config, relative to the config file's directory (not the working
     directory, which is / under systemd)."""

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 import zlib
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
@@ -27,7 +28,7 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from notifier import config as configmod
-from notifier import systemd
+from notifier import logs, runstate, systemd
 from notifier.alerts import Alerter
 from notifier.config import WatcherConfig
 from notifier.errors import ConfigError
@@ -90,10 +91,13 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 class Daemon:
     """Owns the scheduler, the store and the current config; swaps configs on reload."""
 
-    def __init__(self, path: Path, debug_smtp: bool = False) -> None:
+    def __init__(self, path: Path, debug_smtp: bool = False, state_dir: Path | None = None) -> None:
         self.path = path
         self.debug_smtp = debug_smtp
-        self.cfg = configmod.load(path)
+        self.state_dir_flag = state_dir
+        digest = runstate.digest(path)
+        self.cfg = configmod.load(path, state_dir=state_dir)
+        self.runstate = runstate.RunState(os.getpid(), str(path), digest or "", time.time())
         self.store = Store(self.cfg.state_dir / "state.db")
         self.alerter = Alerter(self.cfg)
         self.sender = Sender(self.cfg, self.store, debug_smtp)
@@ -123,6 +127,7 @@ class Daemon:
             signal.signal(signum, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
         self.cfg.pid_file.write_text(f"{os.getpid()}\n")
+        self._write_runstate()
         self.store.release(("held",))  # a restart may follow a fix to the account
         self.sender.recover()
         for wc in self.cfg.watchers:
@@ -174,6 +179,7 @@ class Daemon:
             self._idle.wait_for(lambda: self._busy == 0, SHUTDOWN_TIMEOUT)
         self.scheduler.shutdown(wait=False)
         self.cfg.pid_file.unlink(missing_ok=True)
+        runstate.remove(self.cfg.state_dir)
         if self._busy:
             # Each check commits in one transaction, so abandoning it loses nothing.
             log.warning("stopped with %d check(s) still running; they will run again at start", self._busy)
@@ -277,14 +283,49 @@ class Daemon:
                                name=wc.name, executor="checks", replace_existing=True, **kwargs)
 
     def reload(self) -> bool:
-        """Load the config again; apply only what changed. A bad config changes nothing."""
+        """Load the config again; apply only what changed. A bad config changes nothing.
+
+        Whatever is wrong with the file — a bad value, half an editor's write, a deleted file —
+        is one log line and a note in running.json for `notifier status`; the daemon goes on
+        with the configuration it has.
+        """
+        digest = runstate.digest(self.path)
         try:
-            new = configmod.load(self.path)
+            new = configmod.load(self.path, state_dir=self.state_dir_flag)
         except ConfigError as exc:
-            for problem in exc.problems:
-                log.error("reload refused: %s", problem)
-            log.error("the running configuration stays in effect; fix %s and save it again.", self.path)
+            self._refused(digest, [str(p) for p in exc.problems])
             return False
+        except Exception as exc:  # a bug in validation must not stop the daemon either
+            log.debug("loading %s raised", self.path, exc_info=True)
+            self._refused(digest, [f"{self.path}: unexpected {type(exc).__name__}: {exc}. This is a "
+                                   f"bug; run `notifier validate --debug` and report it."])
+            return False
+        try:
+            self._apply(new)
+        except Exception:
+            log.exception("applying the new configuration failed; the old one stays in effect")
+            return False
+        self.runstate = runstate.RunState(os.getpid(), str(self.path), digest or "", time.time())
+        self._write_runstate()
+        return True
+
+    def _refused(self, digest: str | None, problems: list[str]) -> None:
+        more = f" (and {len(problems) - 1} more; run `notifier validate`)" if len(problems) > 1 else ""
+        log.error("reload refused: %s%s; the running configuration stays in effect.",
+                  logs.one_line(problems[0]), more)
+        self.runstate = replace(self.runstate, refused_digest=digest, refused_at=time.time(),
+                                problems=tuple(problems))
+        self._write_runstate()
+
+    def _write_runstate(self) -> None:
+        try:
+            runstate.write(self.cfg.state_dir, self.runstate)
+        except OSError as exc:
+            log.warning("cannot write %s (%s); `notifier status` will not see the daemon's "
+                        "configuration.", self.cfg.state_dir / runstate.FILE_NAME, exc.strerror)
+
+    def _apply(self, new: configmod.Config) -> None:
+        """Swap in a validated configuration, touching only the jobs whose watcher changed."""
         if new.state_dir != self.cfg.state_dir:
             log.warning("state_dir changed; restart notifier to move to %s", new.state_dir)
         old = {w.name: w for w in self.cfg.watchers}
@@ -305,7 +346,6 @@ class Daemon:
         log.info("reloaded %s: %d watcher(s), %d added or changed, %d removed", self.path,
                  len(new.watchers), changed, len(old.keys() - {w.name for w in new.watchers}))
         systemd.notify(f"STATUS={self.status_line()}")
-        return True
 
     def _signature(self) -> tuple[float, int, int] | None:
         try:

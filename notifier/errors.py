@@ -12,7 +12,10 @@ from dataclasses import dataclass
 EXIT_OK = 0
 EXIT_CHANGED = 1
 EXIT_FAILED = 2
+EXIT_USAGE = 64  # EX_USAGE: the command line itself is wrong (an unknown watcher name, ...)
+EXIT_BUG = 70  # EX_SOFTWARE: an error nobody explained; the CLI asks for a report
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; systemd is told not to restart on it
+EXIT_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a reader that went away
 
 
 class NotifierError(Exception):
@@ -46,8 +49,22 @@ class ConfigError(NotifierError):
         super().__init__("\n".join(str(p) for p in problems))
 
 
+class UsageError(NotifierError):
+    """The command line names something that does not exist, or asks for something impossible."""
+
+    exit_code = EXIT_USAGE
+
+
 class WatchError(NotifierError):
-    """A watcher could not produce a result this time (network, timeout, missing selector...)."""
+    """A watcher could not produce a result this time (network, timeout, missing selector...).
+
+    `retry_after` is how many seconds the source asked us to wait before trying again (an
+    HTTP 429/503 with Retry-After), already capped; None when it did not say.
+    """
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StateError(NotifierError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,27 +43,62 @@ def test_validate_ok_and_errors(tmp_path: Path, watched: Path, capsys: pytest.Ca
 
 
 def test_check_exit_codes_and_plain_output(watched: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["-c", str(watched), "check"]) == 0
+    assert main(["-c", str(watched), "check", "--send"]) == 0
     assert "watcher=doc kind=file outcome=baseline" in capsys.readouterr().out
     (watched.parent / "doc.txt").write_text("price 2\n")
-    assert main(["-c", str(watched), "check", "--dry-run"]) == 1
+    assert main(["-c", str(watched), "check"]) == 1
     out = capsys.readouterr().out
     assert "-price 1\n+price 2\n" in out
     assert "\033[" not in out  # not a terminal: no color codes
-    assert main(["-c", str(watched), "check", "doc"]) == 1  # dry run did not record it
-    assert main(["-c", str(watched), "check"]) == 0
+    assert out.rstrip().endswith("checked 1, changed 1, failed 0, took 0.0s; preview: nothing "
+                                 "recorded or sent, use --send to record and alert.")
     (watched.parent / "doc.txt").write_text("nothing\n")
     assert main(["-c", str(watched), "check"]) == 2
     assert "matched nothing" in capsys.readouterr().out
 
 
-def test_check_unknown_name(watched: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["-c", str(watched), "check", "nope"]) == 2
-    assert "no watcher named nope" in capsys.readouterr().err
+def test_a_preview_leaves_the_change_for_the_daemon(watched: Path,
+                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    """`check` without --send must not swallow the alert the daemon would send."""
+    main(["-c", str(watched), "check", "--send"])
+    (watched.parent / "doc.txt").write_text("price 2\n")
+    for _ in range(2):
+        assert main(["-c", str(watched), "check", "doc"]) == 1
+    maildir = watched.parent / "state" / "maildir" / "new"
+    assert not maildir.exists() or not list(maildir.iterdir())
+    assert main(["-c", str(watched), "check", "--send"]) == 1
+    assert "state recorded, 1 alert(s) queued" in capsys.readouterr().out
+    assert len(list(maildir.iterdir())) == 1
+    assert main(["-c", str(watched), "check"]) == 0
+
+
+def test_check_unknown_name_is_a_usage_error(watched: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-c", str(watched), "check", "dco"]) == 64
+    assert "no watcher named 'dco'" in (err := capsys.readouterr().err)
+    assert "did you mean 'doc'?" in err
+    assert main(["-c", str(watched), "test-filter", "zzz"]) == 64
+    assert "known: doc." in capsys.readouterr().err
+
+
+def test_closed_pipe_ends_quietly(tmp_path: Path) -> None:
+    lines = "".join(f"  - {{name: w{i}, kind: command, command: [echo, {i}]}}\n" for i in range(200))
+    path = write(tmp_path, f"watchers:\n{lines}")
+    for command in ("check", "kinds"):
+        result = subprocess.run(f"{sys.executable} -m notifier.cli -c {path} {command} | head -n 1",
+                                shell=True, capture_output=True, text=True, timeout=60, check=False)
+        assert result.stdout.count("\n") == 1
+        assert result.stderr == "", result.stderr
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert re.fullmatch(r"notifier \d+\.\d+\.\d+.*\n", capsys.readouterr().out)
 
 
 def test_check_send_delivers_to_maildir(watched: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main(["-c", str(watched), "check"])
+    main(["-c", str(watched), "check", "--send"])
     (watched.parent / "doc.txt").write_text("price 3\n")
     assert main(["-c", str(watched), "check", "--send"]) == 1
     assert "outbox: 1 sent, 0 to retry, 0 held, 0 dead" in capsys.readouterr().out
@@ -84,7 +120,7 @@ def test_kinds_lists_options(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_status_and_outbox(watched: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    main(["-c", str(watched), "check"])
+    main(["-c", str(watched), "check", "--send"])
     capsys.readouterr()
     assert main(["-c", str(watched), "status"]) == 0
     out = capsys.readouterr().out
@@ -139,5 +175,5 @@ def test_global_options_work_before_and_after_the_command(watched: Path, tmp_pat
     assert main(["-c", str(watched), "validate"]) == 0
     (tmp_path / "elsewhere").mkdir()
     monkeypatch.chdir(tmp_path / "elsewhere")
-    assert main(["-c", str(watched), "check", "--dry-run", "--log-level", "error"]) == 0
+    assert main(["-c", str(watched), "check", "--log-level", "error"]) == 0
     assert main(["validate"]) == 1  # ./watchers.yaml is the default, and there is none here

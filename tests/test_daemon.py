@@ -268,3 +268,56 @@ def test_notifier_reload_signals_the_running_daemon(doc, daemons) -> None:  # ty
                             capture_output=True, text=True, env=daemon.env, timeout=60, check=False)
     assert result.returncode == 2
     assert "no running notifier found" in result.stderr
+
+
+def _status(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "notifier.cli", "-c", str(config), "status"],
+                          capture_output=True, text=True, timeout=60, check=False)
+
+
+def _atomic(path: Path, text: str) -> None:
+    """What editors such as vim and VS Code do: write a temporary file, rename it over."""
+    tmp = path.with_name(f".{path.name}.swp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def test_a_running_daemon_survives_every_bad_edit(doc, daemons) -> None:  # type: ignore[no-untyped-def]
+    """Each class of bad edit is refused with one line naming file:line; the daemon keeps
+    checking on its last good configuration, `status` says why, and a good edit is taken."""
+    config, watched = doc
+    good = config.read_text()
+    daemon = daemons(config)
+    daemon.wait_log(r"watcher=doc .*outcome=baseline")
+    edits: list[tuple[str, Callable[[], None], str]] = [
+        ("bad value", lambda: config.write_text(good.replace("every: 1s", "every: soon")),
+         r"defaults.every: expected a duration"),
+        ("unknown key", lambda: config.write_text(good + "bogus: 1\n"), r"bogus: unknown key"),
+        ("empty file", lambda: config.write_text(""), r"is empty"),
+        ("truncated mid-write", lambda: config.write_text(good[: good.index("watchers:") + 14]),
+         r"watchers"),
+        ("non-UTF-8", lambda: config.write_bytes(good.encode() + b"# caf\xe9\n"), r"is not UTF-8"),
+        ("atomic rename", lambda: _atomic(config, good.replace("kind: file", "kind: fiel")),
+         r"unknown kind 'fiel'"),
+    ]
+    for number, (what, edit, reason) in enumerate(edits, start=1):
+        edit()
+        daemon.wait_log(r"reload refused: ", number)
+        refusal = re.findall(r"reload refused: .*", daemon.log())[-1]
+        assert re.search(reason, refusal), (what, refusal)
+        assert re.search(rf"{re.escape(str(config))}(:\d+)?: ", refusal), (what, refusal)
+        checks = daemon.count(r"watcher=doc ")
+        daemon.wait_log(r"watcher=doc ", checks + 1)  # still checking, on the old config
+        status = _status(config)
+        assert status.returncode == 78, (what, status.stdout, status.stderr)
+        assert "REFUSED" in status.stdout, (what, status.stdout)
+        assert re.search(reason, status.stdout), (what, status.stdout)
+    config.unlink()  # deleted, then recreated: nothing to load meanwhile, then the new file
+    checks = daemon.count(r"watcher=doc ")
+    daemon.wait_log(r"watcher=doc ", checks + 2)
+    config.write_text(good + file_watcher("second", watched))
+    daemon.wait_log(r"reloaded .*2 watcher\(s\), 1 added or changed")
+    daemon.wait_log(r"watcher=second .*outcome=baseline")
+    assert "the daemon runs" in _status(config).stdout
+    assert daemon.count(r"Traceback") == 0
+    assert daemon.stop() == 0
