@@ -129,9 +129,11 @@ class _Collector:
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []
 
-    def options(self, raw: Any, options: tuple[Option, ...], path: str, **kw: Any) -> dict[str, Any]:
+    def options(self, raw: Any, options: tuple[Option, ...], path: str, line: int | None = None,
+                **kw: Any) -> dict[str, Any]:
+        """Parse a mapping's options; `line` locates it when it is a bare scalar (no line of its own)."""
         if not isinstance(raw, dict):
-            self.add(line_of(raw), path, "must be a mapping of keys to values.")
+            self.add(line_of(raw) or line, path, "must be a mapping of keys to values.")
             raw = LineDict()
         values, problems = parse_options(raw, options, self.file, path, **kw)
         self.problems.extend(problems)
@@ -157,18 +159,18 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None,
         col.add(None, "", "is empty; add a `watchers:` list (the shipped watchers.yaml is an example).")
         raise ConfigError(col.problems)
     if not isinstance(raw, dict):
-        col.add(line_of(raw), "", "must be a mapping with a `watchers:` list at the top level, "
+        col.add(line_of(raw) or 1, "", "must be a mapping with a `watchers:` list at the top level, "
                 "like the shipped watchers.yaml.")
         raise ConfigError(col.problems)
     top = col.options(raw, TOP_OPTIONS, "")
     top["templates"] = _beside(path, top["templates"])
-    raw_mail, raw_defaults = _section(col, top["mail"], "mail"), _section(col, top["defaults"], "defaults")
+    raw_mail, raw_defaults = _section(col, raw, "mail"), _section(col, raw, "defaults")
     mail = col.options(raw_mail, MAIL_OPTIONS, "mail")
     defaults = col.options(raw_defaults, DEFAULTS_OPTIONS, "defaults")
     if top["timezone"] and "timezone" not in raw_defaults:
         defaults["timezone"] = top["timezone"]
-    accounts = _accounts(col, top["smtp"], env)
-    watchers = _watchers(col, top["watchers"], defaults, raw_defaults)
+    accounts = _accounts(col, top["smtp"], env, line_of(raw, "smtp"))
+    watchers = _watchers(col, top["watchers"], defaults, raw_defaults, line_of(raw, "watchers"))
     default_account = mail["account"] or next(iter(accounts), None)
     if default_account and default_account not in accounts:
         col.add(line_of(raw_mail, "account"), "mail.account",
@@ -217,12 +219,14 @@ def _beside(config: Path, value: str | None) -> str | None:
     return str((config.parent / Path(value).expanduser()).resolve()) if value else None
 
 
-def _section(col: _Collector, raw: Any, name: str) -> LineDict:
+def _section(col: _Collector, top: Mapping[str, Any], name: str) -> LineDict:
     """A top-level mapping such as `mail:`, or an empty one (with a problem) when it is not one."""
+    raw = top.get(name)
     if raw is None:
         return LineDict()
     if not isinstance(raw, LineDict):
-        col.add(line_of(raw), name, f"must be a mapping of keys to values, like `{name}: {{key: value}}`.")
+        col.add(line_of(top, name), name,
+                f"must be a mapping of keys to values, like `{name}: {{key: value}}`.")
         return LineDict()
     return raw
 
@@ -244,17 +248,17 @@ def _state_dir(path: Path, flag: str | Path | None, configured: str | None,
     return (path.parent / "state").resolve()
 
 
-def _accounts(col: _Collector, raw: Any, env: Mapping[str, str]) -> dict[str, SmtpAccount]:
+def _accounts(col: _Collector, raw: Any, env: Mapping[str, str], line: int | None) -> dict[str, SmtpAccount]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
-        col.add(line_of(raw), "smtp",
+        col.add(line, "smtp",
                 "must map account names to settings, like `smtp: {main: {provider: qq, ...}}`.")
         return {}
     accounts = {}
     for name, spec in raw.items():
         path = f"smtp.{name}"
-        values = col.options(spec, SMTP_OPTIONS, path)
+        values = col.options(spec, SMTP_OPTIONS, path, line_of(raw, name))
         preset = PROVIDERS.get(values["provider"] or "", {})
         host = values["host"] or preset.get("host")
         security = values["security"] or preset.get("security") or "ssl"
@@ -284,11 +288,12 @@ def _accounts(col: _Collector, raw: Any, env: Mapping[str, str]) -> dict[str, Sm
     return accounts
 
 
-def _watchers(col: _Collector, raw: Any, defaults: dict[str, Any], raw_defaults: Any) -> list[WatcherConfig]:
+def _watchers(col: _Collector, raw: Any, defaults: dict[str, Any], raw_defaults: Any,
+              line: int | None) -> list[WatcherConfig]:
     if raw is None:  # missing: already reported as required
         return []
     if not isinstance(raw, list):
-        col.add(line_of(raw), "watchers", "must be a list of watchers, each starting with `- name:`.")
+        col.add(line, "watchers", "must be a list of watchers, each starting with `- name:`.")
         return []
     seen: dict[str, int | None] = {}
     out = []
@@ -303,17 +308,18 @@ def _watchers(col: _Collector, raw: Any, defaults: dict[str, Any], raw_defaults:
             continue
         if isinstance(name, str):
             seen[name] = line_of(spec, "name")
-        built = _watcher(col, spec, path, defaults, defaults_key)
+        item_line = raw.lines[index] if isinstance(raw, LineList) else None
+        built = _watcher(col, spec, path, defaults, defaults_key, item_line)
         if built is not None:
             out.append(built)
     return out
 
 
 def _watcher(col: _Collector, spec: Any, path: str, defaults: dict[str, Any],
-             defaults_key: str) -> WatcherConfig | None:
+             defaults_key: str, line: int | None) -> WatcherConfig | None:
     """Build one watcher; None (with problems recorded) when it is unusable or disabled."""
     if not isinstance(spec, dict):
-        col.add(line_of(spec), path, "must be a mapping that starts with `- name:` and `kind:`.")
+        col.add(line_of(spec) or line, path, "must be a mapping that starts with `- name:` and `kind:`.")
         return None
     before = len(col.problems)
     registry = kinds("watchers")
@@ -334,7 +340,7 @@ def _watcher(col: _Collector, spec: Any, path: str, defaults: dict[str, Any],
                 "cannot be combined with additions_only; keep one.")
     if spec.get("every") is not None and values["cron"]:
         col.add(line_of(spec, "cron"), f"{path}.cron", "cannot be combined with every; keep one.")
-    filters = _filters(col, spec.get("filters"), path)
+    filters = _filters(col, spec.get("filters"), path, line_of(spec, "filters"))
     if cls is None or kind_values is None or not name or len(col.problems) > before:
         return None
     try:
@@ -359,12 +365,12 @@ def _watcher(col: _Collector, spec: Any, path: str, defaults: dict[str, Any],
     )
 
 
-def _filters(col: _Collector, raw: Any, path: str) -> list[Any]:
+def _filters(col: _Collector, raw: Any, path: str, line: int | None) -> list[Any]:
     """Build the filter chain; each entry is ``kind``, ``{kind: shorthand}`` or ``{kind: {..}}``."""
     if raw in ((), None):
         return []
     if not isinstance(raw, list):
-        col.add(line_of(raw), f"{path}.filters", "must be a list, each item starting with `- `.")
+        col.add(line, f"{path}.filters", "must be a list, each item starting with `- `.")
         return []
     built = []
     for index, item in enumerate(raw):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -190,3 +191,104 @@ def test_fingerprint_tracks_watcher_and_defaults(tmp_path: Path) -> None:
     first = config.load(path, {}).watchers[0].fingerprint
     path.write_text("defaults: {every: 1h}\nwatchers:\n  - {name: a, kind: file, path: /a}\n")
     assert config.load(path, {}).watchers[0].fingerprint != first
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("every: 10", "watchers.a.every: 10 has no unit; write 10s, 10m or 10h."),
+    ("every: 0s", "watchers.a.every: a duration must be greater than zero."),
+    ("every: 400d", "watchers.a.every: '400d' is longer than a year"),
+    ("history: ten", "watchers.a.history: expected a whole number, got str 'ten'."),
+    ("error_after: -1", "watchers.a.error_after: must be at least 1, got -1."),
+    ("to: [not-an-email]", "watchers.a.to: 'not-an-email' is not an email address"),
+    ("quiet_hours: 25:00-07:00", "watchers.a.quiet_hours: '25:00-07:00' is not a time window"),
+    ("cron: '* * *'", "watchers.a.cron: '* * *' is not a cron expression"),
+    ("timezone: Mars/Base", "watchers.a.timezone: 'Mars/Base' is not a known time zone"),
+    ("enabled: maybe", "watchers.a.enabled: expected true or false"),
+    ("templates: [a]", "watchers.a.templates: expected a string, got a list"),
+    ("account: no", "watchers.a.account: expected a string, got bool False; put it in quotes"),
+])
+def test_every_bad_value_is_a_located_problem(tmp_path: Path, line: str, expected: str) -> None:
+    path = write(tmp_path, f"watchers:\n  - name: a\n    kind: file\n    path: /x\n    {line}\n")
+    assert any(p.startswith(f"{path}:5: {expected}") for p in problems(path)), problems(path)
+
+
+def test_a_yaml_boolean_is_not_a_command_argument(tmp_path: Path) -> None:
+    path = write(tmp_path, "watchers:\n  - {name: a, kind: command, command: [false]}\n")
+    assert "put in quotes" not in problems(path)[0]
+    assert "like 'false' or 'on'" in problems(path)[0]
+
+
+@pytest.mark.parametrize(("name", "expected"), [
+    ('""', "watchers[0].name: must not be empty"),
+    ('"a\\nb"', "watchers[0].name: 'a\\nb' contains a control character"),
+    ('"tab\\there"', "contains a control character"),
+    ('"esc\\x1b[31m"', "contains a control character"),
+])
+def test_a_name_is_one_printable_line(tmp_path: Path, name: str, expected: str) -> None:
+    path = write(tmp_path, f"watchers:\n  - name: {name}\n    kind: file\n    path: /x\n  - {{name: b, "
+                           f"kind: file, path: /y}}\n")
+    assert any(f"{path}:2: " in p and expected in p for p in problems(path)), problems(path)
+
+
+def test_misspelt_name_gets_its_did_you_mean(tmp_path: Path) -> None:
+    path = write(tmp_path, "watchers:\n  - nmae: a\n    kind: file\n    path: /x\n")
+    found = problems(path)
+    assert f"{path}:2: watchers[0].nmae: unknown key; did you mean 'name'?" in found
+    assert len([p for p in found if "nmae" in p]) == 1
+
+
+@pytest.mark.parametrize("where", ["defaults", "filter"])
+def test_alias_bombs_are_refused_before_expansion(tmp_path: Path, where: str) -> None:
+    levels = "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 10)}]\n" for i in range(1, 8))
+    bomb = f"l0: &l0 [lol]\n{levels}"
+    body = (f"defaults:\n  x: &top\n    {bomb.replace(chr(10), chr(10) + '    ')}\n"
+            "watchers: []\n") if where == "defaults" else (
+        f"watchers:\n  - name: a\n    kind: file\n    path: /x\n    filters:\n      - grep:\n"
+        f"          {bomb.replace(chr(10), chr(10) + '          ')}\n")
+    path = write(tmp_path, body)
+    started = time.monotonic()
+    found = problems(path)
+    assert time.monotonic() - started < 5
+    assert any("looks like an alias bomb" in p for p in found), found
+
+
+@pytest.mark.parametrize(("data", "expected"), [
+    (b"watchers:\n\t- name: a\n", ":2: is not valid YAML, column 1: found character that cannot "
+                                  "start any token; YAML does not allow a tab there; indent with spaces."),
+    (b"watchers:\n  - name: caf\xe9\n", ":2: is not UTF-8 text (byte 0xe9 at offset 23)"),
+    (b"", ": is empty; add a `watchers:` list"),
+    (b"- a\n", ":1: must be a mapping with a `watchers:` list"),
+    (b"mail: 5\nwatchers: []\n", ":1: mail: must be a mapping of keys to values"),
+])
+def test_odd_files_get_a_located_hint(tmp_path: Path, data: bytes, expected: str) -> None:
+    path = tmp_path / "watchers.yaml"
+    path.write_bytes(data)
+    assert any(p.startswith(f"{path}{expected}") for p in problems(path)), problems(path)
+
+
+def test_user_templates_compile_at_load_time(tmp_path: Path) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "change.txt").write_text("line one\n{% if x %}\nunclosed\n")
+    path = write(tmp_path, "templates: mine\nwatchers:\n  - {name: a, kind: file, path: /x, "
+                           "templates: nowhere}\n")
+    found = problems(path)
+    assert any(p.startswith(f"{mine / 'change.txt'}:2: template syntax error: Unexpected end of "
+                            f"template") for p in found), found
+    assert any(f"{tmp_path / 'nowhere'} is not a directory" in p for p in found), found
+
+
+def test_mail_from_must_be_the_login_for_163_and_qq(tmp_path: Path) -> None:
+    path = write(tmp_path, "mail: {from: other@example.com}\nsmtp:\n  main: {provider: qq, username: "
+                           "1@qq.com, password_env: PW}\nwatchers: []\n")
+    warnings = [str(w) for w in config.load(path, {"PW": "x"}).warnings]
+    assert f"{path}:1: mail.from: differs from the login of smtp.main" in warnings[0]
+
+
+def test_state_dir_precedence(tmp_path: Path) -> None:
+    path = write(tmp_path, "state_dir: from-file\nwatchers: []\n")
+    assert config.load(path, {}).state_dir == tmp_path / "from-file"
+    assert config.load(path, {"STATE_DIRECTORY": "/var/lib/n"}).state_dir == Path("/var/lib/n")
+    assert config.load(path, {"STATE_DIRECTORY": "/var/lib/n"}, state_dir=tmp_path / "f").state_dir \
+        == tmp_path / "f"
+    assert config.load(write(tmp_path, "watchers: []\n"), {}).state_dir == tmp_path / "state"
