@@ -94,18 +94,37 @@ def validate(path: Path, text: str) -> tuple[int, str]:
     return code, out.getvalue() + err.getvalue()
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(text=mutated())
-def test_validate_never_crashes_on_a_mutated_config(
-        text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    for key, value in ENV.items():
-        monkeypatch.setenv(key, value)
-    code, output = validate(tmp_path / "watchers.yaml", text)
+def never_crashes(text: str, folder: Path) -> None:
+    """validate answers with problems (1) or "valid" (0); never a bug, never a traceback."""
+    code, output = validate(folder / "watchers.yaml", text)
     assert code in (0, 1), output
     assert "Traceback" not in output, output
     assert "This is a bug" not in output, output
     if code == 1:
         assert re.search(r"^error: .+watchers\.yaml", output, re.M), output
+
+
+FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+@settings(FUZZ, max_examples=1500)
+@given(text=mutated())
+def test_validate_never_crashes_on_a_mutated_config(
+        text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    never_crashes(text, tmp_path)
+
+
+@pytest.mark.slow
+@settings(FUZZ, max_examples=30_000)
+@given(text=mutated())
+def test_validate_never_crashes_on_many_more_mutations(
+        text: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The same property, 20 times the examples: `pytest -m slow` (several minutes)."""
+    for key, value in ENV.items():
+        monkeypatch.setenv(key, value)
+    never_crashes(text, tmp_path)
 
 
 @pytest.mark.parametrize("data", [
