@@ -2,19 +2,22 @@
 
 Messages are built once and queued as bytes, so every retry resends the same Message-ID.
 Header values are sanitized here because page titles are untrusted and Python before 3.11.10
-lets CR/LF in a header inject headers; bodies are 7-bit (quoted-printable or base64), so no line
-exceeds 998 octets. `classify` maps every SMTP failure, in one place, onto the DeliveryError the
-outbox acts on. The password leaves only through `Secret.reveal()` into `login()`; errors and
-the debug dialogue are redacted. Nothing here imports the store, outbox, daemon or CLI.
+lets CR/LF in a header inject headers; bodies are 7-bit (quoted-printable or base64) with lines
+of at most 76 characters (RFC 2045), and encoded words in headers stay within 75 (RFC 2047).
+`classify` maps every SMTP failure, in one place, onto the DeliveryError the outbox acts on.
+The password leaves only through `Secret.reveal()` into `login()`; errors and the debug
+dialogue are redacted. Nothing here imports the store, outbox, daemon or CLI.
 """
 
 from __future__ import annotations
 
+import base64
 import ipaddress
 import logging
 import mailbox
 import re
 import smtplib
+import socket
 import ssl
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
@@ -37,9 +40,13 @@ from notifier.secrets import MASK, redact
 if TYPE_CHECKING:  # only for hints: any object shaped like an account will do
     from notifier.config import SmtpAccount
 
-# One policy for building and serializing: CRLF, folding at 78, and cte_type="7bit" so the
-# content manager picks 7bit/quoted-printable/base64 and never emits raw 8bit bodies.
-POLICY = SMTP.clone(max_line_length=78, cte_type="7bit")
+# One policy for building and serializing: CRLF, and cte_type="7bit" so the content manager
+# picks 7bit/quoted-printable/base64 and never emits raw 8bit bodies. max_line_length is 76, not
+# SMTP's 78: the content manager uses it as the quoted-printable and base64 line length, which
+# RFC 2045 caps at 76, and the header folder fits each encoded word into a line of that length
+# with at least one character before it, so encoded words stay within RFC 2047's 75.
+MAX_LINE = 76
+POLICY = SMTP.clone(max_line_length=MAX_LINE, cte_type="7bit")
 
 _dialogue_log = logging.getLogger("notifier.smtp")
 _T = TypeVar("_T")
@@ -68,9 +75,77 @@ def new_message_id(sender: str) -> str:
     return make_msgid(domain=domain if at and _DOMAIN.match(domain) else "notifier.invalid")
 
 
+MAX_ENCODED_WORD = 75  # RFC 2047
+_EW_CHROME = len("=?utf-8?b??=")
+_PLAIN_WORD = 60  # longer ASCII words are encoded, so that every header line can be folded
+
+
+def encoded_words(text: str, first: int = MAX_ENCODED_WORD) -> list[str]:
+    """`text` as base64 encoded words (RFC 2047) of at most 75 characters, the first at most
+    `first`, cut between characters (never inside one's UTF-8 bytes).
+
+    Spaces stay inside the words. Whitespace *between* two encoded words is folding, which
+    every decoder drops; Python's own folder (3.11) moves a space there when a word ends at
+    one, and "招聘公告 😀" arrives as "招聘公告😀". So headers that need encoding are encoded
+    here, and Python only folds plain ASCII.
+    """
+    words, chunk, size, room = [], "", 0, first
+    for char in text:
+        width = len(char.encode("utf-8", "surrogatepass"))
+        if chunk and _EW_CHROME + 4 * -(-(size + width) // 3) > room:
+            words.append(_b_word(chunk))
+            chunk, size, room = "", 0, MAX_ENCODED_WORD
+        chunk, size = chunk + char, size + width
+    if chunk:
+        words.append(_b_word(chunk))
+    return words
+
+
+def _b_word(text: str) -> str:
+    return f"=?utf-8?b?{base64.b64encode(text.encode()).decode('ascii')}?="
+
+
+def _folds_plainly(text: str) -> bool:
+    """ASCII made of words short enough to fold at spaces, so Python needs no encoded word."""
+    return text.isascii() and all(len(word) <= _PLAIN_WORD for word in text.split())
+
+
+def _set_unstructured(msg: EmailMessage, name: str, value: str) -> None:
+    if _folds_plainly(value):
+        msg[name] = value
+    else:  # pre-folded lines of at most 76 characters: the policy writes them as they are
+        msg.set_raw(name, "\r\n ".join(encoded_words(value, MAX_LINE - len(name) - 2)))
+
+
+def _set_addresses(msg: EmailMessage, name: str, addresses: list[Address]) -> None:
+    """One address per line; display names that need encoding are encoded by
+    `encoded_words` for the reason given there, the rest is left to Python."""
+    if all(_folds_plainly(str(a)) for a in addresses) or not all(a.addr_spec.isascii()
+                                                                for a in addresses):
+        msg[name] = addresses
+        return
+    lines: list[str] = []
+    room = MAX_LINE - len(name) - 2
+    for n, address in enumerate(addresses):
+        comma = "," if n < len(addresses) - 1 else ""
+        if _folds_plainly(str(address)) or not address.display_name:
+            lines.append(f"{address}{comma}")
+        else:
+            words = encoded_words(address.display_name, room)
+            tail = f"<{address.addr_spec}>{comma}"
+            last_room = room if len(words) == 1 else MAX_LINE - 1
+            if len(words[-1]) + 1 + len(tail) <= last_room:
+                words[-1] += f" {tail}"
+            else:
+                words.append(tail)
+            lines += words
+        room = MAX_LINE - 1  # continuation lines start with one space
+    msg.set_raw(name, "\r\n ".join(lines))
+
+
 def _addresses(values: Sequence[str]) -> list[Address]:
     """Parse "Name <addr>" strings into Address objects, so display names (Chinese ones
-    included) are quoted and RFC 2047-encoded by the policy instead of pasted in raw."""
+    included) are quoted and RFC 2047-encoded instead of pasted in raw."""
     out = []
     for value in values:
         parsed = getaddresses([sanitize_header(value, 320)])
@@ -88,11 +163,14 @@ def build_message(*, subject: str, text: str, html: str | None, sender: str, to:
     understand), wrapped in multipart/mixed when there are attachments ``(filename,
     content_type, data)``. Bcc is deliberately not a parameter: it lives only in the envelope."""
     msg = EmailMessage(policy=POLICY)
-    msg["From"] = _addresses([sender])
-    msg["To"] = _addresses(to) if to else "undisclosed-recipients:;"
+    _set_addresses(msg, "From", _addresses([sender]))
+    if to:
+        _set_addresses(msg, "To", _addresses(to))
+    else:
+        msg["To"] = "undisclosed-recipients:;"
     if cc:
-        msg["Cc"] = _addresses(cc)
-    msg["Subject"] = sanitize_header(subject)
+        _set_addresses(msg, "Cc", _addresses(cc))
+    _set_unstructured(msg, "Subject", sanitize_header(subject))
     when = date or datetime.now(UTC)
     msg["Date"] = format_datetime(when if when.tzinfo else when.astimezone())
     msg["Message-ID"] = sanitize_header(message_id or new_message_id(sender), 250)
@@ -153,6 +231,8 @@ _SENDER = re.compile(r"(?i)sender|\bfrom\b|not owned|authori[sz]ed user|mismatch
 _FAILURES = (smtplib.SMTPException, OSError, UnicodeError)  # OSError covers ssl and sockets
 _AUTH_HINT = ("Check the username and the authorization code (163/QQ need the authorization "
               "code, not the web password).")
+PORT_HINT = "465 is ssl (implicit TLS), 587 is starttls; set security: to match the port."
+PROBE_TIMEOUT = 5.0  # seconds at most to find out whether a silent port expects implicit TLS
 
 
 class _Dialogue(smtplib.SMTP):
@@ -264,7 +344,7 @@ class SmtpTransport(Transport):
         smtp.set_debuglevel(1 if self.debug else 0)
         smtp._host = acct.host  # we connect after __init__, once the debug level is set
         try:
-            code, reply = smtp.connect(acct.host, acct.port)
+            code, reply = self._greeting(smtp, context)
             if code != 220:
                 raise smtplib.SMTPConnectError(code, reply)
             smtp.ehlo()
@@ -282,6 +362,39 @@ class SmtpTransport(Transport):
             raise
         return smtp
 
+    def _greeting(self, smtp: smtplib.SMTP, context: ssl.SSLContext) -> tuple[int, bytes]:
+        """Connect and read the server's 220. A plain client at an implicit-TLS port (465) waits
+        for a greeting that never comes, because that server waits for a TLS handshake first;
+        so when the greeting times out, try one handshake to tell that apart from a server that
+        is merely silent, and say which setting is wrong instead of "no answer"."""
+        acct = self.account
+        try:
+            return smtp.connect(acct.host, acct.port)
+        except OSError as exc:
+            if acct.security == "ssl" or not _timed_out(exc) or not _speaks_tls(
+                    acct.host, acct.port, min(acct.timeout, PROBE_TIMEOUT), context):
+                raise
+        raise _error(HeldDeliveryError, f"{self.describe()} did not greet us in plain text but "
+                     f"answers a TLS handshake: port {acct.port} expects implicit TLS. {PORT_HINT}")
+
+
+def _timed_out(exc: BaseException) -> bool:
+    """smtplib wraps a read timeout in SMTPServerDisconnected; look through it."""
+    return isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError)
+
+
+def _speaks_tls(host: str, port: int, timeout: float, context: ssl.SSLContext) -> bool:
+    """Whether `port` answers a TLS handshake (with any certificate: an untrusted one is still
+    TLS). Nothing but the handshake is sent, and the connection is closed right after."""
+    try:
+        with socket.create_connection((host, port), timeout) as sock, \
+                context.wrap_socket(sock, server_hostname=host):
+            return True
+    except ssl.SSLCertVerificationError:
+        return True
+    except OSError:  # not TLS (ssl.SSLError), or silent here too
+        return False
+
 
 def _error(cls: type[DeliveryError], message: str,
            refused: dict[str, str] | None = None) -> DeliveryError:
@@ -293,24 +406,41 @@ def _reply_text(code: int, text: bytes | str) -> str:
     return " ".join(f"{code} {text}".split())
 
 
+def _rate_limited(reply: str) -> bool:
+    """Whether a reply (4xx or 5xx) says we send too much, rather than what is wrong with us."""
+    return bool(_RATE.search(reply)) and not _NOT_RATE.search(reply)
+
+
 def _reply_error(code: int, reply: str, where: str) -> DeliveryError:
-    """Map a server reply onto what to do: 4xx later, rate texts slowly, other 5xx never."""
+    """Map a server reply onto what to do: rate texts slowly (4xx or 5xx), other 4xx later,
+    other 5xx never."""
     if code == 530:
         return _error(HeldDeliveryError, f"{where} wants a login or TLS first: it replied "
                       f"{reply}. Set username and password, and use security ssl or starttls.")
+    if _rate_limited(reply):
+        return _error(RateLimitedError, f"{where} says we send too much: it replied {reply}. "
+                      "Sending will be retried more slowly.")
     if not 500 <= code < 600:  # 4xx, and -1 for an unparsable reply
         return _error(TransientDeliveryError, f"{where} cannot take the message now: it "
                       f"replied {reply}. It will be retried.")
-    if _RATE.search(reply) and not _NOT_RATE.search(reply):
-        return _error(RateLimitedError, f"{where} says we send too much: it replied {reply}. "
-                      "Sending will be retried more slowly.")
     return _error(PermanentDeliveryError, f"{where} refused the message: it replied {reply}. "
                   "Retrying will not help.")
 
 
+def refusal_error(refused: dict[str, str], message: str) -> DeliveryError:
+    """The error for recipients refused with these "code text" replies: slow retry when any
+    reply is a rate limit, later when any is temporary (4xx), otherwise a dead letter."""
+    replies = refused.values()
+    cls: type[DeliveryError] = (
+        RateLimitedError if any(_rate_limited(r) for r in replies)
+        else PermanentDeliveryError if all(r.startswith("5") for r in replies)
+        else TransientDeliveryError)
+    return _error(cls, message, refused)
+
+
 def _os_reason(exc: OSError, account: SmtpAccount) -> str:
     """Why the connection failed, in words; smtplib wraps read timeouts in SMTPServerDisconnected."""
-    if isinstance(exc, TimeoutError) or isinstance(exc.__context__, TimeoutError):
+    if _timed_out(exc):
         return f"no answer within {account.timeout:g} seconds"
     if isinstance(exc, smtplib.SMTPServerDisconnected | ssl.SSLEOFError | ssl.SSLZeroReturnError):
         return "the server closed the connection"
@@ -321,21 +451,19 @@ def classify(exc: BaseException, account: SmtpAccount) -> DeliveryError:
     """Turn what smtplib, ssl or the socket raised into the DeliveryError that tells the outbox
     what to do. One function decides, by exception type and reply code, so retry policy is
     not spread over string matches; messages keep the server's code and text, never secrets."""
-    where, refused = describe_account(account), None
+    where = describe_account(account)
     cls: type[DeliveryError] = HeldDeliveryError
     match exc:
         case smtplib.SMTPRecipientsRefused():
             refused = {addr: _reply_text(code, text) for addr, (code, text) in exc.recipients.items()}
-            cls = (PermanentDeliveryError if all(r.startswith("5") for r in refused.values())
-                   else TransientDeliveryError)
             listed = "; ".join(f"{addr}: {reply}" for addr, reply in refused.items())
-            message = f"{where} refused every recipient ({listed})."
+            return refusal_error(refused, f"{where} refused every recipient ({listed}).")
         case smtplib.SMTPAuthenticationError(smtp_code=code) if code >= 500:
             message = (f"Could not log in to {where}: the server replied "
                        f"{_reply_text(code, exc.smtp_error)}. {_AUTH_HINT}")
         case smtplib.SMTPSenderRefused(smtp_code=501 | 550 | 553 as code) if (
                 _SENDER.search(reply := _reply_text(code, exc.smtp_error))
-                and not _RATE.search(reply)):
+                and not _rate_limited(reply)):
             message = (f"{where} refused the sender {exc.sender}: it replied {reply}. "
                        f"The From address must equal the login ({account.username}).")
         case smtplib.SMTPResponseException():
@@ -347,16 +475,22 @@ def classify(exc: BaseException, account: SmtpAccount) -> DeliveryError:
             message = (f"The TLS certificate of {where} is not trusted ({exc.verify_message}; "
                        f"checked against {trusted}). If the server uses a private CA, set "
                        "ca_file to its certificate.")
+        case ssl.SSLError() if account.security == "ssl" and not isinstance(
+                exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+            # An implicit-TLS client at a plain or STARTTLS port reads the server's "220 ..."
+            # greeting as a TLS record: OpenSSL calls that a wrong version number.
+            message = (f"{where} did not answer the TLS handshake with TLS ({exc.reason or exc}): "
+                       f"port {account.port} does not speak implicit TLS. {PORT_HINT}")
         case ssl.SSLError() if not isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
-            message = (f"The TLS handshake with {where} failed ({exc.reason or exc}). Check that "
-                       f"port {account.port} speaks {account.security} (465: ssl, 587: starttls).")
+            message = (f"The TLS handshake with {where} failed after STARTTLS "
+                       f"({exc.reason or exc}). {PORT_HINT}")
         case OSError():
             cls = TransientDeliveryError
             message = f"Could not talk to {where}: {_os_reason(exc, account)}. It will be retried."
         case _:
             message = (f"The username, password or an address for {where} has characters SMTP "
                        f"cannot carry ({type(exc).__name__}); use plain ASCII.")
-    return _error(cls, message, refused)
+    return _error(cls, message)
 
 
 # --- Maildir ----------------------------------------------------------------------------------

@@ -11,14 +11,19 @@ import base64
 import email
 import logging
 import mailbox
+import re
 import time
 from datetime import datetime, timedelta, timezone
+from email.header import decode_header, make_header
 from email.message import EmailMessage
-from email.policy import default
+from email.policy import compat32, default
+from email.utils import getaddresses, parseaddr
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from notifier.errors import (
     DeliveryError,
@@ -28,6 +33,7 @@ from notifier.errors import (
     TransientDeliveryError,
 )
 from notifier.mail import (
+    PORT_HINT,
     MaildirTransport,
     SmtpTransport,
     build_message,
@@ -75,6 +81,35 @@ def _plain(msg: EmailMessage) -> str:
     body = msg.get_body(("plain",))
     assert body is not None
     return str(body.get_content()).replace("\r\n", "\n")
+
+
+ENCODED_WORD = re.compile(rb"=\?[^?\s]+\?[bBqQ]\?[^?\s]*\?=")
+
+
+def _check_limits(data: bytes) -> None:
+    """RFC 5322/2045/2047 limits on serialized bytes: 7-bit, lines of at most 998 octets, body
+    lines (quoted-printable, base64, 7bit) of at most 76, encoded words of at most 75."""
+    data.decode("ascii")
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert max(len(line) for line in data.split(b"\r\n")) <= 998
+    long_body = [line for line in body.split(b"\r\n") if len(line) > 76]
+    assert not long_body, long_body[:3]
+    long_words = [w for w in ENCODED_WORD.findall(head + b"\r\n" + body) if len(w) > 75]
+    assert not long_words, long_words[:3]
+
+
+def _display_name(data: bytes, header: str = "From") -> str:
+    """The first display name of `header`, decoded as RFC 2047 says: whitespace between two
+    encoded words is dropped. (Python 3.11's policy.default parser keeps it in a phrase, so it
+    would report spaces that no mail client shows.)"""
+    raw = email.message_from_bytes(data, policy=compat32)[header]
+    return parseaddr(str(make_header(decode_header(raw))))[0]
+
+
+def _newlines(text: str) -> str:
+    """How a text part reads back: CR LF and lone CR become LF, and it ends with one."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return text if text.endswith("\n") else text + "\n"
 
 
 def _send(server: SmtpServer | SilentServer, data: bytes | None = None,
@@ -138,6 +173,66 @@ def test_long_lines_are_encoded_never_8bit() -> None:
     encodings = {p["Content-Transfer-Encoding"] for p in msg.walk() if not p.is_multipart()}
     assert encodings <= {"7bit", "quoted-printable", "base64"}
     assert _plain(msg) == text
+
+
+# Display names without the characters that make "Name <addr>" ambiguous (quotes, brackets,
+# commas...): those are refused, which test_hostile_addresses_cannot_inject_headers covers.
+NAME_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters='"\\<>(),;:@[]')
+# Arbitrary text rarely has long runs of words; these put spaces, CJK, emoji, long tokens and
+# controls next to each other, where encoded words get cut.
+PIECES = ["招聘公告", "😀", "price", " ", "价格 ", "https://example.com/a?b=c&d=" + "x" * 70, "\t",
+          "\x1b[31m", "\x00", "= ?", "Zhang San", "长" * 30, "é"]
+TEXTS = st.one_of(st.text(max_size=300), st.lists(st.sampled_from(PIECES), max_size=60).map("".join))
+NAME_PIECES = ["张三", " ", "😀", "Li", "机器人 "]
+NAMES = st.one_of(st.text(NAME_CHARS, max_size=80),
+                  st.lists(st.sampled_from(NAME_PIECES), max_size=40).map("".join))
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(subject=TEXTS, text=st.one_of(st.text(max_size=3000), TEXTS), html=st.text(max_size=2000),
+       name=NAMES)
+def test_any_text_stays_within_line_and_encoded_word_limits(subject: str, text: str, html: str,
+                                                            name: str) -> None:
+    msg = _message(subject=subject, text=text, html=html, sender=f"{name} <{USERNAME}>",
+                   to=[f"{name} <li@example.com>"])
+    data = message_bytes(msg)
+    _check_limits(data)
+    parsed = _parse(data)
+    assert parsed["Subject"] == sanitize_header(subject)
+    assert parsed["From"].addresses[0].addr_spec == USERNAME
+    assert [a.addr_spec for a in parsed["To"].addresses] == ["li@example.com"]
+    assert _display_name(data) == getaddresses([sanitize_header(f"{name} <{USERNAME}>")])[0][0]
+    assert _plain(parsed) == _newlines(text)
+    html_part = parsed.get_body(("html",))
+    assert html_part is not None
+    assert str(html_part.get_content()).replace("\r\n", "\n") == _newlines(html)
+
+
+LONG_CASES = {
+    "long ascii line": ("price list", "x" * 5000 + "\n"),
+    "long chinese line": ("价格变化" * 40, "长" * 3000 + "\n"),
+    "long url": ("see https://example.com/" + "a" * 120,
+                 "https://example.com/search?q=" + "%E4%BB%B7" * 200 + "&page=2\n"),
+    "mixed with emoji": ("招聘公告 😀 " * 30, ("第一行 line 😀 " * 100 + "\n") * 20),
+    "trailing spaces and =": ("= ?= =?", "a = b   \n" * 50 + "=" * 300 + "\n"),
+}
+
+
+@pytest.mark.parametrize("case", LONG_CASES)
+def test_long_lines_chinese_subjects_and_urls_arrive_within_limits(smtp_server: SmtpServer,
+                                                                   case: str) -> None:
+    subject, text = LONG_CASES[case]
+    name = "通知机器人" * 12  # a long Chinese display name: several encoded words
+    data = message_bytes(_message(subject=subject, text=text, html=f"<pre>{text}</pre>",
+                                  sender=f"{name} <{USERNAME}>", to=[f"{name} <li@example.com>"]))
+    _send(smtp_server, data)
+    (received,) = smtp_server.wait_for(1)
+    _check_limits(received.content)
+    parsed = _parse(received.content)
+    assert parsed["Subject"] == sanitize_header(subject)
+    assert _display_name(received.content) == name
+    assert _display_name(received.content, "To") == name
+    assert _plain(parsed) == text
 
 
 @pytest.mark.parametrize("subject", [
@@ -258,6 +353,15 @@ def test_no_clear_text_password_over_the_network(plain_server: SmtpServer) -> No
     ("DATA", "554 DT:SPM 163 smtp3,GdxpCgC3 content rejected", PermanentDeliveryError, "DT:SPM"),
     ("DATA", "550 5.7.1 rate limit exceeded, try later", RateLimitedError, "rate limit"),
     ("MAIL", "550 Ip frequency limited", RateLimitedError, "frequency"),
+    # 4xx replies that say we send too much wait as long as 5xx ones: a quick retry would
+    # only prolong the block.
+    ("DATA", "451 4.7.1 Rate limit exceeded, try again later", RateLimitedError, "Rate limit"),
+    ("MAIL", "450 4.7.1 Too many messages from this account", RateLimitedError, "Too many"),
+    ("MAIL", "451 Requested action aborted: frequency limited", RateLimitedError, "frequency"),
+    ("DATA", "451 You are sending too frequently, please slow down", RateLimitedError, "frequently"),
+    ("MAIL", "452 4.5.3 Daily sending quota exceeded", RateLimitedError, "exceeded"),
+    ("AUTH", "454 4.7.0 Too many login attempts, try later", RateLimitedError, "Too many"),
+    ("DATA", "452 4.3.1 Message size exceeds the limit", TransientDeliveryError, "452"),
     ("DATA", "552 5.3.4 Message size exceeds fixed limit", PermanentDeliveryError, "552"),
     ("DATA", DROP, TransientDeliveryError, "closed the connection"),
 ])
@@ -290,6 +394,42 @@ def test_silent_server_times_out_as_transient(silent_server: SilentServer, secur
     with pytest.raises(TransientDeliveryError, match="no answer within 1 seconds"):
         _send(silent_server, security=security, timeout=1.0, username=None)
     assert time.monotonic() - started < 3
+
+
+def test_starttls_client_at_an_implicit_tls_port_gets_the_port_hint(smtp_server: SmtpServer) -> None:
+    """The implicit-TLS server waits for a handshake, the client for a greeting: after the
+    timeout one handshake shows the port speaks TLS, and the user is told which setting."""
+    started = time.monotonic()
+    for security in ("starttls", "none"):
+        with pytest.raises(HeldDeliveryError) as caught:
+            _send(smtp_server, security=security, timeout=0.5)
+        assert PORT_HINT in str(caught.value)
+        assert "expects implicit TLS" in str(caught.value)
+        assert "no answer" not in str(caught.value)
+    assert time.monotonic() - started < 4
+    assert smtp_server.logins == []
+    assert smtp_server.received == []
+
+
+@pytest.mark.parametrize("mode", ["starttls_server", "plain_server"])
+def test_ssl_client_at_a_plain_or_starttls_port_gets_the_port_hint(request: pytest.FixtureRequest,
+                                                                   mode: str) -> None:
+    server: SmtpServer = request.getfixturevalue(mode)
+    started = time.monotonic()
+    with pytest.raises(HeldDeliveryError) as caught:
+        _send(server, security="ssl", timeout=1.0)
+    message = str(caught.value)
+    assert PORT_HINT in message
+    assert "does not speak implicit TLS" in message
+    assert time.monotonic() - started < 2
+    assert server.logins == []
+
+
+def test_rate_limited_recipients_retry_slowly(smtp_server: SmtpServer) -> None:
+    smtp_server.refuse_recipient("a@example.com", "450 4.7.1 Recipient rate limit exceeded")
+    smtp_server.refuse_recipient("b@example.com", "550 5.1.1 No such user")
+    with pytest.raises(RateLimitedError):
+        _send(smtp_server, recipients=["a@example.com", "b@example.com"])
 
 
 @pytest.mark.parametrize("reply", [DROP, GARBAGE])
