@@ -1,7 +1,9 @@
 """Turn what a check found into queued messages: render the templates, build the email.
 
 The message is rendered and serialized once, here, so the outbox stores the exact bytes that
-will be sent; a retry sends the same message with the same Message-ID.
+will be sent; a retry sends the same message with the same Message-ID. When a user template
+fails, the shipped templates render the mail and the problem comes back with it (`Built`), so
+the pipeline can count it against the watcher instead of it passing unnoticed.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta, tzinfo
 from email.utils import parseaddr
 from pathlib import Path
+from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
 from notifier.config import Config, Recipients, WatcherConfig
@@ -23,6 +26,14 @@ from notifier.store import Alert, DigestEntry, Queued, WatcherState
 LOCAL_SENDER = "notifier@localhost"
 
 
+class Built(NamedTuple):
+    """What a check's alert produced: the messages (or digest entries) to commit with the
+    state, and `problem`, a user template's failure when the shipped templates were used."""
+
+    alerts: list[Alert]
+    problem: str | None = None
+
+
 class Alerter:
     """Builds `Queued` alerts for one loaded config (implements pipeline.Alerts)."""
 
@@ -31,28 +42,30 @@ class Alerter:
         self._renderers: dict[tuple[Path, ...], Renderer] = {}
 
     def change(self, wc: WatcherConfig, diff: Diff, old: str, new: str,
-               state: WatcherState, now: float) -> list[Alert]:
+               state: WatcherState, now: float) -> Built:
         if wc.digest:
-            return [self._digest_entry(wc, diff, now)]
+            return Built([self._digest_entry(wc, diff, now)])
         ctx = AlertContext(kind="change", watcher=_info(wc), at=self._at(wc, now), diff=diff,
                            old=old, new=new, previous_at=self._time(wc, state.last_change),
                            subject_prefix=self.cfg.subject_prefix)
         attachments = [("snapshot.txt", "text/plain", new.encode())] if wc.attach_snapshot else []
-        return [self._queue(wc, ctx, now, attachments)]
+        return self._queue(wc, ctx, now, attachments)
 
-    def error(self, wc: WatcherConfig, error: str, state: WatcherState, now: float) -> list[Alert]:
+    def error(self, wc: WatcherConfig, error: str, state: WatcherState, now: float) -> Built:
+        """The error alert for the failure being recorded now; `state` is from before it, so
+        the streak ("failing since") began at `state.last_error_at`, or now if this is its first."""
         ctx = AlertContext(kind="error", watcher=_info(wc), at=self._at(wc, now), error=error,
                            failures=state.failures + 1,
                            failing_since=self._time(wc, state.last_error_at if state.failures else now),
                            subject_prefix=self.cfg.subject_prefix)
-        return [self._queue(wc, ctx, now)]
+        return self._queue(wc, ctx, now)
 
-    def recovery(self, wc: WatcherConfig, state: WatcherState, now: float) -> list[Alert]:
+    def recovery(self, wc: WatcherConfig, state: WatcherState, now: float) -> Built:
         ctx = AlertContext(kind="recovery", watcher=_info(wc), at=self._at(wc, now),
                            error=state.last_error, failures=state.failures,
                            failing_since=self._time(wc, state.last_error_at),
                            subject_prefix=self.cfg.subject_prefix)
-        return [self._queue(wc, ctx, now)]
+        return self._queue(wc, ctx, now)
 
     def test(self, now: float, to: Sequence[str] = ()) -> Queued:
         """A test alert through the default account, to `to` or the configured recipients."""
@@ -61,7 +74,7 @@ class Alerter:
                            subject_prefix=self.cfg.subject_prefix,
                            extra={"via": self._via(account)})
         recipients = Recipients(tuple(to)) if to else self.cfg.recipients
-        return self._build(ctx, account, recipients, self._renderer(None), 0.0, None, [])
+        return self._build(ctx, account, recipients, self._renderer(None), 0.0, None, [])[0]
 
     def _digest_entry(self, wc: WatcherConfig, diff: Diff, now: float) -> DigestEntry:
         """A change of a `digest:` watcher waits, grouped by who receives it and how often."""
@@ -87,21 +100,26 @@ class Alerter:
         ctx = AlertContext(kind="digest", watcher=None, at=self._at(None, now), entries=tuple(items),
                            subject_prefix=self.cfg.subject_prefix)
         recipients = Recipients(tuple(spec["to"]), tuple(spec["cc"]), tuple(spec["bcc"]))
-        return self._build(ctx, spec["account"], recipients, self._renderer(None), now, None, [])
+        return self._build(ctx, spec["account"], recipients, self._renderer(None), now, None, [])[0]
 
     def _recipients(self, wc: WatcherConfig) -> Recipients:
         return wc.recipients if wc.recipients.envelope() else self.cfg.recipients
 
     def _queue(self, wc: WatcherConfig, ctx: AlertContext, now: float,
-               attachments: Sequence[tuple[str, str, bytes]] = ()) -> Queued:
+               attachments: Sequence[tuple[str, str, bytes]] = ()) -> Built:
         account = wc.account or self.cfg.default_account
         recipients = self._recipients(wc)
         not_before = quiet_until(wc.quiet_hours, self._zone(wc), now)
-        return self._build(ctx, account, recipients, self._renderer(wc), not_before, wc.name, attachments)
+        queued, problem = self._build(ctx, account, recipients, self._renderer(wc), not_before,
+                                      wc.name, attachments)
+        return Built([queued], problem)
 
     def _build(self, ctx: AlertContext, account: str | None, recipients: Recipients,
                renderer: Renderer, not_before: float, watcher: str | None,
-               attachments: Sequence[tuple[str, str, bytes]]) -> Queued:
+               attachments: Sequence[tuple[str, str, bytes]]) -> tuple[Queued, str | None]:
+        """Render and serialize one message; a template problem, if any, comes with it. Test
+        and digest mails have no watcher to charge a template problem to: theirs is logged by
+        the renderer and shown in the mail itself."""
         sender = self._sender(account)
         if not recipients.envelope():
             recipients = Recipients((f"{getpass.getuser()}@localhost",))
@@ -110,9 +128,10 @@ class Alerter:
         msg = build_message(subject=rendered.subject, text=rendered.text, html=rendered.html,
                             sender=sender, to=recipients.to, cc=recipients.cc,
                             message_id=message_id, date=ctx.at, attachments=attachments)
-        return Queued(message_id=message_id, kind=ctx.kind, watcher=watcher, account=account,
-                      sender=_address(sender), recipients=recipients.envelope(),
-                      body=message_bytes(msg), not_before=not_before)
+        queued = Queued(message_id=message_id, kind=ctx.kind, watcher=watcher, account=account,
+                        sender=_address(sender), recipients=recipients.envelope(),
+                        body=message_bytes(msg), not_before=not_before)
+        return queued, rendered.problem
 
     def _sender(self, account: str | None) -> str:
         acct = self.cfg.accounts.get(account) if account else None

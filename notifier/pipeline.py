@@ -4,6 +4,11 @@ This is the only place that knows the order of the stages; `cli` and `daemon` ca
 Failures follow monit's rules: an error alert after `error_after` consecutive failures, once
 (plus optional reminders), and one recovery alert when the watcher works again. A change and
 an error never count as each other.
+
+A user template that fails while an alert is rendered loses nothing: the shipped templates
+render that alert. But it is the watcher's problem to fix, so the check counts as failed and
+an error alert naming the template goes out at once, without waiting for `error_after` (that
+waits out flaky fetches; a template that raised will raise again). See `_charge_template`.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
 from notifier.config import WatcherConfig
@@ -24,15 +29,20 @@ log = logging.getLogger("notifier.check")
 Status = Literal["baseline", "unchanged", "changed", "failed"]
 
 
+# What an Alerts method returns (notifier.alerts.Built): the alerts, and the failure of a user
+# template when the shipped templates had to render them instead.
+Built = tuple[list[Alert], str | None]
+
+
 class Alerts(Protocol):
     """Builds the queued messages for what a check found (see notifier.alerts)."""
 
     def change(self, wc: WatcherConfig, diff: Diff, old: str, new: str,
-               state: WatcherState, now: float) -> list[Alert]: ...
+               state: WatcherState, now: float) -> Built: ...
 
-    def error(self, wc: WatcherConfig, error: str, state: WatcherState, now: float) -> list[Alert]: ...
+    def error(self, wc: WatcherConfig, error: str, state: WatcherState, now: float) -> Built: ...
 
-    def recovery(self, wc: WatcherConfig, state: WatcherState, now: float) -> list[Alert]: ...
+    def recovery(self, wc: WatcherConfig, state: WatcherState, now: float) -> Built: ...
 
 
 @dataclass(frozen=True)
@@ -84,7 +94,15 @@ def check(wc: WatcherConfig, store: Store, alerts: Alerts | None, dry_run: bool 
         log.debug("watcher %s raised", wc.name, exc_info=True)
         message = f"unexpected {type(exc).__name__}: {exc}. This is a bug; run with --debug and report it."
         return _failed(wc, store, alerts, state, message, now, started, dry_run)
-    queued = _recovery(wc, alerts, state, now)
+    queued: list[Alert] = []
+    problems: list[str] = []
+
+    def add(built: Built) -> None:
+        queued.extend(built[0])
+        problems.extend([built[1]] if built[1] else [])
+
+    if alerts and state.error_alerted_at is not None:
+        add(alerts.recovery(wc, state, now))
     if text is None or text == state.content:
         status: Status = "unchanged"
         diff = None
@@ -95,16 +113,35 @@ def check(wc: WatcherConfig, store: Store, alerts: Alerts | None, dry_run: bool 
         diff = compute(state.content, text, wc.context_lines, wc.additions_only, wc.deletions_only)
         status, store_text = ("changed" if diff else "unchanged"), text
         if diff and alerts:
-            queued += alerts.change(wc, diff, state.content, text, state, now)
+            add(alerts.change(wc, diff, state.content, text, state, now))
+    error = _charge_template(wc, alerts, state, now, problems, queued)
     if not dry_run:
         store.record_success(wc.name, now, fetched.meta, store_text, wc.history, queued)
-    return Outcome(wc.name, wc.kind, status, time.monotonic() - started, diff, alerts=len(queued))
+        if error:
+            store.record_failure(wc.name, now, error)
+    return Outcome(wc.name, wc.kind, "failed" if error else status, time.monotonic() - started,
+                   diff, error=error, alerts=len(queued))
 
 
-def _recovery(wc: WatcherConfig, alerts: Alerts | None, state: WatcherState, now: float) -> list[Alert]:
-    if alerts and state.error_alerted_at is not None:
-        return alerts.recovery(wc, state, now)
-    return []
+def _charge_template(wc: WatcherConfig, alerts: Alerts | None, state: WatcherState, now: float,
+                     problems: list[str], queued: list[Alert]) -> str | None:
+    """The error to record when a user template failed in this check, and its error alert
+    (added to `queued`, so it commits with the state and the alerts it is about).
+
+    The content and its alerts are recorded as usual (they were delivered with the shipped
+    templates, so nothing is lost or sent twice), then one failure is recorded on top: status
+    shows the watcher failing with the template's file and message until a check succeeds
+    again. The error alert is not remembered as one (no `error_alerted_at`), so that next
+    success sends no "back to normal": it would claim a fix nobody made.
+    """
+    if not problems:
+        return None
+    error = (f"{'; '.join(dict.fromkeys(problems))}. The alert was sent with the shipped "
+             "templates instead; fix the template.")
+    if alerts:
+        # The streak restarts here: record_success clears the count before this failure.
+        queued.extend(alerts.error(wc, error, replace(state, failures=0), now)[0])
+    return error
 
 
 def _failed(wc: WatcherConfig, store: Store, alerts: Alerts | None, state: WatcherState,
@@ -112,7 +149,9 @@ def _failed(wc: WatcherConfig, store: Store, alerts: Alerts | None, state: Watch
     failures = state.failures + 1
     queued: list[Alert] = []
     if alerts and _error_due(wc, state, failures, now):
-        queued = alerts.error(wc, error, state, now)
+        queued, problem = alerts.error(wc, error, state, now)
+        if problem:  # the alert went out with the shipped templates; keep the reason in status
+            error = f"{error}; also, {problem} (the error alert used the shipped templates)"
     if not dry_run:
         store.record_failure(wc.name, now, error, queued)
     return Outcome(wc.name, wc.kind, "failed", time.monotonic() - started, error=error,

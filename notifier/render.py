@@ -2,7 +2,9 @@
 
 User template directories (global or per watcher) override shipped `templates/` file by file.
 Watched content (diff lines, old/new, errors, the watcher's source) is untrusted: the HTML
-environment autoescapes it, and sizes are capped so a huge change never becomes a 50 MB mail.
+environment autoescapes it, sizes are capped so a huge change never becomes a 50 MB mail, and
+control characters and terminal escape sequences are made visible or removed in one place,
+`template_variables`, which every kind of alert goes through.
 """
 
 from __future__ import annotations
@@ -37,6 +39,15 @@ KINDS: tuple[Kind, ...] = ("change", "error", "recovery", "test", "digest")
 _BREAKS = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 _BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 _URL_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f]")
+# Control characters other than tab and newline (C0, DEL, C1), CR and ESC included: what
+# `visible` must look at. Complete escape sequences (CSI like ESC[31m, OSC like a terminal
+# title ending in BEL or ESC\, and two-character ones like ESC(B) are formatting for a
+# terminal and are removed whole; every other control character, a bare ESC included, is
+# shown as U+FFFD. CR LF and a lone CR are line ends, as the diff already treats them.
+_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+_ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[ -/]*[0-~])")
+REPLACEMENT = "\ufffd"
+MAX_PROBLEM = 500  # characters of a template's exception message kept in `problem`
 
 
 @dataclass(frozen=True)
@@ -88,11 +99,13 @@ class AlertContext:
 
 @dataclass(frozen=True)
 class Rendered:
-    """The parts of one mail; `subject` is already a single safe header line."""
+    """The parts of one mail; `subject` is already a single safe header line. `problem` says
+    which user template failed when the shipped templates had to be used instead."""
 
     subject: str
     text: str
     html: str
+    problem: str | None = None
 
 
 def fmt_time(dt: datetime | None) -> str:
@@ -112,6 +125,32 @@ def one_line(text: str, limit: int = MAX_SUBJECT) -> str:
     """Collapse to a single safe header line: no CR/LF can reach the mail headers."""
     text = _BREAKS.sub(" ", _BIDI.sub("", text)).strip()
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def visible(text: str) -> str:
+    """`text` without terminal escape sequences and with every other control character but tab
+    and newline shown as U+FFFD, so nothing fetched can hide text, ring bells or restyle a
+    terminal through a mail. Text without control characters is returned as it is (fast)."""
+    if not _UNSAFE.search(text):
+        return text
+    text = _ESCAPES.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
+    return _UNSAFE.sub(REPLACEMENT, text)
+
+
+def _visible_diff(diff: Diff) -> Diff:
+    """The diff with `visible` line texts; the same object when no line needs it."""
+    texts = [ln.text for hunk in diff.hunks for ln in hunk.lines]
+    texts += [side for pair in diff.changed for side in pair]
+    if not any(_UNSAFE.search(text) for text in texts):
+        return diff
+    hunks = tuple(replace(hunk, lines=tuple(replace(ln, text=visible(ln.text)) for ln in hunk.lines))
+                  for hunk in diff.hunks)
+    return Diff(hunks, tuple((visible(old), visible(new)) for old, new in diff.changed))
+
+
+def _visible_watcher(watcher: WatcherInfo) -> WatcherInfo:
+    return WatcherInfo(visible(watcher.name), visible(watcher.kind), visible(watcher.source),
+                       None if watcher.link is None else visible(watcher.link))
 
 
 def safe_link(link: str | None) -> str | None:
@@ -182,33 +221,59 @@ def _environments(dirs: tuple[Path, ...]) -> tuple[jinja2.Environment, jinja2.En
 
 
 def template_variables(ctx: AlertContext) -> dict[str, Any]:
-    """What templates see (templates/README.md lists it); sizes are capped here."""
+    """What templates see (templates/README.md lists it). Every alert's values pass here, so
+    this is where sizes are capped and every text from outside goes through `visible`."""
     diff = ctx.diff
     if diff is None and ctx.kind == "change":
         diff = compute(ctx.old, ctx.new)
     shown, omitted = cap_diff(diff) if diff is not None else (None, 0)
+    watcher = _visible_watcher(ctx.watcher) if ctx.watcher else None
 
     def local(dt: datetime | None) -> datetime | None:
         return dt.astimezone(ctx.tz) if dt is not None and ctx.tz is not None else dt
 
     return {
-        "kind": ctx.kind, "watcher": ctx.watcher,
-        "name": one_line(ctx.watcher.name, 1_000) if ctx.watcher else "notifier",
-        "link": safe_link(ctx.watcher.link) if ctx.watcher else None,
+        "kind": ctx.kind, "watcher": watcher,
+        "name": one_line(watcher.name, 1_000) if watcher else "notifier",
+        "link": safe_link(watcher.link) if watcher else None,
         "at": local(ctx.at), "previous_at": local(ctx.previous_at),
-        "diff": shown, "omitted": omitted, "counts": _counts(diff),
-        "old": cap_text(ctx.old), "new": cap_text(ctx.new),
-        "error": ctx.error, "failures": ctx.failures, "failing_since": local(ctx.failing_since),
-        "subject_prefix": ctx.subject_prefix, "extra": ctx.extra,
+        "diff": _visible_diff(shown) if shown is not None else None, "omitted": omitted,
+        "counts": _counts(diff),
+        "old": visible(cap_text(ctx.old)), "new": visible(cap_text(ctx.new)),
+        "error": visible(ctx.error) if ctx.error is not None else None,
+        "failures": ctx.failures, "failing_since": local(ctx.failing_since),
+        "subject_prefix": visible(ctx.subject_prefix),
+        "extra": MappingProxyType({visible(str(key)): visible(value) if isinstance(value, str) else value
+                                   for key, value in ctx.extra.items()}),
         "entries": [_entry(item, local) for item in ctx.entries],
+        "template_problem": None,
     }
 
 
 def _entry(item: DigestItem, local: Any) -> dict[str, Any]:
     shown, omitted = cap_diff(item.diff)
-    return {"watcher": item.watcher, "name": one_line(item.watcher.name, 1_000),
-            "link": safe_link(item.watcher.link), "at": local(item.at), "diff": shown,
+    watcher = _visible_watcher(item.watcher)
+    return {"watcher": watcher, "name": one_line(watcher.name, 1_000),
+            "link": safe_link(watcher.link), "at": local(item.at), "diff": _visible_diff(shown),
             "omitted": omitted, "counts": _counts(item.diff)}
+
+
+def template_problem(exc: BaseException, kind: str) -> str:
+    """One line naming the user template that failed (file and line, when Jinja's rewritten
+    traceback or the error itself tells) and what it raised."""
+    where: str | None = None
+    if isinstance(exc, jinja2.TemplateSyntaxError):
+        where = f"{exc.filename or exc.name}:{exc.lineno}"
+    elif isinstance(exc, jinja2.TemplateNotFound):
+        where = str(exc.name)
+    tb = exc.__traceback__ if where is None else None
+    while tb is not None:
+        filename = tb.tb_frame.f_code.co_filename
+        if not filename.endswith(".py") and not filename.startswith("<"):
+            where = f"{filename}:{tb.tb_lineno}"  # the innermost template frame wins
+        tb = tb.tb_next
+    message = one_line(f"{type(exc).__name__}: {exc}", MAX_PROBLEM)
+    return f"the template {where or f'for {kind} alerts'} failed: {message}"
 
 
 def _render(envs: tuple[jinja2.Environment, jinja2.Environment], kind: str,
@@ -231,18 +296,22 @@ class Renderer:
     def render(self, ctx: AlertContext) -> Rendered:
         """Subject, text and HTML for one alert.
 
-        A broken user template must not swallow the alert: it is logged and the shipped
-        templates are used instead (`check()` reports such problems at startup).
+        A user template that fails (any exception: `{{ 1/0 }}` is not a Jinja error) must not
+        swallow the alert: the shipped templates render it instead, showing the problem in the
+        mail, and `Rendered.problem` names it so the caller can count it against the watcher.
+        The shipped templates are not guarded: a failure there is a bug and propagates.
         """
         variables = template_variables(ctx)
         try:
             return _render(self._envs, ctx.kind, variables)
-        except jinja2.TemplateError:
+        except Exception as exc:
             if not self.template_dirs:
                 raise
-            log.warning("templates in %s failed for a %s alert; using the shipped ones",
-                        ", ".join(map(str, self.template_dirs)), ctx.kind, exc_info=True)
-            return _render(_environments(()), ctx.kind, variables)
+            problem = template_problem(exc, ctx.kind)
+            log.warning("%s; the shipped templates render this %s alert instead", problem,
+                        ctx.kind, exc_info=log.isEnabledFor(logging.DEBUG))
+        rendered = _render(_environments(()), ctx.kind, {**variables, "template_problem": problem})
+        return replace(rendered, problem=problem)
 
     def check(self) -> None:
         """Render every kind with sample data; raises jinja2.TemplateError on a broken template."""

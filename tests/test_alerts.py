@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
 import email
 import email.policy
+import re
+import time
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.message import EmailMessage
 from pathlib import Path
@@ -13,8 +17,12 @@ import pytest
 
 from notifier import config
 from notifier.alerts import Alerter, quiet_until
+from notifier.cli import main
+from notifier.config import Config
+from notifier.errors import WatchError
 from notifier.outbox import Sender
 from notifier.pipeline import check
+from notifier.render import fmt_time
 from notifier.store import Store
 from tests.servers.http import LocalHTTPServer
 from tests.servers.smtp import PASSWORD, USERNAME, SmtpServer, smtp_yaml
@@ -158,3 +166,165 @@ watchers:
     assert text.count("+two") == 2
     assert "+three" in text
     assert "== doc: 1 added, 1 removed ==" in text
+
+
+# --- what a delivered mail must never carry, and what it must say -------------------------------
+
+NASTY = "\x1b[31mred\x1b[0m\x00\x07\x85"
+FORBIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 but tab/newline, DEL, C1
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+
+
+def load(tmp_path: Path, smtp: SmtpServer, watchers: str, head: str = "") -> Config:
+    path = tmp_path / "watchers.yaml"
+    path.write_text(f"{smtp_yaml(smtp)}mail: {{to: [me@example.com]}}\ntimezone: Asia/Shanghai\n"
+                    f"{head}watchers:\n{watchers}")
+    return config.load(path, {"PW": PASSWORD})
+
+
+def delivered(cfg: Config, store: Store, smtp: SmtpServer) -> list[EmailMessage]:
+    """Send what is queued and return every message the server has received so far."""
+    Sender(cfg, store).deliver()
+    out = []
+    for received in smtp.received:
+        msg = email.message_from_bytes(received.content, policy=email.policy.default)
+        assert isinstance(msg, EmailMessage)
+        out.append(msg)
+    return out
+
+
+def parts(msg: EmailMessage) -> tuple[str, str]:
+    """The text and HTML parts; base64 parts keep MIME's canonical CRLF, so read it as LF."""
+    text, html = msg.get_body(("plain",)), msg.get_body(("html",))
+    assert text is not None
+    assert html is not None
+    return (str(text.get_content()).replace("\r\n", "\n"),
+            str(html.get_content()).replace("\r\n", "\n"))
+
+
+def assert_clean(msg: EmailMessage) -> None:
+    for part in (msg["Subject"], *parts(msg)):
+        assert not FORBIDDEN.search(part), repr(FORBIDDEN.findall(part))
+        assert "[31m" not in part
+
+
+class Failing:
+    """A watcher whose fetch fails with `message` (like a command whose output is quoted)."""
+
+    def __init__(self, message: str) -> None:
+        self.message = message
+
+    def fetch(self, previous: Mapping[str, str]) -> None:
+        raise WatchError(self.message)
+
+    def source(self) -> str:
+        return f"fake {NASTY}"
+
+    def link(self) -> None:
+        return None
+
+
+def test_command_output_controls_reach_no_part_of_any_alert(tmp_path: Path, smtp_server: SmtpServer) -> None:
+    """Change, error and recovery mails of a command watcher whose output (and error) carry
+    ANSI colours, NUL, BEL and a C1 control: no filters, so nothing else cleans them."""
+    output = tmp_path / "output.txt"
+    output.write_text("status: ok\n")
+    cfg = load(tmp_path, smtp_server, f"  - {{name: cmd, kind: command, command: [cat, {output}], "
+                                      f"error_after: 1}}\n")
+    store = Store(cfg.state_dir / "state.db")
+    alerter = Alerter(cfg)
+    try:
+        (wc,) = cfg.watchers
+        assert check(wc, store, alerter).status == "baseline"
+        output.write_text(f"status: {NASTY}\n", encoding="utf-8")
+        assert check(wc, store, alerter).status == "changed"
+        broken = dataclasses.replace(wc, watcher=Failing(f"exit status 1: {NASTY}"))
+        assert check(broken, store, alerter).status == "failed"
+        assert check(wc, store, alerter).status == "unchanged"  # recovery, quoting the error
+        mails = delivered(cfg, store, smtp_server)
+    finally:
+        store.close()
+    assert sorted(m["Subject"].split()[2] for m in mails) == ["changed:", "is", "is"]
+    for msg in mails:
+        assert_clean(msg)
+    text, html = parts(mails[0])
+    assert "+status: red\ufffd\ufffd" in text  # the colour codes go, the text stays
+    assert "+status: red\ufffd\ufffd" in html
+    for msg in mails[1:]:
+        assert "exit status 1: red\ufffd\ufffd" in parts(msg)[0]
+
+
+def test_failing_since_is_the_first_failure_in_error_reminder_and_recovery(
+        tmp_path: Path, smtp_server: SmtpServer) -> None:
+    doc = tmp_path / "doc.txt"
+    doc.write_text("price 1\n")
+    cfg = load(tmp_path, smtp_server, f"  - {{name: doc, kind: file, path: {doc}, filters: [grep: price], "
+                                      f"error_after: 3, remind_every: 1h}}\n")
+    store = Store(cfg.state_dir / "state.db")
+    alerter = Alerter(cfg)
+    t0 = time.time() - 6 * 3600
+    t1, t2, t3, t4, t5 = (t0 + minutes * 60 for minutes in (10, 20, 30, 100, 110))
+    try:
+        (wc,) = cfg.watchers
+        check(wc, store, alerter, clock=lambda: t0)
+        doc.write_text("nothing to see\n")
+        for t in (t1, t2, t3, t4):  # the error alert at t3, a reminder at t4
+            assert check(wc, store, alerter, clock=lambda t=t: t).status == "failed"
+        doc.write_text("price 1\n")
+        check(wc, store, alerter, clock=lambda: t5)
+        mails = delivered(cfg, store, smtp_server)
+    finally:
+        store.close()
+    assert [m["Subject"].split(" is ")[1].split()[0] for m in mails] == ["failing", "failing", "back"]
+    since = fmt_time(datetime.fromtimestamp(t1, SHANGHAI))
+    for msg in mails:
+        text, html = parts(msg)
+        assert f"Failing since: {since}" in text
+        assert since in html
+    assert "3 failed checks in a row" in parts(mails[0])[0]
+    assert "4 failed checks in a row" in parts(mails[1])[0]
+
+
+def test_user_template_that_raises_still_alerts_and_shows_as_an_error(
+        tmp_path: Path, smtp_server: SmtpServer, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """{{ 1/0 }} in a user template: the change still arrives (shipped templates, with a note),
+    an error alert names the file and the error, and `notifier status` shows the watcher failing."""
+    templates = tmp_path / "tpl"
+    templates.mkdir()
+    (templates / "change.txt").write_text("Changed!\n{{ 1/0 }}\n")
+    doc = tmp_path / "doc.txt"
+    doc.write_text("one\n")
+    cfg = load(tmp_path, smtp_server, f"  - {{name: doc, kind: file, path: {doc}}}\n",
+               head="templates: tpl\n")
+    store = Store(cfg.state_dir / "state.db")
+    alerter = Alerter(cfg)
+    try:
+        (wc,) = cfg.watchers
+        check(wc, store, alerter)
+        doc.write_text("two\n")
+        outcome = check(wc, store, alerter)
+        mails = delivered(cfg, store, smtp_server)
+    finally:
+        store.close()
+    where = f"{templates / 'change.txt'}:2"
+    assert outcome.status == "failed"
+    assert where in (outcome.error or "")
+    change, error = mails
+    assert change["Subject"] == "[notifier] doc changed: 1 added, 1 removed"
+    text, html = parts(change)
+    assert "+two" in text
+    assert "+two" in html
+    assert f"Note: the template {where} failed: ZeroDivisionError: division by zero" in text
+    assert "rendered with the shipped templates" in html
+    assert error["Subject"].startswith("[notifier] doc is failing (1 in a row): the template")
+    text, html = parts(error)
+    assert where in text
+    assert "ZeroDivisionError: division by zero" in text
+    assert where in html
+
+    monkeypatch.setenv("PW", PASSWORD)
+    assert main(["-c", str(cfg.path), "status"]) == 0
+    status = capsys.readouterr().out
+    assert "failing 1 time(s) in a row" in status
+    assert where in status

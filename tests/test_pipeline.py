@@ -10,28 +10,36 @@ from notifier import config
 from notifier.config import WatcherConfig
 from notifier.diff import Diff
 from notifier.pipeline import check
-from notifier.store import Queued, Store, WatcherState
+from notifier.store import Alert, Queued, Store, WatcherState
 
 
 class Recorder:
-    """Our own Alerts protocol, recording what the pipeline asked for (no mail involved)."""
+    """Our own Alerts protocol, recording what the pipeline asked for (no mail involved).
+    `broken` lists the alert kinds whose "user template" fails, so the shipped ones were used."""
 
-    def __init__(self) -> None:
+    def __init__(self, broken: tuple[str, ...] = ()) -> None:
         self.calls: list[tuple[str, str]] = []
+        self.states: list[WatcherState] = []
+        self.broken = broken
 
-    def _q(self, kind: str, wc: WatcherConfig, detail: str) -> list[Queued]:
+    def _q(self, kind: str, wc: WatcherConfig, detail: str) -> tuple[list[Alert], str | None]:
         self.calls.append((kind, detail))
-        return [Queued(message_id=f"<{len(self.calls)}@t>", kind=kind, watcher=wc.name, account=None,
-                       sender="n@localhost", recipients=("u@localhost",), body=b"x")]
+        queued = Queued(message_id=f"<{len(self.calls)}@t>", kind=kind, watcher=wc.name,
+                        account=None, sender="n@localhost", recipients=("u@localhost",), body=b"x")
+        problem = f"the template /t/{kind}.txt:1 failed: ZeroDivisionError: division by zero"
+        return [queued], problem if kind in self.broken else None
 
     def change(self, wc: WatcherConfig, diff: Diff, old: str, new: str,
-               state: WatcherState, now: float) -> list[Queued]:
+               state: WatcherState, now: float) -> tuple[list[Alert], str | None]:
         return self._q("change", wc, "".join(diff.added))
 
-    def error(self, wc: WatcherConfig, error: str, state: WatcherState, now: float) -> list[Queued]:
+    def error(self, wc: WatcherConfig, error: str, state: WatcherState,
+              now: float) -> tuple[list[Alert], str | None]:
+        self.states.append(state)
         return self._q("error", wc, error)
 
-    def recovery(self, wc: WatcherConfig, state: WatcherState, now: float) -> list[Queued]:
+    def recovery(self, wc: WatcherConfig, state: WatcherState,
+                 now: float) -> tuple[list[Alert], str | None]:
         return self._q("recovery", wc, str(state.failures))
 
 
@@ -137,3 +145,56 @@ def test_watcher_bug_is_contained(setup) -> None:  # type: ignore[no-untyped-def
     outcome = check(WatcherConfig(**{**wc.__dict__, "watcher": Broken()}), store, rec)
     assert outcome.status == "failed"
     assert "unexpected ZeroDivisionError: oops" in (outcome.error or "")
+
+
+def test_failing_since_is_the_first_failure_of_the_streak(setup) -> None:  # type: ignore[no-untyped-def]
+    wc, store, rec, path = setup
+    wc = WatcherConfig(**{**wc.__dict__, "error_after": 3, "remind_every": 100.0})
+    path.write_text("price 1\n")
+    check(wc, store, rec, clock=lambda: 0.0)
+    path.write_text("broken\n")
+    for t in (10.0, 20.0, 30.0):
+        check(wc, store, rec, clock=lambda t=t: t)
+    assert (store.state("w").failures, store.state("w").last_error_at) == (3, 10.0)
+    check(wc, store, rec, clock=lambda: 140.0)  # the reminder
+    assert [s.last_error_at for s in rec.states] == [10.0, 10.0]  # what error() is told
+    path.write_text("price 1\n")
+    check(wc, store, rec, clock=lambda: 150.0)  # recovered: the next streak starts afresh
+    path.write_text("broken\n")
+    check(wc, store, rec, clock=lambda: 160.0)
+    assert store.state("w").last_error_at == 160.0
+
+
+def test_user_template_failure_keeps_the_change_and_counts_as_a_failure(setup) -> None:  # type: ignore[no-untyped-def]
+    wc, store, rec, path = setup
+    rec.broken = ("change",)
+    path.write_text("price 1\n")
+    check(wc, store, rec)
+    path.write_text("price 2\n")
+    outcome = check(wc, store, rec, clock=lambda: 50.0)
+    assert outcome.status == "failed"
+    assert "/t/change.txt:1" in (outcome.error or "")
+    assert outcome.diff is not None
+    assert [k for k, _ in rec.calls] == ["change", "error"]  # at once, not after error_after
+    assert "ZeroDivisionError: division by zero" in rec.calls[1][1]
+    assert len(store.outbox()) == 2  # nothing lost: the change went out with the shipped templates
+    st = store.state("w")
+    assert st.content == "price 2\n"  # recorded, so the change is not alerted twice
+    assert (st.failures, st.last_error_at, st.error_alerted_at) == (1, 50.0, None)
+    assert "/t/change.txt:1" in (st.last_error or "")
+    assert check(wc, store, rec).status == "unchanged"
+    assert store.state("w").failures == 0
+    assert [k for k, _ in rec.calls] == ["change", "error"]  # no "back to normal" for an unfixed template
+
+
+def test_broken_error_template_is_named_in_the_recorded_error(setup) -> None:  # type: ignore[no-untyped-def]
+    wc, store, rec, path = setup
+    rec.broken = ("error",)
+    path.write_text("broken\n")
+    check(wc, store, rec)
+    outcome = check(wc, store, rec)
+    assert outcome.status == "failed"
+    assert [k for k, _ in rec.calls] == ["error"]
+    error = store.state("w").last_error or ""
+    assert "matched nothing" in error
+    assert "/t/error.txt:1" in error

@@ -26,6 +26,7 @@ from notifier.render import (
     fmt_time,
     one_line,
     safe_link,
+    visible,
 )
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -294,3 +295,85 @@ def test_rendering_is_fast() -> None:
     for _ in range(1000):
         Renderer().render(ctx)
     assert time.perf_counter() - start < 5  # about 0.15 ms each; generous for slow CI
+
+
+# --- control characters and escape sequences ---------------------------------------------------
+
+NASTY = "\x1b[31mred\x1b[0m\x00\x07\x85"
+# Every C0 control but tab and newline, DEL, every C1 control: none may reach a mail part.
+FORBIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+@pytest.mark.parametrize(("raw", "shown"), [
+    ("\x1b[31mred\x1b[0m", "red"),  # CSI sequences are terminal formatting: removed whole
+    ("\x1b[1;38;5;196mbold\x1b[m", "bold"),
+    ("\x1b]0;title\x07text", "text"),  # OSC (window title), ended by BEL...
+    ("\x1b]8;;https://e.com\x1b\\link\x1b]8;;\x1b\\", "link"),  # ...or by ESC \\
+    ("\x1b(Bplain", "plain"),  # two-character sequences (tput sgr0 prints this one)
+    ("bare\x1b", "bare\ufffd"),  # a bare ESC is shown, not dropped
+    ("a\x00b\x07c\x85d\x9be\x7ff", "a\ufffdb\ufffdc\ufffdd\ufffde\ufffdf"),
+    ("crlf\r\nlone\rcr", "crlf\nlone\ncr"),
+    ("tab\tand\nnewline 价格 😀 \u2028", "tab\tand\nnewline 价格 😀 \u2028"),
+])
+def test_visible(raw: str, shown: str) -> None:
+    assert visible(raw) == shown
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_control_characters_never_reach_either_part(kind: str) -> None:
+    watcher = WatcherInfo(f"name{NASTY}", "command", f"printf '{NASTY}'", f"https://e.com/{NASTY}")
+    old, new = f"same\nold {NASTY}\n", f"same\nnew {NASTY}\n\x1b[1mbold\x1b[22m\n"
+    ctx = AlertContext(kind, watcher, AT, old=old, new=new, error=f"exit 1: {NASTY}",  # type: ignore[arg-type]
+                       failures=3, subject_prefix=f"[n{NASTY}]", extra={"via": NASTY, NASTY: NASTY},
+                       entries=(DigestItem(watcher, AT, compute(old, new)),))
+    out = Renderer().render(ctx)
+    for part in (out.subject, out.text, out.html):
+        assert not FORBIDDEN.search(part), repr(FORBIDDEN.findall(part))
+        assert "[31m" not in part
+    if kind in ("change", "digest"):
+        assert "+new red\ufffd\ufffd" in out.text
+        assert "bold" in out.html
+    if kind == "error":
+        assert "exit 1: red\ufffd\ufffd" in out.text
+
+
+def test_user_templates_see_visible_values_too(tmp_path: Path) -> None:
+    (tmp_path / "change.txt").write_text("{{ old }}|{{ new }}|{{ watcher.source }}|{{ diff.added }}")
+    out = Renderer([tmp_path]).render(change(WatcherInfo("w", "command", NASTY, None),
+                                             old="a\n", new=f"a\n{NASTY}\n"))
+    assert out.problem is None
+    assert not FORBIDDEN.search(out.text)
+    assert "red\ufffd\ufffd" in out.text
+
+
+# --- user templates that fail at render time ------------------------------------------------
+
+@pytest.mark.parametrize(("body", "raised"), [
+    ("line one\n{{ 1/0 }}\n", "ZeroDivisionError: division by zero"),
+    ("line one\n{{ at.strftime(7) }}\n", "TypeError"),
+    ("line one\n{{ no_such_variable }}\n", "UndefinedError: 'no_such_variable' is undefined"),
+])
+def test_runtime_failure_of_a_user_template_uses_the_shipped_ones(
+        tmp_path: Path, body: str, raised: str) -> None:
+    (tmp_path / "change.txt").write_text(body)
+    out = Renderer([tmp_path]).render(change())
+    shipped = Renderer().render(change())
+    assert out.problem is not None
+    assert f"{tmp_path / 'change.txt'}:2" in out.problem  # the file and the line
+    assert raised in out.problem
+    assert out.subject == shipped.subject
+    assert out.text.startswith(shipped.text.rstrip("\n"))
+    for part in (out.text, out.html):
+        assert "rendered with the shipped templates" in part
+        assert raised.partition(":")[0] in part  # the type of error, in the note
+    assert shipped.problem is None
+    assert "shipped templates" not in shipped.text
+
+
+def test_failure_in_an_included_user_template_names_that_file(tmp_path: Path) -> None:
+    (tmp_path / "_base.html").write_text("<html>{% block content %}{% endblock %}{{ 1/0 }}</html>")
+    out = Renderer([tmp_path]).render(change())
+    assert out.problem is not None
+    assert f"{tmp_path / '_base.html'}:1" in out.problem
+    assert "&lt;script&gt;" in out.html  # the shipped HTML, still escaped
+
