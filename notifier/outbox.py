@@ -15,7 +15,9 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
 from itertools import groupby
+from zoneinfo import ZoneInfo
 
 from notifier.config import Config
 from notifier.errors import (
@@ -23,9 +25,8 @@ from notifier.errors import (
     HeldDeliveryError,
     PermanentDeliveryError,
     RateLimitedError,
-    TransientDeliveryError,
 )
-from notifier.mail import MaildirTransport, SmtpTransport, Transport
+from notifier.mail import MaildirTransport, SmtpTransport, Transport, refusal_error
 from notifier.store import OutboxRow, Store
 
 log = logging.getLogger("notifier.outbox")
@@ -37,13 +38,16 @@ RATE_LIMIT_DELAY = 1800.0  # providers' hourly/daily quotas: come back much late
 
 @dataclass
 class Report:
-    """What one delivery round did, for logs, status lines and tests."""
+    """What one delivery round did, for logs, status lines and tests; `waiting` counts what is
+    left in the outbox afterwards by state (pending, held, dead), including messages that were
+    held or dead before this round and so were not even tried."""
 
     sent: int = 0
     retry: int = 0
     held: int = 0
     dead: int = 0
     errors: list[str] = field(default_factory=list)
+    waiting: dict[str, int] = field(default_factory=dict)
 
 
 def jittered(delay: float) -> float:
@@ -99,6 +103,7 @@ class Sender:
         by_account = sorted(rows, key=lambda r: r.account or "")
         for account, group in groupby(by_account, key=lambda r: r.account):
             self._deliver_batch(account, list(group), report)
+        report.waiting = self.store.outbox_counts()
         return report
 
     def _deliver_batch(self, account: str | None, rows: list[OutboxRow], report: Report) -> None:
@@ -133,10 +138,8 @@ class Sender:
                      row.message_id, row.kind, row.watcher, via, len(row.recipients))
             return
         # Accepted for some recipients: keep the message only for the refused ones.
-        permanent = all(reason[:1] == "5" for reason in refused.values())
         error = "; ".join(f"{addr}: {reason}" for addr, reason in refused.items())
-        exc: DeliveryError = (PermanentDeliveryError if permanent else TransientDeliveryError)(
-            f"the server refused some recipients ({error})")
+        exc = refusal_error(refused, f"the server refused some recipients ({error})")
         report.sent += 1
         self._failed(row, exc, report, recipients=list(refused))
 
@@ -157,6 +160,27 @@ class Sender:
         level = logging.WARNING if state == "pending" else logging.ERROR
         log.log(level, "message=%s kind=%s watcher=%s outcome=%s attempts=%d: %s", row.message_id,
                 row.kind, row.watcher, "retry" if state == "pending" else state, row.attempts + 1, message)
+
+
+def waiting_reason(row: OutboxRow, now: float, timezone: str | None = None) -> str:
+    """Why `row` has not been sent, in words, from the row alone, with times in `timezone`
+    (local time when None): held or dead with the error; a first attempt that is not due yet
+    waits for quiet hours (nothing else creates a message for later); a later attempt that is
+    not due waits out its backoff, a slow one after a rate limit."""
+    zone = ZoneInfo(timezone) if timezone else None
+    if row.state in ("held", "dead"):
+        return f"{row.state}: {row.last_error or 'no reason recorded'}"
+    if row.not_before <= now:
+        return f"due now (attempt {row.attempts + 1})"
+    if row.attempts == 0:
+        return f"held for quiet hours until {_clock(row.not_before, now, zone, '%H:%M')}"
+    return f"backoff until {_clock(row.not_before, now, zone, '%H:%M:%S')} (attempt {row.attempts + 1})"
+
+
+def _clock(ts: float, now: float, zone: tzinfo | None, fmt: str) -> str:
+    """`ts` as a time of day; with the date too when it is not within the next 24 hours."""
+    when = datetime.fromtimestamp(ts, zone)
+    return when.strftime(fmt if 0 <= ts - now < 86400 else f"%Y-%m-%d {fmt}")
 
 
 def _alive(pid: int) -> bool:

@@ -4,23 +4,29 @@ from __future__ import annotations
 
 import email
 import email.policy
+import time
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from notifier import config
 from notifier.alerts import Alerter
+from notifier.cli import main
 from notifier.config import Config
-from notifier.outbox import Sender
-from notifier.store import Store
+from notifier.diff import compute
+from notifier.outbox import Sender, waiting_reason
+from notifier.store import Queued, Store, WatcherState
 from tests.servers.smtp import DROP, GARBAGE, PASSWORD, USERNAME, SmtpServer
 
 
-def smtp_config(tmp_path: Path, server: SmtpServer, to: str = "[a@example.com]") -> Config:
+def smtp_config(tmp_path: Path, server: SmtpServer, to: str = "[a@example.com]",
+                head: str = "", watchers: str = "[]") -> Config:
     """A config whose only account is `server`, trusting the test CA, password from env."""
     path = tmp_path / "watchers.yaml"
     path.write_text(f"""\
-smtp:
+{head}smtp:
   test:
     host: {server.host}
     port: {server.port}
@@ -30,7 +36,7 @@ smtp:
     ca_file: {server.ca_file}
     timeout: 5s
 mail: {{to: {to}, from: {USERNAME}}}
-watchers: []
+watchers: {watchers}
 """)
     return config.load(path, {"TEST_SMTP_PASSWORD": PASSWORD})
 
@@ -194,3 +200,104 @@ def test_maildir_is_the_default_without_an_account(tmp_path: Path) -> None:
         assert parsed["To"] == "me@example.com"
     finally:
         store.close()
+
+
+@pytest.mark.parametrize("reply", ["451 4.7.1 Too many messages, slow down",
+                                   "450 4.7.1 You send too frequently",
+                                   "452 4.5.3 Rate limit exceeded for this account"])
+def test_rate_limit_in_a_4xx_reply_retries_slowly(outbox, smtp_server: SmtpServer,  # type: ignore[no-untyped-def]
+                                                  reply: str) -> None:
+    cfg, store, sender, clock = outbox
+    enqueue(cfg, store, 1)
+    smtp_server.fail("MAIL", reply)
+    assert sender.deliver().retry == 1
+    (row,) = store.outbox()
+    assert row.state == "pending"
+    assert row.not_before >= clock.now + 900  # like 5xx rate limits, not a 15-45 s backoff
+
+
+def test_partial_refusal_with_a_rate_limit_retries_slowly(tmp_path: Path, smtp_server: SmtpServer) -> None:
+    cfg = smtp_config(tmp_path, smtp_server, to="[a@example.com, busy@example.com]")
+    store = Store(tmp_path / "state.db")
+    try:
+        smtp_server.refuse_recipient("busy@example.com", "450 4.7.1 Recipient rate limit exceeded")
+        enqueue(cfg, store, 1)
+        clock = Clock()
+        Sender(cfg, store, clock=clock).deliver()
+        (row,) = store.outbox()
+        assert (row.state, row.recipients) == ("pending", ("busy@example.com",))
+        assert row.not_before >= clock.now + 900
+    finally:
+        store.close()
+
+
+SHANGHAI = ZoneInfo("Asia/Shanghai")
+NIGHT = datetime(2026, 11, 24, 23, 30, tzinfo=SHANGHAI).timestamp()
+
+
+def test_why_each_message_waits(tmp_path: Path, smtp_server: SmtpServer) -> None:
+    """Quiet hours, backoff, held and dead, told apart from the row alone."""
+    cfg = smtp_config(tmp_path, smtp_server, head="timezone: Asia/Shanghai\n",
+                      watchers=f"[{{name: doc, kind: file, path: {tmp_path / 'doc'}, "
+                               f"quiet_hours: '23:00-07:00'}}]")
+    store = Store(tmp_path / "state.db")
+    clock = Clock()
+    clock.now = NIGHT
+    sender = Sender(cfg, store, clock=clock)
+    try:
+        alerter = Alerter(cfg)
+        (wc,) = cfg.watchers
+        quiet, problem = alerter.change(wc, compute("a\n", "b\n"), "a\n", "b\n", WatcherState("doc"), NIGHT)
+        assert problem is None
+        store.enqueue(quiet)
+        (row,) = store.outbox()
+        assert waiting_reason(row, NIGHT, cfg.timezone) == "held for quiet hours until 07:00"
+        assert waiting_reason(row, NIGHT - 86400, cfg.timezone) == \
+            "held for quiet hours until 2026-11-25 07:00"  # not within a day: with the date
+
+        retried, held, dead = (alerter.test(NIGHT) for _ in range(3))
+        for message, reply in ((retried, "451 4.3.0 Try again later"),
+                               (held, "535 5.7.8 Authentication failed"),
+                               (dead, "554 5.7.1 DT:SPM content rejected")):
+            store.enqueue([message])
+            smtp_server.fail("AUTH" if reply.startswith("535") else "DATA", reply)
+            sender.deliver()
+        rows = {r.message_id: r for r in store.outbox()}
+        backoff = rows[retried.message_id]
+        until = datetime.fromtimestamp(backoff.not_before, SHANGHAI).strftime("%H:%M:%S")
+        assert waiting_reason(backoff, NIGHT, cfg.timezone) == f"backoff until {until} (attempt 2)"
+        assert waiting_reason(backoff, backoff.not_before, cfg.timezone) == "due now (attempt 2)"
+        assert waiting_reason(rows[held.message_id], NIGHT).startswith("held: Could not log in")
+        assert "535 5.7.8" in waiting_reason(rows[held.message_id], NIGHT)
+        assert waiting_reason(rows[dead.message_id], NIGHT).startswith("dead: ")
+        assert "554 5.7.1 DT:SPM" in waiting_reason(rows[dead.message_id], NIGHT)
+    finally:
+        store.close()
+
+
+def test_outbox_command_and_send_report_say_why(tmp_path: Path, smtp_server: SmtpServer,
+                                                monkeypatch: pytest.MonkeyPatch,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TEST_SMTP_PASSWORD", PASSWORD)
+    cfg = smtp_config(tmp_path, smtp_server)
+    store = Store(cfg.state_dir / "state.db")
+    try:
+        later = Queued(message_id="<quiet@example.com>", kind="change", watcher="doc",
+                       account="test", sender=USERNAME, recipients=("a@example.com",),
+                       body=b"Subject: x\r\n\r\nx\r\n", not_before=time.time() + 7200)
+        store.enqueue([later, Alerter(cfg).test(0.0)])
+        smtp_server.fail("AUTH", "535 5.7.8 Authentication failed")
+        assert Sender(cfg, store).deliver().held == 1
+    finally:
+        store.close()
+    assert main(["-c", str(cfg.path), "outbox"]) == 0
+    out = capsys.readouterr().out
+    assert "held for quiet hours until " in out
+    assert "held: Could not log in" in out
+    assert "2 message(s) in the outbox." in out
+
+    assert main(["-c", str(cfg.path), "check", "--send"]) == 0
+    out = capsys.readouterr().out
+    assert "outbox: 0 sent, 0 to retry, 0 held, 0 dead" in out
+    assert "1 held and 0 dead message(s) are waiting in the outbox" in out
+    assert "`notifier outbox retry`" in out
