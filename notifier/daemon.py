@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 import zlib
+from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -31,10 +32,11 @@ from notifier import config as configmod
 from notifier import logs, runstate, systemd
 from notifier.alerts import Alerter
 from notifier.config import WatcherConfig
-from notifier.errors import ConfigError
+from notifier.errors import ConfigError, StateError
+from notifier.health import Health
 from notifier.outbox import Sender
 from notifier.pipeline import check
-from notifier.store import Store
+from notifier.statedir import DAEMON, ONESHOT_WAIT, STARTING, StateDir
 
 log = logging.getLogger("notifier.daemon")
 
@@ -46,6 +48,7 @@ SPREAD_PER_WATCHER = 0.03  # ...and 30 ms per watcher, so a small config starts 
 SHUTDOWN_TIMEOUT = 20.0  # running checks get this long to finish on SIGTERM
 DIGEST_POLL = 1.0  # seconds between looks for digests that are due
 OUTBOX_BATCH = 200  # messages per delivery round; a round repeats while more are due
+CHECKPOINT_EVERY = 60.0  # seconds between WAL truncations, so the WAL gives its space back
 M_ARENA_MAX = -8  # glibc mallopt parameter
 
 
@@ -91,22 +94,30 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
 class Daemon:
     """Owns the scheduler, the store and the current config; swaps configs on reload."""
 
-    def __init__(self, path: Path, debug_smtp: bool = False, state_dir: Path | None = None) -> None:
+    def __init__(self, path: Path, debug_smtp: bool = False, state_dir: Path | None = None,
+                 reinit: bool = False) -> None:
+        """`reinit`: accept the state database found (or a new one) even if it is not the one
+        the state directory held (see notifier.statedir)."""
         self.path = path
         self.debug_smtp = debug_smtp
         self.state_dir_flag = state_dir
         digest = runstate.digest(path)
         self.cfg = configmod.load(path, state_dir=state_dir)
         self.runstate = runstate.RunState(os.getpid(), str(path), digest or "", time.time())
-        self.store = Store(self.cfg.state_dir / "state.db")
+        self.statedir = StateDir(self.cfg.state_dir)
+        self.lock = self.statedir.acquire(STARTING, wait=ONESHOT_WAIT)  # one daemon per state dir
+        self.store = self.statedir.open_store(reinit=reinit, locked=True)
         self.alerter = Alerter(self.cfg)
         self.sender = Sender(self.cfg, self.store, debug_smtp)
+        self.health = Health(self, self.lock)
+        self._poke = False  # SIGUSR1: a one-shot command queued mail for us to send
+        self._next_checkpoint = 0.0
         self._wake = threading.Event()
         self._outbox_wanted = threading.Event()
         self._delivering = threading.Event()
         self._stop = False
         self._reload = False
-        self._busy = 0
+        self._running: Counter[str] = Counter()  # running jobs by kind: "check", "send", ...
         self._idle = threading.Condition()  # notified whenever a job finishes
         self._config_sig = self._signature()
         self._config_seen = (self._config_sig, time.monotonic())
@@ -126,7 +137,8 @@ class Daemon:
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, self._on_stop)
         signal.signal(signal.SIGHUP, self._on_hup)
-        self.cfg.pid_file.write_text(f"{os.getpid()}\n")
+        signal.signal(signal.SIGUSR1, self._on_usr1)
+        self.lock.become(DAEMON)  # signals are safe now: `notifier reload` may send them
         self._write_runstate()
         self.store.release(("held",))  # a restart may follow a fix to the account
         self.sender.recover()
@@ -134,7 +146,8 @@ class Daemon:
             self._add(wc, startup=True)
         self.scheduler.add_job(self._deliver, IntervalTrigger(seconds=OUTBOX_EVERY), id="outbox",
                                executor="outbox", next_run_time=datetime.now(UTC))
-        self.scheduler.add_job(self._flush_digests, IntervalTrigger(seconds=DIGEST_POLL), id="digests")
+        self.scheduler.add_job(self._job, IntervalTrigger(seconds=DIGEST_POLL), args=[self._flush_digests],
+                               kwargs={"kind": "digest", "key": "digests"}, id="digests")
         self.scheduler.add_job(self._housekeeping, IntervalTrigger(seconds=self._heartbeat_every()),
                                id="housekeeping", next_run_time=datetime.now(UTC))
         self.scheduler.start()
@@ -143,6 +156,9 @@ class Daemon:
             while not self._stop:
                 self._wake.wait()
                 self._wake.clear()
+                if self._poke:
+                    self._poke = False
+                    self.wake_outbox()
                 if self._reload and not self._stop:
                     self._reload = False
                     self.reload()
@@ -171,46 +187,84 @@ class Daemon:
         self._reload = True
         self._wake.set()
 
+    def _on_usr1(self, signum: int, frame: FrameType | None) -> None:
+        self._poke = True
+        self._wake.set()
+
     def _shutdown(self) -> None:
         systemd.notify("STOPPING=1")
-        log.info("stopping: waiting up to %.0f s for running checks", SHUTDOWN_TIMEOUT)
+        running = self._running_jobs()
+        if running:
+            log.info("stopping: waiting up to %.0f s for %s", SHUTDOWN_TIMEOUT, running)
+        else:
+            log.info("stopping")
         self.scheduler.pause()
         with self._idle:
-            self._idle.wait_for(lambda: self._busy == 0, SHUTDOWN_TIMEOUT)
+            self._idle.wait_for(lambda: not +self._running, SHUTDOWN_TIMEOUT)
         self.scheduler.shutdown(wait=False)
-        self.cfg.pid_file.unlink(missing_ok=True)
         runstate.remove(self.cfg.state_dir)
-        if self._busy:
-            # Each check commits in one transaction, so abandoning it loses nothing.
-            log.warning("stopped with %d check(s) still running; they will run again at start", self._busy)
+        left = self._running_jobs()
+        if left:
+            # A check commits in one transaction and a message leaves the outbox only once a
+            # server took it, so abandoning them loses nothing.
+            notes = [what for kind, what in (
+                ("check", "checks run again at start"),
+                ("send", "messages being sent stay in the outbox and go out after the restart, "
+                         "with the same Message-ID")) if self._running[kind]]
+            log.warning("stopped with %s still running; %s", left, "; ".join(notes) or "nothing is lost")
+        gone = self.store.gone_error()
+        if gone is not None:
+            # Closing would let SQLite checkpoint and delete -wal/-shm by name: files that may
+            # belong to a new database by now. The kernel closes the orphan without a word.
+            log.warning("left the orphaned database to the kernel: %s", gone)
+        if left or gone is not None:
             logging.shutdown()
             os._exit(0)
         for wc in self.cfg.watchers:
             wc.watcher.close()
         self.store.close()
+        self.lock.release()
         log.info("stopped")
+
+    def _running_jobs(self) -> str:
+        """"1 check, 1 send": what is running now, by kind."""
+        with self._idle:
+            return ", ".join(f"{n} {kind}{'s' if n != 1 else ''}" for kind, n in sorted(self._running.items())
+                             if n > 0)
 
     # -- jobs -------------------------------------------------------------------------------
 
-    def _job(self, func: Any, *args: Any) -> Any:
-        """Run a job, counting it as busy so shutdown can wait for it."""
+    def _job(self, func: Any, *args: Any, kind: str = "check", key: str | None = None) -> Any:
+        """Run a job, counted by `kind` so shutdown can wait for it and say what it left.
+
+        A state write that fails goes to the health monitor under `key` (the writer, like
+        "watcher=prices" or "outbox"): one log line with the reason, no traceback. While the
+        database file is gone, jobs do not run at all.
+        """
+        if self.health.paused:
+            return None
         with self._idle:
-            self._busy += 1
+            self._running[kind] += 1
         try:
-            return func(*args)
+            result = func(*args)
+        except StateError as exc:
+            self.health.failed(key or kind, exc)
+            return None
         except Exception:
             log.exception("job %s failed; it will run again on schedule", getattr(func, "__name__", func))
             return None
         finally:
             with self._idle:
-                self._busy -= 1
+                self._running[kind] -= 1
                 self._idle.notify_all()
+        self.health.succeeded(key or kind)
+        return result
 
     def _check(self, name: str) -> None:
         wc = self.cfg.watcher(name)
         if wc is None or self._stop:
             return
-        outcome = self._job(check, wc, self.store, self.alerter)
+        outcome = self._job(check, wc, self.store, self.alerter, key=f"watcher={name}")
         if outcome is None:
             return
         log.log(logging.WARNING if outcome.status == "failed" else logging.INFO, "%s", outcome.line())
@@ -233,7 +287,7 @@ class Daemon:
         try:
             while not self._stop:
                 self._outbox_wanted.clear()
-                report = self._job(self.sender.deliver, OUTBOX_BATCH)
+                report = self._job(self.sender.deliver, OUTBOX_BATCH, kind="send", key="outbox")
                 handled = report.sent + report.retry + report.held + report.dead if report else 0
                 if handled < OUTBOX_BATCH and not self._outbox_wanted.is_set():
                     break
@@ -250,6 +304,11 @@ class Daemon:
             self.wake_outbox()
 
     def _housekeeping(self) -> None:
+        self.health.watch()
+        if time.monotonic() >= self._next_checkpoint:
+            self._next_checkpoint = time.monotonic() + CHECKPOINT_EVERY
+            with contextlib.suppress(StateError):  # a full disk is reported by the writes
+                self.store.checkpoint()
         fields = [f"STATUS={self.status_line()}"]
         if systemd.watchdog_interval():
             fields.append("WATCHDOG=1")
@@ -260,13 +319,21 @@ class Daemon:
         return min(systemd.watchdog_interval() or CONFIG_POLL, CONFIG_POLL)
 
     def status_line(self) -> str:
-        """The STATUS= line systemctl status shows, e.g. "12 watchers, next check in 40 s, outbox 0"."""
-        counts = self.store.outbox_counts()
+        """The STATUS= line systemctl status shows, e.g. "12 watchers, next check in 40 s, outbox 0",
+        led by "UNHEALTHY: <reason> | " while state cannot be recorded."""
+        try:
+            counts = self.store.outbox_counts()
+        except StateError:
+            counts = None
         nxt = [j.next_run_time for j in self.scheduler.get_jobs()
                if j.executor == "checks" and j.next_run_time]
         due = f", next check in {max(0, (min(nxt) - datetime.now(UTC)).total_seconds()):.0f} s" if nxt else ""
-        stuck = f" ({counts['held']} held, {counts['dead']} dead)" if counts["held"] or counts["dead"] else ""
-        return f"{len(self.cfg.watchers)} watchers{due}, outbox {counts['pending']}{stuck}"
+        if counts is None:
+            outbox = "outbox unreadable"
+        else:
+            held, dead = counts["held"], counts["dead"]
+            outbox = f"outbox {counts['pending']}" + (f" ({held} held, {dead} dead)" if held or dead else "")
+        return f"{self.health.summary()}{len(self.cfg.watchers)} watchers{due}, {outbox}"
 
     # -- scheduling and reload --------------------------------------------------------------
 

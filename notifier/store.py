@@ -4,14 +4,22 @@ One SQLite file in WAL mode. Every check is one transaction, and a detected chan
 the new snapshot and the queued alert in that same transaction, so a crash can lose neither
 one without the other: either the change is still "new" on the next run, or its alert is
 waiting in the outbox. A database that cannot be opened is reported, never reset.
+
+The files are private (0600, the directory 0700) whatever the umask: SQLite gives the -wal and
+-shm files the database's own mode, so creating the database 0600 covers all three. The WAL is
+folded back often and cut back after, so the daemon keeps working with about 1 MB free. The
+database remembers which file it was opened on: once that file is deleted or replaced, every
+write is refused (`StateGoneError`) rather than going into a file nobody will ever read.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -20,8 +28,20 @@ from typing import Any
 
 from notifier.errors import StateError
 
-SCHEMA_VERSION = 2  # 2: digest table
+
+class StateGoneError(StateError):
+    """The database file was deleted or replaced while open; nothing more is written to it."""
+
+SCHEMA_VERSION = 3  # 2: digest table; 3: meta table (the database's identity)
+FILE_MODE = 0o600  # state.db, its -wal and -shm, and every file notifier keeps beside them
+DIR_MODE = 0o700
+WAL_AUTOCHECKPOINT = 100  # pages (about 400 KB): fold the WAL back into the database this often...
+JOURNAL_SIZE_LIMIT = 512 * 1024  # ...and cut the WAL file back to this many bytes after
 _SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS watcher (
     name TEXT PRIMARY KEY,
     last_check REAL,
@@ -129,18 +149,27 @@ class Store:
         self.path = path
         self._lock = threading.Lock()
         self._db = self._open(path, readonly, busy_timeout)
+        try:
+            self._file = _file_id(path)  # (st_dev, st_ino) of the file opened, to notice a swap
+        except OSError as exc:
+            self._db.close()
+            raise StateError(f"The state database {path} vanished as it was opened "
+                             f"({exc.strerror}).") from None
 
     @staticmethod
     def _open(path: Path, readonly: bool, busy_timeout: float) -> sqlite3.Connection:
         try:
             if not readonly:
-                path.parent.mkdir(parents=True, exist_ok=True)
+                make_private_dir(path.parent)
+                _private_files(path)
             uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
             db = sqlite3.connect(uri, uri=True, timeout=busy_timeout, check_same_thread=False,
                                  isolation_level=None)
             if not readonly:
                 db.execute("PRAGMA journal_mode = WAL")
                 db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL survives process crashes
+                db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
+                db.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
                 _migrate(db)
             return db
         except sqlite3.DatabaseError as exc:
@@ -153,9 +182,31 @@ class Store:
         with self._lock:
             self._db.close()
 
+    def moved(self) -> str | None:
+        """How the file at `path` stopped being the one this store has open: "deleted" or
+        "replaced"; None while it still is (or when that cannot be told)."""
+        try:
+            now = _file_id(self.path)
+        except FileNotFoundError:
+            return "deleted"
+        except OSError:
+            return None  # e.g. the directory became unreadable: SQLite will say what it can
+        return None if now == self._file else "replaced"
+
+    def gone_error(self) -> StateGoneError | None:
+        """The error every write raises once the file was deleted or replaced, or None."""
+        how = self.moved()
+        if how is None:
+            return None
+        return StateGoneError(f"The state database {self.path} was {how} while notifier had it "
+                              f"open; nothing more is written to the old file.")
+
     @contextmanager
     def _tx(self) -> Iterator[sqlite3.Connection]:
         with self._lock:
+            gone = self.gone_error()
+            if gone is not None:
+                raise gone
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 try:
@@ -175,6 +226,49 @@ class Store:
                 return cur.fetchall()
             except sqlite3.DatabaseError as exc:
                 raise StateError(_explain(self.path, exc)) from None
+
+    # -- identity and upkeep ----------------------------------------------------------------
+
+    def state_id(self, create: bool = False) -> str | None:
+        """The random id this database was given (kept in state.id beside it, see
+        notifier.statedir); with `create`, give it one if it has none yet."""
+        if create:
+            with self._tx() as db:
+                db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('state_id', ?)",
+                           (uuid.uuid4().hex,))
+        rows = self._query("SELECT value FROM meta WHERE key = 'state_id'")
+        return str(rows[0]["value"]) if rows else None
+
+    def checkpoint(self) -> None:
+        """Fold the WAL into the database and truncate it, giving its space back."""
+        if self.gone_error() is None:  # a checkpoint would write into the orphan
+            self._query("PRAGMA wal_checkpoint(TRUNCATE)")
+
+    def rescue(self, dest: Path) -> None:
+        """Copy the database as this connection sees it to `dest` (0600): after the file was
+        deleted or replaced, the open connection holds the only copy of its state and outbox."""
+        _private_files(dest)
+        target = sqlite3.connect(dest)
+        try:
+            with self._lock:
+                self._db.backup(target)
+        except sqlite3.DatabaseError as exc:
+            raise StateError(_explain(dest, exc)) from None
+        finally:
+            target.close()
+
+    def detach_journal(self, keep_wal_as: Path | None = None) -> None:
+        """Once the database file is gone, take its -wal and -shm away from the name (this
+        connection keeps them open): SQLite would replay that log into whatever database takes
+        the name next, and corrupt it. The log may hold the latest transactions: `rescue` first,
+        or keep it under another name with `keep_wal_as`."""
+        if self.moved() is None:
+            raise StateError(f"{self.path} is still in place; its journal stays with it.")
+        wal, shm = (self.path.with_name(self.path.name + suffix) for suffix in ("-wal", "-shm"))
+        if keep_wal_as is not None and wal.exists():
+            os.replace(wal, keep_wal_as)
+        wal.unlink(missing_ok=True)
+        shm.unlink(missing_ok=True)
 
     # -- watchers ---------------------------------------------------------------------------
 
@@ -317,16 +411,75 @@ def _migrate(db: sqlite3.Connection) -> None:
         db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
 
 
+# (sqlite error names, words of the message, explanation): the first that matches explains.
+# Only a damaged file gets the advice to move it aside: a full disk or a permission problem
+# says so, and the data in the file is fine.
+_EXPLANATIONS: tuple[tuple[tuple[str, ...], tuple[str, ...], str], ...] = (
+    (("SQLITE_BUSY", "SQLITE_LOCKED"), ("locked", "busy"),
+     "The state database {path} is locked by another process; stop the other notifier or wait "
+     "for it to finish."),
+    (("SQLITE_FULL",), ("disk is full",),
+     "The file system holding {path} is full ({text}); free some space there and notifier "
+     "carries on by itself."),
+    (("SQLITE_READONLY_DBMOVED",), (),
+     "The state database {path} was deleted or replaced while notifier had it open ({text})."),
+    (("SQLITE_READONLY", "SQLITE_CANTOPEN", "SQLITE_PERM"), ("readonly", "unable to open"),
+     "The state database {path} cannot be written ({text}); make {dir} and the files in it "
+     "writable for notifier or set state_dir in the config."),
+    (("SQLITE_CORRUPT", "SQLITE_NOTADB"), ("not a database", "malformed"),
+     "The state database {path} cannot be used ({text}); it was left as it is. Move it aside to "
+     "start fresh, or restore it from a backup."),
+    (("SQLITE_IOERR",), ("I/O error",),
+     "The state database {path} could not be read or written ({text}); check the disk and the "
+     "kernel log. The file was left as it is."),
+)
+
+
 def _explain(path: Path, exc: sqlite3.DatabaseError) -> str:
+    """One sentence with the real reason and what to do about it."""
     text = str(exc)
-    if "locked" in text or "busy" in text:
-        return (f"The state database {path} is locked by another process; stop the other "
-                f"notifier or wait for it to finish.")
-    if "readonly" in text or "unable to open" in text:
-        return (f"The state database {path} cannot be written; make {path.parent} writable "
-                f"for notifier or set state_dir in the config.")
-    return (f"The state database {path} cannot be used ({text}); it was left as it is. Move it "
-            f"aside to start fresh, or restore it from a backup.")
+    name = getattr(exc, "sqlite_errorname", "")  # Python 3.11+: "SQLITE_FULL", "SQLITE_NOTADB"...
+    for names, words, explanation in _EXPLANATIONS:
+        if name.startswith(names) or any(word in text for word in words):
+            return explanation.format(path=path, dir=path.parent, text=text)
+    return f"The state database {path} cannot be used ({text}); it was left as it is."
+
+
+def make_private_dir(path: Path) -> None:
+    """Create `path` (and missing parents) with the last level 0700 whatever the umask.
+
+    An existing directory is left alone: it may be shared on purpose, and the files in it are
+    private anyway.
+    """
+    if path.is_dir():
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(mode=DIR_MODE)
+    except FileExistsError:
+        return
+    os.chmod(path, DIR_MODE)  # the umask may have taken bits away
+
+
+def _private_files(path: Path) -> None:
+    """Create `path` empty if missing, and make it and its -wal/-shm files 0600.
+
+    SQLite creates -wal and -shm with the mode of the database file, so this also decides
+    theirs. Files of another owner are left as they are.
+    """
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+    os.close(fd)
+    for name in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        try:
+            if name.stat().st_mode & 0o777 != FILE_MODE:
+                os.chmod(name, FILE_MODE)
+        except (FileNotFoundError, PermissionError):
+            pass
+
+
+def _file_id(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return (st.st_dev, st.st_ino)
 
 
 def _upsert(db: sqlite3.Connection, name: str) -> None:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 
 import pytest
 
 from notifier.errors import StateError
-from notifier.store import Queued, Store
+from notifier.store import JOURNAL_SIZE_LIMIT, Queued, StateGoneError, Store, _explain
 
 
 def queued(n: int = 1) -> Queued:
@@ -122,3 +123,130 @@ def test_newer_schema_is_refused(tmp_path: Path) -> None:
     db.close()
     with pytest.raises(StateError, match="newer than this notifier"):
         Store(path)
+
+
+def _full_disk_error(tmp_path: Path) -> sqlite3.DatabaseError:
+    """A real SQLITE_FULL, from a database capped at a few pages."""
+    db = sqlite3.connect(tmp_path / "tiny.db")
+    db.execute("PRAGMA max_page_count = 3")
+    try:
+        db.execute("CREATE TABLE t (x BLOB)")
+        db.execute("INSERT INTO t VALUES (zeroblob(100000))")
+    except sqlite3.DatabaseError as exc:
+        return exc
+    finally:
+        db.close()
+    raise AssertionError("the capped database took 100 KB")
+
+
+def test_a_full_disk_is_explained_without_blaming_the_database(tmp_path: Path) -> None:
+    message = _explain(tmp_path / "state.db", _full_disk_error(tmp_path))
+    assert message.startswith(f"The file system holding {tmp_path / 'state.db'} is full")
+    assert "free some space" in message
+    assert "Move it aside" not in message
+    assert "\n" not in message
+
+
+def test_only_a_damaged_file_gets_the_advice_to_move_it_aside(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StateError, match="Move it aside") as damaged:
+        Store(path)
+    assert "file is not a database" in str(damaged.value)
+    readonly = tmp_path / "ro"
+    Store(readonly / "state.db").close()
+    readonly.chmod(0o500)
+    (readonly / "state.db").chmod(0o400)
+    try:
+        store = Store(readonly / "state.db", readonly=True)
+        store.close()
+        if os.geteuid() != 0:  # root writes anyway
+            with pytest.raises(StateError) as unwritable:
+                Store(readonly / "state.db").record_success("w", 1.0, {}, "x", history=1)
+            assert "Move it aside" not in str(unwritable.value)
+    finally:
+        readonly.chmod(0o700)
+
+
+def test_writes_stop_once_the_file_is_deleted_or_replaced(tmp_path: Path) -> None:
+    path = tmp_path / "state.db"
+    store = Store(path)
+    try:
+        store.record_success("w", 1.0, {}, "v1", history=3)
+        assert store.moved() is None
+        os.replace(path, tmp_path / "aside.db")
+        assert store.moved() == "deleted"
+        with pytest.raises(StateGoneError, match="was deleted while notifier had it open"):
+            store.record_success("w", 2.0, {}, "v2", history=3)
+        other = sqlite3.connect(tmp_path / "other.db")  # a rollback-journal database: no -wal
+        other.execute("CREATE TABLE x (y)")
+        other.close()
+        os.replace(tmp_path / "other.db", path)
+        assert store.moved() == "replaced"
+        with pytest.raises(StateGoneError, match="was replaced"):
+            store.enqueue([queued()])
+        assert store.state("w").content == "v1"  # reads still see the orphan
+        store.rescue(tmp_path / "rescued.db")
+        store.detach_journal()
+        assert not (tmp_path / "state.db-wal").exists()  # never to be replayed into the new file
+        assert store.state("w").content == "v1"
+    finally:
+        store.close()
+    rescued = Store(tmp_path / "rescued.db")
+    try:
+        assert rescued.state("w").content == "v1"
+        assert (tmp_path / "rescued.db").stat().st_mode & 0o777 == 0o600
+    finally:
+        rescued.close()
+
+
+def test_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        wide = tmp_path / "old" / "state.db"
+        wide.parent.mkdir()
+        Store(wide).close()
+        wide.chmod(0o644)  # written by an older notifier
+        store = Store(tmp_path / "new" / "state.db")
+        store.record_success("w", 1.0, {}, "v1", history=3)
+        Store(wide).close()
+    finally:
+        os.umask(old)
+    try:
+        assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700
+        for name in ("state.db", "state.db-wal", "state.db-shm"):
+            assert (tmp_path / "new" / name).stat().st_mode & 0o777 == 0o600, name
+        assert wide.stat().st_mode & 0o777 == 0o600
+    finally:
+        store.close()
+
+
+def test_the_write_ahead_log_stays_small(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    wal = tmp_path / "state.db-wal"
+    try:
+        biggest = 0
+        for i in range(300):
+            store.record_success("w", float(i), {}, f"{i}\n" + "x" * 20_000, history=2)
+            biggest = max(biggest, wal.stat().st_size)
+        assert biggest < JOURNAL_SIZE_LIMIT + 20 * 4096  # the limit, plus one transaction
+        store.checkpoint()
+        assert wal.stat().st_size == 0
+    finally:
+        store.close()
+
+
+def test_the_state_id_is_made_once_and_kept(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    try:
+        assert store.state_id() is None
+        made = store.state_id(create=True)
+        assert made
+        assert store.state_id(create=True) == made
+    finally:
+        store.close()
+    again = Store(tmp_path / "state.db")
+    try:
+        assert again.state_id() == made
+    finally:
+        again.close()
