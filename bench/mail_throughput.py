@@ -249,7 +249,7 @@ def measure_throughput(cfg: Config, smtp: SmtpChild, directory: Path, alerts: in
     for i, diff in enumerate(diffs):
         old, new = pairs[i % pages]
         state = WatcherState(WATCHER, content=old, last_check=now - 60, last_change=now - 3600)
-        for alert in alerter.change(wc, diff, old, new, state, now):
+        for alert in alerter.change(wc, diff, old, new, state, now).alerts:
             assert isinstance(alert, Queued)  # not a digest watcher
             queued.append(alert)
     build_s = time.perf_counter() - started

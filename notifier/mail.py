@@ -202,6 +202,8 @@ class Transport(Protocol):
     """What the outbox needs from a way of delivering mail. Transports subclass it to inherit
     the context-manager methods: open on enter, close on exit."""
 
+    last_reply: str  # the receiving side's answer to the last message sent, for logs and users
+
     def open(self) -> None: ...
 
     def send(self, sender: str, recipients: Sequence[str], data: bytes) -> dict[str, str]:
@@ -242,6 +244,14 @@ class _Dialogue(smtplib.SMTP):
 
     _challenged = False
     _host: str  # smtplib's TLS server name, which it sets only when __init__ connects
+    last_reply = ""
+
+    def getreply(self) -> tuple[int, bytes]:
+        """smtplib's reply reader, remembering the reply: after sendmail() the last one is the
+        server's verdict on the message ("250 2.0.0 Ok: queued as 4Zx"), which sendmail drops."""
+        code, text = super().getreply()
+        self.last_reply = _reply_text(code, text)
+        return code, text
 
     def _print_debug(self, *args: object) -> None:
         line = " ".join(str(arg) for arg in args)
@@ -278,7 +288,8 @@ class SmtpTransport(Transport):
     def __init__(self, account: SmtpAccount, debug: bool = False) -> None:
         self.account = account
         self.debug = debug
-        self._smtp: smtplib.SMTP | None = None
+        self._smtp: _Dialogue | None = None
+        self.last_reply = ""
 
     def describe(self) -> str:
         return describe_account(self.account)
@@ -292,6 +303,7 @@ class SmtpTransport(Transport):
         smtp = self._smtp
         assert smtp is not None
         refused = self._guard(lambda: smtp.sendmail(sender, list(recipients), data))
+        self.last_reply = smtp.last_reply
         return {addr: _reply_text(code, text) for addr, (code, text) in refused.items()}
 
     def close(self) -> None:
@@ -332,7 +344,7 @@ class SmtpTransport(Transport):
                          f"({exc}); point it at a PEM CA certificate.") from None
         return context
 
-    def _connect(self) -> smtplib.SMTP:
+    def _connect(self) -> _Dialogue:
         acct = self.account
         if acct.username and acct.security == "none" and not _is_loopback(acct.host):
             raise _error(HeldDeliveryError, f"Refusing to send the password for {self.describe()} "
@@ -418,11 +430,10 @@ def _reply_error(code: int, reply: str, where: str) -> DeliveryError:
         return _error(HeldDeliveryError, f"{where} wants a login or TLS first: it replied "
                       f"{reply}. Set username and password, and use security ssl or starttls.")
     if _rate_limited(reply):
-        return _error(RateLimitedError, f"{where} says we send too much: it replied {reply}. "
-                      "Sending will be retried more slowly.")
+        return _error(RateLimitedError, f"{where} says we send too much: it replied {reply}.")
     if not 500 <= code < 600:  # 4xx, and -1 for an unparsable reply
         return _error(TransientDeliveryError, f"{where} cannot take the message now: it "
-                      f"replied {reply}. It will be retried.")
+                      f"replied {reply}.")
     return _error(PermanentDeliveryError, f"{where} refused the message: it replied {reply}. "
                   "Retrying will not help.")
 
@@ -486,7 +497,7 @@ def classify(exc: BaseException, account: SmtpAccount) -> DeliveryError:
                        f"({exc.reason or exc}). {PORT_HINT}")
         case OSError():
             cls = TransientDeliveryError
-            message = f"Could not talk to {where}: {_os_reason(exc, account)}. It will be retried."
+            message = f"Could not talk to {where}: {_os_reason(exc, account)}."
         case _:
             message = (f"The username, password or an address for {where} has characters SMTP "
                        f"cannot carry ({type(exc).__name__}); use plain ASCII.")
@@ -502,6 +513,7 @@ class MaildirTransport(Transport):
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         self._box: mailbox.Maildir | None = None
+        self.last_reply = ""
 
     def describe(self) -> str:
         return f"the Maildir {self.path}"
@@ -522,7 +534,8 @@ class MaildirTransport(Transport):
         envelope = [f"Return-Path: <{sanitize_header(sender, 320)}>"]
         envelope += [f"Delivered-To: {sanitize_header(r, 320)}" for r in recipients]
         text = "\n".join(envelope).encode() + b"\n" + data.replace(b"\r\n", b"\n")
-        self._guard(lambda: box.add(text))
+        key = self._guard(lambda: box.add(text))
+        self.last_reply = f"delivered as {self.path / 'new' / key}"
         return {}
 
     def close(self) -> None:

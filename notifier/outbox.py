@@ -126,16 +126,17 @@ class Sender:
                     except DeliveryError as exc:
                         self._failed(row, exc, report)
                         break  # the session may be unusable now; reconnect for the rest
-                    self._accepted(row, refused, transport.describe(), report)
+                    self._accepted(row, refused, transport.describe(), transport.last_reply, report)
             finally:
                 transport.close()
 
-    def _accepted(self, row: OutboxRow, refused: dict[str, str], via: str, report: Report) -> None:
+    def _accepted(self, row: OutboxRow, refused: dict[str, str], via: str, reply: str,
+                  report: Report) -> None:
         if not refused:
             self.store.delivered(row.id)
             report.sent += 1
-            log.info("message=%s kind=%s watcher=%s outcome=sent via=%s recipients=%d",
-                     row.message_id, row.kind, row.watcher, via, len(row.recipients))
+            log.info("message=%s alert=%s watcher=%s outcome=sent via=%s recipients=%d reply=%r",
+                     row.message_id, row.kind, row.watcher, via, len(row.recipients), reply)
             return
         # Accepted for some recipients: keep the message only for the refused ones.
         error = "; ".join(f"{addr}: {reason}" for addr, reason in refused.items())
@@ -158,8 +159,10 @@ class Sender:
         report.errors.append(message)
         self.store.reschedule(row.id, state, message, when, recipients)
         level = logging.WARNING if state == "pending" else logging.ERROR
-        log.log(level, "message=%s kind=%s watcher=%s outcome=%s attempts=%d: %s", row.message_id,
-                row.kind, row.watcher, "retry" if state == "pending" else state, row.attempts + 1, message)
+        retry = f" Next attempt at {_clock(when, now, None, '%H:%M:%S')}." if state == "pending" else ""
+        log.log(level, "message=%s alert=%s watcher=%s outcome=%s attempts=%d: %s%s", row.message_id,
+                row.kind, row.watcher, "retry" if state == "pending" else state, row.attempts + 1,
+                message, retry)
 
 
 def waiting_reason(row: OutboxRow, now: float, timezone: str | None = None) -> str:
