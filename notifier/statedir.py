@@ -206,6 +206,9 @@ class StateDir:
             fd = os.open(self.lock_path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             return None
+        except OSError as exc:
+            raise NotifierError(f"{self.lock_path} cannot be read ({exc.strerror}); run this as the "
+                                f"user the daemon runs as.") from None
         try:
             deadline = time.monotonic() + 1.0
             while True:
