@@ -82,16 +82,27 @@ def notifications(tmp_path: Path) -> Iterator[Notifications]:
     sock.close()
 
 
-@pytest.fixture
-def small_fs(tmp_path: Path) -> Iterator[Path]:
-    """A 3 MB tmpfs to fill up. Mounting needs root, as CI has; elsewhere the test is skipped."""
+def tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A tmpfs of `size`. Mounting needs root, as CI has; elsewhere the test is skipped."""
     if os.geteuid() != 0:
         pytest.skip("mounting a small tmpfs needs root (CI runs the suite as root)")
-    mount = tmp_path / "fs"
+    mount = tmp_path / f"fs-{size}"
     mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m,mode=0755", "tmpfs", str(mount)], check=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0755", "tmpfs", str(mount)], check=True)
     yield mount
     subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MB file system to fill up."""
+    yield from tmpfs(tmp_path, "3m")
+
+
+@pytest.fixture
+def one_mb(tmp_path: Path) -> Iterator[Path]:
+    """A file system with 1 MB free."""
+    yield from tmpfs(tmp_path, "1m")
 
 
 def fill(directory: Path) -> Path:
@@ -149,6 +160,23 @@ def test_a_full_disk_makes_the_daemon_unhealthy_until_space_returns(  # type: ig
          and any("notifier is back to normal" in s for s in subjects(smtp_server)),
          f"the change and the recovery alert; got {subjects(smtp_server)}")
     notifications.wait_status(r"^1 watchers, ", since=seen)
+    assert "health: ok" in notifier(config, "status", env=daemon.env).stdout
+    assert daemon.stop() == 0
+
+
+def test_the_daemon_runs_with_1_mb_free(  # type: ignore[no-untyped-def]
+        tmp_path: Path, one_mb: Path, smtp_server: SmtpServer, runs) -> None:
+    watched = tmp_path / "watched.txt"
+    watched.write_text("v1\n")
+    config = write_config(tmp_path / "watchers.yaml", smtp_server, file_watcher("doc", watched),
+                          extra=f"state_dir: {one_mb / 'state'}")
+    daemon = runs(config)
+    daemon.wait_log(r"watcher=doc .*outcome=baseline")
+    for i in range(12):  # enough writes to go round the WAL more than once
+        watched.write_text(f"v{i}\n" + "x" * 20_000 + "\n")
+        daemon.wait_log(r"watcher=doc .*outcome=changed", i + 1)
+    smtp_server.wait_for(12, timeout=DEADLINE)
+    assert "unhealthy" not in daemon.log()
     assert "health: ok" in notifier(config, "status", env=daemon.env).stdout
     assert daemon.stop() == 0
 
