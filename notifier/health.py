@@ -32,6 +32,7 @@ from notifier.store import Queued, StateGoneError, Store
 log = logging.getLogger(__name__)
 
 ALERT_RETRY = 60.0  # seconds between attempts to send the alert straight through the transport
+ALERT_QUIET = 3600.0  # a flapping disk alerts once an hour per reason, not at every flap
 DATABASE = "database"  # the writer key of "the database file itself is gone"
 
 
@@ -71,6 +72,7 @@ class Health:
         self._alerted = False  # an alert went out, so a recovery alert follows
         self._next_try = 0.0
         self._sending = False
+        self._alerted_at: dict[str, float] = {}  # reason -> when an alert about it was raised
         self._publish()
 
     @property
@@ -190,6 +192,11 @@ class Health:
 
     def _raise(self, reason: str, since: float, now: float) -> None:
         """Alert through the outbox if it can be written, else straight through the transport."""
+        with self._mutex:
+            last = self._alerted_at.get(reason)
+            if last is not None and now - last < ALERT_QUIET:
+                return
+            self._alerted_at[reason] = now
         message = self._message("error", reason, since, now)
         try:
             self.host.store.enqueue([message])

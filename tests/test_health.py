@@ -21,7 +21,14 @@ from typing import BinaryIO
 
 import pytest
 
-from tests.servers.smtp import SmtpServer
+from notifier import config as configmod
+from notifier.config import Config
+from notifier.errors import StateError
+from notifier.health import Health
+from notifier.outbox import Sender
+from notifier.statedir import StateDir
+from notifier.store import Store
+from tests.servers.smtp import PASSWORD, SmtpServer
 from tests.test_daemon import DEADLINE, file_watcher, poll, write_config
 from tests.test_statedir import Run, notifier, run_daemons
 
@@ -300,3 +307,48 @@ watchers:
         server.close()
         for conn in connections:
             conn.close()
+
+
+class Host:
+    """What Health needs of a daemon, made of the real parts (the outbox is only looked at)."""
+
+    def __init__(self, cfg: Config, store: Store) -> None:
+        self.cfg, self.store, self.sender = cfg, store, Sender(cfg, store)
+        self.wakes = 0
+
+    def wake_outbox(self) -> None:
+        self.wakes += 1
+
+
+def test_a_flapping_disk_alerts_once_an_hour_and_recovers_in_step(
+        doc, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+    config, _ = doc
+    monkeypatch.setenv("PW", PASSWORD)
+    cfg = configmod.load(config)
+    state = StateDir(cfg.state_dir)
+    lock = state.acquire("run")
+    host = Host(cfg, state.open_store(locked=True))
+    now = [1_000_000.0]
+    health = Health(host, lock, clock=lambda: now[0])
+    full = StateError("The file system holding state.db is full")
+    try:
+        health.failed("watcher=a", full)
+        health.failed("watcher=b", full)
+        assert not health.healthy
+        assert state.holder().health_line().startswith("health: UNHEALTHY")  # type: ignore[union-attr]
+        health.succeeded("watcher=a")
+        assert not health.healthy  # b has not written since
+        health.succeeded("watcher=b")
+        assert health.healthy
+        assert state.holder().health_line() == "health: ok"  # type: ignore[union-attr]
+        now[0] += 60  # it flaps: the same reason within the hour alerts nobody again...
+        health.failed("watcher=a", full)
+        health.succeeded("watcher=a")
+        now[0] += 3600  # ...an hour later it does
+        health.failed("watcher=a", full)
+        kinds = [row.kind for row in host.store.outbox()]
+        assert kinds == ["error", "recovery", "error"]
+        assert host.wakes == 3
+    finally:
+        host.store.close()
+        lock.release()
