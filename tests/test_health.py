@@ -266,6 +266,9 @@ def test_state_files_are_private_under_umask_022(tmp_path: Path, runs) -> None: 
                  "state/state.id"):
         assert name in files
     assert files == dict.fromkeys(files, 0o600)
+    watched.write_text("v3\n")  # and a one-shot `check --send` delivering into the Maildir
+    assert "outbox: 1 sent" in notifier(config, "check", "--send", umask=0o022).stdout
+    assert {p.stat().st_mode & 0o777 for p in new.iterdir()} == {0o600}
 
 
 def test_sigterm_counts_a_send_in_flight_as_a_send(tmp_path: Path, runs) -> None:  # type: ignore[no-untyped-def]

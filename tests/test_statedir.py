@@ -76,11 +76,12 @@ def runs() -> Iterator[Callable[..., Run]]:
     yield from run_daemons()
 
 
-def notifier(config: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def notifier(config: Path, *args: str, env: dict[str, str] | None = None,
+             umask: int = -1) -> subprocess.CompletedProcess[str]:
     """Run one `notifier` command to completion."""
     return subprocess.run([sys.executable, "-m", "notifier.cli", "-c", str(config), *args],
                           capture_output=True, text=True, timeout=60, check=False,
-                          env={**os.environ, **(env or {})})
+                          env={**os.environ, **(env or {})}, umask=umask)
 
 
 # -- the lock, in one process -------------------------------------------------------------------
