@@ -117,6 +117,7 @@ def test_validate_never_crashes_on_a_mutated_config(
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 @settings(FUZZ, max_examples=30_000)
 @given(text=mutated())
 def test_validate_never_crashes_on_many_more_mutations(
