@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
 import logging
 import os
@@ -28,12 +29,14 @@ from notifier.errors import (
     EXIT_OK,
     EXIT_PIPE,
     ConfigError,
+    DeliveryError,
     NotifierError,
     UsageError,
 )
 from notifier.pipeline import Outcome, check, filtered
 from notifier.registry import kinds
 from notifier.secrets import redact
+from notifier.statedir import ONESHOT_WAIT, NoDaemon, StateDir, StateDirBusy
 from notifier.store import Store, WatcherState
 
 if TYPE_CHECKING:
@@ -120,7 +123,10 @@ def _parser() -> argparse.ArgumentParser:
                    help="record nothing and send nothing (the default without --send)")
     p.add_argument("--send", action="store_true",
                    help="record the new state and send its alerts, as the daemon would")
-    command("run", cmd_run, "run the daemon: check on schedule, send alerts, reload on change")
+    p = command("run", cmd_run, "run the daemon: check on schedule, send alerts, reload on change")
+    p.add_argument("--reinit", action="store_true",
+                   help="accept the state database found (or start a new one) although it is not the "
+                        "one this state directory held; see `state.id` in the README")
     command("reload", cmd_reload, "validate the config, then tell the running daemon to reload it")
     command("status", cmd_status, "show each watcher's schedule, last check, change, error; outbox counts")
     p = command("outbox", cmd_outbox, "list pending, held and dead messages")
@@ -182,7 +188,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = _load(args)
     selected = _select(cfg, args.names)
     send = args.send and not args.dry_run
-    store = Store(cfg.state_dir / "state.db")
+    store = StateDir(cfg.state_dir).open_store()
     color = use_color(sys.stdout)
     progress = Progress(len(selected))
     outcomes: list[Outcome] = []
@@ -198,7 +204,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         progress.clear()
         print(_check_summary(outcomes, time.monotonic() - started, send))
         if send:
-            _print_report(_sender(cfg, store, args.debug_smtp).deliver(limit=10_000))
+            _send_queued(cfg, store, args.debug_smtp)
     finally:
         progress.clear()
         store.close()
@@ -242,10 +248,43 @@ def _sender(cfg: Config, store: Store, debug_smtp: bool) -> Sender:
     return Sender(cfg, store, debug_smtp)
 
 
+def _send_queued(cfg: Config, store: Store, debug_smtp: bool) -> None:
+    """Deliver the outbox, unless a running daemon does: one sender per state directory, so a
+    message is never sent by two processes. The daemon is told to send now (SIGUSR1)."""
+    state = StateDir(cfg.state_dir)
+    for _ in range(2):
+        try:
+            lock = state.acquire("check", wait=ONESHOT_WAIT)
+        except StateDirBusy as busy:
+            if busy.holder is None or not busy.holder.daemon:
+                raise
+            try:
+                if busy.holder.ready:
+                    state.signal_daemon(signal.SIGUSR1)
+            except NoDaemon:
+                continue  # it stopped just now: send them here
+            print(f"outbox: {store.outbox_counts()['pending']} message(s) waiting; the running "
+                  f"notifier (pid {busy.holder.pid}) sends them.")
+            return
+        old_umask = os.umask(0o077)  # Maildir files private, as the daemon's (checks are done)
+        try:
+            _print_report(_sender(cfg, store, debug_smtp).deliver(limit=10_000))
+        finally:
+            os.umask(old_umask)
+            lock.release()
+        return
+
+
 def _print_report(report: Report) -> None:
+    """What the round did; then the held and dead messages waiting in the outbox, including
+    those from earlier runs that no round retries by itself, and how to deal with them."""
     print(f"outbox: {report.sent} sent, {report.retry} to retry, {report.held} held, {report.dead} dead")
     for error in dict.fromkeys(report.errors):
         print(f"  {error}")
+    held, dead = report.waiting.get("held", 0), report.waiting.get("dead", 0)
+    if held or dead:
+        print(f"  {held} held and {dead} dead message(s) are waiting in the outbox: `notifier outbox` "
+              "says why; fix that, then `notifier outbox retry` sends them again.")
 
 
 def _print_outcome(outcome: Outcome, color: bool) -> None:
@@ -293,7 +332,8 @@ def cmd_kinds(args: argparse.Namespace) -> int:
 def cmd_run(args: argparse.Namespace) -> int:
     from notifier.daemon import Daemon  # noqa: PLC0415 - see the note at the imports
 
-    daemon = Daemon(args.config, debug_smtp=args.debug_smtp, state_dir=args.state_dir)
+    os.umask(0o077)  # like the shipped unit's UMask=: what the daemon writes (Maildir too) is private
+    daemon = Daemon(args.config, debug_smtp=args.debug_smtp, state_dir=args.state_dir, reinit=args.reinit)
     if not args.log_level and not args.debug:
         logs.setup(daemon.cfg.log_level, args.debug_smtp)
     return daemon.run()
@@ -301,12 +341,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    try:
-        pid = int(cfg.pid_file.read_text())
-        os.kill(pid, signal.SIGHUP)
-    except (OSError, ValueError):
-        raise NotifierError(f"no running notifier found for {args.config} (no usable {cfg.pid_file}); "
-                            f"start it with `notifier run`.") from None
+    try:  # only a process holding the state directory's lock is signalled, never a stale pid
+        pid = StateDir(cfg.state_dir).signal_daemon(signal.SIGHUP).pid
+    except NoDaemon as exc:
+        raise NotifierError(f"no running notifier found for {args.config} ({exc}); start it with "
+                            f"`notifier run`.") from None
     print(f"{args.config} is valid; asked notifier (pid {pid}) to reload it.")
     return EXIT_OK
 
@@ -353,13 +392,19 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _print_daemon(state_dir: Path, config: Path, problems: Sequence[str]) -> None:
     """Say which configuration the running daemon uses, and what it refused and why."""
     run = runstate.read(state_dir)
-    if run is None or not _alive(run.pid):
-        print("daemon: not running")
+    holder = StateDir(state_dir).holder()  # the kernel's word, unlike a pid in a file
+    if holder is not None and holder.ready and (run is None or run.pid != holder.pid):
+        # running.json could not be written (a full disk?); the lock file still tells its health
+        print(f"daemon: running (pid {holder.pid})\n{holder.health_line()}")
+        return
+    if holder is None or not holder.ready or run is None:
+        print(holder.describe() if holder else "daemon: not running")
         if problems:
             print(f"config: {config} has {len(problems)} problem(s); `notifier run` would refuse to "
                   f"start. First: {problems[0]}")
         return
     print(f"daemon: running (pid {run.pid}), configuration loaded {_when(run.loaded_at, time.time())}")
+    print(holder.health_line())
     on_disk = runstate.digest(config)
     if on_disk == run.digest:
         print(f"config: the daemon runs {config} as it is on disk")
@@ -371,16 +416,6 @@ def _print_daemon(state_dir: Path, config: Path, problems: Sequence[str]) -> Non
     else:
         print(f"config: {config} on disk differs from the running configuration; the daemon picks "
               f"up a saved file within a few seconds (or run `notifier reload`).")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def next_run(wc: WatcherConfig, st: WatcherState | None) -> float | None:
@@ -413,15 +448,21 @@ def cmd_outbox(args: argparse.Namespace) -> int:
     try:
         if args.action == "retry":
             print(f"{store.release(('held', 'dead'))} message(s) will be sent on the next round.")
+            with contextlib.suppress(NoDaemon):  # a running daemon's next round is now
+                StateDir(cfg.state_dir).signal_daemon(signal.SIGUSR1)
             return EXIT_OK
         rows = store.outbox()
     finally:
         store.close()
+    from notifier.outbox import waiting_reason  # noqa: PLC0415 - see the note at the imports
+
+    now = time.time()
     for row in rows:
         print(f"{row.state:8} {row.kind:9} {row.watcher or '-':20} attempts={row.attempts} "
               f"to={','.join(row.recipients)} {row.message_id}")
-        if row.last_error:
-            print(f"         {row.last_error}")
+        print(f"         {waiting_reason(row, now, cfg.timezone)}")  # held/dead: with the error
+        if row.last_error and row.state == "pending":
+            print(f"         last error: {row.last_error}")
     print(f"{len(rows)} message(s) in the outbox.")
     return EXIT_OK
 
@@ -433,15 +474,18 @@ def cmd_test_mail(args: argparse.Namespace) -> int:
         queued = _alerter(cfg).test(time.time(), args.to)
         sender = _sender(cfg, store, args.debug_smtp)
         transport = sender.transport(queued.account)
-        transport.open()
         try:
-            refused = transport.send(queued.sender, queued.recipients, queued.body)
-        finally:
-            transport.close()
+            with transport:
+                refused = transport.send(queued.sender, queued.recipients, queued.body)
+        except DeliveryError as exc:
+            # Sent once, in the foreground: unlike the outbox, nothing here tries again.
+            raise DeliveryError(f"{exc} The test message was not sent; fix that and run "
+                                f"`notifier test-mail` again.") from None
     finally:
         store.close()
     accepted = [r for r in queued.recipients if r not in refused]
-    print(f"{transport.describe()} accepted the test message for {', '.join(accepted) or 'nobody'}.")
+    print(f"{transport.describe()} accepted the test message for {', '.join(accepted) or 'nobody'}: "
+          f"{transport.last_reply}")
     for addr, reason in refused.items():
         print(f"refused {addr}: {reason}")
     return EXIT_FAILED if refused else EXIT_OK

@@ -268,8 +268,20 @@ class Daemon:
         if outcome is None:
             return
         log.log(logging.WARNING if outcome.status == "failed" else logging.INFO, "%s", outcome.line())
+        if outcome.retry_after is not None:
+            self._come_back(name, outcome.retry_after)
         if outcome.alerts:
             self.wake_outbox()
+
+    def _come_back(self, name: str, seconds: float) -> None:
+        """Honour a site's Retry-After: the next check is then, not at the next grid point
+        (later grid points follow as usual). Sooner than the schedule is never asked for."""
+        job = self.scheduler.get_job(f"check:{name}")
+        when = datetime.now(UTC) + timedelta(seconds=seconds)
+        if job is not None and job.next_run_time is not None and when > job.next_run_time:
+            job.modify(next_run_time=when)
+            log.info("watcher=%s: the site asked to come back in %.0f s; next check at %s", name,
+                     seconds, when.astimezone().strftime("%H:%M:%S"))
 
     def wake_outbox(self) -> None:
         """Deliver now rather than at the next outbox round (change-to-inbox latency).

@@ -21,7 +21,7 @@ from typing import Literal, Protocol
 
 from notifier.config import WatcherConfig
 from notifier.diff import Diff, compute
-from notifier.errors import NotifierError, StateError
+from notifier.errors import NotifierError, StateError, WatchError
 from notifier.store import Alert, Store, WatcherState
 
 log = logging.getLogger("notifier.check")
@@ -56,6 +56,7 @@ class Outcome:
     diff: Diff | None = None
     error: str | None = None
     alerts: int = 0
+    retry_after: float | None = None  # seconds the source asked us to wait (HTTP Retry-After)
 
     def line(self) -> str:
         """The one log line per watcher run."""
@@ -89,7 +90,8 @@ def check(wc: WatcherConfig, store: Store, alerts: Alerts | None, dry_run: bool 
     except StateError:
         raise
     except NotifierError as exc:
-        return _failed(wc, store, alerts, state, str(exc), now, started, dry_run)
+        outcome = _failed(wc, store, alerts, state, str(exc), now, started, dry_run)
+        return replace(outcome, retry_after=exc.retry_after) if isinstance(exc, WatchError) else outcome
     except Exception as exc:  # a bug in one watcher must not stop the others
         log.debug("watcher %s raised", wc.name, exc_info=True)
         message = f"unexpected {type(exc).__name__}: {exc}. This is a bug; run with --debug and report it."

@@ -307,10 +307,16 @@ class Store:
             _enqueue(db, alerts)
 
     def record_failure(self, name: str, now: float, error: str, alerts: Sequence[Alert] = ()) -> None:
-        """Count a failed check; with an error alert, remember when it was sent."""
+        """Count a failed check; with an error alert, remember when it was sent.
+
+        `last_error_at` is when the current streak began ("failing since"): set by the first
+        failure after a success, kept by the ones after it. SET expressions see the row as it
+        was before the UPDATE, so `failures = 0` here means "this failure starts the streak".
+        """
         with self._tx() as db:
             _upsert(db, name)
-            db.execute("UPDATE watcher SET last_check = ?, last_error = ?, last_error_at = ?, "
+            db.execute("UPDATE watcher SET last_check = ?, last_error = ?, last_error_at = CASE "
+                       "WHEN failures = 0 OR last_error_at IS NULL THEN ? ELSE last_error_at END, "
                        "failures = failures + 1 WHERE name = ?", (now, error, now, name))
             if alerts:
                 db.execute("UPDATE watcher SET error_alerted_at = ? WHERE name = ?", (now, name))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -150,7 +151,7 @@ watchers: []
                              "test-mail", "--to", "me@example.com"], capture_output=True, text=True,
                             env={"PW": PASSWORD, "PATH": "/usr/bin:/bin"}, timeout=60, check=False)
     assert result.returncode == 0, result.stderr
-    assert "accepted the test message for me@example.com" in result.stdout
+    assert re.search(r"accepted the test message for me@example.com: 250 .*\n", result.stdout)
     assert smtp_server.received[0].rcpt_tos == ("me@example.com",)
     assert "AUTH" in result.stderr  # the dialogue was shown...
     assert PASSWORD not in result.stderr + result.stdout  # ...with the secret masked
@@ -165,6 +166,8 @@ def test_untrusted_certificate_is_refused(tmp_path: Path, smtp_server: SmtpServe
                             timeout=60, check=False)
     assert result.returncode == 2
     assert "certificate" in result.stderr
+    assert "retried" not in result.stderr
+    assert "run `notifier test-mail` again" in result.stderr
     assert "Traceback" not in result.stderr
     assert smtp_server.received == []
 
@@ -177,3 +180,17 @@ def test_global_options_work_before_and_after_the_command(watched: Path, tmp_pat
     monkeypatch.chdir(tmp_path / "elsewhere")
     assert main(["-c", str(watched), "check", "--log-level", "error"]) == 0
     assert main(["validate"]) == 1  # ./watchers.yaml is the default, and there is none here
+
+
+def test_test_mail_to_an_unreachable_server_promises_no_retry(tmp_path: Path) -> None:
+    with socket.socket() as probe:  # a port that was free a moment ago: connection refused
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    path = write(tmp_path, f"smtp:\n  x: {{host: 127.0.0.1, port: {port}, security: none}}\n"
+                           f"mail: {{to: [me@example.com], from: me@example.com}}\nwatchers: []\n")
+    result = subprocess.run([sys.executable, "-m", "notifier.cli", "-c", str(path), "test-mail"],
+                            capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode == 2
+    assert "Could not talk to 127.0.0.1" in result.stderr
+    assert "retried" not in result.stderr
+    assert "The test message was not sent; fix that and run `notifier test-mail` again." in result.stderr
