@@ -36,7 +36,7 @@ from notifier.errors import (
 from notifier.pipeline import Outcome, check, filtered
 from notifier.registry import kinds
 from notifier.secrets import redact
-from notifier.statedir import ONESHOT_WAIT, NoDaemon, StateDir, StateDirBusy
+from notifier.statedir import MARKER_NAME, ONESHOT_WAIT, NoDaemon, StateDir, StateDirBusy
 from notifier.store import Store, WatcherState
 
 if TYPE_CHECKING:
@@ -364,6 +364,10 @@ def cmd_status(args: argparse.Namespace) -> int:
     state_dir = cfg.state_dir if cfg else configmod.locate_state_dir(args.config, args.state_dir)
     _print_daemon(state_dir, args.config, problems)
     if not (state_dir / "state.db").exists():
+        if (state_dir / MARKER_NAME).exists():
+            raise NotifierError(f"{state_dir / 'state.db'} is missing although {state_dir} held a "
+                                f"state database; restore it from a backup (or a rescued copy "
+                                f"beside it), or start afresh with `notifier run --reinit`.")
         raise NotifierError(f"no state yet in {state_dir}; run `notifier check --send` or start "
                             f"`notifier run` first.")
     store = Store(state_dir / "state.db", readonly=True)

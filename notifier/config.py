@@ -115,11 +115,6 @@ class Config:
         """Where alerts go when no smtp account is configured."""
         return self.state_dir / "maildir"
 
-    @property
-    def pid_file(self) -> Path:
-        """Where the running daemon writes its pid, for `notifier reload`."""
-        return self.state_dir / "notifier.pid"
-
 
 class _Collector:
     """Gathers problems for one file so every error is reported in one go."""

@@ -421,7 +421,10 @@ class Daemon:
             if wc.name not in old or old[wc.name].fingerprint != wc.fingerprint:
                 self._add(wc, startup=True)
                 changed += 1
-        self.store.release(("held",))
+        try:  # a fixed account may let held messages go; a full disk must not fail the reload
+            self.store.release(("held",))
+        except StateError as exc:
+            self.health.failed("reload", exc)
         log.info("reloaded %s: %d watcher(s), %d added or changed, %d removed", self.path,
                  len(new.watchers), changed, len(old.keys() - {w.name for w in new.watchers}))
         systemd.notify(f"STATUS={self.status_line()}")

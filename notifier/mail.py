@@ -15,6 +15,7 @@ import base64
 import ipaddress
 import logging
 import mailbox
+import os
 import re
 import smtplib
 import socket
@@ -26,7 +27,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, getaddresses, make_msgid, parseaddr
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, BinaryIO, Protocol, Self, TypeVar
 
 from notifier.errors import (
     DeliveryError,
@@ -506,6 +507,16 @@ def classify(exc: BaseException, account: SmtpAccount) -> DeliveryError:
 
 # --- Maildir ----------------------------------------------------------------------------------
 
+class _PrivateMaildir(mailbox.Maildir):
+    """A Maildir whose messages are readable by their owner only, whatever the umask: alerts
+    quote watched pages and command output, which may be private."""
+
+    def _create_tmp(self) -> BinaryIO:
+        handle: BinaryIO = super()._create_tmp()  # type: ignore[misc]  # private in typeshed
+        os.fchmod(handle.fileno(), 0o600)
+        return handle
+
+
 class MaildirTransport(Transport):
     """Deliver into a local Maildir: the default when no SMTP account is configured, so alerts
     are never lost and any mail client (mutt -f DIR) can read them."""
@@ -524,7 +535,7 @@ class MaildirTransport(Transport):
 
     def _create(self) -> mailbox.Maildir:
         self.path.parent.mkdir(parents=True, exist_ok=True)  # Maildir makes only the last level
-        return mailbox.Maildir(self.path, create=True)
+        return _PrivateMaildir(self.path, create=True)
 
     def send(self, sender: str, recipients: Sequence[str], data: bytes) -> dict[str, str]:
         self.open()

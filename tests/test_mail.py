@@ -11,6 +11,7 @@ import base64
 import email
 import logging
 import mailbox
+import os
 import re
 import time
 from datetime import datetime, timedelta, timezone
@@ -530,3 +531,15 @@ def test_transport_reconnects_after_a_failure(smtp_server: SmtpServer) -> None:
         assert transport.send(USERNAME, ["li@example.com"], data) == {}
     assert len(smtp_server.wait_for(1)) == 1
     assert smtp_server.logins == [USERNAME, USERNAME]
+
+
+def test_maildir_messages_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    old = os.umask(0o022)
+    try:
+        with MaildirTransport(tmp_path / "maildir") as box:
+            box.send("a@example.com", ["b@example.com"], b"Subject: x\r\n\r\nbody\r\n")
+    finally:
+        os.umask(old)
+    (message,) = (tmp_path / "maildir" / "new").iterdir()
+    assert message.stat().st_mode & 0o777 == 0o600
+    assert box.last_reply == f"delivered as {message}"
