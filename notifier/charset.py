@@ -65,13 +65,32 @@ def decode(body: bytes, content_type: str = "", override: str | None = None) -> 
 
     Never raises: bytes invalid in the chosen charset become U+FFFD.
     """
+    return _decode(body, content_type, override)[0]
+
+
+def decode_text(body: bytes, content_type: str = "", override: str | None = None) -> str | None:
+    """Decode like `decode`, or return None when the bytes are not text.
+
+    Not text: a NUL character in the decoded text (UTF-16 pages decode without any), or an
+    undeclared body that is neither UTF-8 nor any charset the detector recognises.
+    """
+    text, plausible = _decode(body, content_type, override)
+    return text if plausible and "\0" not in text else None
+
+
+def _decode(body: bytes, content_type: str, override: str | None) -> tuple[str, bool]:
+    """The text, and False when it came from undeclared bytes no charset explains."""
     codec = codec_name(override) if override else _declared(body, content_type)
     if codec is None:
+        if b"\0" in body[:_SNIFF_BYTES]:  # binary; UTF-16/32 text declares itself with a BOM
+            return body.decode("utf-8", errors="replace"), False
         try:
-            return body.decode("utf-8")  # the common case, and far cheaper than detection
+            return body.decode("utf-8"), True  # the common case, and far cheaper than detection
         except UnicodeDecodeError:
-            codec = guess_encoding(body) or "utf-8"
-    return body.decode(codec, errors="replace")
+            codec = guess_encoding(body)
+            if codec is None:
+                return body.decode("utf-8", errors="replace"), False
+    return body.decode(codec, errors="replace"), True
 
 
 def _declared(body: bytes, content_type: str) -> str | None:

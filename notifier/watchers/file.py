@@ -13,9 +13,9 @@ from notifier.charset import guess_encoding
 from notifier.errors import WatchError
 from notifier.options import REQUIRED, Choice, Int, Option, Str
 from notifier.watchers import Fetched, Watcher
+from notifier.watchers._binary import SNIFF_BYTES, summary
 
 MiB = 1024 * 1024
-_SNIFF_BYTES = 8192  # a NUL in the first 8 KB marks a binary file, as git and grep decide
 
 
 class File(Watcher, kind="file"):
@@ -83,7 +83,7 @@ class File(Watcher, kind="file"):
 
     def _content(self, handle: IO[bytes]) -> str:
         data = handle.read(self.max_bytes + 1)
-        if b"\0" not in data[:_SNIFF_BYTES]:
+        if b"\0" not in data[:SNIFF_BYTES]:
             if len(data) > self.max_bytes:
                 raise WatchError(f"{self.path} is larger than {self.max_bytes:,} bytes; use "
                                  f"`mode: checksum` to watch it, or raise max_bytes.")
@@ -94,7 +94,7 @@ class File(Watcher, kind="file"):
                 if codec:
                     return data.decode(codec, errors="replace")
         digest, size = _sha256(handle, data)
-        return f"binary file, {size} bytes, sha256 {digest}"
+        return summary("binary file", size, digest)
 
 
 def _sha256(handle: IO[bytes], head: bytes = b"") -> tuple[str, int]:

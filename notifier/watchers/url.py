@@ -1,93 +1,47 @@
 """The `url` kind: watch a web page or HTTP API.
 
 Built for a thousand watchers per pass on 32 threads: connections are pooled in one
-requests.Session per host, shared by every url watcher in the process; bodies are streamed
-under a size cap and decoded by notifier.charset.
+requests.Session per host, shared by every url watcher in the process (see `_http`); bodies
+are streamed under a size cap and a total deadline, and decoded by notifier.charset.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
-import threading
+import time
 from collections.abc import Mapping
+from datetime import UTC
+from email.utils import parsedate_to_datetime
 from http import HTTPStatus
-from http.cookiejar import Cookie, DefaultCookiePolicy
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
-from urllib.request import Request
 
 import requests
 import urllib3
-from requests.adapters import HTTPAdapter
 
-from notifier.charset import codec_name, decode
+from notifier.charset import codec_name, decode_text
 from notifier.errors import WatchError
 from notifier.options import REQUIRED, Bool, Choice, Duration, Int, MapOf, Option, Str
 from notifier.watchers import Fetched, Watcher
+from notifier.watchers._binary import binary_type, summary
+from notifier.watchers._http import Deadline, close_sessions, session
+
+__all__ = ["Url", "close_sessions"]  # close_sessions: call at shutdown to drop pooled sockets
 
 MiB = 1024 * 1024
-POOL_SIZE = 64  # above the ~32 threads of a pass, so no thread waits for or discards a connection
 CHUNK = 64 * 1024
-USER_AGENT = "notifier/0.1 (change monitor)"
+MAX_RETRY_AFTER = 86400.0  # a site asking for a week's pause still gets a look every day
 
 _DENIED = "the site refused access; check the headers (cookies, tokens) the watcher sends"
 _GONE = "the page is gone or has moved; check the url"
 _STATUS_HINTS = {401: _DENIED, 403: _DENIED, 404: _GONE, 410: _GONE,
                  429: "the site limits requests; notifier will try again, a longer `every` helps"}
-
-
-
-class _NoCookies(DefaultCookiePolicy):
-    """Keep no cookies between checks, as urlwatch does: every check is a first visit.
-
-    Cookies still flow inside one check's redirect chain (requests uses a per-request jar),
-    and sessions shared by unrelated watchers cannot leak a login from one to another.
-    """
-
-    def set_ok(self, cookie: Cookie, request: Request) -> bool:
-        return False
-
-
-_sessions: dict[tuple[str, str, int, int], requests.Session] = {}
-_sessions_lock = threading.Lock()
-
-
-def _session(key: tuple[str, str, int, int]) -> requests.Session:
-    """The shared session for scheme, host, port and redirect limit (a Session-wide setting)."""
-    session = _sessions.get(key)  # a dict read is atomic; lock only to create
-    if session is None:
-        with _sessions_lock:
-            session = _sessions.get(key) or _new_session(*key)
-            _sessions[key] = session
-    return session
-
-
-def _new_session(scheme: str, host: str, port: int, max_redirects: int) -> requests.Session:
-    session = requests.Session()
-    # No retries here: the scheduler retries with backoff and counts failures.
-    adapter = HTTPAdapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
-    session.mount("http://", adapter)
-    session.mount("https://", adapter)
-    session.max_redirects = max_redirects
-    session.cookies.set_policy(_NoCookies())
-    session.headers["User-Agent"] = USER_AGENT
-    # Proxy variables, NO_PROXY and ~/.netrc are read once per host here instead of on every
-    # request, where they cost a third of a fetch; sessions are per host, so this is exact.
-    base = f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
-    session.trust_env = False
-    session.proxies.update(requests.utils.get_environ_proxies(base))
-    session.auth = requests.utils.get_netrc_auth(base)
-    return session
-
-
-def close_sessions() -> None:
-    """Close every pooled connection; call at shutdown (watchers may still fetch afterwards)."""
-    with _sessions_lock:
-        sessions = list(_sessions.values())
-        _sessions.clear()
-    for session in sessions:
-        session.close()
+_COME_BACK_HINTS = {
+    429: "the site limits requests and asked notifier to come back in {when}; a longer `every` helps",
+    503: "the site is unavailable (maintenance or overload) and asked notifier to come back in {when}",
+}
 
 
 class Url(Watcher, kind="url"):
@@ -97,7 +51,15 @@ class Url(Watcher, kind="url"):
     treats 304 as "unchanged". The charset comes from `encoding`, the Content-Type header, the
     page's <meta charset>, or detection; GBK/GB2312 pages decode as GB18030. Responses above
     `max_bytes` are refused without being read. Cookies are not kept between checks. HTTP
-    errors (4xx/5xx), timeouts and redirect loops fail the check; the scheduler retries.
+    errors (4xx/5xx), timeouts and redirect loops fail the check; the scheduler retries, and
+    a 429/503 with Retry-After says when (`WatchError.retry_after`, at most a day).
+
+    `timeout` bounds the whole request: connecting, the TLS handshake, headers and body
+    together, even against a server that drips one byte a second; `connect_timeout` (at
+    most `timeout`) bounds each connect. Only the DNS lookup is left to the resolver's own
+    limits. A binary body (image/*, PDF, octet-stream..., or bytes that are not text whatever
+    the label says) is compared by size and SHA-256, as the file kind does; setting
+    `encoding` says the body is text, unless it holds NUL bytes.
     """
 
     options: ClassVar[tuple[Option, ...]] = (
@@ -136,8 +98,8 @@ class Url(Watcher, kind="url"):
                 raise ValueError(f"header {key!r} must be one line of ASCII; percent-encode "
                                  f"other characters")
         self.data = options["data"].encode() if options.get("data") is not None else None
-        read = options.get("timeout") or 30.0
-        self.timeout: tuple[float, float] = (options.get("connect_timeout") or read, read)
+        self.timeout: float = options.get("timeout") or 30.0
+        self.connect_timeout: float = min(options.get("connect_timeout") or self.timeout, self.timeout)
         proxy = options.get("proxy")
         self.proxies = {"http": proxy, "https": proxy} if proxy else None
         verify = options.get("verify") is not False
@@ -167,20 +129,31 @@ class Url(Watcher, kind="url"):
             if previous.get("last_modified"):
                 conditional["If-Modified-Since"] = previous["last_modified"]
         headers = {**conditional, **self.headers} if conditional else self.headers
-        try:
-            with _session(self._key).request(
-                self.method, self.url, headers=headers, data=self.data, timeout=self.timeout,
-                proxies=self.proxies, verify=self.verify, stream=True,
-            ) as response:
-                return self._read(response, previous, bool(conditional))
-        except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
-            raise self._explain(exc) from exc
-        except OSError as exc:  # e.g. an unreadable ca_file
-            raise WatchError(f"{self.method} {self.url} failed: {exc}; check the watcher's "
-                             f"files and settings.") from exc
+        with Deadline(self.timeout) as deadline:
+            try:
+                with session(self._key).request(
+                    self.method, self.url, headers=headers, data=self.data, stream=True,
+                    timeout=(self.connect_timeout, self.timeout), proxies=self.proxies,
+                    verify=self.verify,
+                ) as response:
+                    fetched = self._read(response, previous, bool(conditional), deadline)
+            except WatchError:
+                if deadline.finish():  # e.g. a status line read before headers were cut off
+                    raise self._too_slow() from None
+                raise
+            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+                raise self._explain(exc, deadline) from exc
+            except OSError as exc:  # e.g. an unreadable ca_file
+                if deadline.passed():
+                    raise self._too_slow() from exc
+                raise WatchError(f"{self.method} {self.url} failed: {exc}; check the watcher's "
+                                 f"files and settings.") from exc
+            if deadline.finish():  # the watchdog cut the connection: what came may be partial
+                raise self._too_slow()
+        return fetched
 
     def _read(self, response: requests.Response, previous: Mapping[str, str],
-              conditional: bool) -> Fetched:
+              conditional: bool, deadline: Deadline) -> Fetched:
         status = response.status_code
         if status == 304:
             if not conditional:
@@ -189,12 +162,12 @@ class Url(Watcher, kind="url"):
                                  f"If-Modified-Since from the watcher's headers.")
             return Fetched(text="", unchanged=True, meta={**previous, **_validators(response)})
         if status >= 400:
-            raise WatchError(self._status_message(response))
-        body = self._body(response)
-        text = decode(body, response.headers.get("Content-Type", ""), self.encoding)
-        return Fetched(text=text, meta=_validators(response))
+            raise self._status_error(response)
+        body = self._body(response, deadline)
+        return Fetched(text=self._text(body, response.headers.get("Content-Type", "")),
+                       meta=_validators(response))
 
-    def _body(self, response: requests.Response) -> bytes:
+    def _body(self, response: requests.Response, deadline: Deadline) -> bytes:
         """Read at most max_bytes (after gzip), so a huge or endless body costs no memory."""
         too_big = WatchError(f"{self.method} {self.url} sent more than {self.max_bytes:,} bytes, "
                              f"so notifier stopped reading; raise max_bytes if that is expected.")
@@ -203,33 +176,62 @@ class Url(Watcher, kind="url"):
             raise too_big
         chunks, size = [], 0
         for chunk in response.iter_content(CHUNK):
+            if deadline.passed():
+                raise self._too_slow()
             size += len(chunk)
             if size > self.max_bytes:
                 raise too_big
             chunks.append(chunk)
         return b"".join(chunks)
 
-    def _status_message(self, response: requests.Response) -> str:
+    def _text(self, body: bytes, content_type: str) -> str:
+        """The page's text, or a one-line summary of a binary body: no NUL reaches filters."""
+        if not body:
+            return ""
+        declared_binary = binary_type(content_type) and not self.encoding
+        text = None if declared_binary else decode_text(body, content_type, self.encoding)
+        if text is not None:
+            return text
+        mime = content_type.partition(";")[0].strip().lower()
+        what = f"binary content ({mime})" if mime else "binary content"
+        return summary(what, len(body), hashlib.sha256(body).hexdigest())
+
+    def _status_error(self, response: requests.Response) -> WatchError:
         status = response.status_code
         try:
             reason = HTTPStatus(status).phrase
         except ValueError:
             reason = response.reason or "error"
-        hint = _STATUS_HINTS.get(status) or (
-            "the site may be down, notifier will try again on the next check" if status >= 500
-            else "check the watcher's url, method, headers and data")
-        return f"{self.method} {self.url} returned HTTP {status} {reason}; {hint}."
+        asked = _retry_after(response.headers.get("Retry-After"), time.time()) \
+            if status in _COME_BACK_HINTS else None
+        if asked is not None:
+            when = _duration(asked)
+            if asked > MAX_RETRY_AFTER:
+                when += f" (notifier looks again after {_duration(MAX_RETRY_AFTER)} at the latest)"
+            hint = _COME_BACK_HINTS[status].format(when=when)
+        else:
+            hint = _STATUS_HINTS.get(status) or (
+                "the site may be down, notifier will try again on the next check" if status >= 500
+                else "check the watcher's url, method, headers and data")
+        return WatchError(f"{self.method} {self.url} returned HTTP {status} {reason}; {hint}.",
+                          retry_after=None if asked is None else min(asked, MAX_RETRY_AFTER))
 
-    def _explain(self, exc: Exception) -> WatchError:
+    def _too_slow(self) -> WatchError:
+        return WatchError(f"{self.method} {self.url} did not finish within {_seconds(self.timeout)} "
+                          f"(connecting, headers and body together); the site is slow or stalled, "
+                          f"raise timeout if it needs longer.")
+
+    def _explain(self, exc: Exception, deadline: Deadline) -> WatchError:
         what = f"{self.method} {self.url}"
         inner = exc.args[0] if exc.args else None
-        if isinstance(exc, requests.ConnectTimeout):
-            text = (f"{what} could not connect within {self.timeout[0]:g} seconds; the site may be "
-                    f"down or blocked, notifier will try again on the next check.")
-        elif isinstance(exc, requests.ReadTimeout) or isinstance(
+        if deadline.passed():
+            return self._too_slow()
+        if isinstance(exc, requests.ConnectTimeout | requests.ReadTimeout) or isinstance(
                 inner, urllib3.exceptions.ReadTimeoutError):
-            text = (f"{what} sent nothing for {self.timeout[1]:g} seconds; the site may be "
-                    f"overloaded, notifier will try again on the next check (or raise timeout).")
+            # Reads may take the whole timeout, so one that timed out early was connecting
+            # (the TLS handshake runs under connect_timeout).
+            text = (f"{what} could not connect within {_seconds(self.connect_timeout)}; the site "
+                    f"may be down or blocked, notifier will try again on the next check.")
         elif isinstance(exc, requests.TooManyRedirects):
             text = (f"{what} redirected more than {self.max_redirects} times, probably in a loop; "
                     f"open the url in a browser to check it, or raise max_redirects.")
@@ -244,6 +246,34 @@ class Url(Watcher, kind="url"):
         else:
             text = f"{what} failed: {_reason(exc)}; check the watcher's url and options."
         return WatchError(text)
+
+
+def _retry_after(value: str | None, now: float) -> float | None:
+    """Seconds to wait from a Retry-After header (delay-seconds or an HTTP date), or None."""
+    value = (value or "").strip()
+    if value.isdigit():
+        return float(int(value))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:  # "-0000" means UTC with no claim about local time
+        when = when.replace(tzinfo=UTC)
+    return max(when.timestamp() - now, 0.0)
+
+
+def _seconds(seconds: float) -> str:
+    return f"{seconds:g} second{'' if seconds == 1 else 's'}"
+
+
+def _duration(seconds: float) -> str:
+    """A wait as people say it: "45 seconds", "10 minutes", "3 hours", "2 days"."""
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= 2 * size or (unit == "day" and seconds >= size):
+            count = round(seconds / size)
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    count = round(seconds)
+    return f"{count} second{'s' if count != 1 else ''}"
 
 
 def _validators(response: requests.Response) -> dict[str, str]:

@@ -1,22 +1,27 @@
-"""A real HTTP server on 127.0.0.1 for tests and benchmarks, driven by a mutable route table.
+"""A real HTTP(S) server on 127.0.0.1 for tests and benchmarks, driven by a mutable route table.
 
 Watchers are tested against real sockets rather than mocked requests, so connection pooling,
 timeouts, streaming caps and charset handling are exercised the way they run in production.
-Routes can be changed while the server runs; every request is recorded per path.
+Routes can be changed while the server runs; every request is recorded per path. Drip routes
+and the `Tarpit` (TLS handshakes that never complete) are for total-deadline tests.
 """
 
 from __future__ import annotations
 
 import socket
+import ssl
+import struct
 import threading
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 from urllib.parse import urlsplit
 
 import pytest
+import trustme
 
 # Fullwidth punctuation (RUF001) is what Chinese pages really contain, so it is kept.
 GBK_TEXT = "价格：人民币 128 元，库存充足；镕"  # noqa: RUF001 - 镕 is in GBK, not in GB2312
@@ -93,6 +98,30 @@ class Stream:
 
 
 @dataclass
+class Drip:
+    """Send one byte every `interval` until the client hangs up or the server is released.
+
+    ``part="body"``: complete headers, then a close-delimited body that never ends.
+    ``part="headers"``: a status line, then one header line that never ends. Either way each
+    read gets data long before a per-read timeout, so only a total deadline stops the client.
+    """
+
+    part: Literal["body", "headers"] = "body"
+    interval: float = 0.1
+
+    def serve(self, handler: Handler, path: str) -> None:
+        handler.close_connection = True
+        start = (b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+                 if self.part == "body" else b"HTTP/1.1 200 OK\r\nX-Drip: ")
+        try:
+            handler.wfile.write(start)
+            while not handler.server.released.wait(self.interval):
+                handler.wfile.write(b"x")
+        except OSError:
+            return  # the client gave up, as it should at its deadline
+
+
+@dataclass
 class Seen:
     """One request as the server received it; header names are lower-cased."""
 
@@ -116,6 +145,8 @@ def default_routes() -> dict[str, Route]:
         "/loop": Page(status=302, headers={"Location": "/loop"}),
         "/hang": Hang(),
         "/endless": Stream(),
+        "/drip-body": Drip("body"),
+        "/drip-headers": Drip("headers"),
     }
 
 
@@ -130,9 +161,10 @@ class LocalHTTPServer(ThreadingHTTPServer):
     block_on_close = True
     request_queue_size = 256  # the default backlog of 5 drops SYNs (1 s retries) under 32 threads
 
-    def __init__(self, latency: float = 0.0) -> None:
+    def __init__(self, latency: float = 0.0, tls: ssl.SSLContext | None = None) -> None:
         super().__init__(("127.0.0.1", 0), Handler)
         self.latency = latency
+        self.tls = tls
         self.version = 0  # part of every generated page: bump it to change them all
         self.routes: dict[str, Route] = default_routes()
         self.prefixes: dict[str, Route] = {}
@@ -171,7 +203,14 @@ class LocalHTTPServer(ThreadingHTTPServer):
 
     def url(self, path: str = "/") -> str:
         host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}{path}"
+        return f"{'https' if self.tls else 'http'}://{host!s}:{port}{path}"
+
+    def get_request(self) -> tuple[socket.socket, Any]:
+        """With `tls`, hand handlers TLS sockets; the handshake runs in the handler's thread."""
+        conn, address = super().get_request()
+        if self.tls:
+            conn = self.tls.wrap_socket(conn, server_side=True, do_handshake_on_connect=False)
+        return conn, address
 
     def set(self, path: str, body: Body | str = b"", **page: Any) -> Page:
         """Serve a Page at `path` (str bodies are UTF-8); keyword args are Page fields."""
@@ -257,6 +296,81 @@ class Handler(BaseHTTPRequestHandler):
 
     def log_message(self, format: str, *args: Any) -> None:
         """Keep test output clean; requests are in `server.seen` instead."""
+
+
+class Tarpit:
+    """A TCP port where TLS handshakes never complete, for https timeouts.
+
+    `drip=False` accepts and stays silent. `drip=True` answers the ClientHello with the header
+    of a 16 KB handshake record, then sends its bytes one every `interval`: the client's
+    per-read timeout never fires. Use as a context manager; `url()` is an https:// address.
+    """
+
+    def __init__(self, drip: bool = False, interval: float = 0.1) -> None:
+        self.drip = drip
+        self.interval = interval
+        self._listener = socket.create_server(("127.0.0.1", 0), backlog=64)
+        self._listener.settimeout(0.02)  # how quickly the accept loop notices close()
+        self.port: int = self._listener.getsockname()[1]
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._accepting = threading.Thread(target=self._accept, name="test-tarpit", daemon=True)
+
+    def __enter__(self) -> Tarpit:
+        self._accepting.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._accepting.join()
+        for thread in self._threads:
+            thread.join()
+        self._listener.close()
+
+    def url(self, path: str = "/") -> str:
+        return f"https://127.0.0.1:{self.port}{path}"
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            thread = threading.Thread(target=self._hold, args=(conn,), daemon=True)
+            self._threads.append(thread)
+            thread.start()
+
+    def _hold(self, conn: socket.socket) -> None:
+        with conn:
+            if not self.drip:
+                self._stop.wait()
+                return
+            try:
+                conn.recv(65536)  # the ClientHello
+                conn.sendall(b"\x16\x03\x03\x40\x00")  # handshake record, TLS 1.2, 16384 bytes
+                while not self._stop.wait(self.interval):
+                    conn.sendall(b"\x00")
+            except OSError:
+                return  # the client gave up
+
+
+def server_context(ca: trustme.CA) -> ssl.SSLContext:
+    """A server TLS context with a certificate for 127.0.0.1 and localhost, signed by `ca`."""
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1", "localhost").configure_cert(context)
+    return context
+
+
+def png(width: int = 4, height: int = 4, rgb: tuple[int, int, int] = (255, 0, 0)) -> bytes:
+    """A valid PNG image of one colour (8-bit RGB), as image viewers and browsers read it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\0" + bytes(rgb) * width for _ in range(height))  # filter 0 per row
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows))
+            + chunk(b"IEND", b""))
 
 
 @pytest.fixture

@@ -1,21 +1,34 @@
-"""The url watcher against a real local HTTP server: content, 304s, charsets, limits, errors."""
+"""The url watcher against real local servers: content, 304s, charsets, limits, errors,
+total deadlines against drip-feeding servers, binary bodies and Retry-After."""
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import socket
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from email.utils import formatdate
 from typing import Any
 
 import pytest
 
 from notifier.errors import WatchError
 from notifier.options import parse_options
-from notifier.watchers import url as url_module
+from notifier.watchers import _http
+from notifier.watchers._binary import describe_change
 from notifier.watchers.url import Url, close_sessions
-from tests.servers.http import CHINESE_PROSE, GBK_TEXT, LocalHTTPServer, Stream
+from tests.servers.http import (
+    CHINESE_PROSE,
+    GBK_TEXT,
+    LocalHTTPServer,
+    Stream,
+    Tarpit,
+    png,
+    server_context,
+)
+from tests.servers.smtp import LocalCA
 
 LAST_MODIFIED = "Wed, 21 Oct 2015 07:28:00 GMT"
 
@@ -112,7 +125,7 @@ def test_invalid_utf8_becomes_replacement_characters(http_server: LocalHTTPServe
 def test_hung_server_times_out_quickly(http_server: LocalHTTPServer) -> None:
     w = watcher(url=http_server.url("/hang"), timeout="0.2s")
     started = time.monotonic()
-    with pytest.raises(WatchError, match=r"sent nothing for 0\.2 seconds"):
+    with pytest.raises(WatchError, match=r"did not finish within 0\.2 seconds"):
         w.fetch({})
     assert time.monotonic() - started < 5
 
@@ -214,4 +227,209 @@ def test_concurrent_fetches_share_one_session(http_server: LocalHTTPServer) -> N
     with ThreadPoolExecutor(16) as pool:
         texts = list(pool.map(lambda w: w.fetch({}).text, watchers))
     assert all(f"/gen/{i} version 0" in text for i, text in enumerate(texts))
-    assert len(url_module._sessions) == 1
+    assert len(_http._sessions) == 1
+
+
+# The total deadline: `timeout` bounds connect + TLS + headers + body, however the server behaves.
+
+TIMEOUT = 1.0
+SLACK = 0.5  # scheduling noise on a loaded machine; a per-read timeout would never fire at all
+
+
+def fails_at_deadline(w: Url) -> str:
+    """Fetch, expecting the total-deadline error within TIMEOUT (+ SLACK); return the message."""
+    started = time.monotonic()
+    with pytest.raises(WatchError) as caught:
+        w.fetch({})
+    elapsed = time.monotonic() - started
+    assert TIMEOUT - 0.05 <= elapsed < TIMEOUT + SLACK, f"failed after {elapsed:.2f}s"
+    return str(caught.value)
+
+
+@pytest.mark.parametrize("path", ["/drip-body", "/drip-headers"])
+def test_drip_feed_fails_at_the_total_deadline(http_server: LocalHTTPServer, path: str) -> None:
+    message = fails_at_deadline(watcher(url=http_server.url(path), timeout="1s"))
+    assert message == (f"GET {http_server.url(path)} did not finish within 1 second (connecting, "
+                       f"headers and body together); the site is slow or stalled, raise timeout "
+                       f"if it needs longer.")
+
+
+@pytest.mark.parametrize("drip", [False, True], ids=["silent", "dripping"])
+def test_stalled_tls_handshake_fails_at_the_total_deadline(drip: bool) -> None:
+    with Tarpit(drip=drip) as tarpit:
+        message = fails_at_deadline(watcher(url=tarpit.url("/page"), timeout="1s"))
+    assert "did not finish within 1 second" in message
+    assert "Traceback" not in message
+
+
+def test_connect_timeout_bounds_a_stalled_handshake_on_its_own() -> None:
+    with Tarpit() as tarpit:
+        started = time.monotonic()
+        with pytest.raises(WatchError, match=r"could not connect within 0\.3 seconds"):
+            watcher(url=tarpit.url(), timeout="5s", connect_timeout="0.3s").fetch({})
+    assert time.monotonic() - started < 0.3 + SLACK
+
+
+@pytest.mark.parametrize("route", ["redirect", "proxy"])
+def test_drip_feed_behind_a_redirect_or_proxy(http_server: LocalHTTPServer, route: str) -> None:
+    if route == "redirect":
+        http_server.set("/moved", status=302, headers={"Location": "/drip-body"})
+        w = watcher(url=http_server.url("/moved"), timeout="1s")
+    else:
+        w = watcher(url="http://site.invalid/drip-headers", proxy=http_server.url("/"), timeout="1s")
+    assert "did not finish within 1 second" in fails_at_deadline(w)
+
+
+def test_https_fetches_and_drip_feeds(tls_ca: LocalCA) -> None:
+    with LocalHTTPServer(tls=server_context(tls_ca)) as server:
+        w = watcher(url=server.url("/"), ca_file=tls_ca.ca_file)
+        assert [w.fetch({}).text for _ in range(3)] == ["hello"] * 3
+        drip = watcher(url=server.url("/drip-body"), ca_file=tls_ca.ca_file, timeout="1s")
+        assert "did not finish within 1 second" in fails_at_deadline(drip)
+        assert w.fetch({}).text == "hello"
+
+
+def test_a_fetch_after_a_cut_connection_reuses_the_pool_cleanly(http_server: LocalHTTPServer) -> None:
+    """A deadline shuts sockets down; the pooled connections other fetches use stay healthy."""
+    fails_at_deadline(watcher(url=http_server.url("/drip-headers"), timeout="1s"))
+    w = watcher(url=http_server.url("/"))
+    assert [w.fetch({}).text for _ in range(3)] == ["hello"] * 3
+
+
+def test_drip_feed_watchers_do_not_hold_up_a_pass(http_server: LocalHTTPServer) -> None:
+    """32 dripping pages among normal ones, 16 workers like a real pass: every drip fails at its
+    deadline, the normal pages take no longer than usual, the pass ends in about 2 x timeout."""
+    http_server.generate("/gen/", size=512)
+    drips = [watcher(url=http_server.url(("/drip-body", "/drip-headers")[i % 2]), timeout="1s")
+             for i in range(32)]
+    normal = [watcher(url=http_server.url(f"/gen/{i}"), timeout="1s") for i in range(4)]
+    order = drips[:8] + normal[:2] + drips[8:24] + normal[2:] + drips[24:]
+
+    def run(w: Url) -> tuple[Url, float, str]:
+        started = time.monotonic()
+        try:
+            outcome = w.fetch({}).text
+        except WatchError as exc:
+            outcome = str(exc)
+        return w, time.monotonic() - started, outcome
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        results = list(pool.map(run, order))
+    elapsed = time.monotonic() - started
+
+    for w, seconds, outcome in results:
+        if w in normal:
+            assert "version 0" in outcome
+            assert seconds < 0.5, f"{w.url} took {seconds:.2f}s next to the drip-feeds"
+        else:
+            assert "did not finish within 1 second" in outcome
+            assert TIMEOUT - 0.05 <= seconds < TIMEOUT + SLACK, f"{w.url} failed after {seconds:.2f}s"
+    assert elapsed < 3 * TIMEOUT, f"the pass took {elapsed:.2f}s"
+
+
+# Binary bodies are compared by size and SHA-256, never as text.
+
+def test_png_is_summarised_and_its_change_is_noticed(http_server: LocalHTTPServer) -> None:
+    red, blue = png(rgb=(255, 0, 0)), png(width=8, rgb=(0, 0, 255))
+    http_server.set("/logo.png", red, headers={"Content-Type": "image/png"})
+    w = watcher(url=http_server.url("/logo.png"))
+    first = w.fetch({}).text
+    assert first == (f"binary content (image/png), {len(red)} bytes, "
+                     f"sha256 {hashlib.sha256(red).hexdigest()}")
+    http_server.set("/logo.png", blue, headers={"Content-Type": "image/png"})
+    second = w.fetch({}).text
+    assert second.startswith(f"binary content (image/png), {len(blue)} bytes, sha256 ")
+    assert describe_change(first, second) == (
+        f"binary content (image/png) changed (size {len(red)} → {len(blue)} bytes, sha256 "
+        f"{hashlib.sha256(red).hexdigest()[:12]}… → {hashlib.sha256(blue).hexdigest()[:12]}…)")
+
+
+@pytest.mark.parametrize("content_type", ["text/html; charset=utf-8", "text/html", "text/plain"])
+def test_png_mislabelled_as_text_is_still_binary(http_server: LocalHTTPServer, content_type: str) -> None:
+    image = png()
+    http_server.set("/page", image, headers={"Content-Type": content_type})
+    text = watcher(url=http_server.url("/page")).fetch({}).text
+    mime = content_type.partition(";")[0]
+    digest = hashlib.sha256(image).hexdigest()
+    assert text == f"binary content ({mime}), {len(image)} bytes, sha256 {digest}"
+
+
+@pytest.mark.parametrize(("body", "content_type"), [
+    (b"price: 12\0 EUR", "text/plain; charset=utf-8"),  # a NUL in declared text
+    (b"\0\1\2\3 undeclared", ""),
+    (bytes(range(128, 256)) * 4, "text/html"),  # no NUL, but no charset explains it
+    (b"%PDF-1.7 ...", "application/pdf"),
+    (b"plain looking bytes", "application/octet-stream"),
+])
+def test_binary_bodies_never_reach_the_text(http_server: LocalHTTPServer, body: bytes,
+                                            content_type: str) -> None:
+    http_server.set("/thing", body, headers={"Content-Type": content_type})
+    text = watcher(url=http_server.url("/thing")).fetch({}).text
+    assert text.startswith("binary content")
+    assert text.endswith(f"{len(body)} bytes, sha256 {hashlib.sha256(body).hexdigest()}")
+    assert "\0" not in text
+
+
+@pytest.mark.parametrize(("body", "content_type"), [
+    (b'<svg xmlns="http://www.w3.org/2000/svg"><text>hi</text></svg>', "image/svg+xml"),
+    (b'{"price": 12}', "application/json"),
+    ("\ufeffUTF-16 page, 价格".encode("utf-16"), "text/html"),  # NUL bytes, but a BOM says text
+])
+def test_text_formats_stay_text(http_server: LocalHTTPServer, body: bytes, content_type: str) -> None:
+    http_server.set("/thing", body, headers={"Content-Type": content_type})
+    text = watcher(url=http_server.url("/thing")).fetch({}).text
+    assert not text.startswith("binary content")
+    assert "\0" not in text
+
+
+def test_encoding_option_says_an_octet_stream_is_text(http_server: LocalHTTPServer) -> None:
+    http_server.set("/prices.txt", GBK_TEXT.encode("gbk"),
+                    headers={"Content-Type": "application/octet-stream"})
+    assert watcher(url=http_server.url("/prices.txt"), encoding="gbk").fetch({}).text == GBK_TEXT
+
+
+# Retry-After: a rate-limited or unavailable site says when to come back.
+
+def retry_error(http_server: LocalHTTPServer, status: int, retry_after: str | None) -> WatchError:
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    http_server.set("/limited", "slow down", status=status, headers=headers)
+    with pytest.raises(WatchError) as caught:
+        watcher(url=http_server.url("/limited")).fetch({})
+    return caught.value
+
+
+def test_retry_after_seconds_on_429(http_server: LocalHTTPServer) -> None:
+    error = retry_error(http_server, 429, "120")
+    assert error.retry_after == 120.0
+    assert str(error) == (f"GET {http_server.url('/limited')} returned HTTP 429 Too Many Requests; "
+                          f"the site limits requests and asked notifier to come back in 2 minutes; "
+                          f"a longer `every` helps.")
+
+
+def test_retry_after_http_date_on_503(http_server: LocalHTTPServer) -> None:
+    error = retry_error(http_server, 503, formatdate(time.time() + 600, usegmt=True))
+    assert error.retry_after is not None
+    assert 597 <= error.retry_after <= 600  # HTTP dates have whole seconds
+    assert "HTTP 503 Service Unavailable; the site is unavailable" in str(error)
+    assert "asked notifier to come back in 10 minutes" in str(error)
+
+
+def test_retry_after_is_capped_at_a_day(http_server: LocalHTTPServer) -> None:
+    error = retry_error(http_server, 429, str(10 * 86400))
+    assert error.retry_after == 86400.0
+    assert "come back in 10 days (notifier looks again after 1 day at the latest)" in str(error)
+
+
+@pytest.mark.parametrize(("status", "retry_after"), [
+    (429, None), (429, "soon"), (503, None), (500, "120"),
+])
+def test_no_usable_retry_after(http_server: LocalHTTPServer, status: int, retry_after: str | None) -> None:
+    error = retry_error(http_server, status, retry_after)
+    assert error.retry_after is None
+    assert "come back" not in str(error)
+
+
+def test_a_past_retry_after_date_means_now(http_server: LocalHTTPServer) -> None:
+    error = retry_error(http_server, 503, formatdate(time.time() - 3600, usegmt=True))
+    assert error.retry_after == 0.0
