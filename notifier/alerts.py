@@ -19,7 +19,7 @@ from zoneinfo import ZoneInfo
 
 from notifier.config import Config, Recipients, WatcherConfig
 from notifier.diff import Diff
-from notifier.mail import build_message, message_bytes, new_message_id
+from notifier.message import build_message, message_bytes, new_message_id
 from notifier.render import AlertContext, DigestItem, Renderer, WatcherInfo, cap_diff
 from notifier.store import Alert, DigestEntry, Queued, WatcherState
 

@@ -42,7 +42,7 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
 def setup(level: str = "info", smtp_dialogue: bool = False) -> None:
     """Route all notifier logging to stderr at `level`, with secrets masked.
 
-    `smtp_dialogue` shows the SMTP conversation (credentials are masked by notifier.mail).
+    `smtp_dialogue` shows the SMTP conversation (credentials are masked by notifier.transport).
     """
     handler = _StderrHandler()
     handler.addFilter(RedactingFilter())

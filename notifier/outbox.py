@@ -26,7 +26,7 @@ from notifier.errors import (
     PermanentDeliveryError,
     RateLimitedError,
 )
-from notifier.mail import MaildirTransport, SmtpTransport, Transport, refusal_error
+from notifier.transport import MaildirTransport, SmtpTransport, Transport, refusal_error
 from notifier.store import OutboxRow, Store
 
 log = logging.getLogger("notifier.outbox")
