@@ -1,14 +1,15 @@
 """The `command` kind: watch what a command prints.
 
-Commands are the riskiest thing notifier runs: they can hang, fork helpers, or print without
-end. So each one runs in its own process group, its output is read incrementally into a
-bounded buffer, and on timeout or overflow the whole group is killed, not just the shell.
+Commands are the riskiest thing notifier runs: they can hang, fork helpers, print without
+end, or show what they were given. So each one runs in its own process group with a clean
+environment, its output is read incrementally into a bounded buffer, and on timeout or
+overflow every process it started is killed (see `_procs`), not just the shell.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
+import pwd
 import selectors
 import shlex
 import signal
@@ -20,10 +21,13 @@ from typing import Any, ClassVar
 from notifier.errors import WatchError
 from notifier.options import REQUIRED, Bool, Duration, Int, MapOf, Option, Str, StrOrList
 from notifier.watchers import Fetched, Watcher
+from notifier.watchers._procs import MARK, kill_tree, new_mark
 
 MiB = 1024 * 1024
 _CHUNK = 64 * 1024
 _SHELL_ERRORS = {126: "was found but is not executable", 127: "was not found"}
+# All a command inherits from notifier's environment, which may hold SMTP passwords and tokens.
+_INHERITED = ("PATH", "HOME", "LANG", "LC_ALL", "TZ")
 
 
 class Command(Watcher, kind="command"):
@@ -34,9 +38,15 @@ class Command(Watcher, kind="command"):
     the result, as a last line like ``[exit status 3]``, not an error: monit-style checks
     alert precisely on a status changing. Exit status 127/126 from the shell means the command
     was not found or not executable, which fails the check. A command running longer than
-    `timeout` or printing more than `max_bytes` is killed with every process it started and
-    the check fails; output is never silently truncated, since a cut-off text would be
-    compared as if it were the whole output.
+    `timeout` or printing more than `max_bytes` is killed with every process it started, even
+    those that left its process group with setsid, and the check fails; output is never
+    silently truncated, since a cut-off text would be compared as if it were the whole output.
+    A helper left running in the background with the output still open counts as running.
+
+    The environment is clean: only PATH, HOME, LANG, and LC_ALL and TZ when set, are passed
+    on from notifier's own (which may hold secrets such as NOTIFIER_SMTP_PASSWORD), plus
+    what `env` sets, plus NOTIFIER_CHECK_ID, a token that differs on every run and marks the
+    command's processes for the kill. Give a command anything else it needs through `env`.
     """
 
     options: ClassVar[tuple[Option, ...]] = (
@@ -67,23 +77,36 @@ class Command(Watcher, kind="command"):
         return self.args if isinstance(self.args, str) else shlex.join(self.args)
 
     def fetch(self, previous: Mapping[str, str]) -> Fetched:
+        mark = new_mark()
+        env = self._environment(mark)
         try:
             process = subprocess.Popen(
                 self.args, shell=self.shell, cwd=self.cwd, stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT if self.stderr else subprocess.DEVNULL,
-                env={**os.environ, **self.env} if self.env else None,
+                env=env,
                 start_new_session=True,  # its own process group, so a kill reaches its children
             )
         except OSError as exc:
-            raise self._start_error(exc) from exc
+            raise self._start_error(exc, env["PATH"]) from exc
         with process:
             try:
                 output = self._collect(process)
             finally:
-                if process.returncode is None:
-                    _kill_group(process)
+                if process.returncode is None:  # not reaped: its pid cannot have been reused
+                    kill_tree(process.pid, mark)
+                    process.wait()
         return Fetched(text=self._result(output.decode("utf-8", errors="replace"), process.returncode))
+
+    def _environment(self, mark: str) -> dict[str, str]:
+        env = {name: os.environ[name] for name in _INHERITED if name in os.environ}
+        env.setdefault("PATH", os.defpath)
+        if "HOME" not in env:  # e.g. a systemd unit without User=: HOME is the user's anyway
+            try:
+                env["HOME"] = pwd.getpwuid(os.getuid()).pw_dir
+            except KeyError:
+                env["HOME"] = "/"
+        return {**env, **self.env, MARK: mark}
 
     def _collect(self, process: subprocess.Popen[bytes]) -> bytes:
         """Read output until EOF and exit, within the deadline and the size cap."""
@@ -132,29 +155,19 @@ class Command(Watcher, kind="command"):
         return f"{text}\n{ending}" if text and not text.endswith("\n") else f"{text}{ending}"
 
     def _timed_out(self) -> WatchError:
-        return WatchError(f"command `{self.source()}` did not finish within {self.timeout:g} "
-                          f"seconds and was killed with its child processes; make it faster or "
-                          f"raise timeout.")
+        seconds = f"{self.timeout:g} second{'' if self.timeout == 1 else 's'}"
+        return WatchError(f"command `{self.source()}` did not finish within {seconds} and was "
+                          f"killed with every process it started; make it faster or raise timeout.")
 
-    def _start_error(self, exc: OSError) -> WatchError:
+    def _start_error(self, exc: OSError, path: str) -> WatchError:
         if self.cwd and exc.filename == self.cwd:
             return WatchError(f"cannot run `{self.source()}` in {self.cwd}: {exc.strerror}; "
                               f"fix the watcher's cwd.")
         program = self.args if isinstance(self.args, str) else self.args[0]
         if isinstance(exc, FileNotFoundError):
             return WatchError(f"command {program!r} was not found; check the spelling, or give its "
-                              f"full path (PATH is {os.environ.get('PATH', '')}).")
+                              f"full path (PATH is {path}).")
         if isinstance(exc, PermissionError):
             return WatchError(f"command {program!r} cannot be run: permission denied; make it "
                               f"executable (chmod +x) or check its directories.")
         return WatchError(f"cannot run `{self.source()}`: {exc.strerror or exc}.")
-
-
-def _kill_group(process: subprocess.Popen[bytes]) -> None:
-    """SIGKILL the command's whole process group, then reap the command itself.
-
-    The leader is not reaped yet, so its group id cannot have been reused by anyone else.
-    """
-    with contextlib.suppress(ProcessLookupError):  # the group has already gone
-        os.killpg(process.pid, signal.SIGKILL)
-    process.wait()
