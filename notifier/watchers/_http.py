@@ -29,7 +29,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.poolmanager import PoolManager
 
-from notifier.watchers._deadline import watchdog
+from notifier.watchers._watchdog import watchdog
 
 USER_AGENT = "notifier/0.1 (change monitor)"
 POOL_SIZE = 64  # above the ~32 threads of a pass, so no thread waits for or discards a connection

@@ -1,4 +1,4 @@
-"""Deadlines that fire even while a thread is stuck in a blocking call.
+"""A watchdog thread: deadlines that fire even while the guarded thread is stuck in a call.
 
 A per-read socket timeout never fires against a server that sends one byte a second, so a
 fetch's total deadline needs someone else to act when it passes. One watchdog thread serves
