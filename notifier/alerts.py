@@ -11,7 +11,7 @@ from __future__ import annotations
 import getpass
 import json
 from collections.abc import Sequence
-from datetime import datetime, timedelta, tzinfo
+from datetime import datetime
 from email.utils import parseaddr
 from pathlib import Path
 from typing import NamedTuple
@@ -109,7 +109,7 @@ class Alerter:
                attachments: Sequence[tuple[str, str, bytes]] = ()) -> Built:
         account = wc.account or self.cfg.default_account
         recipients = self._recipients(wc)
-        not_before = quiet_until(wc.quiet_hours, self._zone(wc), now)
+        not_before = wc.quiet_hours.until(now, self._zone(wc)) if wc.quiet_hours else now
         queued, problem = self._build(ctx, account, recipients, self._renderer(wc), not_before,
                                       wc.name, attachments)
         return Built([queued], problem)
@@ -153,8 +153,8 @@ class Alerter:
         return self._renderers[dirs]
 
     def _zone(self, wc: WatcherConfig | None) -> ZoneInfo | None:
-        name = (wc.timezone if wc else None) or self.cfg.timezone
-        return ZoneInfo(name) if name else None
+        """The watcher's time zone, else the config's; None means the machine's local time."""
+        return (wc.timezone if wc else None) or self.cfg.timezone
 
     def _at(self, wc: WatcherConfig | None, ts: float) -> datetime:
         """`ts` as an aware datetime in the watcher's (or the config's, or local) time zone."""
@@ -162,28 +162,6 @@ class Alerter:
 
     def _time(self, wc: WatcherConfig | None, ts: float | None) -> datetime | None:
         return None if ts is None else self._at(wc, ts)
-
-
-def quiet_until(window: str | None, zone: tzinfo | None, now: float) -> float:
-    """When an alert created at `now` may be sent: the end of the quiet window, or now."""
-    if not window:
-        return now
-    start_s, end_s = (part.strip() for part in window.split("-"))
-    local = datetime.fromtimestamp(now, zone).astimezone(zone)
-    start = _at(local, start_s)
-    end = _at(local, end_s)
-    if start <= end:
-        inside = start <= local < end
-    else:  # the window wraps midnight, like 22:00-07:00
-        inside = local >= start or local < end
-        if local >= start:
-            end += timedelta(days=1)
-    return end.timestamp() if inside else now
-
-
-def _at(day: datetime, hhmm: str) -> datetime:
-    hours, minutes = (int(x) for x in hhmm.split(":"))
-    return day.replace(hour=hours, minute=minutes, second=0, microsecond=0)
 
 
 def _info(wc: WatcherConfig) -> WatcherInfo:

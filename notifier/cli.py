@@ -379,7 +379,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     now = time.time()
     for wc in cfg.watchers if cfg else ():
         st = states.get(wc.name)
-        schedule = f"cron {wc.cron}" if wc.cron else f"every {_ago(wc.every)}"
+        cron = wc.schedule.cron
+        schedule = f"cron {cron.text}" if cron else f"every {_ago(wc.schedule.every)}"
         print(f"{wc.name} ({wc.kind}, {schedule})")
         print(f"    last check {_when(st.last_check if st else None, now)}, last change "
               f"{_when(st.last_change if st else None, now)}, next run {_when(next_run(wc, st), now)}")
@@ -424,12 +425,10 @@ def _print_daemon(state_dir: Path, config: Path, problems: Sequence[str]) -> Non
 
 def next_run(wc: WatcherConfig, st: WatcherState | None) -> float | None:
     """When the daemon will check next, derived from the schedule and the last check."""
-    from notifier.daemon import trigger_for  # noqa: PLC0415 - see the note at the imports
-
     now = datetime.now(UTC)
-    if st is None or st.last_check is None or (not wc.cron and now.timestamp() - st.last_check >= wc.every):
+    if st is None or wc.schedule.overdue(st.last_check, now.timestamp()):
         return now.timestamp()  # new or overdue: the daemon runs it at once
-    fire = trigger_for(wc).get_next_fire_time(None, now)
+    fire = wc.schedule.trigger(wc.name).get_next_fire_time(None, now)
     return fire.timestamp() if fire else None
 
 

@@ -15,10 +15,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 from notifier.errors import ConfigError, Problem
 from notifier.options import Option, line_of, parse_options, unknown_key_hint
 from notifier.registry import kinds
+from notifier.schedule import Schedule, Window
 from notifier.secrets import Secret, SecretRef
 from notifier.sections import (
     DEFAULT_PORTS,
@@ -70,10 +72,9 @@ class WatcherConfig:
     kind: str
     watcher: Any  # a notifier.watchers.Watcher; typed loosely to keep config first in the chain
     filters: tuple[Any, ...]
-    every: float
-    cron: str | None
-    timezone: str | None
-    quiet_hours: str | None
+    schedule: Schedule
+    timezone: ZoneInfo | None
+    quiet_hours: Window | None
     history: int
     context_lines: int
     additions_only: bool
@@ -102,7 +103,7 @@ class Config:
     recipients: Recipients
     subject_prefix: str
     templates: str | None
-    timezone: str | None
+    timezone: ZoneInfo | None
     workers: int
     log_level: str
     warnings: tuple[Problem, ...] = ()
@@ -348,8 +349,9 @@ def _watcher(col: _Collector, spec: Any, path: str, defaults: dict[str, Any],
     fingerprint = hashlib.sha256(
         (json.dumps(spec, sort_keys=True, default=str) + defaults_key).encode()).hexdigest()
     return WatcherConfig(
-        name=name, kind=kind, watcher=watcher, filters=tuple(filters), every=values["every"],
-        cron=values["cron"], timezone=values["timezone"], quiet_hours=values["quiet_hours"],
+        name=name, kind=kind, watcher=watcher, filters=tuple(filters),
+        schedule=Schedule(values["every"], values["cron"], values["timezone"]),
+        timezone=values["timezone"], quiet_hours=values["quiet_hours"],
         history=values["history"], context_lines=values["context_lines"],
         additions_only=values["additions_only"], deletions_only=values["deletions_only"],
         recipients=Recipients(values["to"], values["cc"], values["bcc"]),

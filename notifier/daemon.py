@@ -14,7 +14,6 @@ import os
 import signal
 import threading
 import time
-import zlib
 from collections import Counter
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -24,8 +23,6 @@ from typing import Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from notifier import config as configmod
@@ -36,6 +33,7 @@ from notifier.errors import ConfigError, StateError
 from notifier.health import Health
 from notifier.outbox import Sender
 from notifier.pipeline import check
+from notifier.schedule import stable_fraction
 from notifier.statedir import DAEMON, ONESHOT_WAIT, STARTING, StateDir
 
 log = logging.getLogger("notifier.daemon")
@@ -50,35 +48,6 @@ DIGEST_POLL = 1.0  # seconds between looks for digests that are due
 OUTBOX_BATCH = 200  # messages per delivery round; a round repeats while more are due
 CHECKPOINT_EVERY = 60.0  # seconds between WAL truncations, so the WAL gives its space back
 M_ARENA_MAX = -8  # glibc mallopt parameter
-
-
-def stable_fraction(name: str) -> float:
-    """A number in [0, 1) fixed for a watcher name, used to spread watchers over time."""
-    return zlib.crc32(name.encode()) / 2**32
-
-
-class PhasedInterval(IntervalTrigger):  # type: ignore[misc]  # apscheduler has no type hints
-    """An interval that always fires on its own grid (start_date + k intervals).
-
-    APScheduler's IntervalTrigger counts from the previous run, so a prompt first run at
-    start-up (or a late run) would become the watcher's phase for good, and watchers started
-    together would stay bunched. Here the next time is the next grid point after both `now`
-    and the previous run, whatever time the previous run happened at.
-    """
-
-    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
-        if previous_fire_time is not None:
-            now = max(now, previous_fire_time + timedelta(microseconds=1))
-        fire: datetime | None = super().get_next_fire_time(None, now)
-        return fire
-
-
-def trigger_for(wc: WatcherConfig) -> BaseTrigger:
-    """Interval watchers get a stable per-name phase, so 1,000 of them don't fire together."""
-    if wc.cron:
-        return CronTrigger.from_crontab(wc.cron, timezone=wc.timezone or "UTC")
-    anchor = datetime(2020, 1, 1, tzinfo=UTC) + timedelta(seconds=stable_fraction(wc.name) * wc.every)
-    return PhasedInterval(seconds=wc.every, start_date=anchor, timezone=UTC)
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -352,14 +321,15 @@ class Daemon:
     def _add(self, wc: WatcherConfig, startup: bool = False) -> None:
         kwargs: dict[str, Any] = {}
         state = self.store.state(wc.name) if startup else None
-        if state is None or state.last_check is None or (
-                not wc.cron and time.time() - state.last_check >= wc.every):
+        if state is None or wc.schedule.overdue(state.last_check, time.time()):
             # New or overdue: run soon, spread out so a restart is not a thundering herd.
-            spread = min(STARTUP_SPREAD, wc.every, max(1.0, SPREAD_PER_WATCHER * len(self.cfg.watchers)))
+            spread = min(STARTUP_SPREAD, wc.schedule.every,
+                         max(1.0, SPREAD_PER_WATCHER * len(self.cfg.watchers)))
             delay = stable_fraction(wc.name) * spread
             kwargs["next_run_time"] = datetime.now(UTC) + timedelta(seconds=delay)
-        self.scheduler.add_job(self._check, trigger_for(wc), args=[wc.name], id=f"check:{wc.name}",
-                               name=wc.name, executor="checks", replace_existing=True, **kwargs)
+        self.scheduler.add_job(self._check, wc.schedule.trigger(wc.name), args=[wc.name],
+                               id=f"check:{wc.name}", name=wc.name, executor="checks",
+                               replace_existing=True, **kwargs)
 
     def reload(self) -> bool:
         """Load the config again; apply only what changed. A bad config changes nothing.

@@ -11,12 +11,16 @@ import difflib
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import time
 from email.utils import parseaddr
 from typing import Any, ClassVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from notifier.errors import Problem
+from notifier.schedule import CronExpr, Window
 
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_WINDOW = re.compile(r"^(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 MAX_DURATION = 366 * 86400.0  # a year: anything longer is a typo, and overflows date arithmetic
 # C0 and C1 control characters; tab and newline included, since a name is one line of a log.
@@ -129,6 +133,50 @@ class Duration(Type):
 
     def schema(self) -> dict[str, Any]:
         return {"type": "string", "pattern": _DURATION.pattern.replace(")?", ")")}
+
+
+class TimeZone(Type):
+    """An IANA time zone name, kept as the ZoneInfo the program uses."""
+
+    name = "time zone"
+
+    def parse(self, value: Any) -> ZoneInfo:
+        text = Str().parse(value)
+        try:
+            return ZoneInfo(text)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{text!r} is not a known time zone; use a name like Asia/Shanghai") from None
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string"}
+
+
+class DailyWindow(Type):
+    """A daily window such as 22:00-07:30, kept as a `Window`."""
+
+    name = "time window"
+
+    def parse(self, value: Any) -> Window:
+        text = Str().parse(value)
+        match = _WINDOW.match(text)
+        if not match or int(match[1]) > 23 or int(match[3]) > 23 or int(match[2]) > 59 or int(match[4]) > 59:
+            raise ValueError(f"{text!r} is not a time window; write it like 22:00-07:30")
+        return Window(time(int(match[1]), int(match[2])), time(int(match[3]), int(match[4])))
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string", "pattern": _WINDOW.pattern}
+
+
+class Cron(Type):
+    """A five-field cron expression, kept as a validated `CronExpr`."""
+
+    name = "cron"
+
+    def parse(self, value: Any) -> CronExpr:
+        return CronExpr.parse(Str().parse(value))
+
+    def schema(self) -> dict[str, Any]:
+        return {"type": "string"}
 
 
 class Choice(Type):

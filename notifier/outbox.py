@@ -17,7 +17,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from itertools import groupby
-from zoneinfo import ZoneInfo
 
 from notifier.config import Config
 from notifier.errors import (
@@ -26,8 +25,8 @@ from notifier.errors import (
     PermanentDeliveryError,
     RateLimitedError,
 )
-from notifier.transport import MaildirTransport, SmtpTransport, Transport, refusal_error
 from notifier.store import OutboxRow, Store
+from notifier.transport import MaildirTransport, SmtpTransport, Transport, refusal_error
 
 log = logging.getLogger("notifier.outbox")
 
@@ -165,12 +164,11 @@ class Sender:
                 message, retry)
 
 
-def waiting_reason(row: OutboxRow, now: float, timezone: str | None = None) -> str:
-    """Why `row` has not been sent, in words, from the row alone, with times in `timezone`
+def waiting_reason(row: OutboxRow, now: float, zone: tzinfo | None = None) -> str:
+    """Why `row` has not been sent, in words, from the row alone, with times in `zone`
     (local time when None): held or dead with the error; a first attempt that is not due yet
     waits for quiet hours (nothing else creates a message for later); a later attempt that is
     not due waits out its backoff, a slow one after a rate limit."""
-    zone = ZoneInfo(timezone) if timezone else None
     if row.state in ("held", "dead"):
         return f"{row.state}: {row.last_error or 'no reason recorded'}"
     if row.not_before <= now:

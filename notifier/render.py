@@ -14,7 +14,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime, timedelta, tzinfo
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Literal
@@ -85,7 +85,6 @@ class AlertContext:
     failing_since: datetime | None = None
     subject_prefix: str = "[notifier]"
     extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
-    tz: tzinfo | None = None  # show times in this zone (the watcher's `timezone`)
     entries: tuple[DigestItem, ...] = ()  # the changes a digest alert carries
 
     def __post_init__(self) -> None:
@@ -229,32 +228,29 @@ def template_variables(ctx: AlertContext) -> dict[str, Any]:
     shown, omitted = cap_diff(diff) if diff is not None else (None, 0)
     watcher = _visible_watcher(ctx.watcher) if ctx.watcher else None
 
-    def local(dt: datetime | None) -> datetime | None:
-        return dt.astimezone(ctx.tz) if dt is not None and ctx.tz is not None else dt
-
     return {
         "kind": ctx.kind, "watcher": watcher,
         "name": one_line(watcher.name, 1_000) if watcher else "notifier",
         "link": safe_link(watcher.link) if watcher else None,
-        "at": local(ctx.at), "previous_at": local(ctx.previous_at),
+        "at": ctx.at, "previous_at": ctx.previous_at,
         "diff": _visible_diff(shown) if shown is not None else None, "omitted": omitted,
         "counts": _counts(diff),
         "old": visible(cap_text(ctx.old)), "new": visible(cap_text(ctx.new)),
         "error": visible(ctx.error) if ctx.error is not None else None,
-        "failures": ctx.failures, "failing_since": local(ctx.failing_since),
+        "failures": ctx.failures, "failing_since": ctx.failing_since,
         "subject_prefix": visible(ctx.subject_prefix),
         "extra": MappingProxyType({visible(str(key)): visible(value) if isinstance(value, str) else value
                                    for key, value in ctx.extra.items()}),
-        "entries": [_entry(item, local) for item in ctx.entries],
+        "entries": [_entry(item) for item in ctx.entries],
         "template_problem": None,
     }
 
 
-def _entry(item: DigestItem, local: Any) -> dict[str, Any]:
+def _entry(item: DigestItem) -> dict[str, Any]:
     shown, omitted = cap_diff(item.diff)
     watcher = _visible_watcher(item.watcher)
     return {"watcher": watcher, "name": one_line(watcher.name, 1_000),
-            "link": safe_link(watcher.link), "at": local(item.at), "diff": _visible_diff(shown),
+            "link": safe_link(watcher.link), "at": item.at, "diff": _visible_diff(shown),
             "omitted": omitted, "counts": _counts(item.diff)}
 
 

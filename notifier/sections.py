@@ -7,11 +7,7 @@ options in their classes.
 
 from __future__ import annotations
 
-import re
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from apscheduler.triggers.cron import CronTrigger
 
 from notifier.options import (
     REQUIRED,
@@ -19,15 +15,16 @@ from notifier.options import (
     AnyValue,
     Bool,
     Choice,
+    Cron,
+    DailyWindow,
     Duration,
     Int,
     ListOf,
     Name,
     Option,
     Str,
+    TimeZone,
 )
-
-_WINDOW = re.compile(r"^(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})$")
 
 PROVIDERS: dict[str, dict[str, Any]] = {
     "163": {"host": "smtp.163.com", "port": 465, "security": "ssl", "from_must_match": True},
@@ -38,27 +35,6 @@ PROVIDERS: dict[str, dict[str, Any]] = {
 DEFAULT_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
 
 
-def _check_timezone(value: str) -> None:
-    try:
-        ZoneInfo(value)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise ValueError(f"{value!r} is not a known time zone; use a name like Asia/Shanghai") from None
-
-
-def _check_cron(value: str) -> None:
-    try:
-        CronTrigger.from_crontab(value)
-    except ValueError as exc:
-        raise ValueError(f"{value!r} is not a cron expression ({exc}); use five fields like "
-                         f"'*/15 9-18 * * mon-fri'") from None
-
-
-def _check_window(value: str) -> None:
-    match = _WINDOW.match(value)
-    if not match or int(match[1]) > 23 or int(match[3]) > 23 or int(match[2]) > 59 or int(match[4]) > 59:
-        raise ValueError(f"{value!r} is not a time window; write it like 22:00-07:30")
-
-
 # Options every watcher has, whatever its kind; all but name/kind/filters may go in `defaults:`.
 WATCHER_OPTIONS: tuple[Option, ...] = (
     Option("name", Name(), REQUIRED, "Unique, stable identity of the watcher; its history follows it."),
@@ -66,12 +42,9 @@ WATCHER_OPTIONS: tuple[Option, ...] = (
     Option("filters", AnyValue(), (), "Filter chain applied in order to the fetched text."),
     Option("enabled", Bool(), True, "Set to false to keep a watcher in the file without running it."),
     Option("every", Duration(), 600.0, "Check interval, like 30s, 10m or 1h."),
-    Option("cron", Str(), None, "Cron schedule instead of `every`, like '*/15 9-18 * * mon-fri'.",
-           check=_check_cron),
-    Option("timezone", Str(), None, "Time zone for cron, quiet hours and mail dates.",
-           check=_check_timezone),
-    Option("quiet_hours", Str(), None, "Hold alerts inside this daily window, like 22:00-07:00.",
-           check=_check_window),
+    Option("cron", Cron(), None, "Cron schedule instead of `every`, like '*/15 9-18 * * mon-fri'."),
+    Option("timezone", TimeZone(), None, "Time zone for cron, quiet hours and mail dates."),
+    Option("quiet_hours", DailyWindow(), None, "Hold alerts inside this daily window, like 22:00-07:00."),
     Option("history", Int(minimum=1), 10, "How many past versions to keep in the state."),
     Option("context_lines", Int(minimum=0), 3, "Unchanged lines shown around each change."),
     Option("additions_only", Bool(), False, "Alert only on added lines."),
@@ -115,7 +88,7 @@ MAIL_OPTIONS: tuple[Option, ...] = (
 
 TOP_OPTIONS: tuple[Option, ...] = (
     Option("state_dir", Str(), None, "Where the SQLite state and the local Maildir live."),
-    Option("timezone", Str(), None, "Default time zone.", check=_check_timezone),
+    Option("timezone", TimeZone(), None, "Default time zone."),
     Option("workers", Int(minimum=1), 16, "How many checks run at the same time."),
     Option("log_level", Choice("debug", "info", "warning", "error"), "info", "Log verbosity."),
     Option("templates", Str(), None, "Directory with templates that override the shipped ones."),

@@ -8,7 +8,7 @@ import email.policy
 import re
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from email.message import EmailMessage
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from notifier import config
-from notifier.alerts import Alerter, quiet_until
+from notifier.alerts import Alerter
 from notifier.cli import main
 from notifier.config import Config
 from notifier.errors import WatchError
@@ -113,18 +113,6 @@ def test_no_long_lines_and_no_8bit(change_mail) -> None:  # type: ignore[no-unty
     raw = msg.as_bytes(policy=email.policy.SMTP)
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
     assert b"8bit" not in raw.lower()
-
-
-def test_quiet_hours_hold_until_window_ends() -> None:
-    zone = ZoneInfo("Asia/Shanghai")
-    night = datetime(2026, 11, 24, 23, 30, tzinfo=zone).timestamp()
-    assert quiet_until("22:00-07:00", zone, night) == datetime(2026, 11, 25, 7, 0, tzinfo=zone).timestamp()
-    early = datetime(2026, 11, 25, 6, 0, tzinfo=zone).timestamp()
-    assert quiet_until("22:00-07:00", zone, early) == datetime(2026, 11, 25, 7, 0, tzinfo=zone).timestamp()
-    day = datetime(2026, 11, 25, 12, 0, tzinfo=zone).timestamp()
-    assert quiet_until("22:00-07:00", zone, day) == day
-    assert quiet_until("12:00-13:00", UTC, datetime(2026, 1, 1, 12, 30, tzinfo=UTC).timestamp()) == \
-        datetime(2026, 1, 1, 13, 0, tzinfo=UTC).timestamp()
 
 
 def test_digest_batches_changes_into_one_mail(tmp_path: Path, smtp_server: SmtpServer) -> None:

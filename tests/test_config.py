@@ -110,7 +110,7 @@ watchers:
     every: ${EVERY:-5m}
 """)
     cfg = config.load(path, {"WATCH_DIR": "/srv"})
-    assert cfg.watchers[0].every == 300
+    assert cfg.watchers[0].schedule.every == 300
     assert cfg.watchers[0].watcher.source().startswith("/srv/x.txt")
     found = problems(path, {})
     assert found == [f"{path}:4: ${{WATCH_DIR}}: environment variable WATCH_DIR is not set; "
@@ -126,7 +126,7 @@ watchers:
   - {name: c, kind: file, path: /c, enabled: false}
 """)
     cfg = config.load(path, {})
-    assert [(w.name, w.every, w.history) for w in cfg.watchers] == [("a", 3600, 3), ("b", 30, 3)]
+    assert [(w.name, w.schedule.every, w.history) for w in cfg.watchers] == [("a", 3600, 3), ("b", 30, 3)]
 
 
 def test_smtp_provider_preset_and_secret_sources(tmp_path: Path) -> None:

@@ -19,7 +19,7 @@ PACKAGE = ROOT / "notifier"
 # its own layer or of earlier ones; a package (watchers, filters) is one layer with its modules.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"options", "secrets", "charset", "console", "systemd", "runstate", "logs", "yamlload"},
+    {"schedule", "options", "secrets", "charset", "console", "systemd", "runstate", "logs", "yamlload"},
     {"registry", "kinds", "sections"},
     {"config"},
     {"watchers"},
