@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import email
 import email.policy
+import importlib.metadata
 import os
 import re
 import shlex
@@ -149,17 +150,23 @@ def world_readable_dir(prefix: str) -> Path:
 def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The wheel built from a copy of the package sources, as `pip install /opt/notifier` does.
 
-    A copy, so the build's `build/` and egg-info do not land in the shared working tree. With
-    build isolation, like that install: pyproject.toml needs setuptools>=77 (an SPDX `license`),
-    newer than the one a venv starts with, so pip fetches it from the package index.
+    A copy, so the build's `build/` and egg-info do not land in the shared working tree.
+    pyproject.toml needs setuptools>=77 (an SPDX `license`), newer than the one a venv starts
+    with: unless this venv has it, pip builds in isolation, fetching it from the package index
+    as that install does.
     """
     src = tmp_path_factory.mktemp("src")
     shutil.copytree(ROOT / "notifier", src / "notifier", ignore=shutil.ignore_patterns("__pycache__"))
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, src / name)
     out = tmp_path_factory.mktemp("dist")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "-w", str(out), str(src)],
-                   check=True, timeout=120)
+    try:
+        offline = int(importlib.metadata.version("setuptools").split(".")[0]) >= 77
+    except importlib.metadata.PackageNotFoundError:
+        offline = False
+    isolation = ["--no-build-isolation"] if offline else []
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", *isolation,
+                    "-w", str(out), str(src)], check=True, timeout=120)
     (built,) = out.glob("notifier-*.whl")
     return built
 
