@@ -22,6 +22,7 @@ from urllib.parse import urlsplit
 
 import jinja2
 
+from notifier.binary import describe_change
 from notifier.diff import Diff, compute
 
 log = logging.getLogger(__name__)
@@ -235,6 +236,7 @@ def template_variables(ctx: AlertContext) -> dict[str, Any]:
         "at": ctx.at, "previous_at": ctx.previous_at,
         "diff": _visible_diff(shown) if shown is not None else None, "omitted": omitted,
         "counts": _counts(diff),
+        "binary": describe_change(ctx.old, ctx.new) if ctx.kind == "change" else None,
         "old": visible(cap_text(ctx.old)), "new": visible(cap_text(ctx.new)),
         "error": visible(ctx.error) if ctx.error is not None else None,
         "failures": ctx.failures, "failing_since": ctx.failing_since,

@@ -19,7 +19,8 @@ PACKAGE = ROOT / "notifier"
 # its own layer or of earlier ones; a package (watchers, filters) is one layer with its modules.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"schedule", "options", "secrets", "charset", "console", "systemd", "runstate", "logs", "yamlload"},
+    {"schedule", "options", "secrets", "charset", "binary", "console", "systemd", "runstate", "logs",
+     "yamlload"},
     {"registry", "kinds", "sections"},
     {"config"},
     {"watchers"},

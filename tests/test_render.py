@@ -377,3 +377,14 @@ def test_failure_in_an_included_user_template_names_that_file(tmp_path: Path) ->
     assert f"{tmp_path / '_base.html'}:1" in out.problem
     assert "&lt;script&gt;" in out.html  # the shipped HTML, still escaped
 
+
+
+def test_a_binary_change_is_one_sentence_not_a_diff() -> None:
+    old = f"binary content (image/png), 1000 bytes, sha256 {'a' * 64}\n"
+    new = f"binary content (image/png), 1200 bytes, sha256 {'b' * 64}\n"
+    out = Renderer().render(AlertContext("change", WATCHER, AT, old=old, new=new))
+    sentence = ("binary content (image/png) changed (size 1,000 → 1,200 bytes, "
+                "sha256 aaaaaaaaaaaa… → bbbbbbbbbbbb…)")
+    assert out.subject == f"[notifier] prices: {sentence}"
+    assert f"prices: {sentence}." in out.text
+    assert f"{sentence}." in out.html

@@ -9,11 +9,11 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import IO, Any, ClassVar
 
+from notifier.binary import SNIFF_BYTES, summary
 from notifier.charset import guess_encoding
 from notifier.errors import WatchError
 from notifier.options import REQUIRED, Choice, Int, Option, Str
 from notifier.watchers import Fetched, Watcher
-from notifier.watchers._binary import SNIFF_BYTES, summary
 
 MiB = 1024 * 1024
 

@@ -21,11 +21,11 @@ from urllib.parse import urlsplit
 import requests
 import urllib3
 
+from notifier.binary import binary_type, summary
 from notifier.charset import codec_name, decode_text
 from notifier.errors import WatchError
 from notifier.options import REQUIRED, Bool, Choice, Duration, Int, MapOf, Option, Str
 from notifier.watchers import Fetched, Watcher
-from notifier.watchers._binary import binary_type, summary
 from notifier.watchers._http import Deadline, close_sessions, session
 
 __all__ = ["Url", "close_sessions"]  # close_sessions: call at shutdown to drop pooled sockets
@@ -37,7 +37,7 @@ MAX_RETRY_AFTER = 86400.0  # a site asking for a week's pause still gets a look 
 _DENIED = "the site refused access; check the headers (cookies, tokens) the watcher sends"
 _GONE = "the page is gone or has moved; check the url"
 _STATUS_HINTS = {401: _DENIED, 403: _DENIED, 404: _GONE, 410: _GONE,
-                 429: "the site limits requests; notifier will try again, a longer `every` helps"}
+                 429: "the site limits requests; a longer `every` helps"}
 _COME_BACK_HINTS = {
     429: "the site limits requests and asked notifier to come back in {when}; a longer `every` helps",
     503: "the site is unavailable (maintenance or overload) and asked notifier to come back in {when}",
@@ -213,7 +213,7 @@ class Url(Watcher, kind="url"):
             hint = _COME_BACK_HINTS[status].format(when=when)
         else:
             hint = _STATUS_HINTS.get(status) or (
-                "the site may be down, notifier will try again on the next check" if status >= 500
+                "the site may be down or overloaded; it is usually temporary" if status >= 500
                 else "check the watcher's url, method, headers and data")
         return WatchError(f"{self.method} {self.url} returned HTTP {status} {reason}; {hint}.",
                           retry_after=None if asked is None else min(asked, MAX_RETRY_AFTER))
@@ -233,7 +233,7 @@ class Url(Watcher, kind="url"):
             # Reads may take the whole timeout, so one that timed out early was connecting
             # (the TLS handshake runs under connect_timeout).
             text = (f"{what} could not connect within {_seconds(self.connect_timeout)}; the site "
-                    f"may be down or blocked, notifier will try again on the next check.")
+                    f"may be down or blocked, or connect_timeout too short.")
         elif isinstance(exc, requests.TooManyRedirects):
             text = (f"{what} redirected more than {self.max_redirects} times, probably in a loop; "
                     f"open the url in a browser to check it, or raise max_redirects.")
@@ -243,8 +243,7 @@ class Url(Watcher, kind="url"):
         elif isinstance(exc, requests.exceptions.ProxyError):
             text = f"{what} could not go through the proxy ({_reason(exc)}); check the proxy option."
         elif isinstance(exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
-            text = (f"{what} failed: {_reason(exc)}; check the url and the network, notifier "
-                    f"will try again on the next check.")
+            text = f"{what} failed: {_reason(exc)}; check the url and the network."
         else:
             text = f"{what} failed: {_reason(exc)}; check the watcher's url and options."
         return WatchError(text)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from notifier.watchers._binary import binary_type, describe_change, summary
+from notifier.binary import binary_type, describe_change, summary
 
 DIGEST_A, DIGEST_B = "a" * 64, "b" * 64
 

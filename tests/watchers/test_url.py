@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
+from notifier.binary import describe_change
 from notifier.errors import WatchError
 from notifier.options import parse_options
 from notifier.watchers import _http
-from notifier.watchers._binary import describe_change
 from notifier.watchers.url import Url, close_sessions
 from tests.servers.http import (
     CHINESE_PROSE,
