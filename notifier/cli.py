@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
 from itertools import islice
@@ -33,8 +33,8 @@ from notifier.errors import (
     NotifierError,
     UsageError,
 )
+from notifier.kinds import Kind, filter_kinds, watcher_kinds
 from notifier.pipeline import Outcome, check, filtered
-from notifier.registry import kinds
 from notifier.secrets import redact
 from notifier.statedir import MARKER_NAME, ONESHOT_WAIT, NoDaemon, StateDir, StateDirBusy
 from notifier.store import Store, WatcherState
@@ -318,10 +318,12 @@ def cmd_test_filter(args: argparse.Namespace) -> int:
 
 
 def cmd_kinds(args: argparse.Namespace) -> int:
-    for family in ("watchers", "filters"):
+    families: dict[str, Mapping[str, type[Kind]]] = {"watchers": watcher_kinds(), "filters": filter_kinds()}
+    for family, registry in families.items():
         print(f"{family}:")
-        for name, cls in sorted(kinds(family).items()):
-            short = f" (shorthand: {name}: <{cls.shorthand}>)" if getattr(cls, "shorthand", None) else ""
+        for name, cls in sorted(registry.items()):
+            shorthand = getattr(cls, "shorthand", None)
+            short = f" (shorthand: {name}: <{shorthand}>)" if shorthand else ""
             print(f"  {name}: {cls.summary()}{short}")
             for opt in cls.options:
                 req = "required" if opt.required else f"default {opt.default!r}"

@@ -18,8 +18,8 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from notifier.errors import ConfigError, Problem
+from notifier.kinds import Filter, Watcher, filter_kinds, watcher_kinds
 from notifier.options import Option, line_of, parse_options, unknown_key_hint
-from notifier.registry import kinds
 from notifier.schedule import Schedule, Window
 from notifier.secrets import Secret, SecretRef
 from notifier.sections import (
@@ -70,8 +70,8 @@ class WatcherConfig:
 
     name: str
     kind: str
-    watcher: Any  # a notifier.watchers.Watcher; typed loosely to keep config first in the chain
-    filters: tuple[Any, ...]
+    watcher: Watcher
+    filters: tuple[Filter, ...]
     schedule: Schedule
     timezone: ZoneInfo | None
     quiet_hours: Window | None
@@ -318,7 +318,7 @@ def _watcher(col: _Collector, spec: Any, path: str, defaults: dict[str, Any],
         col.add(line_of(spec) or line, path, "must be a mapping that starts with `- name:` and `kind:`.")
         return None
     before = len(col.problems)
-    registry = kinds("watchers")
+    registry = watcher_kinds()
     raw_kind = spec.get("kind")
     cls = registry.get(raw_kind) if isinstance(raw_kind, str) else None
     # Unknown keys are reported once, against the common keys plus the kind's own ones (when the
@@ -362,7 +362,7 @@ def _watcher(col: _Collector, spec: Any, path: str, defaults: dict[str, Any],
     )
 
 
-def _filters(col: _Collector, raw: Any, path: str, line: int | None) -> list[Any]:
+def _filters(col: _Collector, raw: Any, path: str, line: int | None) -> list[Filter]:
     """Build the filter chain; each entry is ``kind``, ``{kind: shorthand}`` or ``{kind: {..}}``."""
     if raw in ((), None):
         return []
@@ -378,9 +378,9 @@ def _filters(col: _Collector, raw: Any, path: str, line: int | None) -> list[Any
     return built
 
 
-def _filter(col: _Collector, item: Any, where: str, line: int | None) -> Any:
+def _filter(col: _Collector, item: Any, where: str, line: int | None) -> Filter | None:
     """One filter from its spec, or None with the problems recorded in `col`."""
-    registry = kinds("filters")
+    registry = filter_kinds()
     if isinstance(item, str):
         kind, options = item, LineDict()
     elif isinstance(item, dict) and len(item) == 1:
@@ -388,7 +388,7 @@ def _filter(col: _Collector, item: Any, where: str, line: int | None) -> Any:
     else:
         col.add(line, where, "write a filter as `- name` or `- name: value`.")
         return None
-    cls = registry.get(kind)
+    cls = registry.get(kind) if isinstance(kind, str) else None
     if cls is None:
         col.add(line, where, f"{unknown_key_hint(kind, registry).replace('key', 'filter')}")
         return None
@@ -408,7 +408,7 @@ def _filter(col: _Collector, item: Any, where: str, line: int | None) -> Any:
         return None
 
 
-def build_filter(spec: Any, file: str = "<filter>") -> Any:
+def build_filter(spec: Any, file: str = "<filter>") -> Filter:
     """One filter from a spec written as in watchers.yaml; ValueError listing its problems.
 
     For tools and tests that build a filter outside a config file.

@@ -31,6 +31,7 @@ from notifier.alerts import Alerter
 from notifier.config import WatcherConfig
 from notifier.errors import ConfigError, StateError
 from notifier.health import Health
+from notifier.kinds import watcher_kinds
 from notifier.outbox import Sender
 from notifier.pipeline import check
 from notifier.schedule import stable_fraction
@@ -189,8 +190,8 @@ class Daemon:
         if left or gone is not None:
             logging.shutdown()
             os._exit(0)
-        for wc in self.cfg.watchers:
-            wc.watcher.close()
+        for kind in watcher_kinds().values():
+            kind.shut_down()
         self.store.close()
         self.lock.release()
         log.info("stopped")
@@ -384,8 +385,6 @@ class Daemon:
         self.sender = Sender(new, self.store, self.debug_smtp)
         for name in old.keys() - {w.name for w in new.watchers}:
             self.scheduler.remove_job(f"check:{name}")
-        for wc in old.values():
-            wc.watcher.close()
         changed = 0
         for wc in new.watchers:
             if wc.name not in old or old[wc.name].fingerprint != wc.fingerprint:

@@ -67,6 +67,10 @@ class WatchError(NotifierError):
         self.retry_after = retry_after
 
 
+class FilterError(WatchError):
+    """A filter matched nothing or could not read its input; reported per watcher."""
+
+
 class StateError(NotifierError):
     """The state database cannot be used; it is never reset behind the user's back."""
 

@@ -25,7 +25,7 @@ from typing import Any, Protocol
 from notifier.alerts import Alerter
 from notifier.config import Config
 from notifier.outbox import Sender
-from notifier.render import AlertContext, Kind
+from notifier.render import AlertContext, AlertKind
 from notifier.statedir import Lock
 from notifier.store import Queued, StateGoneError, Store
 
@@ -49,7 +49,7 @@ class Host(Protocol):
 class DaemonAlerts(Alerter):
     """Error and recovery mails about notifier itself (no watcher in them: "notifier is failing")."""
 
-    def about_notifier(self, kind: Kind, reason: str, since: float, now: float) -> Queued:
+    def about_notifier(self, kind: AlertKind, reason: str, since: float, now: float) -> Queued:
         ctx = AlertContext(kind=kind, watcher=None, at=self._at(None, now), error=reason,
                            failing_since=self._at(None, since), subject_prefix=self.cfg.subject_prefix)
         queued, _problem = self._build(ctx, self.cfg.default_account, self.cfg.recipients,
@@ -187,7 +187,7 @@ class Health:
 
     # -- alerts ----------------------------------------------------------------------------------
 
-    def _message(self, kind: Kind, reason: str, since: float, now: float) -> Queued:
+    def _message(self, kind: AlertKind, reason: str, since: float, now: float) -> Queued:
         return DaemonAlerts(self.host.cfg).about_notifier(kind, reason, since, now)
 
     def _raise(self, reason: str, since: float, now: float) -> None:

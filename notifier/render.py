@@ -32,8 +32,8 @@ MAX_SUBJECT = 150  # characters; longer subjects get cut with an ellipsis
 MAX_CONTENT_BYTES = 100_000  # per side, for `old` and `new` as templates see them
 MAX_DIFF_LINES = 2_000  # diff lines shown; the rest is summarised as "… N more lines"
 
-Kind = Literal["change", "error", "recovery", "test", "digest"]
-KINDS: tuple[Kind, ...] = ("change", "error", "recovery", "test", "digest")
+AlertKind = Literal["change", "error", "recovery", "test", "digest"]
+KINDS: tuple[AlertKind, ...] = ("change", "error", "recovery", "test", "digest")
 
 # Whitespace of any kind and control characters end a subject line; bidi overrides could
 # make a subject read differently from what it says, so they are dropped.
@@ -74,7 +74,7 @@ class DigestItem:
 class AlertContext:
     """Everything one alert knows. Times must be timezone-aware so mails never guess a zone."""
 
-    kind: Kind
+    kind: AlertKind
     watcher: WatcherInfo | None
     at: datetime
     diff: Diff | None = None  # computed from old/new for change alerts when not given

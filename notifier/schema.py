@@ -7,27 +7,27 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from notifier.kinds import filter_kinds, watcher_kinds
 from notifier.options import schema_for
-from notifier.registry import kinds
 from notifier.sections import DEFAULTS_OPTIONS, MAIL_OPTIONS, SMTP_OPTIONS, TOP_OPTIONS, WATCHER_OPTIONS
 
 
 def _filter_schema() -> dict[str, Any]:
     variants: list[dict[str, Any]] = []
-    for name, cls in sorted(kinds("filters").items()):
+    for name, cls in sorted(filter_kinds().items()):
         options = schema_for(cls.options)
         value: dict[str, Any] = options
         if cls.shorthand:
             value = {"anyOf": [options, options["properties"][cls.shorthand], {"type": "null"}]}
         variants.append({"type": "object", "properties": {name: value}, "required": [name],
                          "additionalProperties": False, "description": cls.summary()})
-    variants.append({"enum": sorted(kinds("filters")), "description": "A filter without options."})
+    variants.append({"enum": sorted(filter_kinds()), "description": "A filter without options."})
     return {"type": "array", "items": {"anyOf": variants}}
 
 
 def _watcher_schema() -> dict[str, Any]:
     variants = []
-    for name, cls in sorted(kinds("watchers").items()):
+    for name, cls in sorted(watcher_kinds().items()):
         body = schema_for(WATCHER_OPTIONS + cls.options)
         body["properties"]["kind"] = {"const": name, "description": cls.summary()}
         body["properties"]["filters"] = _filter_schema()

@@ -21,7 +21,7 @@ LAYERS: list[set[str]] = [
     {"errors"},
     {"schedule", "options", "secrets", "charset", "binary", "console", "systemd", "runstate", "logs",
      "yamlload"},
-    {"registry", "kinds", "sections"},
+    {"kinds", "sections"},
     {"config"},
     {"watchers"},
     {"filters"},

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from notifier import schema
-from notifier.registry import kinds
+from notifier.kinds import filter_kinds, watcher_kinds
 from notifier.sections import WATCHER_OPTIONS
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -21,15 +21,15 @@ def test_published_schema_is_up_to_date() -> None:
 def test_schema_covers_every_kind_and_option() -> None:
     doc = schema.generate()
     variants = doc["properties"]["watchers"]["items"]["oneOf"]
-    assert {v["properties"]["kind"]["const"] for v in variants} == set(kinds("watchers"))
+    assert {v["properties"]["kind"]["const"] for v in variants} == set(watcher_kinds())
     for variant in variants:
-        cls = kinds("watchers")[variant["properties"]["kind"]["const"]]
+        cls = watcher_kinds()[variant["properties"]["kind"]["const"]]
         names = {o.name for o in WATCHER_OPTIONS + cls.options}
         assert set(variant["properties"]) == names
         assert variant["additionalProperties"] is False
     filters = variants[0]["properties"]["filters"]["items"]["anyOf"]
     named = {next(iter(v["properties"])) for v in filters if "properties" in v}
-    assert named == set(kinds("filters"))
+    assert named == set(filter_kinds())
 
 
 def test_schema_is_json_serializable_and_rejects_unknown_top_keys() -> None:

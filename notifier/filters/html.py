@@ -16,8 +16,9 @@ from cssselect import SelectorError
 from lxml import etree
 from lxml.cssselect import CSSSelector
 
-from notifier.filters import Filter, FilterError
+from notifier.errors import FilterError
 from notifier.filters.text import matched_nothing
+from notifier.kinds import Filter
 from notifier.options import REQUIRED, Bool, Option, Str
 
 # lxml refuses str input that declares an encoding; the text is already decoded, so drop it.

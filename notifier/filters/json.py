@@ -9,8 +9,9 @@ from typing import Any, ClassVar
 from jsonpath_ng.exceptions import JSONPathError
 from jsonpath_ng.ext.parser import parse as parse_jsonpath
 
-from notifier.filters import Filter, FilterError
+from notifier.errors import FilterError
 from notifier.filters.text import matched_nothing
+from notifier.kinds import Filter
 from notifier.options import REQUIRED, Option, Str
 
 

@@ -10,7 +10,8 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any, ClassVar
 
-from notifier.filters import Filter, FilterError
+from notifier.errors import FilterError
+from notifier.kinds import Filter
 from notifier.options import REQUIRED, Bool, Int, ListOf, Option, Regex, Str
 
 _NEWLINE = re.compile(r"\r\n?|\n")

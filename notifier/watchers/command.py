@@ -19,8 +19,8 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from notifier.errors import WatchError
+from notifier.kinds import Fetched, Watcher
 from notifier.options import REQUIRED, Bool, Duration, Int, MapOf, Option, Str, StrOrList
-from notifier.watchers import Fetched, Watcher
 from notifier.watchers._procs import MARK, kill_tree, new_mark
 
 MiB = 1024 * 1024

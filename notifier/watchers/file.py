@@ -12,8 +12,8 @@ from typing import IO, Any, ClassVar
 from notifier.binary import SNIFF_BYTES, summary
 from notifier.charset import guess_encoding
 from notifier.errors import WatchError
+from notifier.kinds import Fetched, Watcher
 from notifier.options import REQUIRED, Choice, Int, Option, Str
-from notifier.watchers import Fetched, Watcher
 
 MiB = 1024 * 1024
 

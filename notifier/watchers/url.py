@@ -24,11 +24,9 @@ import urllib3
 from notifier.binary import binary_type, summary
 from notifier.charset import codec_name, decode_text
 from notifier.errors import WatchError
+from notifier.kinds import Fetched, Watcher
 from notifier.options import REQUIRED, Bool, Choice, Duration, Int, MapOf, Option, Str
-from notifier.watchers import Fetched, Watcher
 from notifier.watchers._http import Deadline, close_sessions, session
-
-__all__ = ["Url", "close_sessions"]  # close_sessions: call at shutdown to drop pooled sockets
 
 MiB = 1024 * 1024
 CHUNK = 64 * 1024
@@ -122,6 +120,10 @@ class Url(Watcher, kind="url"):
 
     def link(self) -> str:
         return self.url
+
+    @classmethod
+    def shut_down(cls) -> None:
+        close_sessions()
 
     def fetch(self, previous: Mapping[str, str]) -> Fetched:
         conditional = {}

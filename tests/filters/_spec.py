@@ -14,7 +14,8 @@ import pytest
 import yaml
 
 from notifier.config import build_filter
-from notifier.filters import Filter, FilterError
+from notifier.errors import FilterError
+from notifier.kinds import Filter, filter_kinds
 
 GOLDEN = Path(__file__).parent.parent / "data" / "filter_tests.yaml"
 
@@ -22,7 +23,7 @@ GOLDEN = Path(__file__).parent.parent / "data" / "filter_tests.yaml"
 def filter_class(spec: Any) -> type[Filter]:
     """The kind a spec names: the string itself or the single key of a mapping."""
     kind = spec if isinstance(spec, str) else next(iter(spec))
-    return Filter.registry[kind]
+    return filter_kinds()[kind]
 
 
 def make_filter(spec: Any) -> Filter:
@@ -65,7 +66,7 @@ def check_module_kinds(module: str) -> None:
     for case in cases:
         for spec in case["filter"] if isinstance(case["filter"], list) else [case["filter"]]:
             used.add(filter_class(spec).kind)
-    kinds = [cls for cls in Filter.registry.values() if cls.__module__ == module]
+    kinds = [cls for cls in filter_kinds().values() if cls.__module__ == module]
     assert kinds
     for cls in kinds:
         assert cls.summary(), f"{cls.kind} needs a docstring"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from notifier.filters import FilterError
+from notifier.errors import FilterError
 from tests.filters._spec import check_golden, check_module_kinds, golden_cases, make_filter, run
 
 MODULE = "notifier.filters.text"

@@ -18,7 +18,8 @@ from notifier.binary import describe_change
 from notifier.errors import WatchError
 from notifier.options import parse_options
 from notifier.watchers import _http
-from notifier.watchers.url import Url, close_sessions
+from notifier.watchers._http import close_sessions
+from notifier.watchers.url import Url
 from tests.servers.http import (
     CHINESE_PROSE,
     GBK_TEXT,

@@ -1,0 +1,124 @@
+"""The bases every watcher and filter kind derives from, and how kinds are found by name.
+
+These live below `config`, so the config holds typed `Watcher` and `Filter` objects, while
+the kinds themselves (notifier.watchers.*, notifier.filters.*) are plugins: `watcher_kinds()`
+and `filter_kinds()` import their package by name on first use, and each class registers
+itself with ``class Url(Watcher, kind="url")``. Adding a kind is one new module.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from notifier.options import Option
+
+
+class Kind:
+    """Base of every registrable class. Subclass with ``class X(Base, kind="name")``.
+
+    Each direct subclass of `Kind` (Watcher, Filter) gets its own registry; classes further
+    down register themselves in it by the `kind` name users write in `watchers.yaml`.
+    """
+
+    kind: ClassVar[str] = ""
+    options: ClassVar[tuple[Option, ...]] = ()
+    registry: ClassVar[dict[str, type[Any]]]
+
+    def __init_subclass__(cls, kind: str = "", **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if Kind in cls.__bases__:
+            cls.registry = {}
+        if kind:
+            if kind in cls.registry:
+                raise TypeError(f"kind {kind!r} is registered twice")
+            cls.kind = kind
+            cls.registry[kind] = cls
+
+    @classmethod
+    def summary(cls) -> str:
+        """The first line of the class docstring: what `notifier kinds` shows."""
+        return (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else ""
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What one watcher run produced.
+
+    `text` is the content handed to the filters. `unchanged` means the source itself said
+    nothing changed (an HTTP 304), so filters and diff are skipped. `meta` is kept in the
+    state and handed back on the next run (ETag, Last-Modified).
+    """
+
+    text: str
+    unchanged: bool = False
+    meta: Mapping[str, str] = field(default_factory=dict)
+
+
+class Watcher(Kind):
+    """Base of all watcher kinds. Subclasses parse their options in `__init__`."""
+
+    registry: ClassVar[dict[str, type[Watcher]]]
+
+    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+        """`options` holds this kind's options, validated, with every default filled in."""
+        self.name = name
+
+    def source(self) -> str:
+        """What is watched, for logs and alerts: a URL, a path or a command line."""
+        raise NotImplementedError
+
+    def link(self) -> str | None:
+        """A link a person can open to see the thing, if there is one."""
+        return None
+
+    def fetch(self, previous: Mapping[str, str]) -> Fetched:
+        """Fetch once. `previous` is the `meta` of the last successful run.
+
+        Raises WatchError with a user-facing message for anything expected to go wrong.
+        """
+        raise NotImplementedError
+
+    @classmethod
+    def shut_down(cls) -> None:
+        """Release what the kind shares between its watchers (pooled connections); the daemon
+        calls it once per kind when it stops."""
+
+
+class Filter(Kind):
+    """Base of all filter kinds. Compile everything in `__init__` so bad specs fail at load."""
+
+    registry: ClassVar[dict[str, type[Filter]]]
+    shorthand: ClassVar[str | None] = None  # option that ``- kind: value`` sets
+
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        """`options` holds this kind's options, validated; raise ValueError if unusable."""
+
+    def apply(self, text: str) -> str:
+        """Return the filtered text. Raise FilterError when the filter matched nothing."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        """One line for `notifier test-filter`: the kind and its main option."""
+        return self.kind
+
+
+def import_package(name: str, path: list[str]) -> None:
+    """Import every module of a kinds package, so that its classes register themselves."""
+    for module in pkgutil.iter_modules(path):
+        importlib.import_module(f"{name}.{module.name}")
+
+
+def watcher_kinds() -> dict[str, type[Watcher]]:
+    """Every watcher kind by name, loading notifier.watchers on first use."""
+    importlib.import_module("notifier.watchers")
+    return Watcher.registry
+
+
+def filter_kinds() -> dict[str, type[Filter]]:
+    """Every filter kind by name, loading notifier.filters on first use."""
+    importlib.import_module("notifier.filters")
+    return Filter.registry
