@@ -46,7 +46,7 @@ if TYPE_CHECKING:
 # Rendering (jinja2), delivery and the scheduler are imported by the commands that use them:
 # a plain `check` of 1,000 watchers stays several MB smaller and starts faster without them.
 
-log = logging.getLogger("notifier")
+log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -129,6 +129,8 @@ def _parser() -> argparse.ArgumentParser:
                         "one this state directory held; see `state.id` in the README")
     command("reload", cmd_reload, "validate the config, then tell the running daemon to reload it")
     command("status", cmd_status, "show each watcher's schedule, last check, change, error; outbox counts")
+    p = command("forget", cmd_forget, "delete the state and history of watchers removed from the config")
+    p.add_argument("names", nargs="+", metavar="NAME", help="watchers no longer in watchers.yaml")
     p = command("outbox", cmd_outbox, "list pending, held and dead messages")
     p.add_argument("action", nargs="?", choices=["list", "retry"], default="list",
                    help="retry: make held and dead messages due again now")
@@ -242,7 +244,7 @@ def _alerter(cfg: Config) -> Alerter:
     return Alerter(cfg)
 
 
-def _sender(cfg: Config, store: Store, debug_smtp: bool) -> Sender:
+def _outbox_sender(cfg: Config, store: Store, debug_smtp: bool) -> Sender:
     from notifier.outbox import Sender  # noqa: PLC0415 - see the note at the imports
 
     return Sender(cfg, store, debug_smtp)
@@ -268,7 +270,7 @@ def _send_queued(cfg: Config, store: Store, debug_smtp: bool) -> None:
             return
         old_umask = os.umask(0o077)  # Maildir files private, as the daemon's (checks are done)
         try:
-            _print_report(_sender(cfg, store, debug_smtp).deliver(limit=10_000))
+            _print_report(_outbox_sender(cfg, store, debug_smtp).deliver(limit=10_000))
         finally:
             os.umask(old_umask)
             lock.release()
@@ -365,14 +367,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         cfg, problems = None, [str(p) for p in exc.problems]
     state_dir = cfg.state_dir if cfg else configmod.locate_state_dir(args.config, args.state_dir)
     _print_daemon(state_dir, args.config, problems)
-    if not (state_dir / "state.db").exists():
+    if not StateDir(state_dir).db.exists():
         if (state_dir / MARKER_NAME).exists():
             raise NotifierError(f"{state_dir / 'state.db'} is missing although {state_dir} held a "
                                 f"state database; restore it from a backup (or a rescued copy "
                                 f"beside it), or start afresh with `notifier run --reinit`.")
         raise NotifierError(f"no state yet in {state_dir}; run `notifier check --send` or start "
                             f"`notifier run` first.")
-    store = Store(state_dir / "state.db", readonly=True)
+    store = Store(StateDir(state_dir).db, readonly=True)
     try:
         states = store.states()
         counts = store.outbox_counts()
@@ -447,9 +449,32 @@ def _ago(seconds: float) -> str:
     return f"{seconds:.0f}s"
 
 
+def cmd_forget(args: argparse.Namespace) -> int:
+    """History follows a name, so a removed watcher's state stays until it is forgotten: a
+    watcher added back under that name later resumes from it instead of re-baselining."""
+    cfg = _load(args)
+    configured = [n for n in args.names if cfg.watcher(n) is not None]
+    if configured:
+        raise UsageError(f"{', '.join(configured)} is still in {cfg.path}; remove it from there first "
+                         f"(forgetting a configured watcher would silently re-baseline it).")
+    store = StateDir(cfg.state_dir).open_store()
+    try:
+        stored = list(store.states())
+        for name in args.names:
+            if name not in stored:
+                close = difflib.get_close_matches(name, stored, n=1)
+                hint = f"did you mean {close[0]!r}?" if close else "`notifier status` lists what is kept."
+                raise UsageError(f"no state is kept for a watcher named {name!r}; {hint}")
+        store.forget(args.names)
+    finally:
+        store.close()
+    print(f"forgot {len(args.names)} watcher(s): {', '.join(args.names)}.")
+    return EXIT_OK
+
+
 def cmd_outbox(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    store = Store(cfg.state_dir / "state.db")
+    store = StateDir(cfg.state_dir).open_store()
     try:
         if args.action == "retry":
             print(f"{store.release(('held', 'dead'))} message(s) will be sent on the next round.")
@@ -474,10 +499,10 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 def cmd_test_mail(args: argparse.Namespace) -> int:
     cfg = _load(args)
-    store = Store(cfg.state_dir / "state.db")
+    store = StateDir(cfg.state_dir).open_store()
     try:
         queued = _alerter(cfg).test(time.time(), args.to)
-        sender = _sender(cfg, store, args.debug_smtp)
+        sender = _outbox_sender(cfg, store, args.debug_smtp)
         transport = sender.transport(queued.account)
         try:
             with transport:

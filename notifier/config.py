@@ -12,7 +12,7 @@ import json
 import os
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -64,9 +64,14 @@ class Recipients:
         return tuple(dict.fromkeys(self.to + self.cc + self.bcc))
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class WatcherConfig:
-    """A watcher with everything needed to run, schedule and alert on it."""
+    """A watcher with everything needed to run, schedule and alert on it.
+
+    A field named like an option in `sections.WATCHER_OPTIONS` is filled from it by name, so a
+    new plain option is one declaration there and one field here; the derived fields
+    (`schedule`, `recipients`, the built `watcher` and `filters`) are made in `_watcher`.
+    """
 
     name: str
     kind: str
@@ -88,6 +93,10 @@ class WatcherConfig:
     attach_snapshot: bool
     line: int | None
     fingerprint: str = field(compare=False, default="")
+
+
+# WatcherConfig fields filled straight from the option of the same name.
+_OPTION_FIELDS = tuple(f.name for f in fields(WatcherConfig) if f.name in {o.name for o in WATCHER_OPTIONS})
 
 
 @dataclass(frozen=True)
@@ -348,18 +357,14 @@ def _watcher(col: _Collector, spec: Any, path: str, defaults: dict[str, Any],
         return None
     fingerprint = hashlib.sha256(
         (json.dumps(spec, sort_keys=True, default=str) + defaults_key).encode()).hexdigest()
-    return WatcherConfig(
-        name=name, kind=kind, watcher=watcher, filters=tuple(filters),
-        schedule=Schedule(values["every"], values["cron"], values["timezone"]),
-        timezone=values["timezone"], quiet_hours=values["quiet_hours"],
-        history=values["history"], context_lines=values["context_lines"],
-        additions_only=values["additions_only"], deletions_only=values["deletions_only"],
-        recipients=Recipients(values["to"], values["cc"], values["bcc"]),
-        account=values["account"], templates=_beside(Path(col.file), values["templates"]),
-        error_after=values["error_after"], remind_every=values["remind_every"],
-        digest=values["digest"], attach_snapshot=values["attach_snapshot"],
-        line=line_of(spec), fingerprint=fingerprint,
-    )
+    by_name = {name: values[name] for name in _OPTION_FIELDS}
+    return WatcherConfig(**{
+        **by_name, "watcher": watcher, "filters": tuple(filters),
+        "schedule": Schedule(values["every"], values["cron"], values["timezone"]),
+        "recipients": Recipients(values["to"], values["cc"], values["bcc"]),
+        "templates": _beside(Path(col.file), values["templates"]),
+        "line": line_of(spec), "fingerprint": fingerprint,
+    })
 
 
 def _filters(col: _Collector, raw: Any, path: str, line: int | None) -> list[Filter]:

@@ -37,7 +37,7 @@ from notifier.pipeline import check
 from notifier.schedule import stable_fraction
 from notifier.statedir import DAEMON, ONESHOT_WAIT, STARTING, StateDir
 
-log = logging.getLogger("notifier.daemon")
+log = logging.getLogger(__name__)
 
 OUTBOX_EVERY = 5.0  # seconds between outbox rounds when nothing wakes the sender sooner
 CONFIG_POLL = 1.0  # seconds between looks at watchers.yaml's mtime

@@ -22,6 +22,7 @@ from notifier.schedule import CronExpr, Window
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
 _WINDOW = re.compile(r"^(\d{1,2}):(\d{2})\s*-\s*(\d{1,2}):(\d{2})$")
 _UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+MiB = 1024 * 1024  # sizes in options (max_bytes) are declared in these units
 MAX_DURATION = 366 * 86400.0  # a year: anything longer is a typo, and overflows date arithmetic
 # C0 and C1 control characters; tab and newline included, since a name is one line of a log.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")

@@ -28,7 +28,7 @@ from notifier.errors import (
 from notifier.store import OutboxRow, Store
 from notifier.transport import MaildirTransport, SmtpTransport, Transport, refusal_error
 
-log = logging.getLogger("notifier.outbox")
+log = logging.getLogger(__name__)
 
 BACKOFF_BASE = 30.0  # seconds before the first retry
 BACKOFF_CAP = 3600.0  # never wait longer than an hour between retries

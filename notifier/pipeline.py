@@ -24,7 +24,7 @@ from notifier.diff import Diff, compute
 from notifier.errors import NotifierError, StateError, WatchError
 from notifier.store import Alert, Store, WatcherState
 
-log = logging.getLogger("notifier.check")
+log = logging.getLogger(__name__)
 
 Status = Literal["baseline", "unchanged", "changed", "failed"]
 

@@ -323,7 +323,7 @@ class Store:
             _enqueue(db, alerts)
 
     def forget(self, names: Sequence[str]) -> None:
-        """Drop state of watchers no longer configured (`notifier prune`)."""
+        """Drop the state and history of watchers no longer configured (`notifier forget`)."""
         with self._tx() as db:
             for name in names:
                 db.execute("DELETE FROM snapshot WHERE name = ?", (name,))

@@ -194,3 +194,15 @@ def test_test_mail_to_an_unreachable_server_promises_no_retry(tmp_path: Path) ->
     assert "Could not talk to 127.0.0.1" in result.stderr
     assert "retried" not in result.stderr
     assert "The test message was not sent; fix that and run `notifier test-mail` again." in result.stderr
+
+
+def test_forget_drops_only_removed_watchers(watched: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["-c", str(watched), "check", "--send"]) == 0
+    assert main(["-c", str(watched), "forget", "doc"]) == 64
+    assert "doc is still in" in capsys.readouterr().err
+    watched.write_text("watchers: []\n")
+    assert main(["-c", str(watched), "forget", "dco"]) == 64
+    assert "did you mean 'doc'?" in capsys.readouterr().err
+    assert main(["-c", str(watched), "forget", "doc"]) == 0
+    assert "forgot 1 watcher(s): doc." in capsys.readouterr().out
+    assert main(["-c", str(watched), "forget", "doc"]) == 64

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -127,7 +128,7 @@ def test_short_failure_streak_sends_nothing(setup) -> None:  # type: ignore[no-u
 
 def test_reminders(setup) -> None:  # type: ignore[no-untyped-def]
     wc, store, rec, path = setup
-    wc = WatcherConfig(**{**wc.__dict__, "remind_every": 100.0})
+    wc = replace(wc, remind_every=100.0)
     path.write_text("broken\n")
     times = iter([0.0, 10.0, 50.0, 111.0, 150.0])
     for _ in range(5):
@@ -142,14 +143,14 @@ def test_watcher_bug_is_contained(setup) -> None:  # type: ignore[no-untyped-def
         def fetch(self, previous: object) -> None:
             raise ZeroDivisionError("oops")
 
-    outcome = check(WatcherConfig(**{**wc.__dict__, "watcher": Broken()}), store, rec)
+    outcome = check(replace(wc, watcher=Broken()), store, rec)
     assert outcome.status == "failed"
     assert "unexpected ZeroDivisionError: oops" in (outcome.error or "")
 
 
 def test_failing_since_is_the_first_failure_of_the_streak(setup) -> None:  # type: ignore[no-untyped-def]
     wc, store, rec, path = setup
-    wc = WatcherConfig(**{**wc.__dict__, "error_after": 3, "remind_every": 100.0})
+    wc = replace(wc, error_after=3, remind_every=100.0)
     path.write_text("price 1\n")
     check(wc, store, rec, clock=lambda: 0.0)
     path.write_text("broken\n")

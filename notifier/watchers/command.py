@@ -20,10 +20,9 @@ from typing import Any, ClassVar
 
 from notifier.errors import WatchError
 from notifier.kinds import Fetched, Watcher
-from notifier.options import REQUIRED, Bool, Duration, Int, MapOf, Option, Str, StrOrList
+from notifier.options import REQUIRED, Bool, Duration, Int, MapOf, MiB, Option, Str, StrOrList
 from notifier.watchers._procs import MARK, kill_tree, new_mark
 
-MiB = 1024 * 1024
 _CHUNK = 64 * 1024
 _SHELL_ERRORS = {126: "was found but is not executable", 127: "was not found"}
 # All a command inherits from notifier's environment, which may hold SMTP passwords and tokens.
@@ -66,12 +65,12 @@ class Command(Watcher, kind="command"):
         self.args: str | list[str] = command if isinstance(command, str) else list(command)
         if not (command.strip() if isinstance(command, str) else command):
             raise ValueError("command is empty; give a command line or a list of arguments")
-        self.timeout: float = options.get("timeout") or 60.0
-        self.stderr = bool(options.get("stderr"))
-        cwd = options.get("cwd")
+        self.timeout: float = options["timeout"]
+        self.stderr: bool = options["stderr"]
+        cwd = options["cwd"]
         self.cwd = os.path.expanduser(cwd) if cwd else None
-        self.env: dict[str, str] = dict(options.get("env") or {})
-        self.max_bytes: int = options.get("max_bytes") or MiB
+        self.env: dict[str, str] = dict(options["env"] or {})
+        self.max_bytes: int = options["max_bytes"]
 
     def source(self) -> str:
         return self.args if isinstance(self.args, str) else shlex.join(self.args)

@@ -13,9 +13,7 @@ from notifier.binary import SNIFF_BYTES, summary
 from notifier.charset import guess_encoding
 from notifier.errors import WatchError
 from notifier.kinds import Fetched, Watcher
-from notifier.options import REQUIRED, Choice, Int, Option, Str
-
-MiB = 1024 * 1024
+from notifier.options import REQUIRED, Choice, Int, MiB, Option, Str
 
 
 class File(Watcher, kind="file"):
@@ -38,8 +36,8 @@ class File(Watcher, kind="file"):
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         super().__init__(name, options)
         self.path: str = os.path.expanduser(options["path"])
-        self.mode: str = options.get("mode") or "content"
-        self.max_bytes: int = options.get("max_bytes") or 10 * MiB
+        self.mode: str = options["mode"]
+        self.max_bytes: int = options["max_bytes"]
 
     def source(self) -> str:
         return self.path
