@@ -138,7 +138,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--to", action="append", default=[], metavar="ADDR", help="recipient (repeatable)")
     p = command("test-filter", cmd_test_filter, "fetch once and show the text after each filter")
     p.add_argument("name", metavar="NAME")
-    command("kinds", cmd_kinds, "list watcher and filter kinds with their options")
+    p = command("kinds", cmd_kinds, "list watcher and filter kinds with their options")
+    p.add_argument("--markdown", action="store_true", help="as the README's option tables")
     command("schema", cmd_schema, "print the JSON Schema of watchers.yaml")
     return parser
 
@@ -320,6 +321,9 @@ def cmd_test_filter(args: argparse.Namespace) -> int:
 
 
 def cmd_kinds(args: argparse.Namespace) -> int:
+    if args.markdown:
+        sys.stdout.write(schema.markdown())
+        return EXIT_OK
     families: dict[str, Mapping[str, type[Kind]]] = {"watchers": watcher_kinds(), "filters": filter_kinds()}
     for family, registry in families.items():
         print(f"{family}:")
@@ -328,8 +332,9 @@ def cmd_kinds(args: argparse.Namespace) -> int:
             short = f" (shorthand: {name}: <{shorthand}>)" if shorthand else ""
             print(f"  {name}: {cls.summary()}{short}")
             for opt in cls.options:
-                req = "required" if opt.required else f"default {opt.default!r}"
-                print(f"      {opt.name} ({opt.type.name}, {req}): {opt.doc}")
+                default = opt.default_text()
+                req = f", {default}" if default == "required" else f", default {default}" if default else ""
+                print(f"      {opt.name} ({opt.type.name}{req}): {opt.doc}")
     return EXIT_OK
 
 

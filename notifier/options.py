@@ -8,6 +8,7 @@ to check a user's YAML (with a hint for every mistake), to fill defaults, to pri
 from __future__ import annotations
 
 import difflib
+import json
 import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -38,6 +39,10 @@ class Type:
 
     def schema(self) -> dict[str, Any]:
         return {}
+
+    def show(self, value: Any) -> Any:
+        """A parsed value written back as a user would write it (defaults in docs and schema)."""
+        return value
 
 
 class Str(Type):
@@ -134,6 +139,12 @@ class Duration(Type):
 
     def schema(self) -> dict[str, Any]:
         return {"type": "string", "pattern": _DURATION.pattern.replace(")?", ")")}
+
+    def show(self, value: Any) -> Any:
+        for unit in ("w", "d", "h", "m", "s"):
+            if value >= _UNITS[unit] and value % _UNITS[unit] == 0:
+                return f"{value / _UNITS[unit]:g}{unit}"
+        return f"{value * 1000:g}ms"
 
 
 class TimeZone(Type):
@@ -300,12 +311,20 @@ class Option:
     def required(self) -> bool:
         return self.default is REQUIRED
 
+    def default_text(self) -> str:
+        """The default as a user writes it (`10m`, `true`), "required", or "" when there is none."""
+        if self.required:
+            return "required"
+        if self.default in (None, ()):
+            return ""
+        return json.dumps(self.type.show(self.default), ensure_ascii=False).strip('"')
+
     def schema(self) -> dict[str, Any]:
         out = dict(self.type.schema())
         if self.doc:
             out["description"] = self.doc
         if not self.required and self.default is not None and not callable(self.default):
-            out["default"] = self.default
+            out["default"] = self.type.show(self.default)
         return out
 
 

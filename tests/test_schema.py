@@ -12,6 +12,14 @@ from notifier.sections import WATCHER_OPTIONS
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def test_readme_option_tables_are_up_to_date() -> None:
+    readme = (ROOT / "README.md").read_text()
+    start = readme.index(schema.MARKDOWN_BEGIN)
+    end = readme.index(schema.MARKDOWN_END) + len(schema.MARKDOWN_END) + 1
+    assert readme[start:end] == schema.markdown(), (
+        "README's option reference is stale; replace it with `notifier kinds --markdown`")
+
+
 def test_published_schema_is_up_to_date() -> None:
     published = (ROOT / "watchers.schema.json").read_text()
     assert published == schema.render(), (
