@@ -134,7 +134,7 @@ class _Collector:
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []
 
-    def options(self, raw: Any, options: tuple[Option, ...], path: str, line: int | None = None,
+    def options(self, raw: object, options: tuple[Option, ...], path: str, line: int | None = None,
                 **kw: Any) -> dict[str, Any]:
         """Parse a mapping's options; `line` locates it when it is a bare scalar (no line of its own)."""
         if not isinstance(raw, dict):
@@ -253,7 +253,7 @@ def _state_dir(path: Path, flag: str | Path | None, configured: str | None,
     return (path.parent / "state").resolve()
 
 
-def _accounts(col: _Collector, raw: Any, env: Mapping[str, str], line: int | None) -> dict[str, SmtpAccount]:
+def _accounts(col: _Collector, raw: object, env: Mapping[str, str], line: int | None) -> dict[str, SmtpAccount]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
@@ -293,7 +293,7 @@ def _accounts(col: _Collector, raw: Any, env: Mapping[str, str], line: int | Non
     return accounts
 
 
-def _watchers(col: _Collector, raw: Any, defaults: dict[str, Any], raw_defaults: Any,
+def _watchers(col: _Collector, raw: object, defaults: dict[str, Any], raw_defaults: object,
               line: int | None) -> list[WatcherConfig]:
     if raw is None:  # missing: already reported as required
         return []
@@ -320,7 +320,7 @@ def _watchers(col: _Collector, raw: Any, defaults: dict[str, Any], raw_defaults:
     return out
 
 
-def _watcher(col: _Collector, spec: Any, path: str, defaults: dict[str, Any],
+def _watcher(col: _Collector, spec: object, path: str, defaults: dict[str, Any],
              defaults_key: str, line: int | None) -> WatcherConfig | None:
     """Build one watcher; None (with problems recorded) when it is unusable or disabled."""
     if not isinstance(spec, dict):
@@ -367,7 +367,7 @@ def _watcher(col: _Collector, spec: Any, path: str, defaults: dict[str, Any],
     })
 
 
-def _filters(col: _Collector, raw: Any, path: str, line: int | None) -> list[Filter]:
+def _filters(col: _Collector, raw: object, path: str, line: int | None) -> list[Filter]:
     """Build the filter chain; each entry is ``kind``, ``{kind: shorthand}`` or ``{kind: {..}}``."""
     if raw in ((), None):
         return []
@@ -383,7 +383,7 @@ def _filters(col: _Collector, raw: Any, path: str, line: int | None) -> list[Fil
     return built
 
 
-def _filter(col: _Collector, item: Any, where: str, line: int | None) -> Filter | None:
+def _filter(col: _Collector, item: object, where: str, line: int | None) -> Filter | None:
     """One filter from its spec, or None with the problems recorded in `col`."""
     registry = filter_kinds()
     if isinstance(item, str):
@@ -413,7 +413,7 @@ def _filter(col: _Collector, item: Any, where: str, line: int | None) -> Filter 
         return None
 
 
-def build_filter(spec: Any, file: str = "<filter>") -> Filter:
+def build_filter(spec: object, file: str = "<filter>") -> Filter:
     """One filter from a spec written as in watchers.yaml; ValueError listing its problems.
 
     For tools and tests that build a filter outside a config file.

@@ -10,8 +10,8 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import time
 from email.utils import parseaddr
 from typing import Any, ClassVar
@@ -34,7 +34,7 @@ class Type:
 
     name: ClassVar[str] = "value"
 
-    def parse(self, value: Any) -> Any:
+    def parse(self, value: object) -> Any:
         return value
 
     def schema(self) -> dict[str, Any]:
@@ -48,7 +48,7 @@ class Type:
 class Str(Type):
     name = "string"
 
-    def parse(self, value: Any) -> str:
+    def parse(self, value: object) -> str:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ValueError(f"expected a string, got {_describe(value)}{_quote_hint(value)}")
         return str(value)
@@ -62,7 +62,7 @@ class Name(Str):
 
     name = "name"
 
-    def parse(self, value: Any) -> str:
+    def parse(self, value: object) -> str:
         text = super().parse(value)
         if not text.strip():
             raise ValueError("must not be empty; give the watcher a short, stable name")
@@ -82,7 +82,7 @@ class Int(Type):
         self.minimum = minimum
         self.maximum = maximum
 
-    def parse(self, value: Any) -> int:
+    def parse(self, value: object) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise ValueError(f"expected a whole number, got {_describe(value)}")
         if self.minimum is not None and value < self.minimum:
@@ -103,7 +103,7 @@ class Int(Type):
 class Bool(Type):
     name = "boolean"
 
-    def parse(self, value: Any) -> bool:
+    def parse(self, value: object) -> bool:
         if not isinstance(value, bool):
             raise ValueError(f"expected true or false, got {_describe(value)}")
         return value
@@ -121,7 +121,7 @@ class Duration(Type):
 
     name = "duration"
 
-    def parse(self, value: Any) -> float:
+    def parse(self, value: object) -> float:
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise ValueError(f"expected a duration such as 30s, 10m or 1h, got {_describe(value)}")
         match = _DURATION.match(str(value))
@@ -152,7 +152,7 @@ class TimeZone(Type):
 
     name = "time zone"
 
-    def parse(self, value: Any) -> ZoneInfo:
+    def parse(self, value: object) -> ZoneInfo:
         text = Str().parse(value)
         try:
             return ZoneInfo(text)
@@ -168,7 +168,7 @@ class DailyWindow(Type):
 
     name = "time window"
 
-    def parse(self, value: Any) -> Window:
+    def parse(self, value: object) -> Window:
         text = Str().parse(value)
         match = _WINDOW.match(text)
         if not match or int(match[1]) > 23 or int(match[3]) > 23 or int(match[2]) > 59 or int(match[4]) > 59:
@@ -184,7 +184,7 @@ class Cron(Type):
 
     name = "cron"
 
-    def parse(self, value: Any) -> CronExpr:
+    def parse(self, value: object) -> CronExpr:
         return CronExpr.parse(Str().parse(value))
 
     def schema(self) -> dict[str, Any]:
@@ -197,7 +197,7 @@ class Choice(Type):
     def __init__(self, *choices: str) -> None:
         self.choices = choices
 
-    def parse(self, value: Any) -> str:
+    def parse(self, value: object) -> str:
         text = value if isinstance(value, str) else repr(value)
         if text not in self.choices:
             raise ValueError(f"must be one of {', '.join(self.choices)}; got {value!r}")
@@ -216,7 +216,7 @@ class ListOf(Type):
         self.item = item
         self.single_ok = single_ok
 
-    def parse(self, value: Any) -> tuple[Any, ...]:
+    def parse(self, value: object) -> tuple[Any, ...]:
         if not isinstance(value, list):
             if not self.single_ok:
                 raise ValueError(f"expected a list, got {_describe(value)}")
@@ -234,7 +234,7 @@ class MapOf(Type):
     def __init__(self, value: Type) -> None:
         self.value = value
 
-    def parse(self, value: Any) -> dict[str, Any]:
+    def parse(self, value: object) -> dict[str, Any]:
         if not isinstance(value, dict):
             raise ValueError(f"expected a mapping, got {_describe(value)}")
         return {str(k): self.value.parse(v) for k, v in value.items()}
@@ -246,7 +246,7 @@ class MapOf(Type):
 class Regex(Type):
     name = "regex"
 
-    def parse(self, value: Any) -> re.Pattern[str]:
+    def parse(self, value: object) -> re.Pattern[str]:
         text = Str().parse(value)
         try:
             return re.compile(text)
@@ -262,7 +262,7 @@ class Address(Str):
 
     name = "address"
 
-    def parse(self, value: Any) -> str:
+    def parse(self, value: object) -> str:
         text = super().parse(value)
         _, addr = parseaddr(text)
         if "\n" in text or "\r" in text or not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+\.[^@\s<>]+", addr):
@@ -275,7 +275,7 @@ class StrOrList(Type):
 
     name = "string or list"
 
-    def parse(self, value: Any) -> str | tuple[str, ...]:
+    def parse(self, value: object) -> str | tuple[str, ...]:
         if isinstance(value, str):
             return value
         if isinstance(value, list) and value and all(
@@ -305,7 +305,6 @@ class Option:
     type: Type
     default: Any = None
     doc: str = ""
-    check: Callable[[Any], None] | None = field(default=None, compare=False)
 
     @property
     def required(self) -> bool:
@@ -364,8 +363,6 @@ def parse_options(
             continue
         try:
             value = opt.type.parse(raw[opt.name])
-            if opt.check:
-                opt.check(value)
         except ValueError as exc:
             problems.append(Problem(file, line_of(raw, opt.name), _join(path, opt.name), f"{exc}."))
         else:
@@ -381,7 +378,7 @@ def unknown_key_hint(key: str, known: Mapping[str, Any] | Sequence[str]) -> str:
     return f"unknown key; known keys are {', '.join(sorted(known))}."
 
 
-def line_of(node: Any, key: Any = None) -> int | None:
+def line_of(node: object, key: object = None) -> int | None:
     """The 1-based line of `key` in a mapping loaded by `notifier.yamlload`, if it kept one."""
     lines = getattr(node, "lines", None)
     if key is not None and lines and key in lines:
@@ -401,18 +398,18 @@ def schema_for(options: Sequence[Option], extra: Mapping[str, Any] | None = None
     return out
 
 
-def _join(path: str, key: Any) -> str:
+def _join(path: str, key: object) -> str:
     return f"{path}.{key}" if path else str(key)
 
 
-def _quote_hint(value: Any) -> str:
+def _quote_hint(value: object) -> str:
     """YAML turns unquoted yes/no/on/off/true/false/null into non-strings; say how to keep text."""
     if isinstance(value, bool) or value is None:
         return f"; put it in quotes, like '{str(value).lower()}', to mean the text"
     return ""
 
 
-def _describe(value: Any) -> str:
+def _describe(value: object) -> str:
     if isinstance(value, dict):
         return "a mapping"
     if isinstance(value, list):
