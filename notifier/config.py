@@ -253,7 +253,8 @@ def _state_dir(path: Path, flag: str | Path | None, configured: str | None,
     return (path.parent / "state").resolve()
 
 
-def _accounts(col: _Collector, raw: object, env: Mapping[str, str], line: int | None) -> dict[str, SmtpAccount]:
+def _accounts(col: _Collector, raw: object, env: Mapping[str, str],
+              line: int | None) -> dict[str, SmtpAccount]:
     if raw is None:
         return {}
     if not isinstance(raw, dict):
