@@ -16,9 +16,11 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
+from tests.messages import parse, plain_text
 from tests.servers.http import LocalHTTPServer
 from tests.servers.smtp import PASSWORD, SmtpServer, smtp_yaml
 
@@ -72,13 +74,19 @@ class Daemon:
             self.proc.wait(timeout=10)
 
 
+class StartDaemon(Protocol):
+    """The `daemons` fixture: start `notifier run` on `config`, with extra environment."""
+
+    def __call__(self, config: Path, env: dict[str, str] | None = None) -> Daemon: ...
+
+
 @pytest.fixture
-def daemons() -> Iterator[Callable[..., Daemon]]:
+def daemons() -> Iterator[StartDaemon]:
     """Start daemons with `daemons(config)`; any still running are killed after the test."""
     started: list[Daemon] = []
 
-    def start(config: Path, **kw: object) -> Daemon:
-        daemon = Daemon(config, **kw).start()  # type: ignore[arg-type]
+    def start(config: Path, env: dict[str, str] | None = None) -> Daemon:
+        daemon = Daemon(config, env).start()
         started.append(daemon)
         return daemon
 
@@ -102,8 +110,12 @@ def file_watcher(name: str, path: Path) -> str:
     return f"  - {{name: {name}, kind: file, path: {path}}}\n"
 
 
+Doc = tuple[Path, Path]
+"""What a `doc` fixture gives: (config, watched file)."""
+
+
 @pytest.fixture
-def doc(tmp_path: Path, smtp_server: SmtpServer) -> tuple[Path, Path]:
+def doc(tmp_path: Path, smtp_server: SmtpServer) -> Doc:
     """(config, watched file): one file watcher "doc" checked every second, mail to the server."""
     watched = tmp_path / "watched.txt"
     watched.write_text("v1\n")
@@ -115,7 +127,7 @@ def subjects(smtp: SmtpServer) -> list[str]:
             for r in smtp.received]
 
 
-def test_file_change_sends_exactly_one_mail(doc, smtp_server: SmtpServer, daemons) -> None:  # type: ignore[no-untyped-def]
+def test_file_change_sends_exactly_one_mail(doc: Doc, smtp_server: SmtpServer, daemons: StartDaemon) -> None:
     config, watched = doc
     daemon = daemons(config)
     daemon.wait_log(r"watcher=doc kind=file outcome=baseline")
@@ -128,8 +140,8 @@ def test_file_change_sends_exactly_one_mail(doc, smtp_server: SmtpServer, daemon
     assert "outcome=sent" in daemon.log()
 
 
-def test_config_edits_are_picked_up_and_bad_ones_refused(  # type: ignore[no-untyped-def]
-        tmp_path: Path, smtp_server: SmtpServer, daemons) -> None:
+def test_config_edits_are_picked_up_and_bad_ones_refused(
+        tmp_path: Path, smtp_server: SmtpServer, daemons: StartDaemon) -> None:
     a, b = tmp_path / "a.txt", tmp_path / "b.txt"
     a.write_text("a\n")
     b.write_text("b\n")
@@ -149,8 +161,8 @@ def test_config_edits_are_picked_up_and_bad_ones_refused(  # type: ignore[no-unt
     assert daemon.stop() == 0
 
 
-def test_failing_url_alerts_once_then_recovers_once(tmp_path: Path, smtp_server: SmtpServer,
-                                                    http_server: LocalHTTPServer, daemons) -> None:  # type: ignore[no-untyped-def]
+def test_failing_url_alerts_once_then_recovers_once(
+        tmp_path: Path, smtp_server: SmtpServer, http_server: LocalHTTPServer, daemons: StartDaemon) -> None:
     http_server.set("/flaky", "down", status=500)
     watchers = f"  - {{name: site, kind: url, url: '{http_server.url('/flaky')}', error_after: 3}}\n"
     daemon = daemons(write_config(tmp_path / "watchers.yaml", smtp_server, watchers))
@@ -166,7 +178,8 @@ def test_failing_url_alerts_once_then_recovers_once(tmp_path: Path, smtp_server:
     assert daemon.stop() == 0
 
 
-def test_restart_resumes_without_baseline_or_duplicate(doc, smtp_server: SmtpServer, daemons) -> None:  # type: ignore[no-untyped-def]
+def test_restart_resumes_without_baseline_or_duplicate(doc: Doc, smtp_server: SmtpServer,
+                                                       daemons: StartDaemon) -> None:
     config, _ = doc
     first = daemons(config)
     first.wait_log(r"watcher=doc .*outcome=baseline")
@@ -178,7 +191,7 @@ def test_restart_resumes_without_baseline_or_duplicate(doc, smtp_server: SmtpSer
     assert second.stop(signal.SIGINT) == 0
 
 
-def test_kill_9_loses_no_alert(doc, smtp_server: SmtpServer, daemons) -> None:  # type: ignore[no-untyped-def]
+def test_kill_9_loses_no_alert(doc: Doc, smtp_server: SmtpServer, daemons: StartDaemon) -> None:
     """Kill -9 right after a change is committed, and right after the server accepted it.
 
     Every edit must reach the inbox. A second copy may only happen when the kill falls
@@ -193,8 +206,7 @@ def test_kill_9_loses_no_alert(doc, smtp_server: SmtpServer, daemons) -> None:  
         with watched.open("a") as handle:
             handle.write(f"edit {i}\n")
         if i % 2:
-            received = len(smtp_server.received)
-            poll(lambda n=received: len(smtp_server.received) > n, "a delivery")
+            smtp_server.wait_for(len(smtp_server.received) + 1, timeout=DEADLINE)
         else:
             daemon.wait_log(r"watcher=doc .*outcome=changed", daemon.count(r"outcome=changed") + 1)
         daemon.stop(signal.SIGKILL)
@@ -218,8 +230,7 @@ def test_kill_9_loses_no_alert(doc, smtp_server: SmtpServer, daemons) -> None:  
 
 
 def _added(content: bytes) -> str:
-    msg = email.message_from_bytes(content, policy=email.policy.default)
-    text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    text = plain_text(parse(content))
     return "\n".join(ln for ln in text.splitlines() if ln.startswith("+") and not ln.startswith("+++"))
 
 
@@ -227,7 +238,7 @@ def _all_added(smtp: SmtpServer) -> str:
     return "\n".join(_added(r.content) for r in smtp.received)
 
 
-def test_systemd_notify_protocol(tmp_path: Path, doc, daemons) -> None:  # type: ignore[no-untyped-def]
+def test_systemd_notify_protocol(tmp_path: Path, doc: Doc, daemons: StartDaemon) -> None:
     config, _ = doc
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
         sock.bind(str(tmp_path / "notify.sock"))
@@ -243,7 +254,7 @@ def test_systemd_notify_protocol(tmp_path: Path, doc, daemons) -> None:  # type:
         assert "STOPPING=1" in sock.recv(4096).decode()
 
 
-def test_invalid_config_exits_78_with_the_problems(tmp_path: Path, daemons) -> None:  # type: ignore[no-untyped-def]
+def test_invalid_config_exits_78_with_the_problems(tmp_path: Path, daemons: StartDaemon) -> None:
     config = tmp_path / "watchers.yaml"
     config.write_text("watchers:\n  - {name: x, kind: nope}\n")
     daemon = daemons(config)
@@ -254,7 +265,7 @@ def test_invalid_config_exits_78_with_the_problems(tmp_path: Path, daemons) -> N
     assert "Traceback" not in daemon.log()
 
 
-def test_notifier_reload_signals_the_running_daemon(doc, daemons) -> None:  # type: ignore[no-untyped-def]
+def test_notifier_reload_signals_the_running_daemon(doc: Doc, daemons: StartDaemon) -> None:
     config, _ = doc
     daemon = daemons(config)
     daemon.wait_log(r"watcher=doc .*outcome=baseline")
@@ -282,14 +293,14 @@ def _atomic(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def test_a_running_daemon_survives_every_bad_edit(doc, daemons) -> None:  # type: ignore[no-untyped-def]
+def test_a_running_daemon_survives_every_bad_edit(doc: Doc, daemons: StartDaemon) -> None:
     """Each class of bad edit is refused with one line naming file:line; the daemon keeps
     checking on its last good configuration, `status` says why, and a good edit is taken."""
     config, watched = doc
     good = config.read_text()
     daemon = daemons(config)
     daemon.wait_log(r"watcher=doc .*outcome=baseline")
-    edits: list[tuple[str, Callable[[], None], str]] = [
+    edits: list[tuple[str, Callable[[], object], str]] = [
         ("bad value", lambda: config.write_text(good.replace("every: 1s", "every: soon")),
          r"defaults.every: expected a duration"),
         ("unknown key", lambda: config.write_text(good + "bogus: 1\n"), r"bogus: unknown key"),
@@ -320,4 +331,20 @@ def test_a_running_daemon_survives_every_bad_edit(doc, daemons) -> None:  # type
     daemon.wait_log(r"watcher=second .*outcome=baseline")
     assert "the daemon runs" in _status(config).stdout
     assert daemon.count(r"Traceback") == 0
+    assert daemon.stop() == 0
+
+
+def test_retry_after_moves_the_next_check(tmp_path: Path, smtp_server: SmtpServer,
+                                          http_server: LocalHTTPServer, daemons: StartDaemon) -> None:
+    """A 429 with Retry-After: 120 is not asked again every second; other watchers go on."""
+    http_server.set("/limited", "slow down", status=429, headers={"Retry-After": "120"})
+    watched = tmp_path / "watched.txt"
+    watched.write_text("v1\n")
+    watchers = (f"  - {{name: limited, kind: url, url: '{http_server.url('/limited')}'}}\n"
+                + file_watcher("control", watched))
+    daemon = daemons(write_config(tmp_path / "watchers.yaml", smtp_server, watchers))
+    daemon.wait_log(r"watcher=limited: the site asked to come back in 120 s; next check at ")
+    checks = daemon.count(r"watcher=control ")
+    daemon.wait_log(r"watcher=control ", checks + 3)  # three more seconds of schedule
+    assert http_server.count("/limited") == 1
     assert daemon.stop() == 0
