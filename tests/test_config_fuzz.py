@@ -22,7 +22,7 @@ from notifier import cli
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {"NOTIFIER_SMTP_PASSWORD": "fuzz-password"}
-SEEDS = [(ROOT / "watchers.yaml").read_text()] + [
+SEEDS: list[str] = [(ROOT / "watchers.yaml").read_text()] + [
     b for b in re.findall(r"```yaml\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
     if "watchers:" in b
 ]

@@ -15,7 +15,7 @@ import socket
 import sqlite3
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,18 +29,18 @@ from notifier.outbox import Sender
 from notifier.statedir import StateDir
 from notifier.store import Store
 from tests.servers.smtp import PASSWORD, SmtpServer
-from tests.test_daemon import DEADLINE, file_watcher, poll, write_config
-from tests.test_statedir import Run, notifier, run_daemons
+from tests.test_daemon import DEADLINE, Doc, file_watcher, poll, write_config
+from tests.test_statedir import StartRun, notifier, run_daemons
 
 
 @pytest.fixture
-def runs() -> Iterator[Callable[..., Run]]:
+def runs() -> Iterator[StartRun]:
     """Start daemons with `runs(config, *args, env=..., umask=...)`; killed after the test."""
     yield from run_daemons()
 
 
 @pytest.fixture
-def doc(tmp_path: Path, smtp_server: SmtpServer) -> tuple[Path, Path]:
+def doc(tmp_path: Path, smtp_server: SmtpServer) -> Doc:
     """(config, watched file): one file watcher "doc" checked every second, mail to the server."""
     watched = tmp_path / "watched.txt"
     watched.write_text("v1\n")
@@ -133,9 +133,9 @@ def subjects(smtp: SmtpServer) -> list[str]:
             for r in smtp.received]
 
 
-def test_a_full_disk_makes_the_daemon_unhealthy_until_space_returns(  # type: ignore[no-untyped-def]
+def test_a_full_disk_makes_the_daemon_unhealthy_until_space_returns(
         tmp_path: Path, small_fs: Path, smtp_server: SmtpServer, notifications: Notifications,
-        runs) -> None:
+        runs: StartRun) -> None:
     watched = tmp_path / "watched.txt"
     watched.write_text("v1\n")
     config = write_config(tmp_path / "watchers.yaml", smtp_server, file_watcher("doc", watched),
@@ -171,8 +171,8 @@ def test_a_full_disk_makes_the_daemon_unhealthy_until_space_returns(  # type: ig
     assert daemon.stop() == 0
 
 
-def test_the_daemon_runs_with_1_mb_free(  # type: ignore[no-untyped-def]
-        tmp_path: Path, one_mb: Path, smtp_server: SmtpServer, runs) -> None:
+def test_the_daemon_runs_with_1_mb_free(
+        tmp_path: Path, one_mb: Path, smtp_server: SmtpServer, runs: StartRun) -> None:
     watched = tmp_path / "watched.txt"
     watched.write_text("v1\n")
     config = write_config(tmp_path / "watchers.yaml", smtp_server, file_watcher("doc", watched),
@@ -188,8 +188,8 @@ def test_the_daemon_runs_with_1_mb_free(  # type: ignore[no-untyped-def]
     assert daemon.stop() == 0
 
 
-def test_a_deleted_database_pauses_checks_and_a_restart_needs_a_decision(  # type: ignore[no-untyped-def]
-        doc, smtp_server: SmtpServer, notifications: Notifications, runs) -> None:
+def test_a_deleted_database_pauses_checks_and_a_restart_needs_a_decision(
+        doc: Doc, smtp_server: SmtpServer, notifications: Notifications, runs: StartRun) -> None:
     config, watched = doc
     state = config.parent / "state"
     daemon = runs(config, env=notifications.env())
@@ -225,7 +225,7 @@ def test_a_deleted_database_pauses_checks_and_a_restart_needs_a_decision(  # typ
     assert restored.stop() == 0
 
 
-def test_a_replaced_database_is_refused_until_reinit(doc, runs) -> None:  # type: ignore[no-untyped-def]
+def test_a_replaced_database_is_refused_until_reinit(doc: Doc, runs: StartRun) -> None:
     config, _ = doc
     state = config.parent / "state"
     first = runs(config)
@@ -245,7 +245,7 @@ def test_a_replaced_database_is_refused_until_reinit(doc, runs) -> None:  # type
     assert notifier(config, "check", env=first.env).returncode == 0
 
 
-def test_state_files_are_private_under_umask_022(tmp_path: Path, runs) -> None:  # type: ignore[no-untyped-def]
+def test_state_files_are_private_under_umask_022(tmp_path: Path, runs: StartRun) -> None:
     watched = tmp_path / "watched.txt"
     watched.write_text("v1\n")
     config = tmp_path / "watchers.yaml"  # no smtp account: alerts go to the Maildir
@@ -271,7 +271,7 @@ def test_state_files_are_private_under_umask_022(tmp_path: Path, runs) -> None: 
     assert {p.stat().st_mode & 0o777 for p in new.iterdir()} == {0o600}
 
 
-def test_sigterm_counts_a_send_in_flight_as_a_send(tmp_path: Path, runs) -> None:  # type: ignore[no-untyped-def]
+def test_sigterm_counts_a_send_in_flight_as_a_send(tmp_path: Path, runs: StartRun) -> None:
     """A check and a send are both running when SIGTERM comes; the log says which is which."""
     server = socket.create_server(("127.0.0.1", 0))  # accepts, and never says a word
     connections: list[socket.socket] = []
@@ -324,7 +324,7 @@ class Host:
 
 
 def test_a_flapping_disk_alerts_once_an_hour_and_recovers_in_step(
-        doc, monkeypatch: pytest.MonkeyPatch) -> None:  # type: ignore[no-untyped-def]
+        doc: Doc, monkeypatch: pytest.MonkeyPatch) -> None:
     config, _ = doc
     monkeypatch.setenv("PW", PASSWORD)
     cfg = configmod.load(config)
@@ -334,16 +334,23 @@ def test_a_flapping_disk_alerts_once_an_hour_and_recovers_in_step(
     now = [1_000_000.0]
     health = Health(host, lock, clock=lambda: now[0])
     full = StateError("The file system holding state.db is full")
+
+    def health_line() -> str:
+        """What `notifier status` would say about health."""
+        holder = state.holder()
+        assert holder is not None
+        return holder.health_line()
+
     try:
         health.failed("watcher=a", full)
         health.failed("watcher=b", full)
         assert not health.healthy
-        assert state.holder().health_line().startswith("health: UNHEALTHY")  # type: ignore[union-attr]
+        assert health_line().startswith("health: UNHEALTHY")
         health.succeeded("watcher=a")
         assert not health.healthy  # b has not written since
         health.succeeded("watcher=b")
         assert health.healthy
-        assert state.holder().health_line() == "health: ok"  # type: ignore[union-attr]
+        assert health_line() == "health: ok"
         now[0] += 60  # it flaps: the same reason within the hour alerts nobody again...
         health.failed("watcher=a", full)
         health.succeeded("watcher=a")

@@ -109,7 +109,7 @@ def test_long_lines_are_encoded_never_8bit() -> None:
 
 # Display names without the characters that make "Name <addr>" ambiguous (quotes, brackets,
 # commas...): those are refused, which test_hostile_addresses_cannot_inject_headers covers.
-NAME_CHARS = st.characters(blacklist_categories=("Cs",), blacklist_characters='"\\<>(),;:@[]')
+NAME_CHARS = st.characters(exclude_categories=["Cs"], exclude_characters='"\\<>(),;:@[]')
 # Arbitrary text rarely has long runs of words; these put spaces, CJK, emoji, long tokens and
 # controls next to each other, where encoded words get cut.
 PIECES = ["招聘公告", "😀", "price", " ", "价格 ", "https://example.com/a?b=c&d=" + "x" * 70, "\t",

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
 from notifier import config
 from notifier.config import WatcherConfig
 from notifier.diff import Diff
+from notifier.kinds import Fetched, Watcher
 from notifier.pipeline import check
 from notifier.store import Alert, Queued, Store, WatcherState
 
@@ -44,8 +47,17 @@ class Recorder:
         return self._q("recovery", wc, str(state.failures))
 
 
+class Setup(NamedTuple):
+    """What the `setup` fixture gives."""
+
+    wc: WatcherConfig
+    store: Store
+    rec: Recorder
+    path: Path
+
+
 @pytest.fixture
-def setup(tmp_path: Path):  # type: ignore[no-untyped-def]
+def setup(tmp_path: Path) -> Iterator[Setup]:
     """A file watcher on tmp_path/watched.txt with a grep filter, its store and a recorder."""
     (tmp_path / "watchers.yaml").write_text(f"""\
 watchers:
@@ -58,11 +70,11 @@ watchers:
 """)
     wc = config.load(tmp_path / "watchers.yaml", {}).watchers[0]
     store = Store(tmp_path / "state.db")
-    yield wc, store, Recorder(), tmp_path / "watched.txt"
+    yield Setup(wc, store, Recorder(), tmp_path / "watched.txt")
     store.close()
 
 
-def test_baseline_then_change_then_unchanged(setup) -> None:  # type: ignore[no-untyped-def]
+def test_baseline_then_change_then_unchanged(setup: Setup) -> None:
     wc, store, rec, path = setup
     path.write_text("price 1\nnoise a\n")
     assert check(wc, store, rec).status == "baseline"
@@ -79,7 +91,7 @@ def test_baseline_then_change_then_unchanged(setup) -> None:  # type: ignore[no-
     assert "watcher=w kind=file outcome=changed" in outcome.line()
 
 
-def test_dry_run_leaves_state_untouched(setup) -> None:  # type: ignore[no-untyped-def]
+def test_dry_run_leaves_state_untouched(setup: Setup) -> None:
     wc, store, rec, path = setup
     path.write_text("price 1\n")
     check(wc, store, rec)
@@ -89,7 +101,7 @@ def test_dry_run_leaves_state_untouched(setup) -> None:  # type: ignore[no-untyp
     assert store.outbox() == []
 
 
-def test_filter_matching_nothing_is_a_failure_not_a_change(setup) -> None:  # type: ignore[no-untyped-def]
+def test_filter_matching_nothing_is_a_failure_not_a_change(setup: Setup) -> None:
     wc, store, rec, path = setup
     path.write_text("price 1\n")
     check(wc, store, rec)
@@ -100,7 +112,7 @@ def test_filter_matching_nothing_is_a_failure_not_a_change(setup) -> None:  # ty
     assert store.state("w").content == "price 1\n"
 
 
-def test_error_after_n_failures_once_then_one_recovery(setup) -> None:  # type: ignore[no-untyped-def]
+def test_error_after_n_failures_once_then_one_recovery(setup: Setup) -> None:
     wc, store, rec, path = setup
     path.write_text("price 1\n")
     check(wc, store, rec)
@@ -115,7 +127,7 @@ def test_error_after_n_failures_once_then_one_recovery(setup) -> None:  # type: 
     assert rec.calls[1] == ("recovery", "4")
 
 
-def test_short_failure_streak_sends_nothing(setup) -> None:  # type: ignore[no-untyped-def]
+def test_short_failure_streak_sends_nothing(setup: Setup) -> None:
     wc, store, rec, path = setup
     path.write_text("price 1\n")
     check(wc, store, rec)
@@ -126,7 +138,7 @@ def test_short_failure_streak_sends_nothing(setup) -> None:  # type: ignore[no-u
     assert rec.calls == []
 
 
-def test_reminders(setup) -> None:  # type: ignore[no-untyped-def]
+def test_reminders(setup: Setup) -> None:
     wc, store, rec, path = setup
     wc = replace(wc, remind_every=100.0)
     path.write_text("broken\n")
@@ -136,26 +148,27 @@ def test_reminders(setup) -> None:  # type: ignore[no-untyped-def]
     assert [k for k, _ in rec.calls] == ["error", "error"]  # at t=10 and the reminder at t=111
 
 
-def test_watcher_bug_is_contained(setup) -> None:  # type: ignore[no-untyped-def]
+def test_watcher_bug_is_contained(setup: Setup) -> None:
     wc, store, rec, _ = setup
 
-    class Broken:
-        def fetch(self, previous: object) -> None:
+    class Broken(Watcher):
+        def fetch(self, previous: Mapping[str, str]) -> Fetched:
             raise ZeroDivisionError("oops")
 
-    outcome = check(replace(wc, watcher=Broken()), store, rec)
+    outcome = check(replace(wc, watcher=Broken("w", {})), store, rec)
     assert outcome.status == "failed"
     assert "unexpected ZeroDivisionError: oops" in (outcome.error or "")
 
 
-def test_failing_since_is_the_first_failure_of_the_streak(setup) -> None:  # type: ignore[no-untyped-def]
+def test_failing_since_is_the_first_failure_of_the_streak(setup: Setup) -> None:
     wc, store, rec, path = setup
     wc = replace(wc, error_after=3, remind_every=100.0)
     path.write_text("price 1\n")
     check(wc, store, rec, clock=lambda: 0.0)
     path.write_text("broken\n")
-    for t in (10.0, 20.0, 30.0):
-        check(wc, store, rec, clock=lambda t=t: t)
+    times = iter([10.0, 20.0, 30.0])
+    for _ in range(3):
+        check(wc, store, rec, clock=lambda: next(times))
     assert (store.state("w").failures, store.state("w").last_error_at) == (3, 10.0)
     check(wc, store, rec, clock=lambda: 140.0)  # the reminder
     assert [s.last_error_at for s in rec.states] == [10.0, 10.0]  # what error() is told
@@ -166,7 +179,7 @@ def test_failing_since_is_the_first_failure_of_the_streak(setup) -> None:  # typ
     assert store.state("w").last_error_at == 160.0
 
 
-def test_user_template_failure_keeps_the_change_and_counts_as_a_failure(setup) -> None:  # type: ignore[no-untyped-def]
+def test_user_template_failure_keeps_the_change_and_counts_as_a_failure(setup: Setup) -> None:
     wc, store, rec, path = setup
     rec.broken = ("change",)
     path.write_text("price 1\n")
@@ -188,7 +201,7 @@ def test_user_template_failure_keeps_the_change_and_counts_as_a_failure(setup) -
     assert [k for k, _ in rec.calls] == ["change", "error"]  # no "back to normal" for an unfixed template
 
 
-def test_broken_error_template_is_named_in_the_recorded_error(setup) -> None:  # type: ignore[no-untyped-def]
+def test_broken_error_template_is_named_in_the_recorded_error(setup: Setup) -> None:
     wc, store, rec, path = setup
     rec.broken = ("error",)
     path.write_text("broken\n")

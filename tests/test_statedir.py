@@ -14,8 +14,9 @@ import signal
 import sqlite3
 import subprocess
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Protocol
 
 import pytest
 
@@ -28,7 +29,7 @@ from notifier.statedir import (
 )
 from notifier.store import Queued, Store
 from tests.servers.smtp import SmtpServer, smtp_yaml
-from tests.test_daemon import DEADLINE, Daemon, file_watcher, poll, write_config
+from tests.test_daemon import DEADLINE, Daemon, Doc, file_watcher, poll, write_config
 
 
 class Run(Daemon):
@@ -56,12 +57,20 @@ class Run(Daemon):
         return code
 
 
-def run_daemons() -> Iterator[Callable[..., Run]]:
+class StartRun(Protocol):
+    """A `runs` fixture: start `notifier run *args` on `config`."""
+
+    def __call__(self, config: Path, *args: str, umask: int | None = None,
+                 env: dict[str, str] | None = None) -> Run: ...
+
+
+def run_daemons() -> Iterator[StartRun]:
     """The body of a `runs` fixture (test_health has one too)."""
     started: list[Run] = []
 
-    def start(config: Path, *args: str, **kw: object) -> Run:
-        run = Run(config, *args, **kw).start()  # type: ignore[arg-type]
+    def start(config: Path, *args: str, umask: int | None = None,
+              env: dict[str, str] | None = None) -> Run:
+        run = Run(config, *args, umask=umask, env=env).start()
         started.append(run)
         return run
 
@@ -71,7 +80,7 @@ def run_daemons() -> Iterator[Callable[..., Run]]:
 
 
 @pytest.fixture
-def runs() -> Iterator[Callable[..., Run]]:
+def runs() -> Iterator[StartRun]:
     """Start daemons with `runs(config, *args)`; any still running are killed after the test."""
     yield from run_daemons()
 
@@ -213,28 +222,28 @@ def test_a_write_ahead_log_without_its_database_is_never_applied(tmp_path: Path)
 
 
 @pytest.fixture
-def doc(tmp_path: Path, smtp_server: SmtpServer) -> tuple[Path, Path]:
+def doc(tmp_path: Path, smtp_server: SmtpServer) -> Doc:
     """(config, watched file): one file watcher "doc" checked every second, mail to the server."""
     watched = tmp_path / "watched.txt"
     watched.write_text("v1\n")
     return write_config(tmp_path / "watchers.yaml", smtp_server, file_watcher("doc", watched)), watched
 
 
-def test_a_second_daemon_on_the_same_state_dir_exits_at_once(doc, runs) -> None:  # type: ignore[no-untyped-def]
+def test_a_second_daemon_on_the_same_state_dir_exits_at_once(doc: Doc, runs: StartRun) -> None:
     config, _ = doc
     first = runs(config)
     first.wait_log(r"watcher=doc .*outcome=baseline")
+    assert first.proc is not None
     second = notifier(config, "run")
     assert second.returncode == 75
     assert second.stderr.strip() == (
         f"notifier: notifier is already running on {config.parent / 'state'} (pid {first.proc.pid}); "
         f"one daemon per state directory. Stop it first, or use `notifier reload`.")
-    assert first.proc is not None
     assert first.proc.poll() is None
     assert first.stop() == 0
 
 
-def test_reload_never_signals_a_process_named_by_a_stale_lock_file(doc, runs) -> None:  # type: ignore[no-untyped-def]
+def test_reload_never_signals_a_process_named_by_a_stale_lock_file(doc: Doc, runs: StartRun) -> None:
     config, _ = doc
     daemon = runs(config)
     daemon.wait_log(r"watcher=doc .*outcome=baseline")
@@ -253,8 +262,8 @@ def test_reload_never_signals_a_process_named_by_a_stale_lock_file(doc, runs) ->
         sleeper.wait()
 
 
-def test_check_send_beside_a_daemon_queues_and_the_daemon_sends(  # type: ignore[no-untyped-def]
-        tmp_path: Path, smtp_server: SmtpServer, runs) -> None:
+def test_check_send_beside_a_daemon_queues_and_the_daemon_sends(
+        tmp_path: Path, smtp_server: SmtpServer, runs: StartRun) -> None:
     watched = tmp_path / "watched.txt"
     watched.write_text("v1\n")
     # Checked once at start, then hourly: only `check --send` sees the edit.
@@ -265,6 +274,7 @@ def test_check_send_beside_a_daemon_queues_and_the_daemon_sends(  # type: ignore
     watched.write_text("v2\n")
     result = notifier(config, "check", "--send", "doc", env=daemon.env)
     assert result.returncode == 1, result.stderr
+    assert daemon.proc is not None
     assert f"the running notifier (pid {daemon.proc.pid}) sends them" in result.stdout
     assert "sent" not in result.stdout.replace("sends them", "")
     smtp_server.wait_for(1, timeout=DEADLINE)
@@ -273,7 +283,7 @@ def test_check_send_beside_a_daemon_queues_and_the_daemon_sends(  # type: ignore
     assert daemon.stop() == 0
 
 
-def test_check_send_without_a_daemon_sends_itself(doc, smtp_server: SmtpServer) -> None:  # type: ignore[no-untyped-def]
+def test_check_send_without_a_daemon_sends_itself(doc: Doc, smtp_server: SmtpServer) -> None:
     config, watched = doc
     env = {"PW": Daemon(config).env["PW"]}
     assert notifier(config, "check", "--send", env=env).returncode == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,7 @@ def queued(n: int = 1) -> Queued:
 
 
 @pytest.fixture
-def store(tmp_path: Path):  # type: ignore[no-untyped-def]
+def store(tmp_path: Path) -> Iterator[Store]:
     """A fresh state database in tmp_path, closed after the test."""
     s = Store(tmp_path / "state.db")
     yield s
@@ -53,10 +54,11 @@ def test_unchanged_keeps_content_and_resets_failures(store: Store) -> None:
 
 def test_snapshot_and_alert_commit_together(store: Store) -> None:
     store.record_success("w", 1.0, {}, "v1", history=3)
-    bad = Queued(message_id="<x@x>", kind="change", watcher="w", account=None, sender="a@x.org",
-                 recipients=("b@x.org",), body=None)  # type: ignore[arg-type]
+    db = sqlite3.connect(store.path, isolation_level=None)  # writing the alert is what fails
+    db.execute("CREATE TRIGGER refuse BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'no'); END")
+    db.close()
     with pytest.raises(StateError):
-        store.record_success("w", 2.0, {}, "v2", history=3, alerts=[bad])
+        store.record_success("w", 2.0, {}, "v2", history=3, alerts=[queued()])
     assert store.state("w").content == "v1"
     assert store.outbox() == []
 

@@ -12,8 +12,13 @@ def test_alarms_fire_in_order_and_cancelled_ones_do_not() -> None:
     dog = Watchdog("test-watchdog")
     fired: list[str] = []
     done = threading.Event()
+
+    def late() -> None:
+        fired.append("late")
+        done.set()
+
     now = time.monotonic()
-    dog.arm(now + 0.3, lambda: (fired.append("late"), done.set()))
+    dog.arm(now + 0.3, late)
     cancelled = dog.arm(now + 0.1, lambda: fired.append("cancelled"))
     dog.arm(now + 0.05, lambda: fired.append("early"))  # sooner than what the thread waits for
     cancelled.cancel()
