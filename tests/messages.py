@@ -37,8 +37,17 @@ def parse(data: bytes) -> EmailMessage:
 
 def plain_text(msg: EmailMessage) -> str:
     """The text part as text; base64 text keeps its canonical CRLF line ends."""
-    body = msg.get_body(("plain",))
-    assert body is not None
+    return _part(msg, "plain")
+
+
+def html_text(msg: EmailMessage) -> str:
+    """The HTML part as text, with LF line ends like `plain_text`."""
+    return _part(msg, "html")
+
+
+def _part(msg: EmailMessage, subtype: str) -> str:
+    body = msg.get_body((subtype,))
+    assert body is not None, f"no text/{subtype} part"
     return str(body.get_content()).replace("\r\n", "\n")
 
 

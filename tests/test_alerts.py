@@ -20,10 +20,12 @@ from notifier.alerts import Alerter
 from notifier.cli import main
 from notifier.config import Config
 from notifier.errors import WatchError
+from notifier.kinds import Fetched, Watcher
 from notifier.outbox import Sender
 from notifier.pipeline import check
 from notifier.render import fmt_time
 from notifier.store import Store
+from tests.messages import html_text, parse, plain_text
 from tests.servers.http import LocalHTTPServer
 from tests.servers.smtp import PASSWORD, USERNAME, SmtpServer, smtp_yaml
 
@@ -46,8 +48,11 @@ watchers:
     return path
 
 
-def deliver_change(tmp_path: Path, http: LocalHTTPServer,
-                   smtp: SmtpServer) -> tuple[EmailMessage, tuple[str, ...]]:
+ChangeMail = tuple[EmailMessage, tuple[str, ...]]
+"""The parsed mail and its envelope recipients."""
+
+
+def deliver_change(tmp_path: Path, http: LocalHTTPServer, smtp: SmtpServer) -> ChangeMail:
     cfg = config.load(write_config(tmp_path, http, smtp), {"PW": PASSWORD})
     store = Store(cfg.state_dir / "state.db")
     try:
@@ -61,18 +66,16 @@ def deliver_change(tmp_path: Path, http: LocalHTTPServer,
     finally:
         store.close()
     (received,) = smtp.wait_for(1)
-    msg = email.message_from_bytes(received.content, policy=email.policy.default)
-    assert isinstance(msg, EmailMessage)
-    return msg, received.rcpt_tos
+    return parse(received.content), received.rcpt_tos
 
 
 @pytest.fixture
-def change_mail(tmp_path: Path, http_server: LocalHTTPServer, smtp_server: SmtpServer):  # type: ignore[no-untyped-def]
+def change_mail(tmp_path: Path, http_server: LocalHTTPServer, smtp_server: SmtpServer) -> ChangeMail:
     """The parsed change mail and its envelope recipients."""
     return deliver_change(tmp_path, http_server, smtp_server)
 
 
-def test_structure_and_headers(change_mail) -> None:  # type: ignore[no-untyped-def]
+def test_structure_and_headers(change_mail: ChangeMail) -> None:
     msg, rcpts = change_mail
     assert msg.get_content_type() == "multipart/alternative"
     parts = [p.get_content_type() for p in msg.iter_parts()]
@@ -87,7 +90,7 @@ def test_structure_and_headers(change_mail) -> None:  # type: ignore[no-untyped-
     assert msg["Bcc"] is None
 
 
-def test_hostile_content_cannot_inject_headers(change_mail) -> None:  # type: ignore[no-untyped-def]
+def test_hostile_content_cannot_inject_headers(change_mail: ChangeMail) -> None:
     msg, rcpts = change_mail
     assert msg["X-Evil"] is None
     assert "victim@example.com" not in rcpts
@@ -96,10 +99,9 @@ def test_hostile_content_cannot_inject_headers(change_mail) -> None:  # type: ig
     assert "Hi" not in msg["Subject"].split("X-Evil: 1")[-1]
 
 
-def test_both_parts_carry_the_diff_and_html_is_escaped(change_mail) -> None:  # type: ignore[no-untyped-def]
+def test_both_parts_carry_the_diff_and_html_is_escaped(change_mail: ChangeMail) -> None:
     msg, _ = change_mail
-    text = msg.get_body(("plain",)).get_content()
-    html = msg.get_body(("html",)).get_content()
+    text, html = parts(msg)
     assert "-价格 100 元" in text
     assert "+价格 120 元" in text
     assert "<script>" not in html
@@ -108,7 +110,7 @@ def test_both_parts_carry_the_diff_and_html_is_escaped(change_mail) -> None:  # 
     assert "<" not in text.replace("<script>alert(1)</script>", "")
 
 
-def test_no_long_lines_and_no_8bit(change_mail) -> None:  # type: ignore[no-untyped-def]
+def test_no_long_lines_and_no_8bit(change_mail: ChangeMail) -> None:
     msg, _ = change_mail
     raw = msg.as_bytes(policy=email.policy.SMTP)
     assert max(len(line) for line in raw.split(b"\r\n")) <= 998
@@ -148,9 +150,9 @@ watchers:
     finally:
         store.close()
     (received,) = smtp_server.wait_for(1)
-    msg = email.message_from_bytes(received.content, policy=email.policy.default)
+    msg = parse(received.content)
     assert msg["Subject"] == "[notifier] 3 changes: doc, other"
-    text = msg.get_body(("plain",)).get_content()  # type: ignore[union-attr]
+    text = plain_text(msg)
     assert text.count("+two") == 2
     assert "+three" in text
     assert "== doc: 1 added, 1 removed ==" in text
@@ -173,21 +175,12 @@ def load(tmp_path: Path, smtp: SmtpServer, watchers: str, head: str = "") -> Con
 def delivered(cfg: Config, store: Store, smtp: SmtpServer) -> list[EmailMessage]:
     """Send what is queued and return every message the server has received so far."""
     Sender(cfg, store).deliver()
-    out = []
-    for received in smtp.received:
-        msg = email.message_from_bytes(received.content, policy=email.policy.default)
-        assert isinstance(msg, EmailMessage)
-        out.append(msg)
-    return out
+    return [parse(received.content) for received in smtp.received]
 
 
 def parts(msg: EmailMessage) -> tuple[str, str]:
     """The text and HTML parts; base64 parts keep MIME's canonical CRLF, so read it as LF."""
-    text, html = msg.get_body(("plain",)), msg.get_body(("html",))
-    assert text is not None
-    assert html is not None
-    return (str(text.get_content()).replace("\r\n", "\n"),
-            str(html.get_content()).replace("\r\n", "\n"))
+    return plain_text(msg), html_text(msg)
 
 
 def assert_clean(msg: EmailMessage) -> None:
@@ -196,13 +189,14 @@ def assert_clean(msg: EmailMessage) -> None:
         assert "[31m" not in part
 
 
-class Failing:
+class Failing(Watcher):
     """A watcher whose fetch fails with `message` (like a command whose output is quoted)."""
 
     def __init__(self, message: str) -> None:
+        super().__init__("failing", {})
         self.message = message
 
-    def fetch(self, previous: Mapping[str, str]) -> None:
+    def fetch(self, previous: Mapping[str, str]) -> Fetched:
         raise WatchError(self.message)
 
     def source(self) -> str:
@@ -256,8 +250,9 @@ def test_failing_since_is_the_first_failure_in_error_reminder_and_recovery(
         (wc,) = cfg.watchers
         check(wc, store, alerter, clock=lambda: t0)
         doc.write_text("nothing to see\n")
-        for t in (t1, t2, t3, t4):  # the error alert at t3, a reminder at t4
-            assert check(wc, store, alerter, clock=lambda t=t: t).status == "failed"
+        times = iter([t1, t2, t3, t4])  # the error alert at t3, a reminder at t4
+        for _ in range(4):
+            assert check(wc, store, alerter, clock=lambda: next(times)).status == "failed"
         doc.write_text("price 1\n")
         check(wc, store, alerter, clock=lambda: t5)
         mails = delivered(cfg, store, smtp_server)

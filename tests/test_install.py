@@ -37,6 +37,7 @@ import pytest
 import yaml
 
 from notifier.render import KINDS
+from tests.messages import html_text, parse, plain_text
 from tests.servers.smtp import PASSWORD, USERNAME, SmtpServer
 from tests.test_daemon import DEADLINE, poll
 
@@ -46,6 +47,8 @@ INSTALLED_AT = "/opt/notifier/.venv"  # where the README installs the venv the u
 NOBODY = 65534
 SYSTEMD_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin"  # PATH systemd gives services
 IS_ROOT = os.geteuid() == 0
+# The interpreter this test's venv was made from: CPython sets it, typeshed leaves it out.
+BASE_PYTHON: str = getattr(sys, "_base_executable", sys.executable)
 
 
 @dataclass(frozen=True)
@@ -127,15 +130,15 @@ def service_user() -> ServiceUser:
     """
     version = f"{sys.version_info[0]}.{sys.version_info[1]}"
     if not IS_ROOT:
-        return ServiceUser(None, sys._base_executable, ("not root: the service runs as the current user",))
-    candidates = [shutil.which(f"python{version}", path=SYSTEMD_PATH), sys._base_executable]
+        return ServiceUser(None, BASE_PYTHON, ("not root: the service runs as the current user",))
+    candidates = [shutil.which(f"python{version}", path=SYSTEMD_PATH), BASE_PYTHON]
     for python in filter(None, candidates):
         code = "import sys, venv; print('%d.%d' % sys.version_info[:2])"
         probe = subprocess.run(as_service_user([python, "-c", code]), capture_output=True, text=True,
                                timeout=60, check=False)
         if probe.stdout.strip() == version:
             return ServiceUser(NOBODY, python)
-    return ServiceUser(None, sys._base_executable,
+    return ServiceUser(None, BASE_PYTHON,
                        (f"no Python {version} that nobody can run: the service runs as root",))
 
 
@@ -375,8 +378,7 @@ def installed(smtp_server: SmtpServer, service_user: ServiceUser) -> Iterator[In
 
 
 def received(smtp: SmtpServer) -> list[EmailMessage]:
-    return [email.message_from_bytes(r.content, policy=email.policy.default)  # type: ignore[misc]
-            for r in smtp.received]
+    return [parse(r.content) for r in smtp.received]
 
 
 def test_shipped_unit_runs_as_installed(venv: Path, installed: Installed, smtp_server: SmtpServer,
@@ -432,9 +434,9 @@ def test_shipped_unit_runs_as_installed(venv: Path, installed: Installed, smtp_s
         assert smtp_server.received[0].rcpt_tos == ("me@example.com",)
         assert msg["Subject"] == "[notifier] doc changed: 1 added, 1 removed"
         assert msg["To"] == "me@example.com"
-        text = msg.get_body(("plain",)).get_content().splitlines()  # type: ignore[union-attr]
+        text = plain_text(msg).splitlines()
         assert text[-2:] == ["-v1", "+v2"]
-        assert "v2" in msg.get_body(("html",)).get_content()  # type: ignore[union-attr]
+        assert "v2" in html_text(msg)
         assert smtp_server.logins == [USERNAME]  # the password came from the credential
 
         # `systemctl reload`: each ExecReload= line, as the service user with its environment.

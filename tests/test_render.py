@@ -5,8 +5,11 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
+from types import MappingProxyType
+from typing import cast
 from zoneinfo import ZoneInfo
 
 import jinja2
@@ -20,6 +23,7 @@ from notifier.render import (
     MAX_SUBJECT,
     SHIPPED_TEMPLATES,
     AlertContext,
+    AlertKind,
     DigestItem,
     Renderer,
     WatcherInfo,
@@ -38,9 +42,9 @@ TAG = re.compile(r"</?[A-Za-z!][^>]*>")
 
 
 def change(watcher: WatcherInfo | None = WATCHER, old: str = OLD, new: str = NEW,
-           **kw: object) -> AlertContext:
+           extra: Mapping[str, str] = MappingProxyType({})) -> AlertContext:
     return AlertContext("change", watcher, AT, diff=compute(old, new), old=old, new=new,
-                        previous_at=AT - timedelta(hours=1), **kw)  # type: ignore[arg-type]
+                        previous_at=AT - timedelta(hours=1), extra=extra)
 
 
 def line_divs(html: str, text: str) -> list[str]:
@@ -247,8 +251,8 @@ def test_chinese_content_round_trips() -> None:
 
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("watcher", [WATCHER, None])
-def test_every_kind_renders_with_minimal_context(kind: str, watcher: WatcherInfo | None) -> None:
-    out = Renderer().render(AlertContext(kind, watcher, AT))  # type: ignore[arg-type]
+def test_every_kind_renders_with_minimal_context(kind: AlertKind, watcher: WatcherInfo | None) -> None:
+    out = Renderer().render(AlertContext(kind, watcher, AT))
     assert out.subject
     assert "\n" not in out.subject
     assert out.text.endswith("\n")
@@ -258,8 +262,8 @@ def test_every_kind_renders_with_minimal_context(kind: str, watcher: WatcherInfo
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_every_kind_renders_with_full_context(kind: str) -> None:
-    ctx = AlertContext(kind, WATCHER, AT, diff=compute(OLD, NEW), old=OLD, new=NEW,  # type: ignore[arg-type]
+def test_every_kind_renders_with_full_context(kind: AlertKind) -> None:
+    ctx = AlertContext(kind, WATCHER, AT, diff=compute(OLD, NEW), old=OLD, new=NEW,
                        previous_at=AT - timedelta(hours=1), error="e", failures=1,
                        failing_since=AT - timedelta(hours=3), extra={"via": "x", "k": "v"},
                        entries=(DigestItem(WATCHER, AT, compute(OLD, NEW)),))
@@ -277,7 +281,7 @@ def test_context_validation() -> None:
     with pytest.raises(ValueError, match="timezone-aware"):
         AlertContext("change", WATCHER, datetime(2026, 1, 1))
     with pytest.raises(ValueError, match="unknown alert kind"):
-        AlertContext("weekly", WATCHER, AT)  # type: ignore[arg-type]
+        AlertContext(cast("AlertKind", "weekly"), WATCHER, AT)  # what an untyped caller could pass
 
 
 def test_fmt_time() -> None:
@@ -320,10 +324,10 @@ def test_visible(raw: str, shown: str) -> None:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-def test_control_characters_never_reach_either_part(kind: str) -> None:
+def test_control_characters_never_reach_either_part(kind: AlertKind) -> None:
     watcher = WatcherInfo(f"name{NASTY}", "command", f"printf '{NASTY}'", f"https://e.com/{NASTY}")
     old, new = f"same\nold {NASTY}\n", f"same\nnew {NASTY}\n\x1b[1mbold\x1b[22m\n"
-    ctx = AlertContext(kind, watcher, AT, old=old, new=new, error=f"exit 1: {NASTY}",  # type: ignore[arg-type]
+    ctx = AlertContext(kind, watcher, AT, old=old, new=new, error=f"exit 1: {NASTY}",
                        failures=3, subject_prefix=f"[n{NASTY}]", extra={"via": NASTY, NASTY: NASTY},
                        entries=(DigestItem(watcher, AT, compute(old, new)),))
     out = Renderer().render(ctx)
