@@ -17,7 +17,7 @@ run: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/ruff check notifier tests bench
-	$(BIN)/mypy notifier
+	$(BIN)/mypy notifier tests
 	$(BIN)/pytest
 
 bench: $(STAMP)
