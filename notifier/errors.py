@@ -14,6 +14,7 @@ EXIT_CHANGED = 1
 EXIT_FAILED = 2
 EXIT_USAGE = 64  # EX_USAGE: the command line itself is wrong (an unknown watcher name, ...)
 EXIT_BUG = 70  # EX_SOFTWARE: an error nobody explained; the CLI asks for a report
+EXIT_BUSY = 75  # EX_TEMPFAIL: another notifier has the state directory; systemd retries later
 EXIT_CONFIG = 78  # EX_CONFIG from sysexits.h; systemd is told not to restart on it
 EXIT_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a reader that went away
 

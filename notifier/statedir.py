@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from notifier.errors import EXIT_CONFIG, NotifierError, StateError
+from notifier.errors import EXIT_BUSY, EXIT_CONFIG, NotifierError, StateError
 from notifier.store import FILE_MODE, Store, make_private_dir
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,6 @@ DB_NAME = "state.db"
 LOCK_NAME = "notifier.lock"
 MARKER_NAME = "state.id"
 LOCK_SIZE = 4096  # bytes allocated for the lock file's content, rewritten in place
-EXIT_BUSY = 75  # EX_TEMPFAIL: another notifier has the directory; systemd retries later
 PROBE_GRACE = 0.5  # s: `status` and `reload` hold the lock for microseconds; outwait them
 ONESHOT_WAIT = 60.0  # s to wait for a one-shot command (`check --send`) to finish delivering
 PROC_LOCKS = Path("/proc/locks")
