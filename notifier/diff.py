@@ -3,7 +3,7 @@
 difflib alone is slow on large documents (it compares every line with every line in the
 changed region). We first cut the common head and tail, then anchor on lines that occur
 exactly once on both sides (the "patience" idea) so difflib only ever sees the small gaps
-between anchors.
+between anchors. `with_words` adds what changed inside a rewritten line (notifier.words).
 """
 
 from __future__ import annotations
@@ -12,8 +12,10 @@ import bisect
 import difflib
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
+
+from notifier.words import Span, pair
 
 Opcode = tuple[str, int, int, int, int]
 _SMALL = 200  # gaps up to this many lines per side go straight to difflib
@@ -21,12 +23,15 @@ _SMALL = 200  # gaps up to this many lines per side go straight to difflib
 
 @dataclass(frozen=True)
 class Line:
-    """One line of a hunk; `old`/`new` are 1-based line numbers on each side, when present."""
+    """One line of a hunk; `old`/`new` are 1-based line numbers on each side, when present.
+    `spans` (set by `with_words`) cut a removed or added line that pairs with one on the other
+    side into what both have and what changed; empty for every other line."""
 
     tag: Literal["context", "added", "removed"]
     text: str
     old: int | None
     new: int | None
+    spans: tuple[Span, ...] = ()
 
     @property
     def prefix(self) -> str:
@@ -102,6 +107,32 @@ def compute(old: str, new: str, context: int = 3, additions_only: bool = False,
         hunks = tuple(h for h in (_only(_hunk(a, b, g), keep) for g in _grouped(codes, 0)) if h.lines)
         return Diff(hunks, changed if not hunks else ())
     return Diff(tuple(_hunk(a, b, g) for g in _grouped(codes, context)), changed)
+
+
+def with_words(diff: Diff) -> Diff:
+    """The diff with word-level `spans` on each removed line and the added line it was
+    rewritten as (paired by `notifier.words.pair` within each run of removed-then-added lines).
+
+    Spans are computed from the line texts every time, so they always agree with them: call
+    this after the texts are final (render calls it after making them visible and capping).
+    """
+    hunks = []
+    for hunk in diff.hunks:
+        lines = [replace(ln, spans=()) if ln.spans else ln for ln in hunk.lines]
+        start = 0
+        while start < len(lines):
+            mid = start
+            while mid < len(lines) and lines[mid].tag == "removed":
+                mid += 1
+            end = mid
+            while end < len(lines) and lines[end].tag == "added":
+                end += 1
+            for found in pair([ln.text for ln in lines[start:mid]], [ln.text for ln in lines[mid:end]]):
+                lines[start + found.old_index] = replace(lines[start + found.old_index], spans=found.old)
+                lines[mid + found.new_index] = replace(lines[mid + found.new_index], spans=found.new)
+            start = max(end, start + 1)
+        hunks.append(replace(hunk, lines=tuple(lines)))
+    return Diff(tuple(hunks), diff.changed)
 
 
 def opcodes(a: Sequence[str], b: Sequence[str]) -> list[Opcode]:

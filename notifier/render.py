@@ -21,9 +21,10 @@ from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import jinja2
+from markupsafe import escape
 
 from notifier.binary import describe_change
-from notifier.diff import Diff, compute
+from notifier.diff import Diff, compute, with_words
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +139,14 @@ def visible(text: str) -> str:
 
 
 def _visible_diff(diff: Diff) -> Diff:
-    """The diff with `visible` line texts; the same object when no line needs it."""
+    """The diff with `visible` line texts and the word-level spans of those texts."""
     texts = [ln.text for hunk in diff.hunks for ln in hunk.lines]
     texts += [side for pair in diff.changed for side in pair]
-    if not any(_UNSAFE.search(text) for text in texts):
-        return diff
-    hunks = tuple(replace(hunk, lines=tuple(replace(ln, text=visible(ln.text)) for ln in hunk.lines))
-                  for hunk in diff.hunks)
-    return Diff(hunks, tuple((visible(old), visible(new)) for old, new in diff.changed))
+    if any(_UNSAFE.search(text) for text in texts):
+        hunks = tuple(replace(hunk, lines=tuple(replace(ln, text=visible(ln.text)) for ln in hunk.lines))
+                      for hunk in diff.hunks)
+        diff = Diff(hunks, tuple((visible(old), visible(new)) for old, new in diff.changed))
+    return with_words(diff)  # always recomputed from the visible texts, never taken as given
 
 
 def _visible_watcher(watcher: WatcherInfo) -> WatcherInfo:
@@ -254,6 +255,24 @@ def _entry(item: DigestItem) -> dict[str, Any]:
     return {"watcher": watcher, "name": one_line(watcher.name, 1_000),
             "link": safe_link(watcher.link), "at": item.at, "diff": _visible_diff(shown),
             "omitted": omitted, "counts": _counts(item.diff)}
+
+
+def diff_html(diff: Diff, title: str | None = None, template_dirs: Sequence[Path | str] = ()) -> str:
+    """The diff as the HTML part of a change alert shows it (the `_diff.html` macro: capped,
+    made visible, escaped, changed words marked), for `notifier diff --html`.
+
+    Without `title`, the block alone; with one, a whole page (UTF-8, titled) to open in a browser.
+    """
+    dirs = tuple(Path(d).expanduser().resolve() for d in template_dirs)
+    shown, omitted = cap_diff(diff)
+    macro = _environments(dirs)[0].get_template("_diff.html").module.render_diff  # type: ignore[attr-defined]
+    block = str(macro(_visible_diff(shown), omitted))  # Markup: escaped by the template
+    if title is None:
+        return block
+    return (f'<!DOCTYPE html>\n<html>\n<head>\n<meta charset="utf-8">\n'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">\n'
+            f"<title>{escape(one_line(visible(title), 1_000))}</title>\n</head>\n"
+            f'<body style="max-width:960px;margin:0 auto;padding:12px;">\n{block}</body>\n</html>\n')
 
 
 def template_problem(exc: BaseException, kind: str) -> str:

@@ -106,8 +106,18 @@ def test_both_parts_carry_the_diff_and_html_is_escaped(change_mail: ChangeMail) 
     assert "+价格 120 元" in text
     assert "<script>" not in html
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert "价格 120 元" in html
+    assert "价格 120 元" in unmarked(html)
     assert "<" not in text.replace("<script>alert(1)</script>", "")
+
+
+def test_html_part_marks_the_changed_words(change_mail: ChangeMail) -> None:
+    """"价格 100 元" → "价格 120 元": the mail's HTML marks the number, the text part does not."""
+    msg, _ = change_mail
+    text, html = parts(msg)
+    assert re.search(r'>-价格 <del style="[^"]*">100</del> 元</div>', html)
+    assert re.search(r'>\+价格 <ins style="[^"]*">120</ins> 元</div>', html)
+    assert "-价格 100 元\n+价格 120 元\n" in text
+    assert "<ins" not in text
 
 
 def test_no_long_lines_and_no_8bit(change_mail: ChangeMail) -> None:
@@ -183,6 +193,11 @@ def parts(msg: EmailMessage) -> tuple[str, str]:
     return plain_text(msg), html_text(msg)
 
 
+def unmarked(html: str) -> str:
+    """The HTML without the <ins>/<del> marks of changed words, to find a line's whole text."""
+    return re.sub(r"</?(?:ins|del)\b[^>]*>", "", html)
+
+
 def assert_clean(msg: EmailMessage) -> None:
     for part in (msg["Subject"], *parts(msg)):
         assert not FORBIDDEN.search(part), repr(FORBIDDEN.findall(part))
@@ -231,7 +246,7 @@ def test_command_output_controls_reach_no_part_of_any_alert(tmp_path: Path, smtp
         assert_clean(msg)
     text, html = parts(mails[0])
     assert "+status: red\ufffd\ufffd" in text  # the colour codes go, the text stays
-    assert "+status: red\ufffd\ufffd" in html
+    assert "+status: red\ufffd\ufffd" in unmarked(html)
     for msg in mails[1:]:
         assert "exit status 1: red\ufffd\ufffd" in parts(msg)[0]
 

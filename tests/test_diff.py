@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from notifier.diff import compute, opcodes
+from notifier.diff import Diff, compute, opcodes, with_words
 
 
 def _apply(a: list[str], codes: list[tuple[str, int, int, int, int]], b: list[str]) -> list[str]:
@@ -84,3 +84,33 @@ def test_context_lines_option() -> None:
     new = old.replace("15", "fifteen")
     assert len(compute(old, new, context=0).hunks[0].lines) == 2
     assert len(compute(old, new, context=5).hunks[0].lines) == 12
+
+
+def _marked(diff: Diff) -> list[str]:
+    """Each line with its prefix and changed spans in brackets, as a reader would see them."""
+    return [ln.prefix + ("".join(f"[{s.text}]" if s.changed else s.text for s in ln.spans)
+                         if ln.spans else ln.text) for h in diff.hunks for ln in h.lines]
+
+
+def test_with_words_marks_rewritten_lines_and_leaves_the_rest() -> None:
+    old = "title\nprice: 3.00 USD\nold banner text here\nfooter\n"
+    new = "title\nprice: 3.75 USD\nsomething else entirely\nin stock\nfooter\n"
+    diff = compute(old, new, context=1)
+    assert all(not ln.spans for h in diff.hunks for ln in h.lines)  # compute stays line-level
+    assert _marked(with_words(diff)) == [
+        " title", "-price: [3.00] USD", "-old banner text here",
+        "+price: [3.75] USD", "+something else entirely", "+in stock", " footer"]
+    assert with_words(diff).unified() == diff.unified()  # the text form does not change
+
+
+def test_with_words_pairs_within_each_block_only() -> None:
+    old = "a 1\nsame\nb 2\n"
+    new = "a 9\nsame\nb 8\n"
+    assert _marked(with_words(compute(old, new))) == ["-a [1]", "+a [9]", " same", "-b [2]", "+b [8]"]
+
+
+def test_with_words_recomputes_spans_from_the_texts() -> None:
+    diff = with_words(compute("x 1\n", "x 2\n"))
+    data = Diff.from_data(diff.to_data())  # as a digest stores it: spans are not kept...
+    assert all(not ln.spans for h in data.hunks for ln in h.lines)
+    assert with_words(data).hunks == diff.hunks  # ...and come back the same

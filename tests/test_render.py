@@ -27,6 +27,7 @@ from notifier.render import (
     DigestItem,
     Renderer,
     WatcherInfo,
+    diff_html,
     fmt_time,
     one_line,
     safe_link,
@@ -108,21 +109,83 @@ def test_text_part_keeps_page_markup_verbatim() -> None:
     assert "&lt;" not in text
 
 
+MARKED = re.compile(r'<(ins|del) style="([^"]*)">(.*?)</\1>')
+
+
 def test_added_green_removed_red_context_grey() -> None:
+    rewritten = Renderer().render(change(old="title\nbanner one\nfooter\n", new="title\nall new\nfooter\n"))
+    assert all("#e6ffec" in s and "#1a7f37" in s for s in line_divs(rewritten.html, "+all new"))
+    assert line_divs(rewritten.html, "+all new")
+    assert all("#ffebe9" in s and "#cf222e" in s for s in line_divs(rewritten.html, "-banner one"))
+    assert line_divs(rewritten.html, "-banner one")
     html = Renderer().render(change()).html
-    assert all("#e6ffec" in s and "#1a7f37" in s for s in line_divs(html, "+price: 12"))
-    assert line_divs(html, "+price: 12")
-    assert all("#ffebe9" in s and "#cf222e" in s for s in line_divs(html, "-price: 10"))
-    assert line_divs(html, "-price: 10")
     (context,) = line_divs(html, " title")
     assert "#57606a" in context
     assert "white-space:pre-wrap" in context
     assert "word-break:break-all" in context
     assert "monospace" in html
+    assert "@@ -1,5 +1,5 @@" not in html
     assert "@@ -1,4 +1,5 @@" in html
     assert 'name="viewport"' in html
     assert "max-width:720px" in html
     assert "<style" not in html
+
+
+def test_changed_words_are_marked_in_html_and_the_text_part_stays_unified() -> None:
+    out = Renderer().render(change())
+    removed, added = (re.search(r">" + re.escape(sign) + r"price: (.*?)</div>", out.html) for sign in "-+")
+    assert removed is not None
+    assert added is not None
+    assert [m[0::2] for m in MARKED.findall(removed.group(1))] == [("del", "10")]
+    assert [m[0::2] for m in MARKED.findall(added.group(1))] == [("ins", "12")]
+    for _, style, _ in MARKED.findall(out.html):
+        assert "background:" in style
+        assert "text-decoration:none" in style
+    assert "-price: 10\n+price: 12\n" in out.text  # the text part: a unified diff, no marks
+    assert "<ins" not in out.text
+    assert "<del" not in out.text
+
+
+def test_chinese_changes_are_marked_by_character() -> None:
+    html = Renderer().render(change(old="a\n本次考试取消\n", new="a\n本次考试延期\n")).html
+    assert [m[0::2] for m in MARKED.findall(html)] == [("del", "取消"), ("ins", "延期")]
+    assert "-本次考试<del " in html
+
+
+def test_a_changed_word_cannot_inject_markup_or_controls() -> None:
+    old = "price: 10 <b>ok</b>\n"
+    new = "price: 10 <script>alert(1)</script>\x1b]0;title\x07\x00\n"
+    out = Renderer().render(change(old=old, new=new))
+    assert MARKED.findall(out.html)  # the lines paired: the changed words are marked...
+    assert "<script" not in out.html  # ...and escaped like everything else
+    assert "<b>" not in out.html
+    added = re.search(r">(\+price.*?)</div>", out.html)
+    assert added is not None
+    whole = re.sub(r"</?ins[^>]*>", "", added.group(1))
+    assert whole == "+price: 10 &lt;script&gt;alert(1)&lt;/script&gt;\ufffd"
+    assert "<ins style=\"background:#abf2bc;text-decoration:none;\">script</ins>" in added.group(1)
+    assert not FORBIDDEN.search(out.html)
+
+
+def test_digest_entries_are_marked_too() -> None:
+    entry = DigestItem(WATCHER, AT, compute("price: 1\n", "price: 2\n"))
+    ctx = AlertContext("digest", None, AT, entries=(entry,))
+    html = Renderer().render(ctx).html
+    assert [m[0::2] for m in MARKED.findall(html)] == [("del", "1"), ("ins", "2")]
+
+
+def test_diff_html_is_the_block_a_change_mail_carries() -> None:
+    diff = compute(OLD, NEW)
+    block = diff_html(diff)
+    assert block.startswith("<div ")
+    assert block in Renderer().render(change()).html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in block
+    assert "<ins " in block
+    page = diff_html(diff, title="prices <b>\x1b[31m</b>")
+    assert page.startswith("<!DOCTYPE html>")
+    assert '<meta charset="utf-8">' in page
+    assert "<title>prices &lt;b&gt;&lt;/b&gt;</title>" in page
+    assert block in page
 
 
 @pytest.mark.parametrize(("link", "href"), [
