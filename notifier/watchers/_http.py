@@ -1,14 +1,23 @@
-"""Pooled HTTP sessions whose requests keep a total deadline, however the server behaves.
+"""HTTP for the url kind: urllib3 pools shared by every url watcher, a total deadline on each
+fetch, and a limit on the fetches in flight to one host.
 
-requests and urllib3 only know per-operation timeouts: a server that drips one byte a second
-(in the body, in endless headers, or in the TLS handshake) never trips them. So every fetch
-runs inside a `Deadline`, and the connections urllib3 opens or reuses for it report their
-sockets to it. When the deadline passes, the watchdog thread shuts those sockets down, which
-wakes the blocked read at once; the fetch then sees `fired` and reports a timeout. Connecting
-is bounded as well: each connect gets at most the time left.
+urllib3 is used directly. requests prepared every request from scratch (merging session
+settings, reading the environment, cookie jars, hooks), which cost more CPU than the request
+itself on a pass over thousands of pages; here everything that does not change between
+fetches is worked out once: the TLS context per (verify, CA bundle), the proxy and .netrc
+login per site, the pool per host (kept between passes, so the daemon reuses connections).
 
-A connection that goes back to the pool leaves its fetch's deadline first, so one fetch's
-deadline can never cut a connection another fetch is using.
+Deadlines: urllib3 only knows per-operation timeouts, and a server that drips one byte a
+second (in the body, in endless headers, or in the TLS handshake) never trips them. So every
+fetch runs inside a `Deadline`, and the connections urllib3 opens or reuses for it report
+their sockets to it. When the deadline passes, the watchdog thread shuts those sockets down,
+which wakes the blocked read at once; the fetch then sees `fired` and reports a timeout.
+Connecting is bounded as well: each connect gets at most the time left. A connection that
+goes back to the pool leaves its fetch's deadline first, so one fetch's deadline can never
+cut a connection another fetch is using.
+
+Redirects are followed here (see `notifier.watchers._redirects`), hop by hop through the
+same pools, so each hop is under the same deadline.
 """
 
 from __future__ import annotations
@@ -16,23 +25,40 @@ from __future__ import annotations
 import contextlib
 import os
 import socket
+import ssl
 import threading
 import time
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
-from http.cookiejar import Cookie, DefaultCookiePolicy
+from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
-from urllib.request import Request
+from urllib.parse import unquote, urlsplit
 
-import requests
-from requests.adapters import HTTPAdapter
+import urllib3
 from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.poolmanager import PoolManager
+from urllib3.exceptions import ClosedPoolError, LocationParseError
+from urllib3.poolmanager import PoolManager, ProxyManager
+from urllib3.response import BaseHTTPResponse
+from urllib3.util import make_headers, parse_url
+from urllib3.util.ssl_ import create_urllib3_context
 
 from notifier.watchers._watchdog import watchdog
 
 USER_AGENT = "notifier/0.1 (change monitor)"
-POOL_SIZE = 64  # above the ~32 threads of a pass, so no thread waits for or discards a connection
+# Sent with every request unless the watcher's own headers name them (in any letter case).
+DEFAULT_HEADERS: Mapping[str, str] = {
+    "User-Agent": USER_AGENT,
+    "Accept-Encoding": make_headers(accept_encoding=True)["accept-encoding"],  # what urllib3 decodes
+    "Accept": "*/*",
+}
+PER_HOST = 8  # fetches in flight to one host (scheme, host, port), unless configured
+MAX_POOLS = 128  # hosts whose idle connections are kept; the least recently used go first
+PROXY_POOL_SIZE = 128  # connections kept to one proxy, which carries every site behind it
+DRAIN_MAX = 64 * 1024  # a body left unread up to this size is read so its connection is reused
+
+Site = tuple[str, str, int]  # scheme, host, port: what a connection pool and the host limit serve
 
 _current: ContextVar[Deadline | None] = ContextVar("notifier_http_deadline", default=None)
 
@@ -170,70 +196,276 @@ class _TLSPool(HTTPSConnectionPool):
 _POOLS: dict[str, type[HTTPConnectionPool]] = {"http": _Pool, "https": _TLSPool}
 
 
-class _Adapter(HTTPAdapter):
-    """An HTTPAdapter whose pools (direct and through http/https proxies) are deadline-aware.
+class HostLimit:
+    """At most `per_host` fetches in flight to each site; the others wait their turn, in order.
 
-    SOCKS proxies keep urllib3's own pools: there the deadline is checked between reads only.
+    One lock for all sites, one condition per site with waiters, and no entry at all for an
+    idle site, so 20,000 hosts cost nothing once their fetches are done.
     """
 
-    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
-        super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = _POOLS
+    def __init__(self, per_host: int = PER_HOST) -> None:
+        self.per_host = per_host
+        self._lock = threading.Lock()
+        self._busy: dict[Site, int] = {}
+        self._queues: dict[Site, tuple[threading.Condition, list[int]]] = {}  # (turns, [waiting])
 
-    def proxy_manager_for(self, proxy: str, **kwargs: Any) -> PoolManager:
-        manager: PoolManager = super().proxy_manager_for(proxy, **kwargs)
-        if not proxy.lower().startswith("socks"):
-            manager.pool_classes_by_scheme = _POOLS
-        return manager
+    @contextlib.contextmanager
+    def slot(self, site: Site) -> Iterator[None]:
+        """Hold one of the site's slots for the duration of the `with` block."""
+        self.acquire(site)
+        try:
+            yield
+        finally:
+            self.release(site)
+
+    def acquire(self, site: Site) -> None:
+        with self._lock:
+            if self._busy.get(site, 0) >= self.per_host:
+                turns, waiting = self._queues.get(site) or self._queues.setdefault(
+                    site, (threading.Condition(self._lock), [0]))
+                waiting[0] += 1
+                while self._busy.get(site, 0) >= self.per_host:
+                    turns.wait()
+                waiting[0] -= 1
+                if not waiting[0]:
+                    del self._queues[site]
+            self._busy[site] = self._busy.get(site, 0) + 1
+
+    def release(self, site: Site) -> None:
+        with self._lock:
+            busy = self._busy.pop(site) - 1
+            if busy:
+                self._busy[site] = busy
+            queue = self._queues.get(site)
+            if queue is not None:
+                queue[0].notify()
+
+    def in_flight(self, site: Site) -> int:
+        with self._lock:
+            return self._busy.get(site, 0)
 
 
-class _NoCookies(DefaultCookiePolicy):
-    """Keep no cookies between checks, as urlwatch does: every check is a first visit.
+limits = HostLimit()
 
-    Cookies still flow inside one check's redirect chain (requests uses a per-request jar),
-    and sessions shared by unrelated watchers cannot leak a login from one to another.
+
+def configure(per_host: int) -> None:
+    """Set the per-host limit (the config's `per_host`); pools made from now on keep as many
+    idle connections per host."""
+    if per_host != limits.per_host:
+        limits.per_host = per_host
+        close_pools()
+
+
+@lru_cache(maxsize=16)
+def tls_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
+    """One verifying TLS context per CA bundle, shared by every pool that uses it (loading
+    a bundle costs milliseconds; urllib3 would do it for every new connection).
+
+    Without ca_file the bundle is certifi's, as requests used, or the system's without it.
+    Raises OSError (ssl.SSLError included) when ca_file cannot be read or parsed.
     """
+    context = create_urllib3_context()
+    if not verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        return context
+    if ca_file is None:
+        try:
+            import certifi  # noqa: PLC0415 - optional: requests brings it, a bare install may not
 
-    def set_ok(self, cookie: Cookie, request: Request) -> bool:
-        return False
+            ca_file = certifi.where()
+        except ImportError:
+            context.load_default_certs()
+            return context
+    context.load_verify_locations(cafile=ca_file)
+    return context
 
 
-_sessions: dict[tuple[str, str, int, int], requests.Session] = {}
-_sessions_lock = threading.Lock()
+_managers: dict[tuple[str | None, bool, str | None], PoolManager] = {}
+_managers_lock = threading.Lock()
 
 
-def session(key: tuple[str, str, int, int]) -> requests.Session:
-    """The shared session for scheme, host, port and redirect limit (a Session-wide setting)."""
-    found = _sessions.get(key)  # a dict read is atomic; lock only to create
+def manager(proxy: str | None, verify: bool, ca_file: str | None) -> PoolManager:
+    """The pool manager for a proxy (None: direct) and TLS settings, made on first use."""
+    key = (proxy, verify, ca_file)
+    found = _managers.get(key)  # a dict read is atomic; lock only to create
     if found is None:
-        with _sessions_lock:
-            found = _sessions.get(key) or _new_session(*key)
-            _sessions[key] = found
+        with _managers_lock:
+            found = _managers.get(key) or _new_manager(proxy, verify, ca_file)
+            _managers[key] = found
     return found
 
 
-def _new_session(scheme: str, host: str, port: int, max_redirects: int) -> requests.Session:
-    new = requests.Session()
-    # No retries here: the scheduler retries with backoff and counts failures.
-    adapter = _Adapter(pool_connections=4, pool_maxsize=POOL_SIZE, max_retries=0)
-    new.mount("http://", adapter)
-    new.mount("https://", adapter)
-    new.max_redirects = max_redirects
-    new.cookies.set_policy(_NoCookies())
-    new.headers["User-Agent"] = USER_AGENT
-    # Proxy variables, NO_PROXY and ~/.netrc are read once per host here instead of on every
-    # request, where they cost a third of a fetch; sessions are per host, so this is exact.
-    base = f"{scheme}://[{host}]:{port}/" if ":" in host else f"{scheme}://{host}:{port}/"
-    new.trust_env = False
-    new.proxies.update(requests.utils.get_environ_proxies(base))
-    new.auth = requests.utils.get_netrc_auth(base)
-    return new
+def _new_manager(proxy: str | None, verify: bool, ca_file: str | None) -> PoolManager:
+    context = tls_context(verify, ca_file)
+    tls: dict[str, Any] = {"ssl_context": context, "cert_reqs": "CERT_REQUIRED" if verify else "CERT_NONE"}
+    if not verify:  # the user chose this; a warning on every request would only flood logs
+        tls["assert_hostname"] = False
+        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+    if proxy is None:
+        made = PoolManager(num_pools=MAX_POOLS, maxsize=limits.per_host, block=False, retries=False,
+                           **tls)
+        made.pool_classes_by_scheme = _POOLS
+        return made
+    login = parse_url(proxy).auth
+    headers = make_headers(proxy_basic_auth=unquote(login)) if login else None
+    if proxy.lower().startswith("socks"):
+        # SOCKS pools are urllib3's own: there the deadline is checked between reads only.
+        from urllib3.contrib.socks import SOCKSProxyManager  # noqa: PLC0415 - needs PySocks
+
+        return SOCKSProxyManager(proxy, num_pools=MAX_POOLS, maxsize=limits.per_host, block=False,
+                                 retries=False, **tls)
+    made = ProxyManager(proxy, num_pools=MAX_POOLS, maxsize=PROXY_POOL_SIZE, block=False,
+                        retries=False, proxy_headers=headers, proxy_ssl_context=context, **tls)
+    made.pool_classes_by_scheme = _POOLS
+    return made
 
 
-def close_sessions() -> None:
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One request as it goes on the wire: worked out once per watcher (and per redirect hop)."""
+
+    method: str
+    url: str
+    site: Site
+    path: str  # path and query, percent-encoded
+    headers: Mapping[str, str]
+    body: bytes | None = None
+    proxy: str | None = None  # the watcher's own proxy; None: whatever the environment says
+    verify: bool = True
+    ca_file: str | None = None
+
+    @classmethod
+    def to(cls, url: str, **fields: Any) -> Request:
+        """A request for `url`; ValueError when it is not a usable http(s) address."""
+        try:
+            parts = parse_url(url)
+        except LocationParseError:
+            raise ValueError(f"url {url!r} {_unparsable(url)}") from None
+        if parts.scheme not in ("http", "https") or not parts.host:
+            raise ValueError(f"url {url!r} must be a full http:// or https:// address")
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+        headers: Mapping[str, str] = fields.pop("headers", DEFAULT_HEADERS)
+        if parts.auth and not _named(headers, "Authorization"):  # http://user:password@host/
+            headers = {**headers, **make_headers(basic_auth=unquote(parts.auth))}
+        return cls(fields.pop("method", "GET"), url, _site(parts.scheme, parts.host, port),
+                   parts.request_uri, headers, **fields)
+
+
+def _unparsable(url: str) -> str:
+    try:
+        urlsplit(url).port  # noqa: B018 - raises for a port out of range
+    except ValueError:
+        return "has an invalid port number"
+    return "is not a valid address; check for spaces and stray characters"
+
+
+def _named(headers: Mapping[str, str], name: str) -> bool:
+    name = name.lower()
+    return any(key.lower() == name for key in headers)
+
+
+_sites: dict[Site, Site] = {}
+
+
+def _site(scheme: str, host: str, port: int) -> Site:
+    """One shared tuple per site: 20,000 watchers of 50 sites hold 50 tuples."""
+    site = (scheme, host, port)
+    return _sites.setdefault(site, site)
+
+
+def send(request: Request, timeout: urllib3.Timeout) -> BaseHTTPResponse:
+    """One request, no redirects followed; the response's body is left to read.
+
+    Read the body or hand the response to `discard`, so its connection goes back to the
+    pool (or is closed).
+    """
+    scheme, host, port = request.site
+    proxy = request.proxy if request.proxy is not None else environ_proxy(request.site)
+    headers = request.headers
+    if (login := netrc_login(host)) and not _named(headers, "Authorization"):
+        headers = {**headers, "Authorization": login}
+    kwargs: dict[str, Any] = {"headers": headers, "body": request.body, "timeout": timeout,
+                              "retries": False, "redirect": False, "preload_content": False}
+    pools = manager(proxy, request.verify, request.ca_file)
+    if proxy is None:
+        for _ in range(2):
+            pool = pools.connection_from_host(host, port, scheme)
+            try:
+                return pool.urlopen(request.method, request.path, assert_same_host=False, **kwargs)
+            except ClosedPoolError:  # another thread's new host pushed this pool out; take a fresh one
+                continue
+    return pools.urlopen(request.method, request.url, **kwargs)
+
+
+def discard(response: BaseHTTPResponse) -> None:
+    """Done with a response: read a small unread rest so the connection is reused, else close it."""
+    left = getattr(response, "length_remaining", None)
+    if left is not None and left <= DRAIN_MAX:
+        response.drain_conn()  # reading to the end hands the connection back to its pool
+    else:
+        response.close()
+    response.release_conn()
+
+
+def close_pools() -> None:
     """Close every pooled connection; call at shutdown (watchers may still fetch afterwards)."""
-    with _sessions_lock:
-        sessions = list(_sessions.values())
-        _sessions.clear()
-    for each in sessions:
-        each.close()
+    with _managers_lock:
+        managers = list(_managers.values())
+        _managers.clear()
+    for each in managers:
+        each.clear()
+    environ_proxy.cache_clear()
+    netrc_login.cache_clear()
+
+
+@lru_cache(maxsize=4096)
+def environ_proxy(site: Site) -> str | None:
+    """The proxy the environment names for a site (HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and
+    NO_PROXY, as curl and requests read them), read once per site instead of per request."""
+    scheme, host, port = site
+    proxies = {key.lower(): value for key, value in os.environ.items()
+               if key.lower().endswith("_proxy") and value}
+    if not proxies:
+        return None
+    if "REQUEST_METHOD" in os.environ:  # a CGI environment: HTTP_PROXY may come from a client
+        proxies.pop("http_proxy", None)
+    if _bypassed(host, port, proxies.get("no_proxy", "")):
+        return None
+    return proxies.get(f"{scheme}_proxy") or proxies.get("all_proxy")
+
+
+def _bypassed(host: str, port: int, no_proxy: str) -> bool:
+    """Whether NO_PROXY exempts a host: `*`, a name or its parent domain, an address, or any
+    of those with a `:port`."""
+    host = host.lower().strip("[]")
+    for entry in (e.strip().lower() for e in no_proxy.split(",")):
+        if not entry:
+            continue
+        if entry == "*":
+            return True
+        name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
+        if entry_port and entry_port != str(port):
+            continue
+        name = name.lstrip(".").strip("[]")
+        if host == name or host.endswith("." + name):
+            return True
+    return False
+
+
+@lru_cache(maxsize=4096)
+def netrc_login(host: str) -> str | None:
+    """A Basic Authorization value from ~/.netrc (or $NETRC) for `host`, read once per host."""
+    path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    if not os.path.isfile(path):
+        return None
+    import netrc  # noqa: PLC0415 - only users with a .netrc pay for it
+
+    try:
+        found = netrc.netrc(path).authenticators(host)
+    except (OSError, netrc.NetrcParseError):
+        return None
+    if not found:
+        return None
+    login, _, password = found
+    return make_headers(basic_auth=f"{login}:{password or ''}")["authorization"]

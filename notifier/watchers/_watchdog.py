@@ -13,50 +13,71 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 log = logging.getLogger(__name__)
 
+COMPACT_AT = 256  # cancelled alarms tolerated in the heap before it is rebuilt without them
 
-@dataclass(order=True)
+
 class Alarm:
     """One armed deadline; `cancel()` it once the guarded work is over."""
 
-    at: float  # time.monotonic() seconds
-    seq: int
-    callback: Callable[[], None] = field(compare=False)
-    cancelled: bool = field(default=False, compare=False)
+    __slots__ = ("_dog", "at", "callback", "cancelled")
+
+    def __init__(self, at: float, callback: Callable[[], None], dog: Watchdog) -> None:
+        self.at = at  # time.monotonic() seconds
+        self.callback = callback
+        self.cancelled = False
+        self._dog = dog
 
     def cancel(self) -> None:
-        """Stop the callback from running, if it has not started yet (a flag: no lock needed)."""
-        self.cancelled = True
+        """Stop the callback from running, if it has not started yet."""
+        if not self.cancelled:
+            self.cancelled = True
+            self._dog._cancelled()
 
 
 class Watchdog:
     """Runs callbacks at their deadlines on one daemon thread, started on first use.
 
-    Cancelled alarms stay in the heap until they are due and are then dropped, which keeps
-    `cancel()` free; there are at most as many as fetches started within one timeout.
+    A cancelled alarm stays in the heap (cancelling is a flag and a count), but once more than
+    half the heap is cancelled it is rebuilt without them: a pass of thousands of fetches,
+    each cancelling a 30 s alarm after a few milliseconds, keeps the heap as small as the
+    number of fetches in flight, not the number started within a timeout.
     """
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._heap: list[Alarm] = []
+        self._heap: list[tuple[float, int, Alarm]] = []
         self._seq = itertools.count()
+        self._dead = 0  # cancelled alarms still in the heap
         self._wake = threading.Condition()
         self._thread: threading.Thread | None = None
 
     def arm(self, at: float, callback: Callable[[], None]) -> Alarm:
         """Call `callback` on the watchdog thread at monotonic time `at`, unless cancelled."""
-        alarm = Alarm(at, next(self._seq), callback)
+        alarm = Alarm(at, callback, self)
         with self._wake:
-            heapq.heappush(self._heap, alarm)
+            heapq.heappush(self._heap, (at, next(self._seq), alarm))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
                 self._thread.start()
-            elif self._heap[0] is alarm:
+            elif self._heap[0][2] is alarm:
                 self._wake.notify()  # due sooner than what the thread is waiting for
         return alarm
+
+    def pending(self) -> int:
+        """Alarms in the heap, cancelled ones included (for tests and benchmarks)."""
+        with self._wake:
+            return len(self._heap)
+
+    def _cancelled(self) -> None:
+        with self._wake:
+            self._dead += 1
+            if self._dead > COMPACT_AT and 2 * self._dead > len(self._heap):
+                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+                heapq.heapify(self._heap)
+                self._dead = 0
 
     def _run(self) -> None:
         while True:
@@ -70,14 +91,17 @@ class Watchdog:
     def _next_due(self) -> Alarm:
         """Wait (holding the condition) until an uncancelled alarm is due, and pop it."""
         while True:
-            while self._heap and self._heap[0].cancelled:
+            while self._heap and self._heap[0][2].cancelled:
                 heapq.heappop(self._heap)
+                self._dead = max(self._dead - 1, 0)
             if not self._heap:
                 self._wake.wait()
                 continue
-            delay = self._heap[0].at - time.monotonic()
+            delay = self._heap[0][0] - time.monotonic()
             if delay <= 0:
-                return heapq.heappop(self._heap)
+                alarm = heapq.heappop(self._heap)[2]
+                alarm.cancelled = True  # gone from the heap: a late cancel() has nothing to count
+                return alarm
             self._wake.wait(delay)
 
 

@@ -1,8 +1,11 @@
 """The `url` kind: watch a web page or HTTP API.
 
-Built for a thousand watchers per pass on 32 threads: connections are pooled in one
-requests.Session per host, shared by every url watcher in the process (see `_http`); bodies
-are streamed under a size cap and a total deadline, and decoded by notifier.charset.
+Built for thousands of watchers per pass with a hundred fetches in flight: connections are
+pooled per host by urllib3 and shared by every url watcher in the process, at most
+`per_host` fetches go to one host at a time (see `_http`), bodies are streamed under a size
+cap and a total deadline, and decoded by notifier.charset. What stays the same between
+checks (the request line, headers, TLS and proxy settings) is worked out when the config
+is loaded.
 """
 
 from __future__ import annotations
@@ -12,21 +15,30 @@ import os
 import re
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import UTC
 from email.utils import parsedate_to_datetime
 from http import HTTPStatus
 from typing import Any, ClassVar
-from urllib.parse import urlsplit
 
-import requests
 import urllib3
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    NewConnectionError,
+    ProtocolError,
+    ProxyError,
+    ReadTimeoutError,
+    SSLError,
+)
+from urllib3.response import BaseHTTPResponse
 
 from notifier.binary import binary_type, summary
 from notifier.charset import codec_name, decode_text
 from notifier.errors import WatchError
 from notifier.kinds import Fetched, Watcher
 from notifier.options import REQUIRED, Bool, Choice, Duration, Int, MapOf, Option, Str
-from notifier.watchers._http import Deadline, close_sessions, session
+from notifier.watchers._http import DEFAULT_HEADERS, Deadline, Request, close_pools, discard, limits
+from notifier.watchers._redirects import BadRedirect, TooManyRedirects, follow
 
 MiB = 1024 * 1024
 CHUNK = 64 * 1024
@@ -81,39 +93,26 @@ class Url(Watcher, kind="url"):
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:
         super().__init__(name, options)
         self.url: str = options["url"]
-        parts = urlsplit(self.url)
-        try:
-            port = parts.port or (443 if parts.scheme == "https" else 80)
-        except ValueError:
-            raise ValueError(f"url {self.url!r} has an invalid port number") from None
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"url {self.url!r} must be a full http:// or https:// address")
+        # Defaults again here, for code that builds a watcher from a partial mapping.
         self.method: str = options.get("method") or "GET"
         redirects = options.get("max_redirects")
         self.max_redirects: int = 10 if redirects is None else redirects
-        self._key = (parts.scheme, parts.hostname, port, self.max_redirects)
-        self.headers: dict[str, str] = dict(options.get("headers") or {})
-        for key, value in self.headers.items():
-            if not (key + value).isascii() or "\n" in key + value or "\r" in key + value:
-                raise ValueError(f"header {key!r} must be one line of ASCII; percent-encode "
-                                 f"other characters")
-        self.data = options["data"].encode() if options.get("data") is not None else None
         self.timeout: float = options.get("timeout") or 30.0
         self.connect_timeout: float = min(options.get("connect_timeout") or self.timeout, self.timeout)
-        proxy = options.get("proxy")
-        self.proxies = {"http": proxy, "https": proxy} if proxy else None
-        verify = options.get("verify") is not False
-        ca_file = os.path.expanduser(options["ca_file"]) if options.get("ca_file") else None
-        if ca_file and not verify:
-            raise ValueError("ca_file and verify: false contradict each other; keep one")
-        env_ca = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-        self.verify: bool | str = (ca_file or env_ca or True) if verify else False
-        if not verify:  # the user chose this; a warning on every request would only flood logs
-            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
         self.max_bytes: int = options.get("max_bytes") or 10 * MiB
         self.encoding: str | None = options.get("encoding")
         if self.encoding and codec_name(self.encoding) is None:
             raise ValueError(f"encoding {self.encoding!r} is unknown; use a name like utf-8 or gb18030")
+        verify = options.get("verify") is not False
+        ca_file = os.path.expanduser(options["ca_file"]) if options.get("ca_file") else None
+        if ca_file and not verify:
+            raise ValueError("ca_file and verify: false contradict each other; keep one")
+        if verify and not ca_file:  # requests' variables, still honoured
+            ca_file = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
+        data = options.get("data")
+        self.request = Request.to(self.url, method=self.method, headers=_headers(options.get("headers")),
+                                  body=None if data is None else data.encode(),
+                                  proxy=options.get("proxy"), verify=verify, ca_file=ca_file)
 
     def source(self) -> str:
         return self.url if self.method == "GET" else f"{self.method} {self.url}"
@@ -123,29 +122,33 @@ class Url(Watcher, kind="url"):
 
     @classmethod
     def shut_down(cls) -> None:
-        close_sessions()
+        close_pools()
 
     def fetch(self, previous: Mapping[str, str]) -> Fetched:
+        request = self.request
         conditional = {}
         if self.method in ("GET", "HEAD"):
             if previous.get("etag"):
                 conditional["If-None-Match"] = previous["etag"]
             if previous.get("last_modified"):
                 conditional["If-Modified-Since"] = previous["last_modified"]
-        headers = {**conditional, **self.headers} if conditional else self.headers
-        with Deadline(self.timeout) as deadline:
+            if conditional:  # the watcher's own headers win, as they always did
+                request = replace(request, headers={**conditional, **request.headers})
+        timeout = urllib3.Timeout(connect=self.connect_timeout, read=self.timeout)
+        with limits.slot(request.site), Deadline(self.timeout) as deadline:
+            # The deadline starts once a slot is free: waiting for one's turn is not the site's
+            # slowness.
             try:
-                with session(self._key).request(
-                    self.method, self.url, headers=headers, data=self.data, stream=True,
-                    timeout=(self.connect_timeout, self.timeout), proxies=self.proxies,
-                    verify=self.verify,
-                ) as response:
+                response = follow(request, timeout, self.max_redirects)
+                try:
                     fetched = self._read(response, previous, bool(conditional), deadline)
+                finally:
+                    discard(response)
             except WatchError:
                 if deadline.finish():  # e.g. a status line read before headers were cut off
                     raise self._too_slow() from None
                 raise
-            except (requests.RequestException, urllib3.exceptions.HTTPError) as exc:
+            except (urllib3.exceptions.HTTPError, TooManyRedirects, BadRedirect) as exc:
                 raise self._explain(exc, deadline) from exc
             except OSError as exc:  # e.g. an unreadable ca_file
                 if deadline.passed():
@@ -156,9 +159,9 @@ class Url(Watcher, kind="url"):
                 raise self._too_slow()
         return fetched
 
-    def _read(self, response: requests.Response, previous: Mapping[str, str],
+    def _read(self, response: BaseHTTPResponse, previous: Mapping[str, str],
               conditional: bool, deadline: Deadline) -> Fetched:
-        status = response.status_code
+        status = response.status
         if status == 304:
             if not conditional:
                 raise WatchError(f"{self.method} {self.url} returned 304 Not Modified to a request "
@@ -171,22 +174,24 @@ class Url(Watcher, kind="url"):
         return Fetched(text=self._text(body, response.headers.get("Content-Type", "")),
                        meta=_validators(response))
 
-    def _body(self, response: requests.Response, deadline: Deadline) -> bytes:
+    def _body(self, response: BaseHTTPResponse, deadline: Deadline) -> bytes:
         """Read at most max_bytes (after gzip), so a huge or endless body costs no memory."""
-        too_big = WatchError(f"{self.method} {self.url} sent more than {self.max_bytes:,} bytes, "
-                             f"so notifier stopped reading; raise max_bytes if that is expected.")
         length = response.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > self.max_bytes:
-            raise too_big
+            raise self._too_big()
         chunks, size = [], 0
-        for chunk in response.iter_content(CHUNK):
+        for chunk in response.stream(CHUNK):
             if deadline.passed():
                 raise self._too_slow()
             size += len(chunk)
             if size > self.max_bytes:
-                raise too_big
+                raise self._too_big()
             chunks.append(chunk)
-        return b"".join(chunks)
+        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+    def _too_big(self) -> WatchError:
+        return WatchError(f"{self.method} {self.url} sent more than {self.max_bytes:,} bytes, "
+                          f"so notifier stopped reading; raise max_bytes if that is expected.")
 
     def _text(self, body: bytes, content_type: str) -> str:
         """The page's text, or a one-line summary of a binary body: no NUL reaches filters."""
@@ -200,8 +205,8 @@ class Url(Watcher, kind="url"):
         what = f"binary content ({mime})" if mime else "binary content"
         return summary(what, len(body), hashlib.sha256(body).hexdigest())
 
-    def _status_error(self, response: requests.Response) -> WatchError:
-        status = response.status_code
+    def _status_error(self, response: BaseHTTPResponse) -> WatchError:
+        status = response.status
         try:
             reason = HTTPStatus(status).phrase
         except ValueError:
@@ -227,28 +232,42 @@ class Url(Watcher, kind="url"):
 
     def _explain(self, exc: Exception, deadline: Deadline) -> WatchError:
         what = f"{self.method} {self.url}"
-        inner = exc.args[0] if exc.args else None
         if deadline.passed():
             return self._too_slow()
-        if isinstance(exc, requests.ConnectTimeout | requests.ReadTimeout) or isinstance(
-                inner, urllib3.exceptions.ReadTimeoutError):
+        if isinstance(exc, ReadTimeoutError | ConnectTimeoutError) and not isinstance(
+                exc, NewConnectionError):
             # Reads may take the whole timeout, so one that timed out early was connecting
             # (the TLS handshake runs under connect_timeout).
             text = (f"{what} could not connect within {_seconds(self.connect_timeout)}; the site "
                     f"may be down or blocked, or connect_timeout too short.")
-        elif isinstance(exc, requests.TooManyRedirects):
+        elif isinstance(exc, TooManyRedirects):
             text = (f"{what} redirected more than {self.max_redirects} times, probably in a loop; "
                     f"open the url in a browser to check it, or raise max_redirects.")
-        elif isinstance(exc, requests.exceptions.SSLError):
+        elif isinstance(exc, BadRedirect):
+            text = f"{what} {exc}; check the url."
+        elif isinstance(exc, SSLError):
             text = (f"{what} failed the TLS certificate check ({_reason(exc)}); set ca_file to the "
                     f"CA bundle that signed the site's certificate.")
-        elif isinstance(exc, requests.exceptions.ProxyError):
+        elif isinstance(exc, ProxyError):
             text = f"{what} could not go through the proxy ({_reason(exc)}); check the proxy option."
-        elif isinstance(exc, requests.ConnectionError | requests.exceptions.ChunkedEncodingError):
+        elif isinstance(exc, NewConnectionError | ProtocolError):
             text = f"{what} failed: {_reason(exc)}; check the url and the network."
         else:
             text = f"{what} failed: {_reason(exc)}; check the watcher's url and options."
         return WatchError(text)
+
+
+def _headers(given: Mapping[str, str] | None) -> Mapping[str, str]:
+    """The headers every request of a watcher sends: its own over the defaults (one shared
+    mapping for the many watchers that set none)."""
+    if not given:
+        return DEFAULT_HEADERS
+    for key, value in given.items():
+        if not (key + value).isascii() or "\n" in key + value or "\r" in key + value:
+            raise ValueError(f"header {key!r} must be one line of ASCII; percent-encode "
+                             f"other characters")
+    own = {key.lower() for key in given}
+    return {**{k: v for k, v in DEFAULT_HEADERS.items() if k.lower() not in own}, **given}
 
 
 def _retry_after(value: str | None, now: float) -> float | None:
@@ -279,7 +298,7 @@ def _duration(seconds: float) -> str:
     return f"{count} second{'s' if count != 1 else ''}"
 
 
-def _validators(response: requests.Response) -> dict[str, str]:
+def _validators(response: BaseHTTPResponse) -> dict[str, str]:
     """The ETag and Last-Modified to send back next time, only those the server gave."""
     meta = {}
     if etag := response.headers.get("ETag"):
@@ -290,7 +309,7 @@ def _validators(response: requests.Response) -> dict[str, str]:
 
 
 def _reason(exc: Exception) -> str:
-    """The useful tail of a requests/urllib3 error ("Connection refused"), without the wrapping."""
+    """The useful tail of a urllib3 error ("Connection refused"), without the wrapping."""
     text = str(exc)
     found = re.findall(r"\[(?:Errno -?\d+|SSL: \w+)\] ([^'\"()\[]+)", text)
     return found[-1].strip().rstrip(":") if found else (text or type(exc).__name__)

@@ -155,6 +155,8 @@ class LocalHTTPServer(ThreadingHTTPServer):
 
     `routes` maps exact paths to routes; `prefixes` maps path prefixes to routes (longest wins)
     for generated pages. `latency` delays every response, to model real sites in benchmarks.
+    `peak_connections` is the most connections that were open at once (kept-alive ones
+    included): what a per-host limit promises the site.
     """
 
     daemon_threads = False  # so server_close() joins every handler: nothing outlives a test
@@ -172,6 +174,7 @@ class LocalHTTPServer(ThreadingHTTPServer):
         self.seen: dict[str, list[Seen]] = {}
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
+        self.peak_connections = 0
         # A short poll interval makes stop() (which waits for the loop to notice) take ~20 ms.
         self._thread = threading.Thread(target=self.serve_forever, args=(0.02,), name="test-http",
                                         daemon=True)
@@ -252,6 +255,7 @@ class LocalHTTPServer(ThreadingHTTPServer):
     def process_request(self, request: Any, client_address: Any) -> None:
         with self._lock:
             self._connections.add(request)
+            self.peak_connections = max(self.peak_connections, len(self._connections))
         super().process_request(request, client_address)
 
     def shutdown_request(self, request: Any) -> None:

@@ -38,3 +38,12 @@ def test_a_failing_callback_does_not_stop_later_alarms() -> None:
     dog.arm(now, boom)
     dog.arm(now + 0.05, done.set)
     assert done.wait(5)
+
+
+def test_cancelled_alarms_do_not_pile_up() -> None:
+    """A pass cancels thousands of 30 s alarms within milliseconds; the heap must not keep them."""
+    dog = Watchdog("test-watchdog")
+    far = time.monotonic() + 3600
+    for _ in range(5000):
+        dog.arm(far, lambda: None).cancel()
+    assert dog.pending() < 600
