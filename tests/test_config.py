@@ -206,10 +206,32 @@ def test_fingerprint_tracks_watcher_and_defaults(tmp_path: Path) -> None:
     ("enabled: maybe", "watchers.a.enabled: expected true or false"),
     ("templates: [a]", "watchers.a.templates: expected a string, got a list"),
     ("account: no", "watchers.a.account: expected a string, got bool False; put it in quotes"),
+    ("compared_versions: 0", "watchers.a.compared_versions: must be at least 1, got 0."),
+    ("compared_versions: 11", "watchers.a.compared_versions: is 11 but only 10 versions are kept; "
+                              "set history to at least 11, or compare fewer."),
+    ("trigger: '(sold out'", "watchers.a.trigger: is not a valid regular expression: missing )"),
+    ("trigger_invert: [ok, '[a-']", "watchers.a.trigger_invert: is not a valid regular expression"),
+    ("trigger: {a: b}", "watchers.a.trigger: expected a string, got a mapping"),
 ])
 def test_every_bad_value_is_a_located_problem(tmp_path: Path, line: str, expected: str) -> None:
     path = write(tmp_path, f"watchers:\n  - name: a\n    kind: file\n    path: /x\n    {line}\n")
     assert any(p.startswith(f"{path}:5: {expected}") for p in problems(path)), problems(path)
+
+
+def test_noise_options_come_from_defaults_and_are_checked_against_history(tmp_path: Path) -> None:
+    path = write(tmp_path, """\
+defaults: {compared_versions: 3, trigger: price, trigger_invert: ['^Updated', '^Visitors']}
+watchers:
+  - {name: a, kind: file, path: /a}
+  - {name: b, kind: file, path: /b, trigger: [], compared_versions: 1}
+""")
+    a, b = config.load(path, {}).watchers
+    assert (a.compared_versions, [p.pattern for p in a.trigger], len(a.trigger_invert)) == (3, ["price"], 2)
+    assert (b.compared_versions, b.trigger, len(b.trigger_invert)) == (1, (), 2)
+    path = write(tmp_path, "defaults: {compared_versions: 5}\nwatchers:\n"
+                           "  - name: a\n    kind: file\n    path: /a\n    history: 3\n")
+    assert problems(path) == [f"{path}:6: watchers.a.compared_versions: is 5 but only 3 versions are "
+                              "kept; set history to at least 5, or compare fewer."]
 
 
 def test_a_yaml_boolean_is_not_a_command_argument(tmp_path: Path) -> None:
