@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from notifier.attachments import Attachment
 from notifier.options import Option
 
 
@@ -50,12 +51,22 @@ class Fetched:
 
     `text` is the content handed to the filters. `unchanged` means the source itself said
     nothing changed (an HTTP 304), so filters and diff are skipped. `meta` is kept in the
-    state and handed back on the next run (ETag, Last-Modified).
+    state and handed back on the next run (ETag, Last-Modified). `attachments` go with a
+    change alert of this run (a browser watcher's screenshots), never into the state.
     """
 
     text: str
     unchanged: bool = False
     meta: Mapping[str, str] = field(default_factory=dict)
+    attachments: tuple[Attachment, ...] = ()
+
+
+@dataclass(frozen=True)
+class Shared:
+    """Top-level settings for what a kind shares between its watchers (one browser)."""
+
+    browser_workers: int = 2  # pages the one Chromium renders at once
+    browser_path: str | None = None  # None: look for chromium and its kin on PATH
 
 
 class Watcher(Kind):
@@ -86,6 +97,18 @@ class Watcher(Kind):
     def shut_down(cls) -> None:
         """Release what the kind shares between its watchers (pooled connections); the daemon
         calls it once per kind when it stops."""
+
+    @classmethod
+    def configured(cls, watchers: Sequence[Watcher], shared: Shared) -> None:
+        """A configuration takes effect (start, reload, `notifier check`) with `watchers` of this
+        kind: a kind that shares something between them adjusts it, and releases it when
+        none is left (the browser kind stops Chromium)."""
+
+    @classmethod
+    def warnings(cls, watchers: Sequence[Watcher], shared: Shared) -> list[str]:
+        """What `notifier validate` should warn about these watchers of the kind: things the
+        config is valid without, but a check will fail on (no browser installed)."""
+        return []
 
 
 class Filter(Kind):
@@ -122,3 +145,9 @@ def filter_kinds() -> dict[str, type[Filter]]:
     """Every filter kind by name, loading notifier.filters on first use."""
     importlib.import_module("notifier.filters")
     return Filter.registry
+
+
+def configure_kinds(watchers: Sequence[Watcher], shared: Shared) -> None:
+    """Hand each watcher kind its watchers of the configuration taking effect (`configured`)."""
+    for kind, cls in watcher_kinds().items():
+        cls.configured([w for w in watchers if w.kind == kind], shared)

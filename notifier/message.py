@@ -18,6 +18,8 @@ from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, getaddresses, make_msgid, parseaddr
 
+from notifier.attachments import Attachment
+
 # One policy for building and serializing: CRLF, and cte_type="7bit" so the content manager
 # picks 7bit/quoted-printable/base64 and never emits raw 8bit bodies. max_line_length is 76, not
 # SMTP's 78: the content manager uses it as the quoted-printable and base64 line length, which
@@ -131,10 +133,16 @@ def _addresses(values: Sequence[str]) -> list[Address]:
 def build_message(*, subject: str, text: str, html: str | None, sender: str, to: Sequence[str],
                   cc: Sequence[str] = (), message_id: str | None = None,
                   date: datetime | None = None,
-                  attachments: Sequence[tuple[str, str, bytes]] = ()) -> EmailMessage:
+                  attachments: Sequence[Attachment | tuple[str, str, bytes]] = ()) -> EmailMessage:
     """Build the alert: text/plain first and text/html last (clients show the last part they
-    understand), wrapped in multipart/mixed when there are attachments ``(filename,
-    content_type, data)``. Bcc is deliberately not a parameter: it lives only in the envelope."""
+    understand), wrapped in multipart/mixed when there are attachments (`Attachment`, or
+    ``(filename, content_type, data)``). Attachments with a `content_id` are the HTML part's
+    inline images: they go with it into multipart/related, and every ``cid:`` the HTML names
+    must be one of them (ValueError otherwise: a mail never shows a broken image). Bcc is
+    deliberately not a parameter: it lives only in the envelope."""
+    files = [a if isinstance(a, Attachment) else Attachment(*a) for a in attachments]
+    inline = [a for a in files if a.content_id]
+    _check_cids(html, inline)
     msg = EmailMessage(policy=POLICY)
     _set_addresses(msg, "From", _addresses([sender]))
     if to:
@@ -153,17 +161,43 @@ def build_message(*, subject: str, text: str, html: str | None, sender: str, to:
     msg.set_content(text, subtype="plain", charset="utf-8")
     if html is not None:
         msg.add_alternative(html, subtype="html", charset="utf-8")
-    for filename, content_type, data in attachments:
-        maintype, _, subtype = content_type.split(";")[0].strip().lower().partition("/")
-        if not maintype or not subtype:
-            maintype, subtype = "application", "octet-stream"
+        html_part = msg.get_body(("html",))  # the only HTML part: set just above
+        # The first add_related turns the HTML part into multipart/related, holding the images.
+        for item in inline:
+            assert html_part is not None
+            maintype, subtype = _mime_type(item.content_type)
+            html_part.add_related(item.data, maintype=maintype, subtype=subtype,
+                                  cid=f"<{item.content_id}>", disposition="inline",
+                                  filename=sanitize_header(item.filename))
+    for item in files:
+        if item.content_id:
+            continue
+        maintype, subtype = _mime_type(item.content_type)
         # Text attachments come from the pipeline, which encodes them as UTF-8.
         params = {"charset": "utf-8"} if maintype == "text" else None
-        msg.add_attachment(data, maintype=maintype, subtype=subtype, params=params,
-                           filename=sanitize_header(filename))
+        msg.add_attachment(item.data, maintype=maintype, subtype=subtype, params=params,
+                           filename=sanitize_header(item.filename))
     for part in list(msg.walk())[1:]:  # add_alternative stamps MIME-Version on parts too
         del part["MIME-Version"]
     return msg
+
+
+_CID = re.compile(r"""cid:([^\s"'<>)]+)""", re.I)
+
+
+def _check_cids(html: str | None, inline: Sequence[Attachment]) -> None:
+    """Every ``cid:`` of the HTML names an inline part, and inline parts need an HTML part."""
+    if inline and html is None:
+        raise ValueError("inline images need an HTML part to show them")
+    known = {a.content_id for a in inline}
+    dangling = sorted(set(_CID.findall(html or "")) - known)
+    if dangling:
+        raise ValueError(f"the HTML refers to cid:{dangling[0]}, which no inline part has")
+
+
+def _mime_type(content_type: str) -> tuple[str, str]:
+    maintype, _, subtype = content_type.partition(";")[0].strip().lower().partition("/")
+    return (maintype, subtype) if maintype and subtype else ("application", "octet-stream")
 
 
 def message_bytes(msg: EmailMessage) -> bytes:

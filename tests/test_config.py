@@ -76,7 +76,7 @@ watchers:
     assert f"{path}:3: defaults.evry: unknown key; did you mean 'every'?" in found
     assert "watchers.a.urll: unknown key; did you mean 'url'?" in text
     assert f"{path}:8: watchers.a.name: 'a' is already used on line 5" in text
-    assert "watchers.b.kind: unknown kind 'fil'; known kinds are command, file, url." in text
+    assert "watchers.b.kind: unknown kind 'fil'; known kinds are browser, command, file, url." in text
     assert f"{path}:15: watchers.c.every: expected a duration" in text
     assert f"{path}:16: watchers.c.to: 'not-an-address' is not an email address" in text
     assert f"{path}:18: watchers.c.filters[0].pattern: is not a valid regular expression" in text

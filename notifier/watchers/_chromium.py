@@ -1,0 +1,248 @@
+"""One Chromium for the whole process, driven by Playwright from a thread of its own.
+
+Playwright's objects belong to the event loop that made them, while checks run on the
+scheduler's threads; so one daemon thread runs an asyncio loop that owns Playwright and the
+browser, and `Chromium.render` hands it a job and waits. The browser is the system's
+(`executable_path`, never a download), started on the first render, with a fresh context per
+job (no cookie or storage crosses watchers), at most `workers` pages at once, and a deadline
+per job that closes its context. A browser that crashed is started again by the next job; one
+that does not answer within the grace period is killed (Playwright kills its process group)
+and started again too. `stop()` ends the browser, the Playwright driver and the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import mmap
+import os
+import shutil
+import threading
+from collections.abc import Awaitable, Callable, Mapping
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any, TypeVar
+
+from notifier.errors import WatchError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CANDIDATES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
+DEBIAN_PACKAGE = "chromium"
+# What a browser on a server needs: no updater, sync, first-run UI or background traffic of its
+# own (it talks to the watched sites only), no GPU, and HTTP over TCP only (QUIC would bypass
+# proxies and the test server alike). Playwright adds --headless and a temporary profile
+# (--user-data-dir, removed at close); --no-sandbox comes only with `chromium_sandbox=False`.
+FLAGS = ("--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--no-first-run", "--disable-gpu", "--disable-quic")
+LAUNCH_TIMEOUT = 30.0  # seconds Chromium may take to start
+CLOSE_GRACE = 5.0  # seconds a context (or the browser) gets to close before it is killed
+
+Job = Callable[[Any], Awaitable[T]]  # gets a fresh BrowserContext
+
+
+def jit_allowed() -> bool:
+    """False under systemd's MemoryDenyWriteExecute=yes: its seccomp filter, which Chromium
+    inherits, refuses writable+executable memory, so V8 must run without its JIT (--jitless)."""
+    try:
+        with mmap.mmap(-1, mmap.PAGESIZE, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC):
+            return True
+    except OSError:
+        return False
+
+
+def find_browser(path: str | None = None) -> str | None:
+    """The browser to run: `path` if it is an executable, else the first of CANDIDATES on PATH."""
+    if path:
+        found = shutil.which(os.path.expanduser(path))
+        return found
+    return next((found for name in CANDIDATES if (found := shutil.which(name))), None)
+
+
+def missing_browser(path: str | None = None) -> str:
+    """What to do when no browser is found, as one sentence."""
+    where = f"browser_path {path!r} is not an executable" if path else \
+        f"no Chromium was found on PATH (looked for {', '.join(CANDIDATES)})"
+    return (f"kind: browser needs Chromium, and {where}; install the Debian package "
+            f"{DEBIAN_PACKAGE!r} (apt-get install {DEBIAN_PACKAGE}) or set browser_path")
+
+
+class Chromium:
+    """The shared browser. Thread-safe: `render` may be called from any number of threads."""
+
+    def __init__(self) -> None:
+        self.workers = 2
+        self.path: str | None = None
+        self._lock = threading.Lock()  # guards the fields below
+        self._slots = threading.BoundedSemaphore(self.workers)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._playwright: Any = None
+        self._browser: Any = None
+        self._launch: asyncio.Lock | None = None
+        self.launches = 0  # how many times Chromium was started: restarts show here
+
+    def configure(self, workers: int, path: str | None) -> None:
+        """New limits from a configuration; a different browser path restarts the browser."""
+        with self._lock:
+            if workers != self.workers:
+                self.workers = workers
+                self._slots = threading.BoundedSemaphore(workers)  # running jobs keep theirs
+            restart = path != self.path and self._browser is not None
+            self.path = path
+        if restart:
+            self.stop()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def render(self, job: Job[T], context_options: Mapping[str, Any], deadline: float) -> T:
+        """Run `job` in a fresh context of the shared browser within `deadline` seconds (waiting
+        for a free page is not counted). Raises WatchError for every failure."""
+        executable = find_browser(self.path)
+        if executable is None:
+            raise WatchError(missing_browser(self.path) + ".")
+        slots = self._slots
+        with slots:
+            loop = self._started()
+            future: Future[T] = asyncio.run_coroutine_threadsafe(
+                self._run(job, executable, context_options, deadline), loop)
+            try:
+                return future.result(LAUNCH_TIMEOUT + deadline + 2 * CLOSE_GRACE)
+            except FutureTimeout:
+                future.cancel()
+                log.warning("chromium does not answer; restarting it")
+                asyncio.run_coroutine_threadsafe(self._kill(), loop)
+                raise WatchError(f"the browser did not answer within {deadline:g} seconds and was "
+                                 f"restarted; the next check uses a new one.") from None
+
+    def stop(self) -> None:
+        """Close the browser and Playwright's driver, and end the thread; a later render starts
+        them again. Safe to call at any time, from any thread but the loop's own."""
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+        closing = asyncio.run_coroutine_threadsafe(self._close(), loop)
+        with contextlib.suppress(Exception):
+            closing.result(LAUNCH_TIMEOUT)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(CLOSE_GRACE)
+
+    # -- the loop's side --------------------------------------------------------------------
+
+    def _started(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+                    loop.run_until_complete(loop.shutdown_asyncgens())
+                    loop.close()
+
+                self._thread = threading.Thread(target=run, name="chromium", daemon=True)
+                self._thread.start()
+                ready.wait()
+                self._loop = loop
+            return self._loop
+
+    async def _run(self, job: Job[T], executable: str, options: Mapping[str, Any],
+                   deadline: float) -> T:
+        from playwright.async_api import Error as PlaywrightError  # noqa: PLC0415 - optional
+
+        browser = await self._connected(executable)
+        try:
+            context = await browser.new_context(**options)
+        except PlaywrightError as exc:
+            await self._kill()
+            raise WatchError(f"the browser could not open a page ({_first_line(exc)}); it was "
+                             f"restarted, the next check uses a new one.") from None
+        try:
+            return await asyncio.wait_for(job(context), deadline)
+        except TimeoutError:
+            raise WatchError(f"the page did not finish within {deadline:g} seconds (loading, "
+                             f"waiting and actions together), so it was closed; the site is slow "
+                             f"or the page never settles: raise timeout, or wait_for something "
+                             f"else.") from None
+        except PlaywrightError as exc:
+            raise _explain(exc) from None
+        finally:
+            try:
+                await asyncio.wait_for(context.close(), CLOSE_GRACE)
+            except (TimeoutError, PlaywrightError):
+                log.warning("a page of chromium did not close; restarting the browser")
+                await self._kill()
+
+    async def _connected(self, executable: str) -> Any:
+        if self._launch is None:
+            self._launch = asyncio.Lock()
+        async with self._launch:
+            if self._browser is not None and self._browser.is_connected():
+                return self._browser
+            if self._browser is not None:
+                log.warning("chromium went away (crashed or killed); starting it again")
+                await self._kill()
+            try:
+                from playwright.async_api import async_playwright  # noqa: PLC0415 - optional
+            except ImportError:
+                raise WatchError("kind: browser needs the Python package playwright; install "
+                                 "notifier with its browser extra: pip install 'notifier[browser]'.") \
+                    from None
+            if self._playwright is None:
+                self._playwright = await async_playwright().start()
+            args = list(FLAGS)
+            if not jit_allowed():
+                log.info("writable+executable memory is denied (MemoryDenyWriteExecute); "
+                         "chromium runs JavaScript without its JIT (--jitless), more slowly")
+                args.append("--js-flags=--jitless")
+            try:
+                self._browser = await self._playwright.chromium.launch(
+                    executable_path=executable, args=args, headless=True,
+                    chromium_sandbox=os.geteuid() != 0, timeout=LAUNCH_TIMEOUT * 1000,
+                    handle_sigint=False, handle_sigterm=False, handle_sighup=False)
+            except Exception as exc:
+                raise WatchError(f"Chromium ({executable}) did not start: {_first_line(exc)}.") from None
+            self.launches += 1
+            return self._browser
+
+    async def _kill(self) -> None:
+        """Close the browser, or kill it when it does not close in time."""
+        browser, self._browser = self._browser, None
+        if browser is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(browser.close(), CLOSE_GRACE)
+
+    async def _close(self) -> None:
+        await self._kill()
+        playwright, self._playwright = self._playwright, None
+        if playwright is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(playwright.stop(), CLOSE_GRACE)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+def _explain(exc: BaseException) -> WatchError:
+    """A Playwright error as a sentence that says what happened and what to do."""
+    text = _first_line(exc)
+    if "crash" in text.lower():
+        return WatchError(f"the page crashed the browser tab ({text}); the next check opens a new one.")
+    if "ERR_CERT" in text or "SSL" in text:
+        return WatchError(f"the page failed the TLS certificate check ({text}); set ca_file to the "
+                          f"CA that signed the site's certificate.")
+    if "closed" in text.lower():
+        return WatchError(f"the browser went away during the check ({text}); it is started again "
+                          f"for the next check.")
+    return WatchError(f"the browser failed: {text}.")
