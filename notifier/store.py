@@ -10,6 +10,16 @@ The files are private (0600, the directory 0700) whatever the umask: SQLite give
 folded back often and cut back after, so the daemon keeps working with about 1 MB free. The
 database remembers which file it was opened on: once that file is deleted or replaced, every
 write is refused (`StateGoneError`) rather than going into a file nobody will ever read.
+
+Looking back is recorded in the same transactions as the rest: every message that leaves the
+outbox (delivered, dead-lettered or given up) becomes a send log entry in the transaction that
+removes or changes its row, so a crash can neither lose nor double one; and each check bumps
+its watcher's counters for the day (`check_day`: one row per watcher and day, not per check).
+Versions are stored compressed, older ones as deltas (notifier.snapshots); readers get text.
+
+The schema carries its version in `PRAGMA user_version`. An older database is brought up to
+date in place, one step per version, each in its own transaction; a newer one (written by a
+later notifier) is refused before anything is written to it.
 """
 
 from __future__ import annotations
@@ -20,24 +30,38 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from notifier.errors import StateError
+from notifier import ledger, snapshots
+from notifier.errors import EXIT_CONFIG, StateError, UsageError
+from notifier.ledger import Attempt, CheckDay, LogEntry, Sent
+
+_T = TypeVar("_T")
 
 
 class StateGoneError(StateError):
     """The database file was deleted or replaced while open; nothing more is written to it."""
 
-SCHEMA_VERSION = 3  # 2: digest table; 3: meta table (the database's identity)
+class StateTooNew(StateError):
+    """The database was written by a newer notifier; this one must not touch it."""
+
+    exit_code = EXIT_CONFIG  # restarting cannot fix it: systemd must not loop
+
+
+SCHEMA_VERSION = 4
 FILE_MODE = 0o600  # state.db, its -wal and -shm, and every file notifier keeps beside them
 DIR_MODE = 0o700
 WAL_AUTOCHECKPOINT = 100  # pages (about 400 KB): fold the WAL back into the database this often...
 JOURNAL_SIZE_LIMIT = 512 * 1024  # ...and cut the WAL file back to this many bytes after
-_SCHEMA = """
+PRUNE_BATCH = 500  # send log rows deleted per transaction, so no check waits behind a prune
+
+# Version 3, as notifier 0.1 created it (2 added the digest table, 3 the meta table). IF NOT
+# EXISTS lets databases of versions 1 and 2 gain what they lack.
+_V3 = """
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
     value TEXT NOT NULL
@@ -84,8 +108,54 @@ CREATE TABLE IF NOT EXISTS digest (
     watcher TEXT NOT NULL,
     payload TEXT NOT NULL
 );
-CREATE INDEX IF NOT EXISTS digest_due ON digest(due);
+CREATE INDEX IF NOT EXISTS digest_due ON digest(due)
 """
+
+# Version 4: the send log, per-day check counts, stable version numbers, and what each queued
+# message met so far (recipients already accepted, deferrals by class). snapshot.content may
+# hold compressed versions from now on (notifier.snapshots); rows of version 3 stay readable.
+_V4 = """
+ALTER TABLE watcher ADD COLUMN versions INTEGER NOT NULL DEFAULT 0;
+UPDATE watcher SET versions = (SELECT COUNT(*) FROM snapshot s WHERE s.name = watcher.name);
+ALTER TABLE outbox ADD COLUMN accepted TEXT NOT NULL DEFAULT '{}';
+ALTER TABLE outbox ADD COLUMN deferrals TEXT NOT NULL DEFAULT '{}';
+CREATE TABLE send_log (
+    id INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL CHECK (status IN ('sent', 'partial', 'dead', 'expired')),
+    watcher TEXT,
+    kind TEXT NOT NULL,
+    account TEXT,
+    sender TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    attempts INTEGER NOT NULL,
+    reply_code INTEGER,
+    reply TEXT NOT NULL,
+    deferrals TEXT NOT NULL,
+    created REAL NOT NULL,
+    finished REAL NOT NULL,
+    latency REAL,
+    body BLOB
+);
+CREATE INDEX send_log_by_time ON send_log(finished);
+CREATE INDEX send_log_by_watcher ON send_log(watcher, finished);
+CREATE TABLE check_day (
+    watcher TEXT NOT NULL,
+    day INTEGER NOT NULL,
+    checks INTEGER NOT NULL DEFAULT 0,
+    changes INTEGER NOT NULL DEFAULT 0,
+    failures INTEGER NOT NULL DEFAULT 0,
+    durations TEXT NOT NULL DEFAULT '',
+    PRIMARY KEY (watcher, day)
+) WITHOUT ROWID;
+CREATE INDEX check_day_by_day ON check_day(day)
+"""
+
+# (version, script): applied in order to a database older than the version, each in one
+# transaction with the version bump. A fresh database runs them all.
+_MIGRATIONS: tuple[tuple[int, str], ...] = ((3, _V3), (4, _V4))
 
 
 @dataclass(frozen=True)
@@ -141,6 +211,16 @@ class WatcherState:
     error_alerted_at: float | None = None
 
 
+@dataclass(frozen=True)
+class Version:
+    """One kept version of a watcher's content. Numbers count every version ever recorded
+    for the name, so they stay put when old ones are trimmed."""
+
+    number: int
+    taken_at: float
+    text: str
+
+
 class Store:
     """Thread-safe access to the state database (one connection, one lock)."""
 
@@ -165,12 +245,17 @@ class Store:
             uri = f"file:{path}?mode=ro" if readonly else f"file:{path}"
             db = sqlite3.connect(uri, uri=True, timeout=busy_timeout, check_same_thread=False,
                                  isolation_level=None)
-            if not readonly:
-                db.execute("PRAGMA journal_mode = WAL")
-                db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL survives process crashes
-                db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
-                db.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
-                _migrate(db)
+            try:
+                _refuse_newer(db, path)  # before anything, the journal mode included, is written
+                if not readonly:
+                    db.execute("PRAGMA journal_mode = WAL")
+                    db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL survives process crashes
+                    db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
+                    db.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+                    _migrate(db)
+            except BaseException:
+                db.close()
+                raise
             return db
         except sqlite3.DatabaseError as exc:
             raise StateError(_explain(path, exc)) from None
@@ -224,6 +309,14 @@ class Store:
                 cur = self._db.execute(sql, args)
                 cur.row_factory = sqlite3.Row
                 return cur.fetchall()
+            except sqlite3.DatabaseError as exc:
+                raise StateError(_explain(self.path, exc)) from None
+
+    def _read(self, reader: Callable[..., _T], *args: Any) -> _T:
+        """Run a notifier.ledger reader on the connection, under the lock."""
+        with self._lock:
+            try:
+                return reader(self._db, *args)
             except sqlite3.DatabaseError as exc:
                 raise StateError(_explain(self.path, exc)) from None
 
@@ -283,27 +376,33 @@ class Store:
         return {r["name"]: _state(r) for r in rows}
 
     def history(self, name: str) -> list[tuple[float, str]]:
-        rows = self._query("SELECT taken_at, content FROM snapshot WHERE name = ? ORDER BY id DESC",
-                           (name,))
-        return [(r["taken_at"], r["content"]) for r in rows]
+        """Every kept version of `name` as (taken_at, text), newest first."""
+        return [(v.taken_at, v.text) for v in self.versions(name)]
+
+    def versions(self, name: str) -> list[Version]:
+        """Every kept version of `name`, newest first, numbered (see `Version`)."""
+        rows = self._query("SELECT taken_at, content, (SELECT versions FROM watcher WHERE name = ?) "
+                           "AS total FROM snapshot WHERE name = ? ORDER BY id DESC", (name, name))
+        out: list[Version] = []
+        newest = max(rows[0]["total"] or 0, len(rows)) if rows else 0
+        for r in rows:
+            text = snapshots.text_of(r["content"], out[-1].text if out else None)
+            out.append(Version(newest - len(out), r["taken_at"], text))
+        return out
 
     def record_success(self, name: str, now: float, meta: Mapping[str, str],
                        content: str | None, history: int, alerts: Sequence[Alert] = ()) -> None:
         """Record a successful check; `content` is None when nothing changed.
 
-        The snapshot, the trimmed history, the cleared failure count and any alerts (a change,
-        a recovery) commit together.
+        The snapshot, the trimmed history, the cleared failure count, the day's check count and
+        any alerts (a change, a recovery) commit together.
         """
         with self._tx() as db:
             _upsert(db, name)
             db.execute("UPDATE watcher SET last_check = ?, meta = ?, failures = 0, "
                        "error_alerted_at = NULL WHERE name = ?", (now, json.dumps(dict(meta)), name))
-            if content is not None:
-                db.execute("INSERT INTO snapshot (name, taken_at, content) VALUES (?, ?, ?)",
-                           (name, now, content))
-                db.execute("UPDATE watcher SET last_change = ? WHERE name = ?", (now, name))
-                db.execute("DELETE FROM snapshot WHERE name = ? AND id NOT IN (SELECT id FROM "
-                           "snapshot WHERE name = ? ORDER BY id DESC LIMIT ?)", (name, name, history))
+            changed = content is not None and _add_version(db, name, now, content, history)
+            ledger.count_check(db, name, now, change=changed)
             _enqueue(db, alerts)
 
     def record_failure(self, name: str, now: float, error: str, alerts: Sequence[Alert] = ()) -> None:
@@ -312,22 +411,51 @@ class Store:
         `last_error_at` is when the current streak began ("failing since"): set by the first
         failure after a success, kept by the ones after it. SET expressions see the row as it
         was before the UPDATE, so `failures = 0` here means "this failure starts the streak".
+        A failure recorded on top of a success of the same check (a user template that failed,
+        see notifier.pipeline) counts as a failure, not as a second check.
         """
         with self._tx() as db:
             _upsert(db, name)
+            (last_check,) = db.execute("SELECT last_check FROM watcher WHERE name = ?", (name,)).fetchone()
             db.execute("UPDATE watcher SET last_check = ?, last_error = ?, last_error_at = CASE "
                        "WHEN failures = 0 OR last_error_at IS NULL THEN ? ELSE last_error_at END, "
                        "failures = failures + 1 WHERE name = ?", (now, error, now, name))
             if alerts:
                 db.execute("UPDATE watcher SET error_alerted_at = ? WHERE name = ?", (now, name))
+            ledger.count_check(db, name, now, check=last_check != now, failure=True)
             _enqueue(db, alerts)
 
+    def record_duration(self, name: str, at: float, seconds: float) -> None:
+        """Count how long a recorded check took (its own small transaction: the check's result
+        is committed before its duration is known)."""
+        with self._tx() as db:
+            ledger.count_duration(db, name, at, seconds)
+
     def forget(self, names: Sequence[str]) -> None:
-        """Drop the state and history of watchers no longer configured (`notifier forget`)."""
+        """Drop the state, history and check counts of watchers no longer configured
+        (`notifier forget`). Their send log entries stay until they expire."""
         with self._tx() as db:
             for name in names:
-                db.execute("DELETE FROM snapshot WHERE name = ?", (name,))
-                db.execute("DELETE FROM watcher WHERE name = ?", (name,))
+                for table, column in (("snapshot", "name"), ("watcher", "name"), ("check_day", "watcher")):
+                    db.execute(f"DELETE FROM {table} WHERE {column} = ?", (name,))  # noqa: S608
+
+    def rename(self, old: str, new: str) -> None:
+        """Give `old`'s state, history, check counts, send log entries and queued mail to `new`,
+        in one transaction; refused when `new` already has state of its own."""
+        with self._tx() as db:
+            if db.execute("SELECT 1 FROM watcher WHERE name = ? UNION ALL SELECT 1 FROM snapshot "
+                          "WHERE name = ? LIMIT 1", (new, new)).fetchone():
+                raise UsageError(f"{new!r} already has state of its own; `notifier forget {new}` "
+                                 f"drops it (after removing {new!r} from watchers.yaml).")
+            if not db.execute("SELECT 1 FROM watcher WHERE name = ?", (old,)).fetchone():
+                raise UsageError(f"no state is kept for a watcher named {old!r}.")
+            for table, column in (("watcher", "name"), ("snapshot", "name"), ("check_day", "watcher"),
+                                  ("send_log", "watcher"), ("outbox", "watcher"), ("digest", "watcher")):
+                db.execute(f"UPDATE {table} SET {column} = ? WHERE {column} = ?", (new, old))  # noqa: S608
+
+    def check_days(self, since: float) -> list[CheckDay]:
+        """Check counts per watcher and day, from the day of `since` on."""
+        return self._read(ledger.check_days, ledger.day_of(since))
 
     # -- outbox -----------------------------------------------------------------------------
 
@@ -375,19 +503,48 @@ class Store:
             return db.execute("UPDATE outbox SET claimed_by = NULL, claimed_until = NULL "
                               "WHERE claimed_by = ?", (owner,)).rowcount
 
-    def delivered(self, row_id: int) -> None:
+    def delivered(self, row_id: int, attempt: Attempt | None = None) -> None:
+        """A server accepted the message for every recipient left: it leaves the outbox, and
+        its send log entry is written in the same transaction."""
+        attempt = attempt or Attempt(time.time())
         with self._tx() as db:
+            row = _locked_row(db, row_id)
+            if row is None:
+                return
             db.execute("DELETE FROM outbox WHERE id = ?", (row_id,))
+            ledger.log(db, row, json.loads(row["recipients"]), _accepted(row), json.loads(row["deferrals"]),
+                       row["attempts"] + 1, attempt, "sent")
 
     def reschedule(self, row_id: int, state: str, error: str, not_before: float,
-                   recipients: Sequence[str] | None = None) -> None:
-        """Put a message back as pending (retry later), held or dead, keeping it whole."""
+                   recipients: Sequence[str] | None = None, attempt: Attempt | None = None,
+                   expired: bool = False) -> None:
+        """Put a message back as pending (retry later), held or dead, keeping it whole.
+
+        `recipients`: the ones still to deliver to, when the server took the others (listed in
+        `attempt.accepted`). A dead letter has left the queue as far as the send log is
+        concerned: its entry is written now, as `expired` when it was given up on (`expired`)
+        rather than refused. It stays in the outbox for `notifier outbox retry`.
+        """
+        attempt = attempt or Attempt(time.time(), reply=error)
         with self._tx() as db:
+            row = _locked_row(db, row_id)
+            if row is None:
+                return
+            accepted = {**_accepted(row), **{addr: (reply, attempt.at)
+                                             for addr, reply in attempt.accepted.items()}}
+            deferrals: dict[str, int] = json.loads(row["deferrals"])
+            if attempt.deferral and state == "pending":
+                deferrals[attempt.deferral] = deferrals.get(attempt.deferral, 0) + 1
+            left = list(recipients) if recipients is not None else json.loads(row["recipients"])
             db.execute("UPDATE outbox SET state = ?, last_error = ?, not_before = ?, "
                        "attempts = attempts + 1, claimed_by = NULL, claimed_until = NULL, "
-                       "recipients = COALESCE(?, recipients) WHERE id = ?",
-                       (state, error, not_before,
-                        json.dumps(list(recipients)) if recipients is not None else None, row_id))
+                       "recipients = ?, accepted = ?, deferrals = ? WHERE id = ?",
+                       (state, error, not_before, json.dumps(left),
+                        json.dumps({a: list(v) for a, v in accepted.items()}), json.dumps(deferrals),
+                        row_id))
+            if state == "dead":
+                ledger.log(db, row, left, accepted, deferrals, row["attempts"] + 1, attempt,
+                           "expired" if expired else "dead")
 
     def release(self, states: Sequence[str] = ("held",), now: float | None = None) -> int:
         """Make held (or dead) messages due again; returns how many."""
@@ -407,14 +564,66 @@ class Store:
         counts.update({r["state"]: r["n"] for r in rows})
         return counts
 
+    def queued(self) -> list[tuple[str | None, str, dict[str, int]]]:
+        """(account, state, deferrals by class) of every message in the outbox, for statistics."""
+        return [(r["account"], r["state"], json.loads(r["deferrals"]))
+                for r in self._query("SELECT account, state, deferrals FROM outbox")]
+
+    # -- the send log -----------------------------------------------------------------------
+
+    def log_entries(self, since: float | None = None, watcher: str | None = None,
+                    status: str | None = None) -> list[LogEntry]:
+        """Send log entries, oldest first, without the message bytes."""
+        return self._read(ledger.entries, since, watcher, status)
+
+    def log_entry(self, message_id: str) -> LogEntry | None:
+        """One entry by Message-ID (with or without the angle brackets), bytes included when kept."""
+        return self._read(ledger.entry, message_id)
+
+    def log_watchers(self) -> list[str]:
+        """Every watcher name the send log mentions."""
+        return [r[0] for r in self._query("SELECT DISTINCT watcher FROM send_log WHERE watcher IS NOT NULL")]
+
+    def sent_since(self, since: float | None) -> list[Sent]:
+        return self._read(ledger.sent, since)
+
+    def prune(self, before: float, limit: int = PRUNE_BATCH) -> int:
+        """Delete one batch of send log entries and day counts older than `before`; returns
+        how many rows went, so a caller can come back for more without holding the database."""
+        with self._tx() as db:
+            return ledger.prune(db, before, limit)
+
+
+def _schema_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def _refuse_newer(db: sqlite3.Connection, path: Path) -> None:
+    version = _schema_version(db)
+    if version > SCHEMA_VERSION:
+        raise StateTooNew(
+            f"The state database {path} was written by a newer notifier: its schema version "
+            f"{version} is newer than this notifier understands ({SCHEMA_VERSION}). It was left as it "
+            f"is; run the newer notifier, or restore a backup taken before the upgrade.")
+
 
 def _migrate(db: sqlite3.Connection) -> None:
-    version = db.execute("PRAGMA user_version").fetchone()[0]
-    if version > SCHEMA_VERSION:
-        raise sqlite3.DatabaseError(f"schema version {version} is newer than this notifier "
-                                    f"understands ({SCHEMA_VERSION})")
-    if version < SCHEMA_VERSION:
-        db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+    """Bring the schema up to SCHEMA_VERSION, one step per transaction. The version is read
+    again inside each transaction: another process may have done the step meanwhile."""
+    for version, script in _MIGRATIONS:
+        if _schema_version(db) >= version:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if _schema_version(db) < version:
+                for statement in script.split(";"):
+                    if statement.strip():
+                        db.execute(statement)
+                db.execute(f"PRAGMA user_version = {version}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
 
 # (sqlite error names, words of the message, explanation): the first that matches explains.
@@ -510,7 +719,8 @@ def _enqueue(db: sqlite3.Connection, alerts: Sequence[Alert]) -> None:
 
 def _state(r: sqlite3.Row) -> WatcherState:
     return WatcherState(
-        name=r["name"], content=r["content"], meta=json.loads(r["meta"] or "{}"),
+        name=r["name"], content=None if r["content"] is None else snapshots.text_of(r["content"]),
+        meta=json.loads(r["meta"] or "{}"),
         last_check=r["last_check"], last_change=r["last_change"], last_error=r["last_error"],
         last_error_at=r["last_error_at"], failures=r["failures"],
         error_alerted_at=r["error_alerted_at"],
@@ -524,3 +734,31 @@ def _row(r: sqlite3.Row) -> OutboxRow:
         not_before=r["not_before"], id=r["id"], state=r["state"], attempts=r["attempts"],
         created=r["created"], last_error=r["last_error"],
     )
+
+
+def _add_version(db: sqlite3.Connection, name: str, now: float, content: str, history: int) -> bool:
+    """Store `content` as the newest version, turning the one before into a delta against it,
+    and trim to `history` versions. Returns whether there was a version before (a change)."""
+    prev = db.execute("SELECT id, content FROM snapshot WHERE name = ? ORDER BY id DESC LIMIT 1",
+                      (name,)).fetchone()
+    if prev is not None:
+        db.execute("UPDATE snapshot SET content = ? WHERE id = ?",
+                   (snapshots.delta(snapshots.text_of(prev[1]), content), prev[0]))
+    db.execute("INSERT INTO snapshot (name, taken_at, content) VALUES (?, ?, ?)",
+               (name, now, snapshots.whole(content)))
+    db.execute("UPDATE watcher SET last_change = ?, versions = versions + 1 WHERE name = ?", (now, name))
+    db.execute("DELETE FROM snapshot WHERE name = ? AND id NOT IN (SELECT id FROM "
+               "snapshot WHERE name = ? ORDER BY id DESC LIMIT ?)", (name, name, history))
+    return prev is not None
+
+
+def _locked_row(db: sqlite3.Connection, row_id: int) -> sqlite3.Row | None:
+    cur = db.execute("SELECT * FROM outbox WHERE id = ?", (row_id,))
+    cur.row_factory = sqlite3.Row
+    row: sqlite3.Row | None = cur.fetchone()
+    return row
+
+
+def _accepted(row: sqlite3.Row) -> dict[str, tuple[str, float]]:
+    """Recipients a server took on earlier attempts: {address: (reply, when)}."""
+    return {addr: (reply, at) for addr, (reply, at) in json.loads(row["accepted"]).items()}

@@ -1,0 +1,247 @@
+"""What notifier keeps for looking back: the send log and each watcher's checks per day.
+
+The functions here work on a connection inside notifier.store's transactions, so an entry is
+written together with the change it records: a send log entry with the removal (or dead-letter
+state) of its outbox row, a day's check counts with the check's result. Nothing here opens a
+transaction or a database of its own.
+
+The send log has one entry per message, keyed by Message-ID: a dead letter retried later and
+then delivered updates its entry rather than adding a second one. Checks are counted per watcher
+and local day, with their durations in fixed buckets (`DURATION_BUCKETS`), so a year of checks
+every minute is a few hundred rows, not half a million.
+"""
+
+from __future__ import annotations
+
+import email.policy
+import json
+import re
+import sqlite3
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date
+from email.parser import BytesHeaderParser
+from typing import Any, NamedTuple
+
+# Upper bounds (seconds) of the buckets check durations are counted in, per watcher and day:
+# median and p95 come from these counts, to within the width of a bucket.
+DURATION_BUCKETS: tuple[float, ...] = (
+    0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0,
+    5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0, float("inf"))
+STATUSES = ("sent", "partial", "dead", "expired")
+_CODE = re.compile(r"^([2-5]\d\d)\b")
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """How one delivery attempt of a queued message ended, as the sender saw it: what its row
+    remembers, and what the send log keeps once the message leaves the outbox."""
+
+    at: float  # when it ended
+    reply: str = ""  # the server's last word ("250 2.0.0 Ok: queued"), or what went wrong
+    accepted: Mapping[str, str] = field(default_factory=dict)  # recipients taken now: their reply
+    refused: Mapping[str, str] = field(default_factory=dict)  # recipients refused: their reply
+    deferral: str | None = None  # why it waits ("451", "rate limit 550", "connection"), if it does
+    keep_body: bool = False  # keep the message bytes in the send log (`keep_sent: true`)
+
+
+class RecipientResult(NamedTuple):
+    """What became of one recipient of a logged message."""
+
+    address: str
+    status: str  # sent | dead | expired
+    reply: str
+    at: float
+
+
+class LogEntry(NamedTuple):
+    """One message that left the outbox: delivered (`sent`), to some recipients only
+    (`partial`), refused for good (`dead`) or given up after failing too long (`expired`).
+    A tuple rather than a dataclass: `notifier log` reads tens of thousands of them."""
+
+    message_id: str
+    status: str
+    watcher: str | None
+    kind: str
+    account: str | None
+    sender: str
+    recipients: tuple[RecipientResult, ...]
+    subject: str
+    size: int
+    attempts: int
+    reply_code: int | None
+    reply: str
+    deferrals: Mapping[str, int]
+    created: float  # queued, by the check that found the change
+    finished: float  # accepted, or given up on
+    latency: float | None  # created → accepted by the server, when anything was delivered
+    body: bytes | None = None  # the message as sent, with `keep_sent: true`
+
+
+class Sent(NamedTuple):
+    """The few columns of a log entry that statistics need."""
+
+    watcher: str | None
+    account: str | None
+    status: str
+    latency: float | None
+    deferrals: Mapping[str, int]
+
+
+class CheckDay(NamedTuple):
+    """A watcher's checks on one local day (`day` is a date ordinal)."""
+
+    watcher: str
+    day: int
+    checks: int
+    changes: int
+    failures: int
+    durations: tuple[int, ...]  # counts per DURATION_BUCKETS bucket
+
+
+def day_of(ts: float) -> int:
+    """The local calendar day of `ts`, as a date ordinal."""
+    return date.fromtimestamp(ts).toordinal()
+
+
+def bucket_of(seconds: float) -> int:
+    return next(i for i, bound in enumerate(DURATION_BUCKETS) if seconds <= bound)
+
+
+# -- writing, inside the caller's transaction --------------------------------------------------
+
+def log(db: sqlite3.Connection, message: sqlite3.Row, recipients: Sequence[str],
+        accepted: Mapping[str, tuple[str, float]], deferrals: Mapping[str, int], attempts: int,
+        attempt: Attempt, outcome: str) -> None:
+    """Write (or rewrite) the entry of an outbox message that leaves the queue now.
+
+    `message` is its outbox row; `recipients` those still in it, which now end as `outcome`
+    (sent, dead or expired); `accepted` those that servers took on earlier attempts.
+    """
+    results = [RecipientResult(addr, "sent", reply, at) for addr, (reply, at) in accepted.items()]
+    for addr in recipients:
+        if addr in accepted:
+            continue
+        if outcome == "sent":
+            results.append(RecipientResult(addr, "sent", attempt.reply, attempt.at))
+        else:
+            results.append(RecipientResult(addr, outcome, attempt.refused.get(addr) or attempt.reply,
+                                           attempt.at))
+    sent_at = [r.at for r in results if r.status == "sent"]
+    status = outcome if not sent_at else "sent" if len(sent_at) == len(results) else "partial"
+    body = bytes(message["body"])
+    code = _CODE.match(attempt.reply)
+    db.execute(
+        "INSERT INTO send_log (message_id, status, watcher, kind, account, sender, recipients, "
+        "subject, size, attempts, reply_code, reply, deferrals, created, finished, latency, body) "
+        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (message_id) DO UPDATE "
+        "SET status = excluded.status, watcher = excluded.watcher, account = excluded.account, "
+        "recipients = excluded.recipients, attempts = excluded.attempts, "
+        "reply_code = excluded.reply_code, reply = excluded.reply, deferrals = excluded.deferrals, "
+        "finished = excluded.finished, latency = excluded.latency, body = excluded.body",
+        (message["message_id"], status, message["watcher"], message["kind"], message["account"],
+         message["sender"], json.dumps([list(r) for r in results]), subject_of(body), len(body),
+         attempts, int(code.group(1)) if code else None, attempt.reply,
+         json.dumps(dict(deferrals)), message["created"], attempt.at,
+         min(sent_at) - message["created"] if sent_at else None,
+         body if attempt.keep_body else None))
+
+
+def count_check(db: sqlite3.Connection, name: str, at: float, *, check: bool = True,
+                change: bool = False, failure: bool = False) -> None:
+    """Count a check of `name` (a change, a failure) on the day of `at`."""
+    db.execute("INSERT INTO check_day (watcher, day, checks, changes, failures) VALUES (?, ?, ?, ?, ?) "
+               "ON CONFLICT (watcher, day) DO UPDATE SET checks = checks + excluded.checks, "
+               "changes = changes + excluded.changes, failures = failures + excluded.failures",
+               (name, day_of(at), int(check), int(change), int(failure)))
+
+
+def count_duration(db: sqlite3.Connection, name: str, at: float, seconds: float) -> None:
+    """Count how long a check of `name` took, in its bucket, on the day of `at`."""
+    day = day_of(at)
+    row = db.execute("SELECT durations FROM check_day WHERE watcher = ? AND day = ?",
+                     (name, day)).fetchone()
+    counts = _counts(row[0] if row else "")
+    index = bucket_of(max(0.0, seconds))
+    counts += [0] * (index + 1 - len(counts))
+    counts[index] += 1
+    db.execute("INSERT INTO check_day (watcher, day, durations) VALUES (?, ?, ?) ON CONFLICT "
+               "(watcher, day) DO UPDATE SET durations = excluded.durations",
+               (name, day, ",".join(map(str, counts))))
+
+
+def prune(db: sqlite3.Connection, before: float, limit: int) -> int:
+    """Delete up to `limit` send log entries finished before `before`, and as many day rows
+    of days before it; returns how many rows went."""
+    gone = db.execute("DELETE FROM send_log WHERE id IN (SELECT id FROM send_log WHERE finished < ? "
+                      "ORDER BY finished LIMIT ?)", (before, limit)).rowcount
+    gone += db.execute("DELETE FROM check_day WHERE (watcher, day) IN (SELECT watcher, day FROM "
+                       "check_day WHERE day < ? LIMIT ?)", (day_of(before), limit)).rowcount
+    return gone
+
+
+# -- reading -----------------------------------------------------------------------------------
+
+_ENTRY = ("message_id, status, watcher, kind, account, sender, recipients, subject, size, attempts, "
+          "reply_code, reply, deferrals, created, finished, latency")
+
+
+def entries(db: sqlite3.Connection, since: float | None = None, watcher: str | None = None,
+            status: str | None = None) -> list[LogEntry]:
+    """Log entries, oldest first, without their message bytes."""
+    where, args = _where(since, watcher, status)
+    rows = db.execute(f"SELECT {_ENTRY} FROM send_log{where} ORDER BY finished, id", args)  # noqa: S608
+    return [_entry(r) for r in rows]
+
+
+def entry(db: sqlite3.Connection, message_id: str) -> LogEntry | None:
+    """The entry of one Message-ID (angle brackets optional), with the message if kept."""
+    wanted = message_id.strip()
+    wanted = wanted if wanted.startswith("<") else f"<{wanted}>"
+    row = db.execute(f"SELECT {_ENTRY}, body FROM send_log WHERE message_id = ?",  # noqa: S608
+                     (wanted,)).fetchone()
+    return None if row is None else _entry(row[:-1])._replace(body=row[-1])
+
+
+def sent(db: sqlite3.Connection, since: float | None = None) -> list[Sent]:
+    """What statistics need of the entries finished since `since`."""
+    where, args = _where(since, None, None)
+    rows = db.execute(f"SELECT watcher, account, status, latency, deferrals FROM send_log{where}",  # noqa: S608
+                      args)
+    return [Sent(w, a, s, lat, json.loads(d) if d != "{}" else {}) for w, a, s, lat, d in rows]
+
+
+def check_days(db: sqlite3.Connection, since_day: int) -> list[CheckDay]:
+    rows = db.execute("SELECT watcher, day, checks, changes, failures, durations FROM check_day "
+                      "WHERE day >= ? ORDER BY watcher, day", (since_day,))
+    return [CheckDay(w, d, c, ch, f, tuple(_counts(dur))) for w, d, c, ch, f, dur in rows]
+
+
+def subject_of(message: bytes) -> str:
+    """The decoded Subject of a message, for the log; empty when it has none."""
+    head = message.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n"
+    try:
+        parsed = BytesHeaderParser(policy=email.policy.default).parsebytes(head)
+        return " ".join(str(parsed.get("Subject", "")).split())
+    except (ValueError, TypeError, IndexError):  # a header the parser cannot read: no subject
+        return ""
+
+
+def _where(since: float | None, watcher: str | None, status: str | None) -> tuple[str, list[Any]]:
+    clauses, args = [], []
+    for clause, value in (("finished >= ?", since), ("watcher = ?", watcher), ("status = ?", status)):
+        if value is not None:
+            clauses.append(clause)
+            args.append(value)
+    return (" WHERE " + " AND ".join(clauses) if clauses else ""), args
+
+
+def _entry(r: Sequence[Any]) -> LogEntry:
+    recipients = tuple(RecipientResult(*item) for item in json.loads(r[6]))
+    deferrals = json.loads(r[12]) if r[12] != "{}" else {}
+    return LogEntry(r[0], r[1], r[2], r[3], r[4], r[5], recipients, r[7], r[8], r[9], r[10], r[11],
+                    deferrals, r[13], r[14], r[15])
+
+
+def _counts(text: str) -> list[int]:
+    return [int(n) for n in text.split(",")] if text else []
