@@ -77,11 +77,17 @@ class StateError(NotifierError):
 
 
 class DeliveryError(NotifierError):
-    """Sending a message failed. Subclasses say what the outbox should do about it."""
+    """Sending a message failed. Subclasses say what the outbox should do about it.
 
-    def __init__(self, message: str, refused: dict[str, str] | None = None) -> None:
+    `refused` holds the reply to each refused recipient; `reply` the server's reply ("451 4.3.0
+    Try later") when the failure was one, None when there was no answer (a dropped connection).
+    """
+
+    def __init__(self, message: str, refused: dict[str, str] | None = None, *,
+                 reply: str | None = None) -> None:
         super().__init__(message)
         self.refused = refused or {}
+        self.reply = reply
 
 
 class TransientDeliveryError(DeliveryError):

@@ -3,7 +3,13 @@
 A message leaves the outbox only after a server (or the Maildir) accepted it. What happens on
 failure depends on its type (see notifier.errors): transient → retry with exponential backoff
 and jitter; rate-limited → slow retry; held → wait for a person (config change or
-`notifier outbox retry`); permanent → dead letter, kept and listed, never dropped.
+`notifier outbox retry`); permanent → dead letter, kept and listed, never dropped. A message
+that keeps failing for GIVE_UP_AFTER is given up on like a mail server's queue lifetime: it
+becomes a dead letter too (still listed, still retryable by hand).
+
+Every message that leaves the queue — delivered, dead or given up — gets its send log entry in
+the transaction that removes or changes its row (see notifier.ledger): what each recipient
+got, the server's final reply, the attempts, and why it had to wait (`deferral_class`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ from notifier.errors import (
     PermanentDeliveryError,
     RateLimitedError,
 )
+from notifier.ledger import Attempt
 from notifier.store import OutboxRow, Store
 from notifier.transport import MaildirTransport, SmtpTransport, Transport, refusal_error
 
@@ -33,6 +40,7 @@ log = logging.getLogger(__name__)
 BACKOFF_BASE = 30.0  # seconds before the first retry
 BACKOFF_CAP = 3600.0  # never wait longer than an hour between retries
 RATE_LIMIT_DELAY = 1800.0  # providers' hourly/daily quotas: come back much later
+GIVE_UP_AFTER = 5 * 86400.0  # a message failing this long after it was queued is given up on
 
 
 @dataclass
@@ -132,7 +140,7 @@ class Sender:
     def _accepted(self, row: OutboxRow, refused: dict[str, str], via: str, reply: str,
                   report: Report) -> None:
         if not refused:
-            self.store.delivered(row.id)
+            self.store.delivered(row.id, Attempt(self.clock(), reply, keep_body=self.cfg.keep_sent))
             report.sent += 1
             log.info("message=%s alert=%s watcher=%s outcome=sent via=%s recipients=%d reply=%r",
                      row.message_id, row.kind, row.watcher, via, len(row.recipients), reply)
@@ -141,27 +149,49 @@ class Sender:
         error = "; ".join(f"{addr}: {reason}" for addr, reason in refused.items())
         exc = refusal_error(refused, f"the server refused some recipients ({error})")
         report.sent += 1
-        self._failed(row, exc, report, recipients=list(refused))
+        taken = {addr: reply for addr in row.recipients if addr not in refused}
+        self._failed(row, exc, report, recipients=list(refused), accepted=taken)
 
     def _failed(self, row: OutboxRow, exc: DeliveryError, report: Report,
-                recipients: list[str] | None = None) -> None:
+                recipients: list[str] | None = None, accepted: dict[str, str] | None = None) -> None:
         now = self.clock()
         message = str(exc)
+        expired = False
         if isinstance(exc, HeldDeliveryError):
             state, when, report.held = "held", now, report.held + 1
         elif isinstance(exc, PermanentDeliveryError):
             state, when, report.dead = "dead", now, report.dead + 1
+        elif now - row.created >= GIVE_UP_AFTER:
+            expired, state, when, report.dead = True, "dead", now, report.dead + 1
+            message = (f"given up after {row.attempts + 1} attempts over "
+                       f"{(now - row.created) / 86400:.0f} days; the last: {message}")
         elif isinstance(exc, RateLimitedError):
             state, when, report.retry = "pending", now + jittered(RATE_LIMIT_DELAY), report.retry + 1
         else:
             state, when, report.retry = "pending", now + backoff(row.attempts), report.retry + 1
         report.errors.append(message)
-        self.store.reschedule(row.id, state, message, when, recipients)
+        # The server's last word: its 250 when some recipients were taken, else the refusal.
+        reply = next(iter((accepted or {}).values()), None) or exc.reply or message
+        attempt = Attempt(now, reply, accepted or {}, exc.refused,
+                          deferral_class(exc), keep_body=self.cfg.keep_sent)
+        self.store.reschedule(row.id, state, message, when, recipients, attempt, expired=expired)
         level = logging.WARNING if state == "pending" else logging.ERROR
         retry = f" Next attempt at {_clock(when, now, None, '%H:%M:%S')}." if state == "pending" else ""
+        outcome = "retry" if state == "pending" else "expired" if expired else state
         log.log(level, "message=%s alert=%s watcher=%s outcome=%s attempts=%d: %s%s", row.message_id,
-                row.kind, row.watcher, "retry" if state == "pending" else state, row.attempts + 1,
-                message, retry)
+                row.kind, row.watcher, outcome, row.attempts + 1, message, retry)
+
+
+def deferral_class(exc: DeliveryError) -> str | None:
+    """Why a message has to wait, as statistics group it: the reply code of a temporary
+    refusal ("451"), "rate limit" with its code, or "connection" when the server gave no
+    answer at all; None for failures that do not make a message wait for a retry."""
+    if isinstance(exc, HeldDeliveryError | PermanentDeliveryError):
+        return None
+    codes = [r[:3] for r in (exc.reply, *exc.refused.values()) if r and r[:3].isdigit()]
+    if isinstance(exc, RateLimitedError):
+        return f"rate limit {codes[0]}" if codes else "rate limit"
+    return next((c for c in codes if c.startswith("4")), codes[0] if codes else "connection")
 
 
 def waiting_reason(row: OutboxRow, now: float, zone: tzinfo | None = None) -> str:

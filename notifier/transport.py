@@ -246,9 +246,10 @@ def _speaks_tls(host: str, port: int, timeout: float, context: ssl.SSLContext) -
         return False
 
 
-def _error(cls: type[DeliveryError], message: str,
-           refused: dict[str, str] | None = None) -> DeliveryError:
-    return cls(redact(message), {addr: redact(r) for addr, r in (refused or {}).items()})
+def _error(cls: type[DeliveryError], message: str, refused: dict[str, str] | None = None,
+           reply: str | None = None) -> DeliveryError:
+    return cls(redact(message), {addr: redact(r) for addr, r in (refused or {}).items()},
+               reply=redact(reply) if reply else None)
 
 
 def _reply_text(code: int, text: bytes | str) -> str:
@@ -266,14 +267,16 @@ def _reply_error(code: int, reply: str, where: str) -> DeliveryError:
     other 5xx never."""
     if code == 530:
         return _error(HeldDeliveryError, f"{where} wants a login or TLS first: it replied "
-                      f"{reply}. Set username and password, and use security ssl or starttls.")
+                      f"{reply}. Set username and password, and use security ssl or starttls.",
+                      reply=reply)
     if _rate_limited(reply):
-        return _error(RateLimitedError, f"{where} says we send too much: it replied {reply}.")
+        return _error(RateLimitedError, f"{where} says we send too much: it replied {reply}.",
+                      reply=reply)
     if not 500 <= code < 600:  # 4xx, and -1 for an unparsable reply
         return _error(TransientDeliveryError, f"{where} cannot take the message now: it "
-                      f"replied {reply}.")
+                      f"replied {reply}.", reply=reply)
     return _error(PermanentDeliveryError, f"{where} refused the message: it replied {reply}. "
-                  "Retrying will not help.")
+                  "Retrying will not help.", reply=reply)
 
 
 def refusal_error(refused: dict[str, str], message: str) -> DeliveryError:
@@ -284,7 +287,7 @@ def refusal_error(refused: dict[str, str], message: str) -> DeliveryError:
         RateLimitedError if any(_rate_limited(r) for r in replies)
         else PermanentDeliveryError if all(r.startswith("5") for r in replies)
         else TransientDeliveryError)
-    return _error(cls, message, refused)
+    return _error(cls, message, refused, reply=next(iter(replies), None))
 
 
 def _os_reason(exc: OSError, account: SmtpAccount) -> str:
@@ -302,6 +305,8 @@ def classify(exc: BaseException, account: SmtpAccount) -> DeliveryError:
     not spread over string matches; messages keep the server's code and text, never secrets."""
     where = describe_account(account)
     cls: type[DeliveryError] = HeldDeliveryError
+    reply = (_reply_text(exc.smtp_code, exc.smtp_error)
+             if isinstance(exc, smtplib.SMTPResponseException) else None)
     match exc:
         case smtplib.SMTPRecipientsRefused():
             refused = {addr: _reply_text(code, text) for addr, (code, text) in exc.recipients.items()}
@@ -339,7 +344,7 @@ def classify(exc: BaseException, account: SmtpAccount) -> DeliveryError:
         case _:
             message = (f"The username, password or an address for {where} has characters SMTP "
                        f"cannot carry ({type(exc).__name__}); use plain ASCII.")
-    return _error(cls, message)
+    return _error(cls, message, reply=reply)
 
 
 # --- Maildir ----------------------------------------------------------------------------------
