@@ -1,0 +1,281 @@
+"""What `notifier log` and `notifier stats` print: the send log, and figures from it and from the
+per-day check counts (notifier.ledger). Nothing is counted twice: checks, changes and failures
+come from the counts the checks bumped in their own transactions, messages from the send log,
+and what is still queued from the outbox itself.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import date, datetime, tzinfo
+from typing import Any
+
+from notifier.errors import UsageError
+from notifier.ledger import DURATION_BUCKETS, CheckDay, LogEntry, Sent, day_of
+from notifier.options import Duration
+from notifier.store import Store
+
+TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
+SPARKS = "▁▂▃▄▅▆▇█"
+MAILDIR = "maildir"  # how figures name "no smtp account"
+
+
+def parse_since(text: str, now: float, zone: tzinfo | None = None) -> float:
+    """`--since`: a duration back from now (7d, 12h) or a date or time (2026-11-30T10:00, in
+    `zone`); a usage error for anything else."""
+    try:
+        return now - float(Duration().parse(text))
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text.strip())
+    except ValueError:
+        raise UsageError(f"--since {text!r} is neither a duration like 7d or 12h nor a time like "
+                         f"2026-11-30T10:00.") from None
+    when = when if when.tzinfo else when.replace(tzinfo=zone) if zone else when.astimezone()
+    return when.timestamp()
+
+
+def show_time(ts: float | None, zone: tzinfo | None) -> str:
+    return "-" if ts is None else datetime.fromtimestamp(ts, zone).strftime(TIME_FORMAT)
+
+
+def seconds(value: float | None) -> str:
+    """0.42s, 12s, 3.5m, 2.0h: short enough for a column."""
+    if value is None:
+        return "-"
+    if value < 10:
+        return f"{value:.2f}s"
+    if value < 120:
+        return f"{value:.0f}s"
+    return f"{value / 60:.1f}m" if value < 7200 else f"{value / 3600:.1f}h"
+
+
+# -- the send log ------------------------------------------------------------------------------
+
+def log_lines(entries: Sequence[LogEntry], zone: tzinfo | None) -> list[str]:
+    """One line per entry, oldest first, under a header."""
+    out = [f"{'finished':19}  {'status':7}  {'kind':8}  {'watcher':16}  {'account':10}  tries  "
+           f"latency  recipients  message-id  subject"]
+    for e in entries:
+        first = e.recipients[0].address if e.recipients else "-"
+        more = f" +{len(e.recipients) - 1}" if len(e.recipients) > 1 else ""
+        out.append(f"{show_time(e.finished, zone)}  {e.status:7}  {e.kind:8}  {e.watcher or '-':16}  "
+                   f"{e.account or MAILDIR:10}  {e.attempts:5}  {seconds(e.latency):>7}  {first}{more}  "
+                   f"{e.message_id}  {e.subject}")
+    return out
+
+
+def log_entry_lines(e: LogEntry, zone: tzinfo | None) -> list[str]:
+    """Everything one entry knows, a field a line."""
+    waited = counted(e.deferrals)
+    kept = (f"kept ({len(e.body):,} bytes): `notifier log {e.message_id} --raw` prints it" if e.body
+            else "not kept (keep_sent: true keeps it)")
+    out = [f"Message-ID: {e.message_id}", f"status:     {e.status}", f"kind:       {e.kind}",
+           f"watcher:    {e.watcher or '-'}", f"account:    {e.account or MAILDIR}",
+           f"from:       {e.sender}", f"subject:    {e.subject}", f"size:       {e.size:,} bytes",
+           f"attempts:   {e.attempts}" + (f" (deferred: {waited})" if waited else ""),
+           f"reply:      {e.reply}", f"queued:     {show_time(e.created, zone)}",
+           f"finished:   {show_time(e.finished, zone)}",
+           f"latency:    {seconds(e.latency)}" + (" (queued to accepted)" if e.latency is not None else ""),
+           "recipients:"]
+    out += [f"  {r.address}  {r.status}  {show_time(r.at, zone)}  {r.reply}" for r in e.recipients]
+    return [*out, f"message:    {kept}"]
+
+
+def log_json(entries: Iterable[LogEntry], zone: tzinfo | None) -> str:
+    """The entries as a JSON array; times in ISO 8601 with their offset, the bytes left out."""
+    def iso(ts: float) -> str:
+        return datetime.fromtimestamp(ts, zone).astimezone(zone).isoformat(timespec="seconds")
+
+    out = []
+    for e in entries:
+        item: dict[str, Any] = e._asdict()
+        item.pop("body")
+        item["recipients"] = [{**r._asdict(), "at": iso(r.at)} for r in e.recipients]
+        item["created"], item["finished"] = iso(e.created), iso(e.finished)
+        out.append(item)
+    return json.dumps(out, ensure_ascii=False, indent=1)
+
+
+# -- statistics --------------------------------------------------------------------------------
+
+@dataclass
+class WatcherFigures:
+    name: str
+    checks: int = 0
+    changes: int = 0
+    failures: int = 0
+    alerts: int = 0
+    durations: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
+    by_day: dict[int, tuple[int, int]] = field(default_factory=dict)  # day: (changes, failures)
+
+    @property
+    def failure_rate(self) -> float | None:
+        return self.failures / self.checks if self.checks else None
+
+    def add(self, day: CheckDay) -> None:
+        self.checks += day.checks
+        self.changes += day.changes
+        self.failures += day.failures
+        for index, n in enumerate(day.durations):
+            self.durations[index] += n
+        self.by_day[day.day] = (day.changes, day.failures)
+
+
+@dataclass
+class AccountFigures:
+    name: str
+    sent: int = 0
+    held: int = 0
+    dead: int = 0
+    deferred: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class Stats:
+    since: float
+    until: float
+    watchers: list[WatcherFigures]
+    accounts: list[AccountFigures]
+
+
+def gather(store: Store, names: Iterable[str], since: float, now: float) -> Stats:
+    """Figures from `since` to `now`, for the configured watchers `names` and any other that
+    was checked meanwhile; accounts as the send log and the outbox name them."""
+    watchers = {name: WatcherFigures(name) for name in names}
+    for day in store.check_days(since):
+        watchers.setdefault(day.watcher, WatcherFigures(day.watcher)).add(day)
+    accounts: dict[str, AccountFigures] = {}
+
+    def account(name: str | None) -> AccountFigures:
+        return accounts.setdefault(name or MAILDIR, AccountFigures(name or MAILDIR))
+
+    sent: list[Sent] = store.sent_since(since)
+    for s in sent:
+        figures = account(s.account)
+        figures.deferred.update(s.deferrals)
+        if s.status in ("sent", "partial"):
+            figures.sent += 1
+            if s.watcher is not None:
+                watchers.setdefault(s.watcher, WatcherFigures(s.watcher)).alerts += 1
+            if s.latency is not None:
+                figures.latencies.append(s.latency)
+        if s.status != "sent":  # partial: some recipients are dead letters too
+            figures.dead += 1
+    for name, state, deferrals in store.queued():
+        figures = account(name)
+        figures.held += state == "held"
+        if state != "dead":  # a dead letter's deferrals are in its log entry already
+            figures.deferred.update(deferrals)
+    return Stats(since, now, sorted(watchers.values(), key=lambda w: w.name),
+                 sorted(accounts.values(), key=lambda a: a.name))
+
+
+def histogram_percentile(counts: Sequence[int], q: float) -> float | None:
+    """The q-quantile of durations counted in DURATION_BUCKETS, interpolated within its bucket."""
+    total = sum(counts)
+    if not total:
+        return None
+    rank, seen = q * total, 0
+    for index, n in enumerate(counts):
+        if n and seen + n >= rank:
+            low = DURATION_BUCKETS[index - 1] if index else 0.0
+            high = DURATION_BUCKETS[index]
+            return low if high == float("inf") else low + (high - low) * max(0.0, rank - seen) / n
+        seen += n
+    return None
+
+
+def percentile(values: Sequence[float], q: float) -> float | None:
+    """The q-quantile of `values`, interpolated between the two nearest."""
+    if not values:
+        return None
+    ordered = sorted(values)
+    at = q * (len(ordered) - 1)
+    low = int(at)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (at - low)
+
+
+def spark(values: Sequence[int]) -> str:
+    """One character per value, ▁ for none up to █ for the largest."""
+    top = max(values, default=0)
+    return "".join(SPARKS[0] if not v else SPARKS[1 + (len(SPARKS) - 2) * v // top] for v in values)
+
+
+def _percent(rate: float | None) -> str:
+    return "-" if rate is None else f"{100 * rate:.1f}%"
+
+
+def stats_lines(stats: Stats, zone: tzinfo | None, sparklines: bool) -> list[str]:
+    """The report: watchers, accounts, totals; per-day changes and failures with `sparklines`."""
+    days = range(day_of(stats.since), day_of(stats.until) + 1)
+    first = date.fromordinal(days[0]).isoformat()
+    out = [f"since {show_time(stats.since, zone)} ({len(days)} day(s) of counts, from {first})", "",
+           f"{'watcher':20}  {'checks':>7}  {'changes':>7}  {'failures':>8}  {'fail%':>6}  "
+           f"{'median':>7}  {'p95':>7}  {'alerts':>6}"]
+    for w in stats.watchers:
+        out.append(f"{w.name:20}  {w.checks:7}  {w.changes:7}  {w.failures:8}  "
+                   f"{_percent(w.failure_rate):>6}  {seconds(histogram_percentile(w.durations, 0.5)):>7}  "
+                   f"{seconds(histogram_percentile(w.durations, 0.95)):>7}  {w.alerts:6}")
+        if sparklines:
+            changes = spark([w.by_day.get(d, (0, 0))[0] for d in days])
+            failures = spark([w.by_day.get(d, (0, 0))[1] for d in days])
+            out.append(f"    changes {changes}  failures {failures}")
+    out += ["", f"{'account':20}  {'sent':>6}  {'held':>5}  {'dead':>5}  {'median':>7}  {'p95':>7}  deferred"]
+    for a in stats.accounts:
+        why = counted(a.deferred)
+        median, p95 = percentile(a.latencies, 0.5), percentile(a.latencies, 0.95)
+        out.append(f"{a.name:20}  {a.sent:6}  {a.held:5}  {a.dead:5}  {seconds(median):>7}  "
+                   f"{seconds(p95):>7}  {sum(a.deferred.values())}"
+                   + (f" ({why})" if why else ""))
+    t = totals(stats)
+    out += ["", f"total: {t['watchers']} watcher(s), {t['checks']} checks, {t['changes']} changes, "
+                f"{t['failures']} failures ({_percent(t['failure_rate'])}), {t['alerts']} alerts; "
+                f"{t['sent']} messages sent, {t['deferred']} deferred, {t['held']} held, {t['dead']} dead; "
+                f"latency median {seconds(t['latency_median'])}, p95 {seconds(t['latency_p95'])}"]
+    return out
+
+
+def totals(stats: Stats) -> dict[str, Any]:
+    checks = sum(w.checks for w in stats.watchers)
+    failures = sum(w.failures for w in stats.watchers)
+    latencies = [x for a in stats.accounts for x in a.latencies]
+    return {"watchers": len(stats.watchers), "checks": checks,
+            "changes": sum(w.changes for w in stats.watchers), "failures": failures,
+            "failure_rate": failures / checks if checks else None,
+            "alerts": sum(w.alerts for w in stats.watchers), "sent": sum(a.sent for a in stats.accounts),
+            "deferred": sum(sum(a.deferred.values()) for a in stats.accounts),
+            "held": sum(a.held for a in stats.accounts), "dead": sum(a.dead for a in stats.accounts),
+            "latency_median": percentile(latencies, 0.5), "latency_p95": percentile(latencies, 0.95)}
+
+
+def stats_json(stats: Stats, zone: tzinfo | None) -> str:
+    days = range(day_of(stats.since), day_of(stats.until) + 1)
+
+    def iso(ts: float) -> str:
+        return datetime.fromtimestamp(ts, zone).astimezone(zone).isoformat(timespec="seconds")
+
+    watchers = [{"name": w.name, "checks": w.checks, "changes": w.changes, "failures": w.failures,
+                 "failure_rate": w.failure_rate, "alerts": w.alerts,
+                 "duration_median": histogram_percentile(w.durations, 0.5),
+                 "duration_p95": histogram_percentile(w.durations, 0.95),
+                 "days": [{"day": date.fromordinal(d).isoformat(), "changes": w.by_day.get(d, (0, 0))[0],
+                           "failures": w.by_day.get(d, (0, 0))[1]} for d in days]}
+                for w in stats.watchers]
+    accounts = [{"name": a.name, "sent": a.sent, "held": a.held, "dead": a.dead,
+                 "deferred": sum(a.deferred.values()), "deferred_by": dict(sorted(a.deferred.items())),
+                 "latency_median": percentile(a.latencies, 0.5),
+                 "latency_p95": percentile(a.latencies, 0.95)} for a in stats.accounts]
+    return json.dumps({"since": iso(stats.since), "until": iso(stats.until), "watchers": watchers,
+                       "accounts": accounts, "totals": totals(stats)}, ensure_ascii=False, indent=1)
+
+
+def counted(items: Mapping[str, int]) -> str:
+    """{"451": 2, "connection": 1} as "451 x2, connection x1"."""
+    return ", ".join(f"{key} x{n}" for key, n in sorted(items.items()))
