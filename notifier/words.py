@@ -23,7 +23,7 @@ from typing import NamedTuple
 
 SIMILAR = 0.5  # lines pair when at least this share of their (non-space) tokens is kept
 MAX_TOKENS = 2_000  # per side, after the common head and tail: more is one changed span
-MAX_WORK = 100_000  # tokens compared to pair one block by best match; more pair by position
+MAX_WORK = 50_000  # tokens compared to pair one block by best match; more pair by position
 
 # Han (with its radicals, strokes and extensions), Bopomofo, Hiragana, Katakana, Hangul.
 _CJK = ("\u1100-\u11ff\u2e80-\u2fdf\u3040-\u30ff\u3100-\u318f\u31a0-\u31ff\u3400-\u4dbf"
