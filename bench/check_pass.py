@@ -1,20 +1,38 @@
-"""Time one `notifier check` pass over many url watchers beside a minimal fetch-and-hash client.
+"""Time `notifier check` passes over many url watchers beside two floors that only fetch and hash.
 
-Issue target: a loopback server with 1,000 pages (~13 KB each, 10 % changing between passes,
-optional per-request latency); at 50 ms per request a `notifier check` pass should take at
-most 1.5x the time of a minimal pooled client that only fetches and hashes the same pages (the
-"floor"), and peak RSS should stay at or under 60 MB for 1,000 watchers and 80 MB for 5,000:
-memory must not grow with the total size of all pages.
+Issue 10's targets, all measured here in one run: with default settings a pass over 1,000
+url watchers at 50 ms per request takes at most 1.3x the asyncio+aiohttp floor (100 requests
+in flight), 5,000 at most 1.3x, 20,000 at most 1.5x; peak RSS at most 50 MiB at 1,000 and
+60 MiB at 20,000 (70 MiB for the css variant at 5,000); `notifier validate` (start-up plus
+loading the config) of 20,000 watchers within 1 s; and, with `--latency 0 --change 0
+--variants none`, at most 0.3 ms of CPU per checked page.
 
-Both clients run as fresh subprocesses, so their wall time includes interpreter start-up and
-imports exactly as a cron-driven `notifier check` pays them, and their peak RSS is the kernel's
-ru_maxrss of that one child, taken by a tiny wrapper process (see `_WRAPPER` for why). Pass 1 is
-the baseline (every watcher stores its first snapshot); before each later pass ~10 % of the
-pages change, so later passes mix "unchanged" with real diffs. Nothing is asserted: the
-figures are printed side by side for a person to judge.
+The set-up: bench/loopback.py serves `--pages` generated pages (~13 KB each) from `--hosts`
+loopback sites (page i on site i % hosts), as a pass over real watchers visits many sites;
+each request sleeps `--latency`. Three clients fetch every page once per pass:
 
-    .venv/bin/python bench/check_pass.py                 # 1,000 pages, 50 ms latency
+* notifier: `notifier check` on a watchers.yaml with one url watcher per page and nothing
+  else (default `workers`, `per_host`, timeouts). Before pass 1 an untimed `check --send`
+  records every page, so the timed passes are previews against a recorded state: pass 1 is
+  all "unchanged", and before each later pass `--change` of the pages change (the diffs are
+  printed, as a user sees them). `--send` times `check --send` passes instead (state
+  recorded, alerts rendered and delivered to a Maildir).
+* the aiohttp floor: asyncio + aiohttp with 100 requests in flight (`--floor-inflight`),
+  fetching and hashing each page. This is the floor the issue's ratios are taken against.
+* the requests floor: a pooled requests.Session on 100 threads, fetching and hashing.
+
+Every client is a fresh subprocess, so its wall time includes interpreter start-up and
+imports exactly as a cron-driven `notifier check` pays them. Wall time, CPU time (user +
+system) and peak RSS are the kernel's figures for that one child, taken by a tiny wrapper
+process (see `_WRAPPER` for why). CPU per page is the check's CPU minus that of `notifier
+validate` on the same file (start-up and loading), divided by the pages. The server shares
+the machine's cores with the client being measured; nothing is asserted: the figures are
+printed side by side for a person to judge.
+
+    .venv/bin/python bench/check_pass.py                    # 1,000 pages, 50 ms latency
     .venv/bin/python bench/check_pass.py --pages 5000
+    .venv/bin/python bench/check_pass.py --pages 20000
+    .venv/bin/python bench/check_pass.py --latency 0 --change 0 --variants none   # CPU per page
 """
 
 from __future__ import annotations
@@ -30,7 +48,6 @@ import tempfile
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -47,21 +64,23 @@ VARIANTS: dict[str, str] = {
     "css": '[{css: "main article"}, strip]',
     "html2text": "[html2text, strip]",
 }
+TARGETS = {1000: (1.3, 50), 5000: (1.3, None), 20000: (1.5, 60)}  # ratio, MiB (issue 10)
 
 
 @dataclass
 class Run:
-    """One measured subprocess: wall seconds, exit code, peak RSS and what it printed."""
+    """One measured subprocess: wall and CPU seconds, exit code, peak RSS, what it printed."""
 
     seconds: float
+    cpu: float
     returncode: int
-    maxrss_mb: float
+    maxrss_mib: float
     stdout: str = ""
     extra: dict[str, object] = field(default_factory=dict)
 
 
-# Runs the measured command as its own child and reports that child's wall time, exit code and
-# ru_maxrss. It exists because Linux folds the RSS of the process that *forked* a child into
+# Runs the measured command as its own child and reports that child's wall time, CPU, exit code
+# and ru_maxrss. It exists because Linux folds the RSS of the process that *forked* a child into
 # the child's ru_maxrss (exec records the old mm's high-water mark): measured straight from
 # this process, which holds every page body of the server, the floor client "used" 90 MB at
 # 5,000 pages. Forked from this ~10 MB interpreter instead, the inherited share is negligible.
@@ -73,12 +92,12 @@ _, status, usage = os.wait4(child.pid, 0)
 seconds = time.perf_counter() - started
 child.returncode = os.waitstatus_to_exitcode(status)
 with open(sys.argv[1], "w") as out:
-    out.write(f"{seconds} {child.returncode} {usage.ru_maxrss} {os.getpid()}")
+    out.write(f"{seconds} {usage.ru_utime + usage.ru_stime} {child.returncode} {usage.ru_maxrss}")
 """
 
 
 def measure(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -> Run:
-    """Run `cmd`, returning its wall time and the peak RSS of that very child.
+    """Run `cmd`, returning its wall and CPU time and the peak RSS of that very child.
 
     The command runs under `_WRAPPER` (see there why), in its own process group so that a
     timer can kill the wrapper and the command together after `timeout` seconds: the
@@ -99,42 +118,76 @@ def measure(cmd: list[str], timeout: float, env: dict[str, str] | None = None) -
             out.seek(0)
             text = out.read()
         try:
-            seconds, code, maxrss_kib, _ = report.read_text().split()
+            seconds, cpu, code, maxrss_kib = report.read_text().split()
         except (OSError, ValueError):  # killed before it could report
-            return Run(float(timeout), proc.returncode or -9, 0.0, text)
-    return Run(float(seconds), int(code), int(maxrss_kib) / 1024, text)  # ru_maxrss is KiB on Linux
+            return Run(float(timeout), 0.0, proc.returncode or -9, 0.0, text)
+    return Run(float(seconds), float(cpu), int(code), int(maxrss_kib) / 1024, text)  # KiB on Linux
 
 
-def floor_client(base_url: str, pages: int, workers: int) -> None:
-    """The floor: a pooled requests.Session on `workers` threads that fetches and hashes.
+def aiohttp_floor(urls: list[str], inflight: int) -> None:
+    """The floor: asyncio + aiohttp, `inflight` requests at a time, fetch and hash each page.
 
     It keeps nothing but a digest per page, so its time and memory are what fetching alone
-    costs; notifier cannot do less than this. Prints one JSON line for the parent.
+    costs. Prints one JSON line for the parent.
     """
     started = time.perf_counter()
-    import requests  # noqa: PLC0415 - imported here so the parent's import cost is not counted
+    import asyncio  # noqa: PLC0415 - imported here so that the parent's imports are not counted
+
+    import aiohttp  # noqa: PLC0415
+
+    imported = time.perf_counter()
+    digests: list[str] = []
+
+    async def run() -> None:
+        connector = aiohttp.TCPConnector(limit=inflight, limit_per_host=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            todo = iter(urls)
+
+            async def worker() -> None:
+                for url in todo:
+                    async with session.get(url) as response:
+                        response.raise_for_status()
+                        digests.append(hashlib.sha256(await response.read()).hexdigest())
+
+            await asyncio.gather(*(worker() for _ in range(inflight)))
+
+    asyncio.run(run())
+    print(json.dumps({"pages": len(digests), "import_s": imported - started,
+                      "fetch_s": time.perf_counter() - imported}))
+
+
+def requests_floor(urls: list[str], inflight: int) -> None:
+    """The second floor: a pooled requests.Session on `inflight` threads, fetch and hash."""
+    started = time.perf_counter()
+    from concurrent.futures import ThreadPoolExecutor  # noqa: PLC0415 - as above
+
+    import requests  # noqa: PLC0415
     from requests.adapters import HTTPAdapter  # noqa: PLC0415
 
     session = requests.Session()
-    session.mount("http://", HTTPAdapter(pool_connections=1, pool_maxsize=workers, max_retries=0))
+    session.trust_env = False
+    adapter = HTTPAdapter(pool_connections=256, pool_maxsize=inflight, max_retries=0)
+    session.mount("http://", adapter)
     imported = time.perf_counter()
 
-    def fetch(i: int) -> str:
-        response = session.get(f"{base_url}/page/{i}", timeout=30)
+    def fetch(url: str) -> str:
+        response = session.get(url, timeout=30)
         response.raise_for_status()
         return hashlib.sha256(response.content).hexdigest()
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        digests = list(pool.map(fetch, range(pages)))
-    done = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=inflight) as pool:
+        digests = list(pool.map(fetch, urls))
     print(json.dumps({"pages": len(digests), "import_s": imported - started,
-                      "fetch_s": done - imported}))
+                      "fetch_s": time.perf_counter() - imported}))
 
 
-def write_config(path: Path, state_dir: Path, server: PageServer, pages: int, workers: int,
+def write_config(path: Path, state_dir: Path, server: PageServer, pages: int, workers: int | None,
                  filters: str) -> None:
     """A watchers.yaml with one url watcher per page, all with the same filter chain."""
-    lines = [f"state_dir: {json.dumps(str(state_dir))}", f"workers: {workers}", "watchers:"]
+    lines = [f"state_dir: {json.dumps(str(state_dir))}"]
+    if workers is not None:
+        lines.append(f"workers: {workers}")
+    lines.append("watchers:")
     for i in range(pages):
         lines += [f"  - name: page-{i:05d}", "    kind: url", f"    url: {server.url(i)}",
                   f"    filters: {filters}"]
@@ -155,92 +208,119 @@ def tail(text: str, lines: int = 8) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--pages", type=int, default=1000, help="pages = url watchers (1000)")
+    parser.add_argument("--hosts", type=int, default=50,
+                        help="loopback sites the pages are spread over (50)")
     parser.add_argument("--latency", type=float, default=0.05,
                         help="seconds the server sleeps per request (0.05)")
-    parser.add_argument("--workers", type=int, default=32,
-                        help="notifier `workers:` and the floor's threads and pool size (32)")
-    parser.add_argument("--passes", type=int, default=3, help="passes; pass 1 is the baseline (3)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="set notifier's `workers:` (default: leave notifier's default)")
+    parser.add_argument("--floor-inflight", type=int, default=100,
+                        help="requests in flight for both floors (100)")
+    parser.add_argument("--passes", type=int, default=3, help="timed passes (3)")
     parser.add_argument("--change", type=float, default=0.10,
-                        help="fraction of pages changed before each later pass (0.10)")
+                        help="fraction of pages changed before each pass after the first (0.10)")
     parser.add_argument("--variants", default="strip,css",
                         help=f"filter chains to run, comma-separated, from {', '.join(VARIANTS)}")
+    parser.add_argument("--send", action="store_true",
+                        help="time `check --send` (record and alert) instead of preview passes")
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="kill any one measured subprocess after this many seconds (600)")
-    parser.add_argument("--floor-url", help=argparse.SUPPRESS)  # internal: run as the floor client
+    parser.add_argument("--floor", choices=["aiohttp", "requests"], help=argparse.SUPPRESS)
+    parser.add_argument("--urls", help=argparse.SUPPRESS)  # internal: the floor's url list
     args = parser.parse_args()
-    if args.floor_url:
-        floor_client(args.floor_url, args.pages, args.workers)
+    if args.floor:
+        urls = Path(args.urls).read_text(encoding="utf-8").split()
+        (aiohttp_floor if args.floor == "aiohttp" else requests_floor)(urls, args.floor_inflight)
         return 0
 
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     unknown = [v for v in variants if v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    env = {k: v for k, v in os.environ.items() if k not in ("STATE_DIRECTORY", "NOTIFIER_CONFIG")}
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("STATE_DIRECTORY", "NOTIFIER_CONFIG") and not k.lower().endswith("_proxy")}
     notifier = str(VENV_BIN / "notifier")
+    check = [notifier, "check", "--send"] if args.send else [notifier, "check"]
 
     setup_started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="notifier-bench-") as tmp, \
-            PageServer(args.pages, args.latency) as server:
-        print(f"server {server.base_url}: {args.pages} pages, {server.total_bytes / 1e6:.1f} MB in "
-              f"total ({server.total_bytes / args.pages / 1024:.1f} KiB each), latency "
-              f"{args.latency * 1000:g} ms, {args.change:.0%} change per pass; workers {args.workers}; "
-              f"{os.cpu_count()} CPUs (shared with the server); setup "
-              f"{time.perf_counter() - setup_started:.1f}s")
-        configs = {}
+            PageServer(args.pages, args.latency, hosts=args.hosts) as server:
+        print(f"server: {args.pages} pages on {args.hosts} loopback sites, "
+              f"{server.total_bytes / 2**20:.1f} MiB in total ({server.total_bytes / args.pages / 1024:.1f} "
+              f"KiB each), latency {args.latency * 1000:g} ms, {args.change:.0%} change per pass; "
+              f"notifier {'workers ' + str(args.workers) if args.workers else 'defaults'}, floors "
+              f"{args.floor_inflight} in flight; {os.cpu_count()} CPUs (shared with the server); "
+              f"setup {time.perf_counter() - setup_started:.1f}s", flush=True)
+        url_file = Path(tmp) / "urls.txt"
+        url_file.write_text("\n".join(server.url(i) for i in range(args.pages)) + "\n", encoding="utf-8")
+        configs, startup = {}, {}
         for variant in variants:
             cfg = Path(tmp) / f"{variant}.yaml"
             write_config(cfg, Path(tmp) / f"state-{variant}", server, args.pages, args.workers,
                          VARIANTS[variant])
             configs[variant] = cfg
-            # Start-up plus config load, no fetching: also warms the OS file cache for imports.
-            run = measure([notifier, "-c", str(cfg), "validate"], args.timeout, env)
-            print(f"  {variant:9} `notifier validate`: {run.seconds:.2f}s, peak RSS "
-                  f"{run.maxrss_mb:.1f} MB (start-up + loading {args.pages} watchers), "
-                  f"exit {run.returncode}")
+            measure([notifier, "-c", str(cfg), "validate"], args.timeout, env)  # warm the file cache
+            run = startup[variant] = measure([notifier, "-c", str(cfg), "validate"], args.timeout, env)
+            print(f"  {variant:9} `notifier validate`: {run.seconds:.2f}s wall, {run.cpu:.2f}s CPU, "
+                  f"peak RSS {run.maxrss_mib:.1f} MiB (start-up + loading {args.pages} watchers), "
+                  f"exit {run.returncode}", flush=True)
             if run.returncode:
                 print(tail(run.stdout))
-        floor_cmd = [sys.executable, __file__, "--floor-url", server.base_url,
-                     "--pages", str(args.pages), "--workers", str(args.workers)]
-        rows: list[tuple[str, ...]] = []
-        for n in range(1, args.passes + 1):
-            changed = len(server.mutate(args.change)) if n > 1 else 0
+            seed = measure([notifier, "-c", str(cfg), "check", "--send"], args.timeout, env)
             server.reset_counts()
-            floor = measure(floor_cmd, args.timeout, env)
-            f_req, f_conn = server.reset_counts()
-            try:
-                floor.extra = json.loads(floor.stdout.strip().splitlines()[-1])
-            except (ValueError, IndexError):
-                print(f"floor failed (exit {floor.returncode}):\n{tail(floor.stdout)}")
+            print(f"  {variant:9} untimed `check --send` recording the state: {seed.seconds:.2f}s, "
+                  f"exit {seed.returncode}: {outcomes(seed.stdout)}", flush=True)
+        floors = {name: [sys.executable, __file__, "--floor", name, "--urls", str(url_file),
+                         "--floor-inflight", str(args.floor_inflight)] for name in ("aiohttp", "requests")}
+        rows: list[tuple[str, ...]] = []
+        per_page: dict[str, list[float]] = {v: [] for v in variants}
+        for n in range(1, args.passes + 1):
+            changed = len(server.mutate(args.change)) if n > 1 and args.change else 0
+            server.reset_counts()
+            results: dict[str, Run] = {}
+            for name, cmd in floors.items():
+                run = results[f"{name} floor"] = measure(cmd, args.timeout, env)
+                peak = server.peak_per_site()
+                run.extra = {"reqconn": "/".join(map(str, server.reset_counts())),
+                             "peak": peak, "outcomes": f"exit {run.returncode}"}
+                if run.returncode:
+                    print(f"{name} floor failed (exit {run.returncode}):\n{tail(run.stdout)}")
             for variant in variants:
-                run = measure([notifier, "-c", str(configs[variant]), "check"], args.timeout, env)
-                n_req, n_conn = server.reset_counts()
+                run = results[f"notifier {variant}"] = measure(
+                    [*check[:1], "-c", str(configs[variant]), *check[1:]], args.timeout, env)
+                peak = server.peak_per_site()
+                run.extra = {"reqconn": "/".join(map(str, server.reset_counts())), "peak": peak,
+                             "outcomes": f"exit {run.returncode}: {outcomes(run.stdout)}"}
                 if run.returncode not in (0, 1):  # 1 = changes found, which is expected
                     print(f"notifier check ({variant}, pass {n}) exit {run.returncode}:\n{tail(run.stdout)}")
-                db = configs[variant].parent / f"state-{variant}" / "state.db"
-                db_mb = sum(p.stat().st_size for p in db.parent.glob("state.db*")) / 1e6 if db.exists() else 0
-                rows.append((
-                    f"{n}{' (baseline)' if n == 1 else f' ({changed} changed)'}", variant,
-                    f"{run.seconds:.2f}", f"{floor.seconds:.2f}", f"{run.seconds / floor.seconds:.2f}",
-                    f"{run.maxrss_mb:.1f}", f"{floor.maxrss_mb:.1f}",
-                    f"{n_req}/{n_conn}", f"{f_req}/{f_conn}", f"{db_mb:.1f}",
-                    f"exit {run.returncode}: {outcomes(run.stdout)}",
-                ))
-            print(f"  pass {n} done (floor: import {floor.extra.get('import_s', 0):.2f}s + fetch "
-                  f"{floor.extra.get('fetch_s', 0):.2f}s inside its {floor.seconds:.2f}s)", flush=True)
+                per_page[variant].append((run.cpu - startup[variant].cpu) / args.pages * 1000)
+            aio, req = results["aiohttp floor"].seconds, results["requests floor"].seconds
+            for client, run in results.items():
+                rows.append((f"{n}" + (f" ({changed} changed)" if n > 1 else ""), client,
+                             f"{run.seconds:.2f}", f"{run.cpu:.2f}", f"{run.maxrss_mib:.1f}",
+                             f"{run.seconds / aio:.2f}", f"{run.seconds / req:.2f}",
+                             str(run.extra["reqconn"]), str(run.extra["peak"]), str(run.extra["outcomes"])))
+            print(f"  pass {n} done", flush=True)
 
-    header = ("pass", "filters", "notifier s", "floor s", "ratio", "notifier RSS MB", "floor RSS MB",
-              "notifier req/conn", "floor req/conn", "state.db MB", "notifier outcomes")
+    header = ("pass", "client", "wall s", "CPU s", "peak RSS MiB", "/aiohttp", "/requests",
+              "req/conn", "peak conn/site", "outcomes")
     widths = [max(len(header[c]), *(len(r[c]) for r in rows)) for c in range(len(header))]
     print()
     print("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
     print("  ".join("-" * w for w in widths))
     for row in rows:
         print("  ".join(v.ljust(w) for v, w in zip(row, widths, strict=True)))
-    print(f"\ntargets (issue): ratio <= 1.5 at 50 ms latency; notifier peak RSS <= 60 MB at 1,000 "
-          f"watchers, <= 80 MB at 5,000. Ideal pass time here ~ pages/workers x latency = "
-          f"{args.pages / args.workers * args.latency:.2f}s. req/conn = requests and new TCP "
-          f"connections the server saw.")
+    print()
+    for variant in variants:
+        figures = ", ".join(f"{ms:.3f}" for ms in per_page[variant])
+        print(f"CPU per page, {variant}: {figures} ms (check CPU - validate CPU "
+              f"{startup[variant].cpu:.2f}s, / {args.pages} pages)")
+    ratio, mib = TARGETS.get(args.pages, (None, None))
+    print(f"\ntargets (issue 10): ratio to the aiohttp floor <= {ratio or '1.3 (1k, 5k) / 1.5 (20k)'} at "
+          f"50 ms; peak RSS <= {mib or '50 (1k) / 60 (20k)'} MiB (css at 5k <= 70 MiB); validate of "
+          f"20k <= 1 s; CPU per page (none, unchanged, 0 ms) <= 0.3 ms. Ideal pass here ~ pages / "
+          f"100 in flight x latency = {args.pages / 100 * args.latency:.2f}s plus start-up. "
+          f"req/conn = requests and new TCP connections the server saw.")
     return 0
 
 

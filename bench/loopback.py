@@ -9,12 +9,19 @@ per-request latency (so concurrency, not raw parsing speed, decides the pass tim
 It deliberately does not depend on tests/: benchmarks must keep working whatever the test
 fixtures become. Pages are generated once and cached as bytes, so serving costs the server
 process next to nothing and the figures measure the client, not the generator.
+
+With `hosts=N` the pages are spread over N sites, page i on site i % N, each its own loopback
+address (127.0.0.1, 127.0.0.2, ...: Linux routes all of 127/8 to lo) and port, as a pass over
+real watchers visits many sites. One accept loop serves them all; the server notes the most
+connections each site had open at once, which is what a client's per-host limit promises.
 """
 
 from __future__ import annotations
 
 import random
 import re
+import selectors
+import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -153,7 +160,11 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.server.count_connection()
+        self.server.count_connection(self.request.getsockname()[:2])
+
+    def finish(self) -> None:
+        super().finish()
+        self.server.count_disconnection(self.request.getsockname()[:2])
 
     def log_message(self, format: str, *args: object) -> None:
         """Silence the per-request log: thousands of lines would cost more than the request."""
@@ -163,15 +174,18 @@ class PageServer(ThreadingHTTPServer):
     """ThreadingHTTPServer on 127.0.0.1 with `pages` generated pages and a `version` per page.
 
     Use as a context manager; `url(i)` is the address of page i, `mutate(0.1)` changes about
-    10 % of the pages (seeded, so runs are repeatable).
+    10 % of the pages (seeded, so runs are repeatable). With `hosts` > 1 the pages are spread
+    over that many loopback sites (see the module's docstring).
     """
 
     daemon_threads = True  # a stuck client connection never keeps the benchmark alive
-    request_queue_size = 1024  # 32+ clients opening connections at once must not be refused
+    request_queue_size = 1024  # 100+ clients opening connections at once must not be refused
     allow_reuse_address = True
 
-    def __init__(self, pages: int, latency: float = 0.0, seed: int = 0) -> None:
+    def __init__(self, pages: int, latency: float = 0.0, seed: int = 0, hosts: int = 1) -> None:
         """`latency`: seconds each request sleeps before answering (simulated remote site)."""
+        if not 1 <= hosts <= 250:
+            raise ValueError("hosts must be between 1 and 250 (127.0.0.1 to 127.0.0.250)")
         super().__init__(("127.0.0.1", 0), _Handler)
         self.pages = pages
         self.latency = latency
@@ -181,15 +195,28 @@ class PageServer(ThreadingHTTPServer):
         self._stats_lock = threading.Lock()
         self.requests = 0
         self.connections = 0
+        self._open: dict[tuple[str, int], int] = {}
+        self.peak_open: dict[tuple[str, int], int] = {}
+        self._listeners = [self.socket]
+        for k in range(1, hosts):
+            listener = socket.create_server((f"127.0.0.{k + 1}", 0), backlog=self.request_queue_size)
+            self._listeners.append(listener)
+        self._origins = [f"http://{host}:{port}" for host, port, *_ in
+                         (sock.getsockname() for sock in self._listeners)]
+        self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
     @property
     def base_url(self) -> str:
-        host, port = self.server_address[:2]
-        return f"http://{host!s}:{port}"
+        """The first site's origin (all of them: `origins`)."""
+        return self._origins[0]
+
+    @property
+    def origins(self) -> list[str]:
+        return list(self._origins)
 
     def url(self, index: int) -> str:
-        return f"{self.base_url}/page/{index}"
+        return f"{self._origins[index % len(self._origins)]}/page/{index}"
 
     def body(self, index: int) -> bytes | None:
         """The current bytes of page `index`, or None for an unknown page."""
@@ -211,28 +238,58 @@ class PageServer(ThreadingHTTPServer):
         with self._stats_lock:
             self.requests += 1
 
-    def count_connection(self) -> None:
+    def count_connection(self, site: tuple[str, int] = ("", 0)) -> None:
         with self._stats_lock:
             self.connections += 1
+            now = self._open[site] = self._open.get(site, 0) + 1
+            self.peak_open[site] = max(self.peak_open.get(site, 0), now)
+
+    def count_disconnection(self, site: tuple[str, int] = ("", 0)) -> None:
+        with self._stats_lock:
+            self._open[site] = self._open.get(site, 1) - 1
 
     def reset_counts(self) -> tuple[int, int]:
-        """(requests, connections) since the last reset, then zero them."""
+        """(requests, connections) since the last reset, then zero them (and the peaks)."""
         with self._stats_lock:
             counts = (self.requests, self.connections)
             self.requests = self.connections = 0
+            self.peak_open = dict(self._open)
         return counts
 
+    def peak_per_site(self) -> int:
+        """The most connections any one site had open at once since the last reset."""
+        with self._stats_lock:
+            return max(self.peak_open.values(), default=0)
+
+    def serve(self) -> None:
+        """Accept on every site's socket; each connection gets a thread (ThreadingMixIn)."""
+        with selectors.DefaultSelector() as selector:
+            for listener in self._listeners:
+                listener.setblocking(False)
+                selector.register(listener, selectors.EVENT_READ)
+            while not self._stopping.is_set():
+                for key, _ in selector.select(0.1):
+                    try:
+                        conn, address = key.fileobj.accept()  # type: ignore[union-attr]
+                    except (BlockingIOError, InterruptedError):
+                        continue
+                    except OSError:
+                        continue  # closed while stopping
+                    conn.setblocking(True)
+                    self.process_request(conn, address)
+
     def start(self) -> PageServer:
-        self._thread = threading.Thread(target=self.serve_forever, kwargs={"poll_interval": 0.1},
-                                        name="loopback-http", daemon=True)
+        self._thread = threading.Thread(target=self.serve, name="loopback-http", daemon=True)
         self._thread.start()
         return self
 
     def stop(self) -> None:
         if self._thread is not None:
-            self.shutdown()
+            self._stopping.set()
             self._thread.join(timeout=5)
             self._thread = None
+        for listener in self._listeners[1:]:
+            listener.close()
         self.server_close()
 
     def __enter__(self) -> PageServer:

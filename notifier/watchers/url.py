@@ -14,7 +14,7 @@ import hashlib
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC
 from email.utils import parsedate_to_datetime
@@ -35,9 +35,17 @@ from urllib3.response import BaseHTTPResponse
 from notifier.binary import binary_type, summary
 from notifier.charset import codec_name, decode_text
 from notifier.errors import WatchError
-from notifier.kinds import Fetched, Watcher
+from notifier.kinds import Fetched, Shared, Watcher
 from notifier.options import REQUIRED, Bool, Choice, Duration, Int, MapOf, Option, Str
-from notifier.watchers._http import DEFAULT_HEADERS, Deadline, Request, close_pools, discard, limits
+from notifier.watchers._http import (
+    DEFAULT_HEADERS,
+    Deadline,
+    Request,
+    close_pools,
+    configure,
+    discard,
+    limits,
+)
 from notifier.watchers._redirects import BadRedirect, TooManyRedirects, follow
 
 MiB = 1024 * 1024
@@ -108,7 +116,7 @@ class Url(Watcher, kind="url"):
         if ca_file and not verify:
             raise ValueError("ca_file and verify: false contradict each other; keep one")
         if verify and not ca_file:  # requests' variables, still honoured
-            ca_file = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
+            ca_file = _environ_ca_file()
         data = options.get("data")
         self.request = Request.to(self.url, method=self.method, headers=_headers(options.get("headers")),
                                   body=None if data is None else data.encode(),
@@ -123,6 +131,10 @@ class Url(Watcher, kind="url"):
     @classmethod
     def shut_down(cls) -> None:
         close_pools()
+
+    @classmethod
+    def configured(cls, watchers: Sequence[Watcher], shared: Shared) -> None:
+        configure(shared.per_host)
 
     def fetch(self, previous: Mapping[str, str]) -> Fetched:
         request = self.request
@@ -179,6 +191,8 @@ class Url(Watcher, kind="url"):
         length = response.headers.get("Content-Length", "")
         if length.isdigit() and int(length) > self.max_bytes:
             raise self._too_big()
+        if length.isdigit() and "Content-Encoding" not in response.headers:
+            return response.read()  # exactly the length, which is within max_bytes: one read
         chunks, size = [], 0
         for chunk in response.stream(CHUNK):
             if deadline.passed():
@@ -255,6 +269,16 @@ class Url(Watcher, kind="url"):
         else:
             text = f"{what} failed: {_reason(exc)}; check the watcher's url and options."
         return WatchError(text)
+
+
+_shared: dict[str, str] = {}
+
+
+def _environ_ca_file() -> str | None:
+    """$REQUESTS_CA_BUNDLE or $CURL_CA_BUNDLE, as one string shared by every watcher (each
+    read of os.environ makes a new one: 80 bytes a watcher)."""
+    found = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
+    return _shared.setdefault(found, found) if found else None
 
 
 def _headers(given: Mapping[str, str] | None) -> Mapping[str, str]:

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +18,8 @@ from notifier.watchers import _http
 from notifier.watchers._http import PER_HOST, close_pools, configure, limits
 from notifier.watchers._watchdog import watchdog
 from notifier.watchers.url import Url
-from tests.servers.http import LocalHTTPServer, Stream
+from tests.servers.http import LocalHTTPServer, Stream, server_context
+from tests.servers.smtp import LocalCA
 
 TIMEOUT = 1.0
 SLACK = 0.5  # scheduling noise on a loaded machine; a per-read timeout would never fire at all
@@ -178,3 +180,35 @@ def test_redirect_to_another_scheme_is_explained(http_server: LocalHTTPServer) -
     with pytest.raises(WatchError, match=r"redirected to ftp://example\.com/file, which notifier "
                                          r"cannot follow"):
         watcher(http_server.url("/ftp")).fetch({})
+
+
+def test_tls_is_verified_against_ca_file_or_fails_with_a_hint(tls_ca: LocalCA) -> None:
+    with LocalHTTPServer(tls=server_context(tls_ca)) as server:
+        assert watcher(server.url("/"), ca_file=tls_ca.ca_file).fetch({}).text == "hello"
+        with pytest.raises(WatchError, match=r"failed the TLS certificate check \(.*\); set ca_file"):
+            watcher(server.url("/")).fetch({})  # the test CA is in no default bundle
+        # verify: false is the user's call: it works, and warns nobody on every request
+        assert watcher(server.url("/"), verify=False).fetch({}).text == "hello"
+
+
+def test_an_unreadable_ca_file_is_a_watch_error(http_server: LocalHTTPServer, tmp_path: Path) -> None:
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    with pytest.raises(WatchError, match=r"failed: .*; check the watcher's files and settings"):
+        watcher("https://127.0.0.1:1/", ca_file=str(bad)).fetch({})
+
+
+def test_url_credentials_and_netrc_become_basic_auth(http_server: LocalHTTPServer, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    port = http_server.server_address[1]
+    watcher(f"http://user:p%40ss@127.0.0.1:{port}/").fetch({})
+    assert http_server.requests("/")[-1].headers["authorization"] == "Basic dXNlcjpwQHNz"  # user:p@ss
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login robot password s3cret\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    close_pools()  # .netrc is read once per host
+    watcher(http_server.url("/")).fetch({})
+    assert http_server.requests("/")[-1].headers["authorization"] == "Basic cm9ib3Q6czNjcmV0"
+    watcher(http_server.url("/"), headers={"Authorization": "Bearer mine"}).fetch({})
+    assert http_server.requests("/")[-1].headers["authorization"] == "Bearer mine"
