@@ -67,12 +67,14 @@ class Alerter:
                            subject_prefix=self.cfg.subject_prefix)
         return self._queue(wc, ctx, now)
 
-    def test(self, now: float, to: Sequence[str] = ()) -> Queued:
-        """A test alert through the default account, to `to` or the configured recipients."""
-        account = self.cfg.default_account
+    def test(self, now: float, to: Sequence[str] = (), account: str | None = None,
+             probe: str | None = None) -> Queued:
+        """A test alert through `account` (else the default one), to `to` or the configured
+        recipients; `probe` is verify-delivery's token, shown in the body to be found again."""
+        account = account or self.cfg.default_account
+        extra = {"via": self._via(account)} | ({"probe": probe} if probe else {})
         ctx = AlertContext(kind="test", watcher=None, at=self._at(None, now),
-                           subject_prefix=self.cfg.subject_prefix,
-                           extra={"via": self._via(account)})
+                           subject_prefix=self.cfg.subject_prefix, extra=extra)
         recipients = Recipients(tuple(to)) if to else self.cfg.recipients
         return self._build(ctx, account, recipients, self._renderer(None), 0.0, None, [])[0]
 

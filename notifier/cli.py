@@ -54,6 +54,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     logs.setup("debug" if args.debug else args.log_level or "warning", args.debug_smtp)
+    if args.debug_imap:  # the IMAP/POP3 dialogue, LOGIN/AUTHENTICATE/PASS masked by notifier.receive
+        logging.getLogger("notifier.imap").setLevel(logging.DEBUG)
     try:
         code: int = args.func(args)
         return code
@@ -100,6 +102,8 @@ def _global_options(parser: argparse.ArgumentParser, suppress: bool) -> None:
                         default=default(None))
     parser.add_argument("--debug-smtp", action="store_true", default=default(False),
                         help="log the SMTP dialogue (credentials masked)")
+    parser.add_argument("--debug-imap", action="store_true", default=default(False),
+                        help="log the IMAP/POP3 dialogue (credentials masked)")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -136,6 +140,24 @@ def _parser() -> argparse.ArgumentParser:
                    help="retry: make held and dead messages due again now")
     p = command("test-mail", cmd_test_mail, "send a test alert and report the server's answer")
     p.add_argument("--to", action="append", default=[], metavar="ADDR", help="recipient (repeatable)")
+    p = command("verify-delivery", cmd_verify_delivery, "send a probe alert and find it in the "
+                "receiving mailbox: exit 0 inbox, 1 junk, 2 not found, 3 bounced")
+    p.add_argument("--account", metavar="NAME", help="smtp account to probe (default: the default one)")
+    p.add_argument("--to", metavar="ADDR", help="recipient (default: the receiving mailbox's login)")
+    p.add_argument("--timeout", type=_duration, default=180.0, metavar="DURATION",
+                   help="how long to look for it after it was accepted (default 3m)")
+    p.add_argument("--keep", action="store_true", help="leave the probe in the mailbox")
+    p = command("inbox", cmd_inbox, "list the newest mail in a receiving account, or show one")
+    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
+    p.add_argument("uid", nargs="?", metavar="UID", help="for show: the number `inbox` lists")
+    p.add_argument("--account", metavar="NAME", help="imap or pop3 account (default: the only one)")
+    p.add_argument("--folder", default="INBOX", help="IMAP folder (default INBOX)")
+    p.add_argument("--limit", type=int, default=20, help="how many to list (default 20)")
+    p.add_argument("--from", dest="sender", metavar="TEXT", help="only mail whose From contains TEXT")
+    p.add_argument("--subject", metavar="TEXT", help="only mail whose Subject contains TEXT")
+    p.add_argument("--since", type=_date, metavar="YYYY-MM-DD", help="only mail from this day on")
+    p.add_argument("--save-attachments", type=Path, metavar="DIR",
+                   help="for show: save attachments into DIR (safe names, never overwriting)")
     p = command("test-filter", cmd_test_filter, "fetch once and show the text after each filter")
     p.add_argument("name", metavar="NAME")
     p = command("kinds", cmd_kinds, "list watcher and filter kinds with their options")
@@ -524,6 +546,49 @@ def cmd_test_mail(args: argparse.Namespace) -> int:
     for addr, reason in refused.items():
         print(f"refused {addr}: {reason}")
     return EXIT_FAILED if refused else EXIT_OK
+
+
+def _duration(text: str) -> float:
+    from notifier.options import Duration  # noqa: PLC0415 - only these commands parse durations
+
+    try:
+        return float(Duration().parse(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _date(text: str) -> datetime:
+    try:
+        return datetime.strptime(text, "%Y-%m-%d")
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a date like 2026-12-01, got {text!r}") from None
+
+
+def cmd_verify_delivery(args: argparse.Namespace) -> int:
+    """A 250 from the server is not an alert in the inbox: send a probe and go and look."""
+    from notifier.verify import verify  # noqa: PLC0415 - see the note at the imports
+
+    cfg = _load(args)
+    result = verify(cfg, args.account, args.to, args.timeout, args.keep, args.debug_smtp)
+    for line in result.lines():
+        print(line)
+    return result.exit_code
+
+
+def cmd_inbox(args: argparse.Namespace) -> int:
+    from notifier import reading  # noqa: PLC0415 - see the note at the imports
+
+    cfg = _load(args)
+    box = reading.mailbox(cfg, args.account)
+    if args.action == "show":
+        if not args.uid:
+            raise UsageError("`notifier inbox show` needs the UID of a message; `notifier inbox` lists them.")
+        for line in reading.show(reading.fetch(box, args.uid, args.folder), args.save_attachments):
+            print(line)
+        return EXIT_OK
+    for listed in reading.listing(box, args.limit, args.sender, args.subject, args.since, args.folder):
+        print(listed.line())
+    return EXIT_OK
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -25,7 +25,11 @@ from notifier.secrets import Secret, SecretRef
 from notifier.sections import (
     DEFAULT_PORTS,
     DEFAULTS_OPTIONS,
+    IMAP_OPTIONS,
     MAIL_OPTIONS,
+    MAILBOX_PORTS,
+    MAILBOX_PROVIDERS,
+    POP3_OPTIONS,
     PROVIDERS,
     SMTP_OPTIONS,
     TOP_OPTIONS,
@@ -50,6 +54,22 @@ class SmtpAccount:
     timeout: float
     ca_file: str | None
     from_must_match: bool = False
+    verify_with: str | None = None  # the Mailbox that receives this account's alerts
+
+
+@dataclass(frozen=True)
+class Mailbox:
+    """One receiving account, under `imap:` or `pop3:`; the password is read only to log in."""
+
+    name: str
+    protocol: str  # "imap" or "pop3"
+    host: str
+    port: int
+    security: str
+    username: str | None
+    password: Secret | SecretRef
+    timeout: float
+    ca_file: str | None
 
 
 @dataclass(frozen=True)
@@ -116,6 +136,7 @@ class Config:
     workers: int
     log_level: str
     warnings: tuple[Problem, ...] = ()
+    mailboxes: Mapping[str, Mailbox] = field(default_factory=dict)
 
     def watcher(self, name: str) -> WatcherConfig | None:
         return next((w for w in self.watchers if w.name == name), None)
@@ -175,6 +196,11 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None,
     if top["timezone"] and "timezone" not in raw_defaults:
         defaults["timezone"] = top["timezone"]
     accounts = _accounts(col, top["smtp"], env, line_of(raw, "smtp"))
+    mailboxes = _mailboxes(col, raw, top, env)
+    for account in accounts.values():
+        if account.verify_with and account.verify_with not in mailboxes:
+            col.add(line_of(raw.get("smtp"), account.name), f"smtp.{account.name}.verify_with",
+                    f"names no account under imap or pop3; known: {', '.join(mailboxes) or 'none'}.")
     watchers = _watchers(col, top["watchers"], defaults, raw_defaults, line_of(raw, "watchers"))
     default_account = mail["account"] or next(iter(accounts), None)
     if default_account and default_account not in accounts:
@@ -202,6 +228,7 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None,
         workers=top["workers"],
         log_level=top["log_level"],
         warnings=tuple(col.warnings),
+        mailboxes=mailboxes,
     )
 
 
@@ -283,7 +310,7 @@ def _accounts(col: _Collector, raw: object, env: Mapping[str, str],
             name=str(name), host=host, port=values["port"] or DEFAULT_PORTS[security],
             security=security, username=values["username"], password=password,
             sender=values["from"], timeout=values["timeout"], ca_file=values["ca_file"],
-            from_must_match=bool(preset.get("from_must_match")),
+            from_must_match=bool(preset.get("from_must_match")), verify_with=values["verify_with"],
         )
         if account.from_must_match and account.sender and account.username and \
                 account.username.lower() not in account.sender.lower():
@@ -292,6 +319,42 @@ def _accounts(col: _Collector, raw: object, env: Mapping[str, str],
                                         f"whose From is not the login. Use {account.username}."))
         accounts[str(name)] = account
     return accounts
+
+
+def _mailboxes(col: _Collector, raw: Mapping[str, Any], top: dict[str, Any],
+               env: Mapping[str, str]) -> dict[str, Mailbox]:
+    """The receiving accounts of `imap:` and `pop3:`; one name space, since `verify_with:` and
+    the commands name them without saying which protocol."""
+    found: dict[str, Mailbox] = {}
+    for protocol, options in (("imap", IMAP_OPTIONS), ("pop3", POP3_OPTIONS)):
+        section = top[protocol]
+        if section is None:
+            continue
+        if not isinstance(section, dict):
+            col.add(line_of(raw, protocol), protocol, f"must map account names to settings, like "
+                    f"`{protocol}: {{main: {{provider: qq, ...}}}}`.")
+            continue
+        for name, spec in section.items():
+            path = f"{protocol}.{name}"
+            values = col.options(spec, options, path, line_of(section, name))
+            preset = MAILBOX_PROVIDERS.get(values["provider"] or "")
+            host = values["host"] or (preset[0 if protocol == "imap" else 1] if preset else None)
+            security = values["security"] or "ssl"
+            if not host:
+                col.add(line_of(section, name), path, "needs a host or a provider (163, qq, gmail, outlook).")
+                continue
+            if str(name) in found:
+                col.add(line_of(section, name), path, "is also the name of an imap account; "
+                        "give each mailbox its own name.")
+                continue
+            found[str(name)] = Mailbox(
+                name=str(name), protocol=protocol, host=host,
+                port=values["port"] or MAILBOX_PORTS[protocol][security], security=security,
+                username=values["username"],
+                password=SecretRef(env=values["password_env"], file=values["password_file"],
+                                   credential=values["password_credential"], environ=env),
+                timeout=values["timeout"], ca_file=values["ca_file"])
+    return found
 
 
 def _watchers(col: _Collector, raw: object, defaults: dict[str, Any], raw_defaults: object,

@@ -10,7 +10,15 @@ from typing import Any
 
 from notifier.kinds import filter_kinds, watcher_kinds
 from notifier.options import Option, schema_for
-from notifier.sections import DEFAULTS_OPTIONS, MAIL_OPTIONS, SMTP_OPTIONS, TOP_OPTIONS, WATCHER_OPTIONS
+from notifier.sections import (
+    DEFAULTS_OPTIONS,
+    IMAP_OPTIONS,
+    MAIL_OPTIONS,
+    POP3_OPTIONS,
+    SMTP_OPTIONS,
+    TOP_OPTIONS,
+    WATCHER_OPTIONS,
+)
 
 
 def _filter_schema() -> dict[str, Any]:
@@ -42,6 +50,8 @@ def generate() -> dict[str, Any]:
     top["properties"].update({
         "mail": schema_for(MAIL_OPTIONS),
         "smtp": {"type": "object", "additionalProperties": schema_for(SMTP_OPTIONS)},
+        "imap": {"type": "object", "additionalProperties": schema_for(IMAP_OPTIONS)},
+        "pop3": {"type": "object", "additionalProperties": schema_for(POP3_OPTIONS)},
         "defaults": schema_for(DEFAULTS_OPTIONS),
         "watchers": _watcher_schema(),
     })
@@ -67,7 +77,9 @@ def markdown() -> str:
     out = [MARKDOWN_BEGIN, "", "#### Every watcher (and `defaults:`, except name, kind and filters)", ""]
     out += _table(WATCHER_OPTIONS)
     for title, options in (("Top level", TOP_OPTIONS), ("`mail:`", MAIL_OPTIONS),
-                           ("Each account under `smtp:`", SMTP_OPTIONS)):
+                           ("Each account under `smtp:`", SMTP_OPTIONS),
+                           ("Each account under `imap:`", IMAP_OPTIONS),
+                           ("Each account under `pop3:`", POP3_OPTIONS)):
         out += ["", f"#### {title}", "", *_table(options)]
     for name, cls in sorted(watcher_kinds().items()):
         out += ["", f"#### `kind: {name}` — {cls.summary()}", "", *_table(cls.options)]

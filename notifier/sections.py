@@ -75,7 +75,42 @@ SMTP_OPTIONS: tuple[Option, ...] = (
     Option("from", Address(), None, "From address; 163 and QQ require it to equal username."),
     Option("timeout", Duration(), 30.0, "Seconds to wait for the server before retrying later."),
     Option("ca_file", Str(), None, "Extra CA bundle to trust; certificates are always verified."),
+    Option("verify_with", Str(), None, "Name of the imap/pop3 account that receives this account's "
+           "alerts, for `notifier verify-delivery`."),
 )
+
+# Receiving servers by provider: (imap host, pop3 host); both implicit TLS on 993 / 995.
+MAILBOX_PROVIDERS: dict[str, tuple[str, str]] = {
+    "163": ("imap.163.com", "pop.163.com"),
+    "qq": ("imap.qq.com", "pop.qq.com"),
+    "gmail": ("imap.gmail.com", "pop.gmail.com"),
+    "outlook": ("outlook.office365.com", "outlook.office365.com"),
+}
+MAILBOX_PORTS = {"imap": {"ssl": 993, "starttls": 143, "none": 143},
+                 "pop3": {"ssl": 995, "starttls": 110, "none": 110}}
+
+
+def mailbox_options(protocol: str) -> tuple[Option, ...]:
+    """The keys of one account under `imap:` or `pop3:`; the two differ only in their ports."""
+    ssl, plain = MAILBOX_PORTS[protocol]["ssl"], MAILBOX_PORTS[protocol]["none"]
+    return (
+        Option("provider", Choice(*MAILBOX_PROVIDERS), None,
+               "Preset host/port/security: 163, qq, gmail, outlook."),
+        Option("host", Str(), None, f"{protocol.upper()} server host name."),
+        Option("port", Int(minimum=1), None, f"Port; defaults by security: {ssl} (ssl) or {plain}."),
+        Option("security", Choice("ssl", "starttls", "none"), None,
+               f"ssl = implicit TLS ({ssl}), starttls ({plain}), none (local servers only)."),
+        Option("username", Str(), None, "Login name, usually the full mail address."),
+        Option("password_env", Str(), None, "Environment variable holding the password/authorization code."),
+        Option("password_file", Str(), None, "File holding the password/authorization code."),
+        Option("password_credential", Str(), None, "systemd credential name (LoadCredential=) holding it."),
+        Option("timeout", Duration(), 30.0, "Seconds to wait for the server."),
+        Option("ca_file", Str(), None, "Extra CA bundle to trust; certificates are always verified."),
+    )
+
+
+IMAP_OPTIONS = mailbox_options("imap")
+POP3_OPTIONS = mailbox_options("pop3")
 
 MAIL_OPTIONS: tuple[Option, ...] = (
     Option("from", Address(), None, "Default From address; defaults to the account's login."),
@@ -94,6 +129,8 @@ TOP_OPTIONS: tuple[Option, ...] = (
     Option("templates", Str(), None, "Directory with templates that override the shipped ones."),
     Option("mail", AnyValue(), None, "Sender and default recipients (see mail options)."),
     Option("smtp", AnyValue(), None, "Named SMTP accounts (see smtp options)."),
+    Option("imap", AnyValue(), None, "Named IMAP mailboxes that receive alerts (see imap options)."),
+    Option("pop3", AnyValue(), None, "Named POP3 mailboxes, when IMAP is not offered (see pop3 options)."),
     Option("defaults", AnyValue(), None, "Defaults for every watcher (any watcher option)."),
     Option("watchers", AnyValue(), REQUIRED, "The list of watchers."),
 )

@@ -328,7 +328,11 @@ def _new_manager(proxy: str | None, verify: bool, ca_file: str | None) -> PoolMa
     headers = make_headers(proxy_basic_auth=unquote(login)) if login else None
     if proxy.lower().startswith("socks"):
         # SOCKS pools are urllib3's own: there the deadline is checked between reads only.
-        from urllib3.contrib.socks import SOCKSProxyManager  # noqa: PLC0415 - needs PySocks
+        try:
+            from urllib3.contrib.socks import SOCKSProxyManager  # noqa: PLC0415 - needs PySocks
+        except ImportError:
+            raise OSError("a SOCKS proxy needs PySocks; install it (pip install pysocks) or use an "
+                          "http:// proxy") from None
 
         return SOCKSProxyManager(proxy, num_pools=MAX_POOLS, maxsize=limits.per_host, block=False,
                                  retries=False, **tls)

@@ -52,6 +52,7 @@ MiB = 1024 * 1024
 CHUNK = 64 * 1024
 MAX_RETRY_AFTER = 86400.0  # a site asking for a week's pause still gets a look every day
 
+_PROXY_SCHEMES = ("http://", "https://", "socks4://", "socks4a://", "socks5://", "socks5h://")
 _DENIED = "the site refused access; check the headers (cookies, tokens) the watcher sends"
 _GONE = "the page is gone or has moved; check the url"
 _STATUS_HINTS = {401: _DENIED, 403: _DENIED, 404: _GONE, 410: _GONE,
@@ -118,9 +119,12 @@ class Url(Watcher, kind="url"):
         if verify and not ca_file:  # requests' variables, still honoured
             ca_file = _environ_ca_file()
         data = options.get("data")
+        proxy = options.get("proxy")
+        if proxy is not None and not proxy.lower().startswith(_PROXY_SCHEMES):
+            raise ValueError(f"proxy {proxy!r} must be a URL like http://proxy:3128 or socks5://proxy:1080")
         self.request = Request.to(self.url, method=self.method, headers=_headers(options.get("headers")),
                                   body=None if data is None else data.encode(),
-                                  proxy=options.get("proxy"), verify=verify, ca_file=ca_file)
+                                  proxy=proxy, verify=verify, ca_file=ca_file)
 
     def source(self) -> str:
         return self.url if self.method == "GET" else f"{self.method} {self.url}"

@@ -217,6 +217,8 @@ def test_connection_refused_is_a_watch_error() -> None:
     ({"url": "https://example.com/", "verify": False, "ca_file": "/ca.pem"}, "contradict"),
     ({"url": "https://example.com/", "encoding": "klingon"}, "encoding 'klingon' is unknown"),
     ({"url": "https://example.com/", "headers": {"Cookie": "name=张三"}}, "one line of ASCII"),
+    ({"url": "https://example.com/", "proxy": "proxy:3128"}, "must be a URL like http://proxy:3128"),
+    ({"url": "http://exa mple.com/"}, "is not a valid address"),
 ])
 def test_unusable_options_are_rejected(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
