@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import socket
 import ssl
 import threading
@@ -261,14 +262,17 @@ def tls_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
     """One verifying TLS context per CA bundle, shared by every pool that uses it (loading
     a bundle costs milliseconds; urllib3 would do it for every new connection).
 
-    Without ca_file the bundle is certifi's, as requests used, or the system's without it.
-    Raises OSError (ssl.SSLError included) when ca_file cannot be read or parsed.
+    Without ca_file the bundle is $REQUESTS_CA_BUNDLE or $CURL_CA_BUNDLE (requests' variables,
+    still honoured), else certifi's, as requests used, else the system's. Raises OSError
+    (ssl.SSLError included) when the bundle cannot be read or parsed.
     """
     context = create_urllib3_context()
     if not verify:
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         return context
+    if ca_file is None:
+        ca_file = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
     if ca_file is None:
         try:
             import certifi  # noqa: PLC0415 - optional: requests brings it, a bare install may not
@@ -359,6 +363,16 @@ class Request:
     @classmethod
     def to(cls, url: str, **fields: Any) -> Request:
         """A request for `url`; ValueError when it is not a usable http(s) address."""
+        headers: Mapping[str, str] = fields.pop("headers", DEFAULT_HEADERS)
+        method = fields.pop("method", "GET")
+        plain = _PLAIN_URL.fullmatch(url)
+        if plain and "/." not in url:  # nothing to normalise: skip urllib3's parser (5 µs)
+            scheme, host, port_text, path, query = plain.groups()
+            scheme = scheme.lower()
+            port = int(port_text) if port_text else (443 if scheme == "https" else 80)
+            if port <= 65535:
+                return cls(method, url, _site(scheme, host.lower(), port),
+                           (path or "/") + (query or ""), headers, **fields)
         try:
             parts = parse_url(url)
         except LocationParseError:
@@ -366,11 +380,16 @@ class Request:
         if parts.scheme not in ("http", "https") or not parts.host:
             raise ValueError(f"url {url!r} must be a full http:// or https:// address")
         port = parts.port or (443 if parts.scheme == "https" else 80)
-        headers: Mapping[str, str] = fields.pop("headers", DEFAULT_HEADERS)
         if parts.auth and not _named(headers, "Authorization"):  # http://user:password@host/
             headers = {**headers, **make_headers(basic_auth=unquote(parts.auth))}
-        return cls(fields.pop("method", "GET"), url, _site(parts.scheme, parts.host, port),
-                   parts.request_uri, headers, **fields)
+        return cls(method, url, _site(parts.scheme, parts.host, port), parts.request_uri, headers,
+                   **fields)
+
+
+# An http(s) URL with a plain host name or IPv4 address, and a path and query made only of
+# characters that need no percent-encoding: most watchers' URLs, taken apart without urllib3.
+_PLAIN_URL = re.compile(r"(?i)(https?)://([a-z0-9][a-z0-9.-]*)(?::([0-9]{1,5}))?"
+                        r"(/[a-z0-9._~!$&'()*+,;=:@/-]*)?(\?[a-z0-9._~!$&'()*+,;=:@/?-]*)?")
 
 
 def _unparsable(url: str) -> str:
@@ -437,6 +456,7 @@ def close_pools() -> None:
         each.manager.clear()
     environ_proxy.cache_clear()
     netrc_login.cache_clear()
+    tls_context.cache_clear()  # the environment's CA bundle is read again
 
 
 @lru_cache(maxsize=4096)

@@ -116,8 +116,6 @@ class Url(Watcher, kind="url"):
         ca_file = os.path.expanduser(options["ca_file"]) if options.get("ca_file") else None
         if ca_file and not verify:
             raise ValueError("ca_file and verify: false contradict each other; keep one")
-        if verify and not ca_file:  # requests' variables, still honoured
-            ca_file = _environ_ca_file()
         data = options.get("data")
         proxy = options.get("proxy")
         if proxy is not None and not proxy.lower().startswith(_PROXY_SCHEMES):
@@ -273,16 +271,6 @@ class Url(Watcher, kind="url"):
         else:
             text = f"{what} failed: {_reason(exc)}; check the watcher's url and options."
         return WatchError(text)
-
-
-_shared: dict[str, str] = {}
-
-
-def _environ_ca_file() -> str | None:
-    """$REQUESTS_CA_BUNDLE or $CURL_CA_BUNDLE, as one string shared by every watcher (each
-    read of os.environ makes a new one: 80 bytes a watcher)."""
-    found = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    return _shared.setdefault(found, found) if found else None
 
 
 def _headers(given: Mapping[str, str] | None) -> Mapping[str, str]:
