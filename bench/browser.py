@@ -66,6 +66,19 @@ def rss(pids: list[int]) -> int:
     return total
 
 
+def by_process(root: int) -> str:
+    """PSS of this tree by program: python (notifier), node (Playwright's driver), chromium."""
+    groups: dict[str, list[int]] = {}
+    for pid in tree(root):
+        try:
+            name = Path(f"/proc/{pid}/comm").read_text().strip()
+        except OSError:
+            continue
+        key = "chromium" if "chrom" in name else "node" if "node" in name else "notifier"
+        groups.setdefault(key, []).append(pid)
+    return ", ".join(f"{key} {rss(pids) / MiB:.0f} MB" for key, pids in sorted(groups.items()))
+
+
 def chromium(pids: list[int]) -> list[int]:
     out = []
     for pid in pids:
@@ -120,6 +133,7 @@ def main() -> int:
         peak = Peak()
         times: list[float] = []
         peaks: list[int] = []
+        split: list[str] = []
         failed = changed = 0
         started = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
@@ -131,6 +145,8 @@ def main() -> int:
                 failed += sum(o.status == "failed" for o in outcomes)
                 changed += sum(o.status == "changed" for o in outcomes)
                 peaks.append(peak.take())
+                if round_ in (0, args.rounds - 1):
+                    split.append(by_process(os.getpid()))
         wall = time.monotonic() - started
         running = chromium(tree(os.getpid()))
         for kind in watcher_kinds().values():
@@ -151,6 +167,7 @@ def main() -> int:
     print(f"peak memory (PSS), notifier + {len(running)} Chromium processes: after round 1 "
           f"{peaks[0] / MiB:.0f} MB, after round {args.rounds} {peaks[-1] / MiB:.0f} MB "
           f"({(peaks[-1] / peaks[0] - 1) * 100:+.1f} %); highest {max(peaks) / MiB:.0f} MB")
+    print(f"at the end of round 1: {split[0]}; of round {args.rounds}: {split[-1]}")
     print(f"Chromium processes left after shut_down: {len(left)}")
     return 1 if left or failed else 0
 

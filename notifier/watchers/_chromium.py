@@ -18,6 +18,8 @@ import logging
 import mmap
 import os
 import shutil
+import subprocess
+import tempfile
 import threading
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import Future
@@ -39,6 +41,7 @@ DEBIAN_PACKAGE = "chromium"
 FLAGS = ("--disable-background-networking", "--disable-component-update", "--disable-sync",
          "--no-first-run", "--disable-gpu", "--disable-quic")
 LAUNCH_TIMEOUT = 30.0  # seconds Chromium may take to start
+CERTUTIL_PACKAGE = "libnss3-tools"  # Debian's package with certutil, for ca_file
 CLOSE_GRACE = 5.0  # seconds a context (or the browser) gets to close before it is killed
 
 Job = Callable[[Any], Awaitable[T]]  # gets a fresh BrowserContext
@@ -83,6 +86,8 @@ class Chromium:
         self._playwright: Any = None
         self._browser: Any = None
         self._launch: asyncio.Lock | None = None
+        self._cas: tuple[str, ...] = ()  # ca_file paths the running browser trusts
+        self._home: str | None = None  # its HOME, holding the NSS database with those CAs
         self.launches = 0  # how many times Chromium was started: restarts show here
 
     def configure(self, workers: int, path: str | None) -> None:
@@ -100,9 +105,14 @@ class Chromium:
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def render(self, job: Job[T], context_options: Mapping[str, Any], deadline: float) -> T:
+    def render(self, job: Job[T], context_options: Mapping[str, Any], deadline: float,
+               ca_file: str | None = None) -> T:
         """Run `job` in a fresh context of the shared browser within `deadline` seconds (waiting
-        for a free page is not counted). Raises WatchError for every failure."""
+        for a free page is not counted). Raises WatchError for every failure.
+
+        `ca_file` (a PEM bundle) is trusted besides the system's CAs. Trust is the browser's,
+        not a context's: the browser restarts to add a new one, and then trusts it for every
+        page it opens."""
         executable = find_browser(self.path)
         if executable is None:
             raise WatchError(missing_browser(self.path) + ".")
@@ -110,7 +120,7 @@ class Chromium:
         with slots:
             loop = self._started()
             future: Future[T] = asyncio.run_coroutine_threadsafe(
-                self._run(job, executable, context_options, deadline), loop)
+                self._run(job, executable, context_options, deadline, ca_file), loop)
             try:
                 return future.result(LAUNCH_TIMEOUT + deadline + 2 * CLOSE_GRACE)
             except FutureTimeout:
@@ -156,16 +166,19 @@ class Chromium:
             return self._loop
 
     async def _run(self, job: Job[T], executable: str, options: Mapping[str, Any],
-                   deadline: float) -> T:
+                   deadline: float, ca_file: str | None) -> T:
         from playwright.async_api import Error as PlaywrightError  # noqa: PLC0415 - optional
 
-        browser = await self._connected(executable)
         try:
-            context = await browser.new_context(**options)
-        except PlaywrightError as exc:
+            context = await (await self._connected(executable, ca_file)).new_context(**options)
+        except PlaywrightError:  # it died before its disconnect was seen: start it again, once
             await self._kill()
-            raise WatchError(f"the browser could not open a page ({_first_line(exc)}); it was "
-                             f"restarted, the next check uses a new one.") from None
+            try:
+                context = await (await self._connected(executable, ca_file)).new_context(**options)
+            except PlaywrightError as exc:
+                await self._kill()
+                raise WatchError(f"the browser could not open a page ({_first_line(exc)}); it "
+                                 f"is started again for the next check.") from None
         try:
             return await asyncio.wait_for(job(context), deadline)
         except TimeoutError:
@@ -182,10 +195,15 @@ class Chromium:
                 log.warning("a page of chromium did not close; restarting the browser")
                 await self._kill()
 
-    async def _connected(self, executable: str) -> Any:
+    async def _connected(self, executable: str, ca_file: str | None) -> Any:
         if self._launch is None:
             self._launch = asyncio.Lock()
         async with self._launch:
+            if ca_file and ca_file not in self._cas:
+                self._cas += (ca_file,)
+                if self._browser is not None:
+                    log.info("chromium restarts to trust %s", ca_file)
+                    await self._kill()
             if self._browser is not None and self._browser.is_connected():
                 return self._browser
             if self._browser is not None:
@@ -204,9 +222,10 @@ class Chromium:
                 log.info("writable+executable memory is denied (MemoryDenyWriteExecute); "
                          "chromium runs JavaScript without its JIT (--jitless), more slowly")
                 args.append("--js-flags=--jitless")
+            env = {**os.environ, "HOME": self._trust_store()} if self._cas else None
             try:
                 self._browser = await self._playwright.chromium.launch(
-                    executable_path=executable, args=args, headless=True,
+                    executable_path=executable, args=args, headless=True, env=env,
                     chromium_sandbox=os.geteuid() != 0, timeout=LAUNCH_TIMEOUT * 1000,
                     handle_sigint=False, handle_sigterm=False, handle_sighup=False)
             except Exception as exc:
@@ -214,12 +233,43 @@ class Chromium:
             self.launches += 1
             return self._browser
 
+    def _trust_store(self) -> str:
+        """A new HOME whose NSS database (where Chromium on Linux looks for locally trusted
+        CAs) holds every certificate of the ca_files; a bad file fails the check with why."""
+        home = tempfile.mkdtemp(prefix="notifier-chromium-")
+        self._home = home
+        database = f"sql:{os.path.join(home, '.pki', 'nssdb')}"
+        os.makedirs(os.path.join(home, ".pki", "nssdb"), mode=0o700)
+        if shutil.which("certutil") is None:
+            raise WatchError(f"ca_file needs certutil to give Chromium the CA; install the Debian "
+                             f"package {CERTUTIL_PACKAGE!r} (apt-get install {CERTUTIL_PACKAGE}).")
+        _certutil("-N", "-d", database, "--empty-password")
+        for n, path in enumerate(self._cas):
+            try:
+                with open(os.path.expanduser(path), encoding="ascii") as pem_file:
+                    text = pem_file.read()
+            except (OSError, UnicodeError) as exc:
+                raise WatchError(f"ca_file {path} cannot be read ({exc}); check the path.") from None
+            blocks = [b.split("-----END CERTIFICATE-----")[0] for b in
+                      text.split("-----BEGIN CERTIFICATE-----")[1:]]
+            if not blocks:
+                raise WatchError(f"ca_file {path} holds no PEM certificate.")
+            for m, block in enumerate(blocks):
+                pem = os.path.join(home, f"ca-{n}-{m}.pem")
+                with open(pem, "w", encoding="ascii") as out:
+                    out.write(f"-----BEGIN CERTIFICATE-----{block}-----END CERTIFICATE-----\n")
+                _certutil("-A", "-d", database, "-t", "C,,", "-n", f"notifier-{n}-{m}", "-i", pem)
+        return home
+
     async def _kill(self) -> None:
         """Close the browser, or kill it when it does not close in time."""
         browser, self._browser = self._browser, None
         if browser is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(browser.close(), CLOSE_GRACE)
+        home, self._home = self._home, None
+        if home is not None:
+            shutil.rmtree(home, ignore_errors=True)
 
     async def _close(self) -> None:
         await self._kill()
@@ -227,6 +277,16 @@ class Chromium:
         if playwright is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(playwright.stop(), CLOSE_GRACE)
+
+
+def _certutil(*args: str) -> None:
+    # certutil is found on PATH as the browser is: it is the system's, like Chromium.
+    result = subprocess.run(["certutil", *args], capture_output=True, text=True,  # noqa: S607
+                            timeout=30, check=False)
+    if result.returncode:
+        said = result.stderr.strip() or result.stdout.strip()
+        raise WatchError(f"certutil could not load the ca_file ({said}); check that it is a PEM "
+                         f"certificate bundle.")
 
 
 def _first_line(exc: BaseException) -> str:

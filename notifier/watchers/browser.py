@@ -14,6 +14,7 @@ import asyncio
 import base64
 import binascii
 import fnmatch
+import os
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -70,6 +71,8 @@ class Browser(Watcher, kind="browser"):
         Option("timeout", Duration(), 30.0, "Seconds the whole check may take; then the page is closed."),
         Option("proxy", Str(), None, "Proxy URL, like http://proxy:3128."),
         Option("verify", Bool(), True, "Check TLS certificates; false only on trusted networks."),
+        Option("ca_file", Str(), None,
+               "CA bundle (PEM) to trust besides the system's; the shared browser then trusts it."),
         Option("max_bytes", Int(minimum=1), 10 * MiB, "Largest rendered DOM accepted, in bytes."),
         Option("wait_for", Str(), None,
                "Before reading: a CSS selector to appear, networkidle, or a delay like 2s."),
@@ -100,6 +103,10 @@ class Browser(Watcher, kind="browser"):
         self.timeout: float = options.get("timeout") or 30.0
         self.proxy: str | None = options.get("proxy")
         self.verify: bool = options.get("verify") is not False
+        self.ca_file: str | None = os.path.abspath(os.path.expanduser(options["ca_file"])) \
+            if options.get("ca_file") else None
+        if self.ca_file and not self.verify:
+            raise ValueError("ca_file and verify: false contradict each other; keep one")
         self.max_bytes: int = options.get("max_bytes") or 10 * MiB
         self.wait_for: str | None = options.get("wait_for")
         self.viewport = _viewport(options.get("viewport") or "1280x800")
@@ -137,7 +144,7 @@ class Browser(Watcher, kind="browser"):
         return []
 
     def fetch(self, previous: Mapping[str, str]) -> Fetched:
-        html, shot = CHROMIUM.render(self._visit, self._context_options(), self.timeout)
+        html, shot = CHROMIUM.render(self._visit, self._context_options(), self.timeout, self.ca_file)
         size = len(html.encode("utf-8", "surrogatepass"))
         if size > self.max_bytes:
             raise WatchError(f"{self.url} rendered {size:,} bytes of HTML, more than max_bytes "

@@ -217,13 +217,19 @@ def test_screenshots_fit_the_cap_and_the_previous_one_comes_back(chromium: None,
     assert size[1] == 300
 
 
-def test_tls_errors_fail_unless_verify_is_false(chromium: None, tls_ca: Any) -> None:
+def test_tls_is_verified_against_ca_file_and_errors_fail(chromium: None, tls_ca: Any,
+                                                        tmp_path: Path) -> None:
     from tests.servers.http import server_context  # noqa: PLC0415
 
+    ca_file = tmp_path / "ca.pem"
+    tls_ca.cert_pem.write_to_path(str(ca_file))
     with LocalHTTPServer(tls=server_context(tls_ca)) as server:
         with pytest.raises(WatchError, match="TLS certificate"):
             watcher(server.url("/")).fetch({})
+        assert "hello" in watcher(server.url("/"), ca_file=str(ca_file)).fetch({}).text
         assert "hello" in watcher(server.url("/"), verify=False).fetch({}).text
+    with pytest.raises(ValueError, match="contradict"):
+        watcher(server.url("/"), ca_file=str(ca_file), verify=False)
 
 
 def test_bad_options_are_config_errors() -> None:
