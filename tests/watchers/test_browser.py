@@ -22,7 +22,7 @@ from notifier.kinds import Shared
 from notifier.watchers import _chromium
 from notifier.watchers.browser import CHROMIUM, Browser
 from notifier.watchers.url import Url
-from tests.servers.http import LocalHTTPServer, png
+from tests.servers.http import Handler, LocalHTTPServer, png
 
 DELAYED = """<html><body><div id="price">loading</div>
 <script>setTimeout(() => {
@@ -286,3 +286,36 @@ def test_without_jit_memory_chromium_runs_jitless(monkeypatch: pytest.MonkeyPatc
         assert any(b"--js-flags=--jitless" in _cmdline(pid) for pid in chromium_pids())
     finally:
         spare.stop()
+
+
+class Counting:
+    """A route that takes `hold` seconds to answer and remembers how many requests it served
+    at the same time, at most."""
+
+    def __init__(self, hold: float = 0.3) -> None:
+        self.hold = hold
+        self.now = self.most = 0
+        self.lock = threading.Lock()
+
+    def serve(self, handler: Handler, path: str) -> None:
+        with self.lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+        time.sleep(self.hold)
+        with self.lock:
+            self.now -= 1
+        handler.reply(200, {"Content-Type": "text/html"}, b"<p>slow</p>")
+
+
+def test_at_most_browser_workers_pages_at_once(chromium: None, http_server: LocalHTTPServer) -> None:
+    route = Counting()
+    http_server.routes["/counted"] = route
+    CHROMIUM.configure(2, None)
+    threads = [threading.Thread(target=watcher(http_server.url("/counted")).fetch, args=({},))
+               for _ in range(5)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert http_server.count("/counted") == 5
+    assert route.most == 2
