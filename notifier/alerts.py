@@ -11,12 +11,14 @@ from __future__ import annotations
 import getpass
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from datetime import datetime
-from email.utils import parseaddr
+from email.utils import make_msgid, parseaddr
 from pathlib import Path
 from typing import NamedTuple
 from zoneinfo import ZoneInfo
 
+from notifier.attachments import Attachment, fit
 from notifier.config import Config, Recipients, WatcherConfig
 from notifier.diff import Diff
 from notifier.message import build_message, message_bytes, new_message_id
@@ -42,13 +44,22 @@ class Alerter:
         self._renderers: dict[tuple[Path, ...], Renderer] = {}
 
     def change(self, wc: WatcherConfig, diff: Diff, old: str, new: str,
-               state: WatcherState, now: float) -> Built:
+               state: WatcherState, now: float, files: Sequence[Attachment] = ()) -> Built:
+        """`files` came with the fetch (a browser watcher's screenshots): its images are shown
+        inline by the HTML part; a digest keeps only the diff."""
         if wc.digest:
             return Built([self._digest_entry(wc, diff, now)])
+        images = [replace(f, content_id=make_msgid(f"shot{n}", "notifier.invalid")[1:-1])
+                  for n, f in enumerate(files) if f.content_type.startswith("image/")]
+        others = [f for f in files if not f.content_type.startswith("image/")]
+        if wc.attach_snapshot:
+            others.append(Attachment("snapshot.txt", "text/plain", new.encode()))
+        attachments, _ = fit([*images, *others])
+        shown = [a for a in attachments if a.content_id]
         ctx = AlertContext(kind="change", watcher=_info(wc), at=self._at(wc, now), diff=diff,
                            old=old, new=new, previous_at=self._time(wc, state.last_change),
-                           subject_prefix=self.cfg.subject_prefix)
-        attachments = [("snapshot.txt", "text/plain", new.encode())] if wc.attach_snapshot else []
+                           subject_prefix=self.cfg.subject_prefix,
+                           extra={"images": tuple(shown)} if shown else {})
         return self._queue(wc, ctx, now, attachments)
 
     def error(self, wc: WatcherConfig, error: str, state: WatcherState, now: float) -> Built:
@@ -108,7 +119,7 @@ class Alerter:
         return wc.recipients if wc.recipients.envelope() else self.cfg.recipients
 
     def _queue(self, wc: WatcherConfig, ctx: AlertContext, now: float,
-               attachments: Sequence[tuple[str, str, bytes]] = ()) -> Built:
+               attachments: Sequence[Attachment] = ()) -> Built:
         account = wc.account or self.cfg.default_account
         recipients = self._recipients(wc)
         not_before = wc.quiet_hours.until(now, self._zone(wc)) if wc.quiet_hours else now
@@ -118,7 +129,7 @@ class Alerter:
 
     def _build(self, ctx: AlertContext, account: str | None, recipients: Recipients,
                renderer: Renderer, not_before: float, watcher: str | None,
-               attachments: Sequence[tuple[str, str, bytes]]) -> tuple[Queued, str | None]:
+               attachments: Sequence[Attachment]) -> tuple[Queued, str | None]:
         """Render and serialize one message; a template problem, if any, comes with it. Test
         and digest mails have no watcher to charge a template problem to: theirs is logged by
         the renderer and shown in the mail itself."""
