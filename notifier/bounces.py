@@ -14,11 +14,16 @@ messages costs one SEARCH per scan.
 
 from __future__ import annotations
 
+import json
+import os
 import re
 from dataclasses import dataclass
 from email.message import Message
+from pathlib import Path
 
 from notifier import inbox
+from notifier.config import Config, Mailbox
+from notifier.errors import ConfigError, Problem, UsageError
 from notifier.receive import ImapClient
 
 _MESSAGE_ID = re.compile(r"(?im)^\s*Message-ID:\s*(<[^>\s]+>)")
@@ -133,3 +138,48 @@ class BounceScanner:
                     found.append(bounce)
         self.next_uid = max(self.next_uid, uidnext)
         return found
+
+
+def sender_mailbox(cfg: Config, account: str | None, mailbox: str | None) -> Mailbox:
+    """Where bounces of an SMTP account's mail arrive: its own login's mailbox (163 and QQ
+    return mail to the envelope sender, which must be the login), or the one named."""
+    found: Mailbox | None
+    if mailbox:
+        if mailbox not in cfg.mailboxes:
+            raise UsageError(f"no imap account named {mailbox!r}; known: "
+                             f"{', '.join(cfg.mailboxes) or 'none'}.")
+        found = cfg.mailboxes[mailbox]
+    else:
+        smtp = cfg.accounts.get(account or cfg.default_account or "")
+        login = (smtp.username or "").lower() if smtp else ""
+        found = next((b for b in cfg.mailboxes.values() if login and (b.username or "").lower() == login
+                      and b.protocol == "imap"), None)
+        if found is None:
+            raise ConfigError([Problem(str(cfg.path), None, "imap", f"no imap: account logs in as "
+                                       f"{login or 'the sending account'}; add the sender's own mailbox "
+                                       f"(bounces come back there), or name one with --mailbox.")])
+    if found.protocol != "imap":
+        raise UsageError(f"{found.name} is a pop3 account; bounce scanning needs IMAP.")
+    return found
+
+
+def scan_mailbox(box: Mailbox, positions: Path) -> list[Bounce]:
+    """Scan `box`'s INBOX for bounces newer than the last scan; the position is kept in the
+    JSON file `positions` (private to its owner), one entry per mailbox."""
+    try:
+        saved = json.loads(positions.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        saved = {}
+    key = f"{box.username}@{box.host}:{box.port}"
+    validity, next_uid = saved.get(key, [0, 1])
+    scanner = BounceScanner("INBOX", int(validity), int(next_uid))
+    with ImapClient(box) as client:
+        found = scanner.scan(client)
+    saved[key] = [scanner.validity, scanner.next_uid]
+    positions.parent.mkdir(parents=True, exist_ok=True)
+    tmp = positions.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        json.dump(saved, handle)
+    os.replace(tmp, positions)
+    return found

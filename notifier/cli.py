@@ -158,6 +158,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--since", type=_date, metavar="YYYY-MM-DD", help="only mail from this day on")
     p.add_argument("--save-attachments", type=Path, metavar="DIR",
                    help="for show: save attachments into DIR (safe names, never overwriting)")
+    p = command("bounces", cmd_bounces, "scan the sending account's own mailbox for bounces of "
+                "notifier's mail (only what arrived since the last scan); exit 3 when there are some")
+    p.add_argument("--account", metavar="NAME", help="smtp account whose bounces to look for")
+    p.add_argument("--mailbox", metavar="NAME", help="imap account to scan (default: the sender's own)")
     p = command("test-filter", cmd_test_filter, "fetch once and show the text after each filter")
     p.add_argument("name", metavar="NAME")
     p = command("kinds", cmd_kinds, "list watcher and filter kinds with their options")
@@ -589,6 +593,30 @@ def cmd_inbox(args: argparse.Namespace) -> int:
     for listed in reading.listing(box, args.limit, args.sender, args.subject, args.since, args.folder):
         print(listed.line())
     return EXIT_OK
+
+
+def cmd_bounces(args: argparse.Namespace) -> int:
+    """Bounces come back to the sender's own mailbox, minutes after the server said 250."""
+    from notifier import bounces  # noqa: PLC0415 - see the note at the imports
+
+    cfg = _load(args)
+    box = bounces.sender_mailbox(cfg, args.account, args.mailbox)
+    found = bounces.scan_mailbox(box, cfg.state_dir / "bounces.json")
+    store = Store(StateDir(cfg.state_dir).db, readonly=True) if StateDir(cfg.state_dir).db.exists() else None
+    ours = 0
+    try:
+        for bounce in found:
+            sent = next((e for mid in bounce.message_ids if store and (e := store.log_entry(mid))), None)
+            ours += sent is not None
+            what = (f"{sent.message_id} ({sent.kind} alert of {sent.watcher or '-'}: {sent.subject})" if sent
+                    else f"{', '.join(bounce.message_ids) or 'a message'} (not in the send log)")
+            to = f" to {', '.join(bounce.recipients)}" if bounce.recipients else ""
+            print(f"bounced: {what}{to}: {bounce.reason}")
+    finally:
+        if store is not None:
+            store.close()
+    print(f"{len(found)} bounce(s) in {box.name} since the last scan, {ours} of mail notifier sent.")
+    return 3 if ours else EXIT_OK
 
 
 def cmd_schema(args: argparse.Namespace) -> int:

@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 
 from notifier.bounces import BounceScanner, recognise
+from notifier.cli import main
 from notifier.receive import ImapClient
-from tests.servers.dovecot import SENDER, Dovecot
+from tests.servers.dovecot import SENDER, SENDER_PASSWORD, DeliveringSmtpServer, Dovecot
+from tests.servers.smtp import LocalCA
 
 MAIL = Path(__file__).parent / "data" / "mail"
 ORIGINAL = "<170000.1.abc@example.com>"
@@ -59,3 +61,37 @@ def test_scanner_fetches_only_new_candidates(dovecot: Dovecot) -> None:
         again = scanner.scan(client)
     assert [b.shape for b in again] == ["qq"]
     assert scanner.fetched == 1
+
+
+def test_bounces_command_matches_a_bounced_alert_in_the_send_log(
+        tmp_path: Path, tls_ca: LocalCA, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The loop whole: a change alert leaves the outbox, the relay answers it with a DSN to the
+    sender's own mailbox, and `notifier bounces` finds it there and names the alert."""
+    monkeypatch.setenv("PW", SENDER_PASSWORD)
+    watched = tmp_path / "page.txt"
+    watched.write_text("price 10\n")
+    config = tmp_path / "watchers.yaml"
+    with DeliveringSmtpServer("ssl", ca=tls_ca, ca_file=tls_ca.ca_file, dovecot=dovecot) as relay:
+        relay.route = lambda rcpt, data: "bounce"
+        config.write_text(
+            f"state_dir: {tmp_path / 'state'}\nmail: {{from: {SENDER}, to: [gone@example.com]}}\n"
+            f"smtp:\n  out: {{host: {relay.host}, port: {relay.port}, security: ssl, username: {SENDER}, "
+            f"password_env: PW, ca_file: {tls_ca.ca_file}}}\n"
+            f"imap:\n  own: {{host: localhost, port: {dovecot.imaps}, username: {SENDER}, "
+            f"password_env: PW, ca_file: {tls_ca.ca_file}}}\n"
+            f"watchers:\n  - {{name: prices, kind: file, path: {watched}}}\n")
+        assert main(["bounces", "-c", str(config)]) == 0  # first scan: the mailbox as it is
+        assert main(["check", "--send", "-c", str(config)]) in (0, 1)  # the baseline
+        watched.write_text("price 12\n")
+        assert main(["check", "--send", "-c", str(config)]) == 1
+        relay.wait_for(1)
+    capsys.readouterr()
+    assert main(["bounces", "-c", str(config)]) == 3
+    out = capsys.readouterr().out
+    assert "bounced: <" in out
+    assert "change alert of prices" in out
+    assert "gone@example.com" in out
+    assert "User unknown" in out
+    assert main(["bounces", "-c", str(config)]) == 0  # only what is new since the last scan
+    assert "0 bounce(s)" in capsys.readouterr().out
