@@ -78,14 +78,29 @@ class LogEntry(NamedTuple):
     body: bytes | None = None  # the message as sent, with `keep_sent: true`
 
 
-class Sent(NamedTuple):
-    """The few columns of a log entry that statistics need."""
+class Listed(NamedTuple):
+    """What `notifier log` shows of an entry on its one line."""
 
+    finished: float
+    status: str
+    kind: str
     watcher: str | None
     account: str | None
-    status: str
+    attempts: int
     latency: float | None
-    deferrals: Mapping[str, int]
+    first: str | None  # the first recipient
+    recipients: int  # how many there are
+    message_id: str
+    subject: str
+
+
+class Deliveries(NamedTuple):
+    """What statistics need of the send log, summed by SQLite."""
+
+    by_status: list[tuple[str | None, str, int]]  # (account, status, entries)
+    alerts: dict[str, int]  # watcher: entries that reached somebody (sent or partial)
+    latencies: dict[str | None, list[float]]  # account: latencies, sorted
+    deferrals: list[tuple[str | None, str, int]]  # (account, class, deferrals)
 
 
 class CheckDay(NamedTuple):
@@ -158,16 +173,9 @@ def count_check(db: sqlite3.Connection, name: str, at: float, *, check: bool = T
 
 def count_duration(db: sqlite3.Connection, name: str, at: float, seconds: float) -> None:
     """Count how long a check of `name` took, in its bucket, on the day of `at`."""
-    day = day_of(at)
-    row = db.execute("SELECT durations FROM check_day WHERE watcher = ? AND day = ?",
-                     (name, day)).fetchone()
-    counts = _counts(row[0] if row else "")
-    index = bucket_of(max(0.0, seconds))
-    counts += [0] * (index + 1 - len(counts))
-    counts[index] += 1
-    db.execute("INSERT INTO check_day (watcher, day, durations) VALUES (?, ?, ?) ON CONFLICT "
-               "(watcher, day) DO UPDATE SET durations = excluded.durations",
-               (name, day, ",".join(map(str, counts))))
+    column = f"d{bucket_of(max(0.0, seconds))}"
+    db.execute(f"INSERT INTO check_day (watcher, day, {column}) VALUES (?, ?, 1) ON CONFLICT "  # noqa: S608
+               f"(watcher, day) DO UPDATE SET {column} = {column} + 1", (name, day_of(at)))
 
 
 def prune(db: sqlite3.Connection, before: float, limit: int) -> int:
@@ -194,6 +202,17 @@ def entries(db: sqlite3.Connection, since: float | None = None, watcher: str | N
     return [_entry(r) for r in rows]
 
 
+def listing(db: sqlite3.Connection, since: float | None = None, watcher: str | None = None,
+            status: str | None = None) -> list[Listed]:
+    """One line's worth of each entry, oldest first; SQLite reads the recipients' JSON, which
+    keeps tens of thousands of entries fast to list."""
+    where, args = _where(since, watcher, status)
+    rows = db.execute("SELECT finished, status, kind, watcher, account, attempts, latency, "  # noqa: S608
+                      "json_extract(recipients, '$[0][0]'), json_array_length(recipients), message_id, "
+                      f"subject FROM send_log{where} ORDER BY finished", args)
+    return list(map(Listed._make, rows))
+
+
 def entry(db: sqlite3.Connection, message_id: str) -> LogEntry | None:
     """The entry of one Message-ID (angle brackets optional), with the message if kept."""
     wanted = message_id.strip()
@@ -203,18 +222,44 @@ def entry(db: sqlite3.Connection, message_id: str) -> LogEntry | None:
     return None if row is None else _entry(row[:-1])._replace(body=row[-1])
 
 
-def sent(db: sqlite3.Connection, since: float | None = None) -> list[Sent]:
-    """What statistics need of the entries finished since `since`."""
-    where, args = _where(since, None, None)
-    rows = db.execute(f"SELECT watcher, account, status, latency, deferrals FROM send_log{where}",  # noqa: S608
-                      args)
-    return [Sent(w, a, s, lat, json.loads(d) if d != "{}" else {}) for w, a, s, lat, d in rows]
+_BUCKETS = ", ".join(f"d{i}" for i in range(len(DURATION_BUCKETS)))
 
 
 def check_days(db: sqlite3.Connection, since_day: int) -> list[CheckDay]:
-    rows = db.execute("SELECT watcher, day, checks, changes, failures, durations FROM check_day "
+    rows = db.execute(f"SELECT watcher, day, checks, changes, failures, {_BUCKETS} FROM check_day "  # noqa: S608
                       "WHERE day >= ? ORDER BY watcher, day", (since_day,))
-    return [CheckDay(w, d, c, ch, f, tuple(_counts(dur))) for w, d, c, ch, f, dur in rows]
+    return [CheckDay(r[0], r[1], r[2], r[3], r[4], r[5:]) for r in rows]
+
+
+def check_totals(db: sqlite3.Connection, since_day: int) -> list[CheckDay]:
+    """Per watcher, the sums over the days from `since_day` (as one CheckDay of that day)."""
+    sums = ", ".join(f"SUM(d{i})" for i in range(len(DURATION_BUCKETS)))
+    totals = db.execute(f"SELECT watcher, ?, SUM(checks), SUM(changes), SUM(failures), {sums} "  # noqa: S608
+                        "FROM check_day WHERE day >= ? GROUP BY watcher", (since_day, since_day))
+    return [CheckDay(r[0], r[1], r[2], r[3], r[4], r[5:]) for r in totals]
+
+
+def busy_days(db: sqlite3.Connection, since_day: int) -> list[tuple[str, int, int, int]]:
+    """(watcher, day, changes, failures) of each day from `since_day` with either."""
+    return db.execute("SELECT watcher, day, changes, failures FROM check_day WHERE day >= ? "
+                      "AND (changes > 0 OR failures > 0)", (since_day,)).fetchall()
+
+
+def deliveries(db: sqlite3.Connection, since: float) -> Deliveries:
+    """Sums over the entries finished since `since`, read from the index that covers them."""
+    scan = "FROM send_log INDEXED BY send_log_by_time WHERE finished >= ?"
+    by_status = db.execute(f"SELECT account, status, COUNT(*) {scan} GROUP BY account, status",
+                           (since,)).fetchall()
+    alerts = dict(db.execute(f"SELECT watcher, COUNT(*) {scan} AND watcher IS NOT NULL AND status IN "
+                             "('sent', 'partial') GROUP BY watcher", (since,)))
+    latencies: dict[str | None, list[float]] = {}
+    for account, latency in db.execute(f"SELECT account, latency {scan} AND latency IS NOT NULL "
+                                       "ORDER BY account, latency", (since,)):
+        latencies.setdefault(account, []).append(latency)
+    deferrals = db.execute("SELECT s.account, d.key, SUM(d.value) FROM send_log s INDEXED BY "
+                           "send_log_by_time, json_each(s.deferrals) d WHERE s.finished >= ? AND "
+                           "s.deferrals != '{}' GROUP BY s.account, d.key", (since,)).fetchall()
+    return Deliveries(by_status, alerts, latencies, deferrals)
 
 
 def subject_of(message: bytes) -> str:
@@ -243,5 +288,3 @@ def _entry(r: Sequence[Any]) -> LogEntry:
                     deferrals, r[13], r[14], r[15])
 
 
-def _counts(text: str) -> list[int]:
-    return [int(n) for n in text.split(",")] if text else []

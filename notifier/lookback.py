@@ -14,7 +14,7 @@ from datetime import date, datetime, tzinfo
 from typing import Any
 
 from notifier.errors import UsageError
-from notifier.ledger import DURATION_BUCKETS, CheckDay, LogEntry, Sent, day_of
+from notifier.ledger import DURATION_BUCKETS, Listed, LogEntry, day_of
 from notifier.options import Duration
 from notifier.store import Store
 
@@ -56,17 +56,40 @@ def seconds(value: float | None) -> str:
 
 # -- the send log ------------------------------------------------------------------------------
 
-def log_lines(entries: Sequence[LogEntry], zone: tzinfo | None) -> list[str]:
+def log_lines(entries: Sequence[Listed], zone: tzinfo | None) -> list[str]:
     """One line per entry, oldest first, under a header."""
     out = [f"{'finished':19}  {'status':7}  {'kind':8}  {'watcher':16}  {'account':10}  tries  "
            f"latency  recipients  message-id  subject"]
+    when = _Clock(zone)
     for e in entries:
-        first = e.recipients[0].address if e.recipients else "-"
-        more = f" +{len(e.recipients) - 1}" if len(e.recipients) > 1 else ""
-        out.append(f"{show_time(e.finished, zone)}  {e.status:7}  {e.kind:8}  {e.watcher or '-':16}  "
-                   f"{e.account or MAILDIR:10}  {e.attempts:5}  {seconds(e.latency):>7}  {first}{more}  "
-                   f"{e.message_id}  {e.subject}")
+        more = f" +{e.recipients - 1}" if e.recipients > 1 else ""
+        out.append(f"{when(e.finished)}  {e.status:7}  {e.kind:8}  {e.watcher or '-':16}  "
+                   f"{e.account or MAILDIR:10}  {e.attempts:5}  {seconds(e.latency):>7}  "
+                   f"{e.first or '-'}{more}  {e.message_id}  {e.subject}")
     return out
+
+
+_MINUTES_SECONDS = [f"{m:02d}:{s:02d}" for m in range(60) for s in range(60)]
+
+
+class _Clock:
+    """`show_time` for many times in order, a few times faster: the date and hour are written
+    once per quarter of an hour (zones change their offset only at such times, in UTC too),
+    minutes and seconds come from a table."""
+
+    def __init__(self, zone: tzinfo | None) -> None:
+        self.zone = zone
+        self.low = self.high = self.hour = 0.0
+        self.prefix = ""
+
+    def __call__(self, ts: float) -> str:
+        if not self.low <= ts < self.high:
+            self.low = ts - ts % 900
+            self.high = self.low + 900
+            local = datetime.fromtimestamp(self.low, self.zone)
+            self.prefix = local.strftime("%Y-%m-%d %H:")
+            self.hour = self.low - local.minute * 60 - local.second  # when the local hour began
+        return self.prefix + _MINUTES_SECONDS[int(ts - self.hour)]
 
 
 def log_entry_lines(e: LogEntry, zone: tzinfo | None) -> list[str]:
@@ -110,20 +133,12 @@ class WatcherFigures:
     changes: int = 0
     failures: int = 0
     alerts: int = 0
-    durations: list[int] = field(default_factory=lambda: [0] * len(DURATION_BUCKETS))
+    durations: tuple[int, ...] = ()  # checks per DURATION_BUCKETS bucket
     by_day: dict[int, tuple[int, int]] = field(default_factory=dict)  # day: (changes, failures)
 
     @property
     def failure_rate(self) -> float | None:
         return self.failures / self.checks if self.checks else None
-
-    def add(self, day: CheckDay) -> None:
-        self.checks += day.checks
-        self.changes += day.changes
-        self.failures += day.failures
-        for index, n in enumerate(day.durations):
-            self.durations[index] += n
-        self.by_day[day.day] = (day.changes, day.failures)
 
 
 @dataclass
@@ -133,7 +148,7 @@ class AccountFigures:
     held: int = 0
     dead: int = 0
     deferred: Counter[str] = field(default_factory=Counter)
-    latencies: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # sorted
 
 
 @dataclass(frozen=True)
@@ -144,34 +159,44 @@ class Stats:
     accounts: list[AccountFigures]
 
 
-def gather(store: Store, names: Iterable[str], since: float, now: float) -> Stats:
+def gather(store: Store, names: Iterable[str], since: float, now: float, days: bool = True) -> Stats:
     """Figures from `since` to `now`, for the configured watchers `names` and any other that
-    was checked meanwhile; accounts as the send log and the outbox name them."""
+    was checked meanwhile; accounts as the send log and the outbox name them. Days count whole:
+    checks are counted per day, so `since` starts at the beginning of its day for them. With
+    `days`, each watcher's changes and failures day by day too (for sparklines and JSON)."""
     watchers = {name: WatcherFigures(name) for name in names}
-    for day in store.check_days(since):
-        watchers.setdefault(day.watcher, WatcherFigures(day.watcher)).add(day)
+
+    def watcher(name: str) -> WatcherFigures:
+        return watchers.get(name) or watchers.setdefault(name, WatcherFigures(name))
+
+    for total in store.check_totals(since):
+        w = watcher(total.watcher)
+        w.checks, w.changes, w.failures, w.durations = (total.checks, total.changes, total.failures,
+                                                        total.durations)
+    for name, day, changes, failures in store.busy_days(since) if days else ():
+        watcher(name).by_day[day] = (changes, failures)
     accounts: dict[str, AccountFigures] = {}
 
     def account(name: str | None) -> AccountFigures:
-        return accounts.setdefault(name or MAILDIR, AccountFigures(name or MAILDIR))
+        return accounts.get(name or MAILDIR) or accounts.setdefault(name or MAILDIR,
+                                                                     AccountFigures(name or MAILDIR))
 
-    sent: list[Sent] = store.sent_since(since)
-    for s in sent:
-        figures = account(s.account)
-        figures.deferred.update(s.deferrals)
-        if s.status in ("sent", "partial"):
-            figures.sent += 1
-            if s.watcher is not None:
-                watchers.setdefault(s.watcher, WatcherFigures(s.watcher)).alerts += 1
-            if s.latency is not None:
-                figures.latencies.append(s.latency)
-        if s.status != "sent":  # partial: some recipients are dead letters too
-            figures.dead += 1
-    for name, state, deferrals in store.queued():
-        figures = account(name)
-        figures.held += state == "held"
+    delivered = store.deliveries(since)
+    for acct, status, n in delivered.by_status:
+        if status in ("sent", "partial"):
+            account(acct).sent += n
+        if status != "sent":  # partial: some recipients are dead letters too
+            account(acct).dead += n
+    for name, n in delivered.alerts.items():
+        watcher(name).alerts = n
+    for acct, latencies in delivered.latencies.items():
+        account(acct).latencies = latencies
+    for acct, why, n in delivered.deferrals:
+        account(acct).deferred[why] += n
+    for acct, state, deferrals in store.queued():
+        account(acct).held += state == "held"
         if state != "dead":  # a dead letter's deferrals are in its log entry already
-            figures.deferred.update(deferrals)
+            account(acct).deferred.update(deferrals)
     return Stats(since, now, sorted(watchers.values(), key=lambda w: w.name),
                  sorted(accounts.values(), key=lambda a: a.name))
 
@@ -191,11 +216,10 @@ def histogram_percentile(counts: Sequence[int], q: float) -> float | None:
     return None
 
 
-def percentile(values: Sequence[float], q: float) -> float | None:
-    """The q-quantile of `values`, interpolated between the two nearest."""
-    if not values:
+def percentile(ordered: Sequence[float], q: float) -> float | None:
+    """The q-quantile of sorted `ordered`, interpolated between the two nearest values."""
+    if not ordered:
         return None
-    ordered = sorted(values)
     at = q * (len(ordered) - 1)
     low = int(at)
     high = min(low + 1, len(ordered) - 1)
@@ -245,7 +269,7 @@ def stats_lines(stats: Stats, zone: tzinfo | None, sparklines: bool) -> list[str
 def totals(stats: Stats) -> dict[str, Any]:
     checks = sum(w.checks for w in stats.watchers)
     failures = sum(w.failures for w in stats.watchers)
-    latencies = [x for a in stats.accounts for x in a.latencies]
+    latencies = sorted(x for a in stats.accounts for x in a.latencies)
     return {"watchers": len(stats.watchers), "checks": checks,
             "changes": sum(w.changes for w in stats.watchers), "failures": failures,
             "failure_rate": failures / checks if checks else None,

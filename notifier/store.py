@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 from notifier import ledger, snapshots
 from notifier.errors import EXIT_CONFIG, StateError, UsageError
-from notifier.ledger import Attempt, CheckDay, LogEntry, Sent
+from notifier.ledger import Attempt, CheckDay, Deliveries, Listed, LogEntry
 
 _T = TypeVar("_T")
 
@@ -114,6 +114,9 @@ CREATE INDEX IF NOT EXISTS digest_due ON digest(due)
 # Version 4: the send log, per-day check counts, stable version numbers, and what each queued
 # message met so far (recipients already accepted, deferrals by class). snapshot.content may
 # hold compressed versions from now on (notifier.snapshots); rows of version 3 stay readable.
+# check_day.d<i> counts the checks whose duration fell in bucket i of ledger.DURATION_BUCKETS:
+# SQLite stores a zero in no bytes, and sums them for `notifier stats` with no parsing at all.
+# send_log_by_time covers what statistics read, so they never visit the entries themselves.
 _V4 = """
 ALTER TABLE watcher ADD COLUMN versions INTEGER NOT NULL DEFAULT 0;
 UPDATE watcher SET versions = (SELECT COUNT(*) FROM snapshot s WHERE s.name = watcher.name);
@@ -139,7 +142,7 @@ CREATE TABLE send_log (
     latency REAL,
     body BLOB
 );
-CREATE INDEX send_log_by_time ON send_log(finished);
+CREATE INDEX send_log_by_time ON send_log(finished, account, status, watcher, latency, deferrals);
 CREATE INDEX send_log_by_watcher ON send_log(watcher, finished);
 CREATE TABLE check_day (
     watcher TEXT NOT NULL,
@@ -147,7 +150,16 @@ CREATE TABLE check_day (
     checks INTEGER NOT NULL DEFAULT 0,
     changes INTEGER NOT NULL DEFAULT 0,
     failures INTEGER NOT NULL DEFAULT 0,
-    durations TEXT NOT NULL DEFAULT '',
+    d0 INTEGER NOT NULL DEFAULT 0, d1 INTEGER NOT NULL DEFAULT 0, d2 INTEGER NOT NULL DEFAULT 0,
+    d3 INTEGER NOT NULL DEFAULT 0, d4 INTEGER NOT NULL DEFAULT 0, d5 INTEGER NOT NULL DEFAULT 0,
+    d6 INTEGER NOT NULL DEFAULT 0, d7 INTEGER NOT NULL DEFAULT 0, d8 INTEGER NOT NULL DEFAULT 0,
+    d9 INTEGER NOT NULL DEFAULT 0, d10 INTEGER NOT NULL DEFAULT 0, d11 INTEGER NOT NULL DEFAULT 0,
+    d12 INTEGER NOT NULL DEFAULT 0, d13 INTEGER NOT NULL DEFAULT 0, d14 INTEGER NOT NULL DEFAULT 0,
+    d15 INTEGER NOT NULL DEFAULT 0, d16 INTEGER NOT NULL DEFAULT 0, d17 INTEGER NOT NULL DEFAULT 0,
+    d18 INTEGER NOT NULL DEFAULT 0, d19 INTEGER NOT NULL DEFAULT 0, d20 INTEGER NOT NULL DEFAULT 0,
+    d21 INTEGER NOT NULL DEFAULT 0, d22 INTEGER NOT NULL DEFAULT 0, d23 INTEGER NOT NULL DEFAULT 0,
+    d24 INTEGER NOT NULL DEFAULT 0, d25 INTEGER NOT NULL DEFAULT 0, d26 INTEGER NOT NULL DEFAULT 0,
+    d27 INTEGER NOT NULL DEFAULT 0, d28 INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (watcher, day)
 ) WITHOUT ROWID;
 CREATE INDEX check_day_by_day ON check_day(day)
@@ -457,6 +469,15 @@ class Store:
         """Check counts per watcher and day, from the day of `since` on."""
         return self._read(ledger.check_days, ledger.day_of(since))
 
+    def check_totals(self, since: float) -> list[CheckDay]:
+        """Check counts per watcher summed over the days from the day of `since` on (`day` is
+        that first day), for statistics."""
+        return self._read(ledger.check_totals, ledger.day_of(since))
+
+    def busy_days(self, since: float) -> list[tuple[str, int, int, int]]:
+        """(watcher, day, changes, failures) of the days from the day of `since` that had any."""
+        return self._read(ledger.busy_days, ledger.day_of(since))
+
     # -- outbox -----------------------------------------------------------------------------
 
     def enqueue(self, alerts: Sequence[Alert]) -> None:
@@ -576,6 +597,11 @@ class Store:
         """Send log entries, oldest first, without the message bytes."""
         return self._read(ledger.entries, since, watcher, status)
 
+    def log_listing(self, since: float | None = None, watcher: str | None = None,
+                    status: str | None = None) -> list[Listed]:
+        """What `notifier log` lists of each entry, oldest first."""
+        return self._read(ledger.listing, since, watcher, status)
+
     def log_entry(self, message_id: str) -> LogEntry | None:
         """One entry by Message-ID (with or without the angle brackets), bytes included when kept."""
         return self._read(ledger.entry, message_id)
@@ -584,8 +610,9 @@ class Store:
         """Every watcher name the send log mentions."""
         return [r[0] for r in self._query("SELECT DISTINCT watcher FROM send_log WHERE watcher IS NOT NULL")]
 
-    def sent_since(self, since: float | None) -> list[Sent]:
-        return self._read(ledger.sent, since)
+    def deliveries(self, since: float) -> Deliveries:
+        """What the send log says about deliveries finished since `since`, for statistics."""
+        return self._read(ledger.deliveries, since)
 
     def prune(self, before: float, limit: int = PRUNE_BATCH) -> int:
         """Delete one batch of send log entries and day counts older than `before`; returns

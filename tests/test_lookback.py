@@ -7,16 +7,18 @@ Each test writes a real state database, through the store's own API at known tim
 from __future__ import annotations
 
 import json
+import random
 import re
 from datetime import UTC, datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from notifier.cli import main
 from notifier.errors import EXIT_USAGE
 from notifier.ledger import Attempt
-from notifier.lookback import histogram_percentile, spark
+from notifier.lookback import _Clock, histogram_percentile, show_time, spark
 from notifier.store import Queued, Store
 from tests.messages import html_text, parse
 
@@ -273,3 +275,15 @@ def test_rename_moves_the_history_and_refuses_a_taken_name(versions: Path,
     versions.write_text(versions.read_text().replace("name: doc", "name: prices"))
     assert run(versions, "history", "prices") == 0
     assert "3 version(s) of prices kept" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("zone", [None, "UTC", "Asia/Shanghai", "Europe/Berlin", "Asia/Kathmandu",
+                                  "America/St_Johns", "Australia/Lord_Howe"])
+def test_the_log_clock_writes_what_show_time_writes(zone: str | None) -> None:
+    """The fast clock of `notifier log` across offsets of 30 and 45 minutes and DST changes."""
+    tz = ZoneInfo(zone) if zone else None
+    rng = random.Random(11)
+    clock = _Clock(tz)
+    for ts in sorted([rng.uniform(1.6e9, 1.8e9) for _ in range(2000)]
+                     + [1711846799.5, 1711846800.0, 1729990799.9, 1729990800.0]):
+        assert clock(ts) == show_time(ts, tz)

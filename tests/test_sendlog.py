@@ -16,7 +16,7 @@ import pytest
 from notifier.alerts import Alerter
 from notifier.ledger import DURATION_BUCKETS, Attempt, day_of
 from notifier.outbox import GIVE_UP_AFTER, Sender
-from notifier.store import PRUNE_BATCH, Queued, Store
+from notifier.store import PRUNE_BATCH, Queued, Store, WatcherState
 from tests.servers.smtp import SmtpServer
 from tests.test_outbox import Clock, smtp_config
 
@@ -213,3 +213,23 @@ def test_pruning_goes_in_batches_and_keeps_what_is_recent(tmp_path: Path) -> Non
         assert db.execute("SELECT COUNT(*) FROM check_day").fetchone()[0] == 0
     finally:
         db.close()
+
+
+def test_a_reminder_is_logged_as_a_reminder(tmp_path: Path, smtp_server: SmtpServer) -> None:
+    cfg = smtp_config(tmp_path, smtp_server, watchers=f"[{{name: doc, kind: file, path: {tmp_path / 'd'}, "
+                                                      f"remind_every: 1h}}]")
+    (wc,) = cfg.watchers
+    alerter = Alerter(cfg)
+    now = 1_764_000_000.0
+    first, _ = alerter.error(wc, "boom", WatcherState("doc", failures=2), now)
+    again, _ = alerter.error(wc, "boom", WatcherState("doc", failures=9, error_alerted_at=now - 3600), now)
+    store = Store(tmp_path / "state.db")
+    try:
+        store.enqueue([*first, *again])
+        assert Sender(cfg, store).deliver().sent == 2
+        assert [e.kind for e in store.log_entries()] == ["error", "reminder"]
+    finally:
+        store.close()
+    subjects = [str(email.message_from_bytes(r.content, policy=email.policy.default)["Subject"])
+                for r in smtp_server.received]
+    assert [s.split(" (")[0] for s in subjects] == ["[notifier] doc is failing"] * 2  # the same mail
