@@ -19,6 +19,7 @@ from typing import Protocol
 
 from notifier import inbox
 from notifier.alerts import Alerter
+from notifier.bounces import Bounce, BounceScanner
 from notifier.config import Config, Mailbox, SmtpAccount
 from notifier.errors import ConfigError, PermanentDeliveryError, Problem
 from notifier.receive import ImapClient, MailboxRefused, MailboxUnavailable, Pop3Client
@@ -244,6 +245,39 @@ class Pop3Finder:
         pass
 
 
+class BounceWatch:
+    """The sender's own mailbox, when it is not the one the probe goes to: bounces come back
+    there (163 and QQ return mail to the login). Scanned by UID from where it stood at sending."""
+
+    def __init__(self, box: Mailbox) -> None:
+        self.box = box
+        self.client = ImapClient(box)
+        self.scanner = BounceScanner()
+
+    def start(self) -> None:
+        self.client.connect()
+        self.scanner.validity, self.scanner.next_uid = self.client.select("INBOX", readonly=True)
+
+    def check(self, message_id: str) -> Bounce | None:
+        try:
+            found = self.scanner.scan(self.client)
+        except MailboxUnavailable:
+            self.client.close()
+            self.client.connect()
+            found = self.scanner.scan(self.client)
+        return next((b for b in found if message_id in b.message_ids), None)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def own_mailbox(cfg: Config, account: SmtpAccount, box: Mailbox) -> Mailbox | None:
+    """The imap account that logs in as the SMTP account's login, if it is not `box`."""
+    login = (account.username or "").lower()
+    return next((b for b in cfg.mailboxes.values() if login and b.protocol == "imap"
+                 and (b.username or "").lower() == login and b is not box), None)
+
+
 def finder_for(box: Mailbox) -> ImapFinder | Pop3Finder:
     return ImapFinder(box) if box.protocol == "imap" else Pop3Finder(box)
 
@@ -276,25 +310,24 @@ def verify(cfg: Config, account_name: str | None = None, to: str | None = None,
     token = secrets.token_hex(12)
     result = Result("not found", account.name, box.name, token)
     recipient = to or (box.username if box.username and "@" in box.username else None)
+    own = own_mailbox(cfg, account, box)
+    bounces = BounceWatch(own) if own else None
     try:
         finder.start()  # note the UIDs first, so only what arrives after the probe is looked at
+        if bounces:
+            bounces.start()
         queued = Alerter(cfg).test(time.time(), [recipient] if recipient else (), account.name, token)
         data = f"{PROBE_HEADER}: {token}\r\n".encode() + queued.body
-        transport = SmtpTransport(account, debug_smtp)
-        try:
-            with transport:
-                refused = transport.send(queued.sender, queued.recipients, data)
-        except PermanentDeliveryError as exc:
-            result.verdict, result.reason = "bounced", f"refused at once: {exc}"
+        if not _send(account, queued.sender, queued.recipients, data, debug_smtp, result):
             return result
-        if refused:
-            result.verdict = "bounced"
-            result.reason = "; ".join(f"{a}: {r}" for a, r in refused.items())
-            return result
-        result.accepted = transport.last_reply
         accepted = time.monotonic()
         deadline = accepted + timeout
         while (found := finder.look(token)) is None:
+            if bounces and (bounce := bounces.check(queued.message_id)):
+                result.latency = time.monotonic() - accepted
+                result.verdict, result.folder = "bounced", f"{own.name if own else ''} (the sender's)"
+                result.reason = f"{bounce.reason} (reported to {bounces.box.name})"
+                return result
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 result.reason = (f"the probe did not arrive in {box.name} within {timeout:g} s of "
@@ -302,20 +335,45 @@ def verify(cfg: Config, account_name: str | None = None, to: str | None = None,
                 return result
             finder.wait(remaining)
         result.latency = time.monotonic() - accepted
-        result.folder = found.folder
-        received = inbox.parse(found.data)
-        if found.bounce:
-            result.verdict = "bounced"
-            result.reason = _bounce_reason(received)
-            return result
-        result.verdict = "inbox" if found.folder == "INBOX" else "junk"
-        result.verdicts = inbox.verdicts(received)
-        result.problems = inbox.intact(inbox.parse(data), received)
-        result.cleanup = "kept the probe (--keep)" if keep else finder.delete(found)
+        _judge(found, data, result)
+        if result.verdict != "bounced":
+            result.cleanup = "kept the probe (--keep)" if keep else finder.delete(found)
         return result
     finally:
         result.reconnects = finder.reconnects
         finder.close()
+        if bounces:
+            bounces.close()
+
+
+def _send(account: SmtpAccount, sender: str, recipients: tuple[str, ...], data: bytes, debug_smtp: bool,
+          result: Result) -> bool:
+    """Hand the probe to the SMTP server; False (with the verdict "bounced") when it refused it."""
+    transport = SmtpTransport(account, debug_smtp)
+    try:
+        with transport:
+            refused = transport.send(sender, recipients, data)
+    except PermanentDeliveryError as exc:
+        result.verdict, result.reason = "bounced", f"refused at once: {exc}"
+        return False
+    if refused:
+        result.verdict = "bounced"
+        result.reason = "; ".join(f"{a}: {r}" for a, r in refused.items())
+        return False
+    result.accepted = transport.last_reply
+    return True
+
+
+def _judge(found: Found, sent: bytes, result: Result) -> None:
+    """Where the probe (or its bounce) landed, what the receiver said, whether it is intact."""
+    result.folder = found.folder
+    received = inbox.parse(found.data)
+    if found.bounce:
+        result.verdict, result.reason = "bounced", _bounce_reason(received)
+        return
+    result.verdict = "inbox" if found.folder == "INBOX" else "junk"
+    result.verdicts = inbox.verdicts(received)
+    result.problems = inbox.intact(inbox.parse(sent), received)
 
 
 def _bounce_reason(msg: Message) -> str:

@@ -200,3 +200,16 @@ def test_no_mailbox_configured_is_a_config_error(run: Run) -> None:
     code, _, err = run("")
     assert code == 78
     assert "verify_with" in err
+
+
+def test_a_bounce_in_the_senders_own_mailbox_exits_3(run: Run, dovecot: Dovecot,
+                                                     relay: DeliveringSmtpServer) -> None:
+    """The probe goes to another mailbox; the report comes back to the login's own one, which
+    is configured beside it: verify-delivery watches both."""
+    relay.route = lambda rcpt, data: "bounce"
+    own = (f"  own: {{host: localhost, port: {dovecot.imaps}, username: {SENDER}, password_env: PW, "
+           f"ca_file: {dovecot.ca.ca_file}}}\n")
+    code, out, _ = run(_box(dovecot) + own, "--to", "gone@example.com")
+    assert code == 3, out
+    assert "BOUNCED" in out
+    assert "User unknown (reported to own)" in out
