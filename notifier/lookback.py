@@ -17,8 +17,8 @@ from notifier.errors import UsageError
 from notifier.ledger import DURATION_BUCKETS, Listed, LogEntry, day_of
 from notifier.options import Duration
 from notifier.store import Store
+from notifier.versions import local_time, show_time
 
-TIME_FORMAT = "%Y-%m-%d %H:%M:%S"
 SPARKS = "▁▂▃▄▅▆▇█"
 MAILDIR = "maildir"  # how figures name "no smtp account"
 
@@ -29,18 +29,11 @@ def parse_since(text: str, now: float, zone: tzinfo | None = None) -> float:
     try:
         return now - float(Duration().parse(text))
     except ValueError:
-        pass
-    try:
-        when = datetime.fromisoformat(text.strip())
-    except ValueError:
+        when = local_time(text, zone)
+    if when is None:
         raise UsageError(f"--since {text!r} is neither a duration like 7d or 12h nor a time like "
-                         f"2026-11-30T10:00.") from None
-    when = when if when.tzinfo else when.replace(tzinfo=zone) if zone else when.astimezone()
+                         f"2026-11-30T10:00.")
     return when.timestamp()
-
-
-def show_time(ts: float | None, zone: tzinfo | None) -> str:
-    return "-" if ts is None else datetime.fromtimestamp(ts, zone).strftime(TIME_FORMAT)
 
 
 def seconds(value: float | None) -> str:

@@ -79,14 +79,22 @@ def resolve(name: str, versions: Sequence[Version], spec: str, zone: tzinfo | No
 
 
 def parse_time(text: str, zone: tzinfo | None) -> datetime:
-    """A date or date and time like 2026-11-30T10:00 or "2026-11-30 10:00"; without a zone it
-    is in `zone` (local time when None)."""
+    """A version's time; a usage error when `text` is not a time either."""
+    when = local_time(text, zone)
+    if when is None:
+        raise UsageError(f"{text!r} is neither a version number nor a time; write a number from "
+                         f"`notifier history`, -1 for the previous version, or a time like "
+                         f"2026-11-30T10:00.")
+    return when
+
+
+def local_time(text: str, zone: tzinfo | None) -> datetime | None:
+    """A date or a date and time like 2026-11-30T10:00 or "2026-11-30 10:00", in `zone` (local
+    time when None) unless it names its own offset; None when `text` is neither."""
     try:
         when = datetime.fromisoformat(text.strip())
     except ValueError:
-        raise UsageError(f"{text!r} is neither a version number nor a time; write a number from "
-                         f"`notifier history`, -1 for the previous version, or a time like "
-                         f"2026-11-30T10:00.") from None
+        return None
     return when if when.tzinfo else when.replace(tzinfo=zone) if zone else when.astimezone()
 
 

@@ -18,8 +18,9 @@ import pytest
 from notifier.cli import main
 from notifier.errors import EXIT_USAGE
 from notifier.ledger import Attempt
-from notifier.lookback import _Clock, histogram_percentile, show_time, spark
+from notifier.lookback import _Clock, histogram_percentile, spark
 from notifier.store import Queued, Store
+from notifier.versions import show_time
 from tests.messages import html_text, parse
 
 T = datetime(2026, 11, 30, 10, 0, tzinfo=UTC).timestamp()  # the config's zone is UTC
