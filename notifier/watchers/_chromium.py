@@ -18,6 +18,7 @@ import logging
 import mmap
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -88,6 +89,7 @@ class Chromium:
         self._launch: asyncio.Lock | None = None
         self._cas: tuple[str, ...] = ()  # ca_file paths the running browser trusts
         self._home: str | None = None  # its HOME, holding the NSS database with those CAs
+        self._pid: int | None = None  # the browser process, leader of its process group
         self.launches = 0  # how many times Chromium was started: restarts show here
 
     def configure(self, workers: int, path: str | None) -> None:
@@ -170,12 +172,12 @@ class Chromium:
         from playwright.async_api import Error as PlaywrightError  # noqa: PLC0415 - optional
 
         try:
-            context = await (await self._connected(executable, ca_file)).new_context(**options)
-        except PlaywrightError:  # it died before its disconnect was seen: start it again, once
+            context = await self._context(executable, ca_file, options)
+        except (PlaywrightError, TimeoutError):  # dead or hung before that was seen: start it again
             await self._kill()
             try:
-                context = await (await self._connected(executable, ca_file)).new_context(**options)
-            except PlaywrightError as exc:
+                context = await self._context(executable, ca_file, options)
+            except (PlaywrightError, TimeoutError) as exc:
                 await self._kill()
                 raise WatchError(f"the browser could not open a page ({_first_line(exc)}); it "
                                  f"is started again for the next check.") from None
@@ -194,6 +196,11 @@ class Chromium:
             except (TimeoutError, PlaywrightError):
                 log.warning("a page of chromium did not close; restarting the browser")
                 await self._kill()
+
+    async def _context(self, executable: str, ca_file: str | None, options: Mapping[str, Any]) -> Any:
+        """A fresh context; a browser that cannot make one within CLOSE_GRACE is hung."""
+        browser = await self._connected(executable, ca_file)
+        return await asyncio.wait_for(browser.new_context(**options), CLOSE_GRACE)
 
     async def _connected(self, executable: str, ca_file: str | None) -> Any:
         if self._launch is None:
@@ -231,6 +238,7 @@ class Chromium:
             except Exception as exc:
                 raise WatchError(f"Chromium ({executable}) did not start: {_first_line(exc)}.") from None
             self.launches += 1
+            self._pid = _launched_pid()
             return self._browser
 
     def _trust_store(self) -> str:
@@ -262,11 +270,16 @@ class Chromium:
         return home
 
     async def _kill(self) -> None:
-        """Close the browser, or kill it when it does not close in time."""
+        """Close the browser, or kill it when it does not close in time: its whole process
+        group (Playwright starts it as a group leader), so no renderer or zygote outlives it."""
         browser, self._browser = self._browser, None
+        pid, self._pid = self._pid, None
         if browser is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(browser.close(), CLOSE_GRACE)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGKILL)
         home, self._home = self._home, None
         if home is not None:
             shutil.rmtree(home, ignore_errors=True)
@@ -287,6 +300,29 @@ def _certutil(*args: str) -> None:
         said = result.stderr.strip() or result.stdout.strip()
         raise WatchError(f"certutil could not load the ca_file ({said}); check that it is a PEM "
                          f"certificate bundle.")
+
+
+def _launched_pid() -> int | None:
+    """The newest Chromium browser process started by Playwright's driver (our child): the
+    group leader `_kill` ends when the browser does not close. Renderers and zygotes are its
+    descendants, not children of the driver."""
+    parent: dict[int, int] = {}
+    started: dict[int, int] = {}
+    browsers: list[int] = []
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", encoding="ascii", errors="replace") as stat_file:
+                stat = stat_file.read()
+        except OSError:
+            continue
+        pid, fields = int(entry.name), stat[stat.rindex(")") + 2:].split()
+        parent[pid], started[pid] = int(fields[1]), int(fields[19])
+        if "chrom" in stat[stat.index("(") + 1:stat.rindex(")")]:
+            browsers.append(pid)
+    mine = [pid for pid in browsers if parent.get(parent[pid]) == os.getpid()]
+    return max(mine, key=lambda pid: started[pid]) if mine else None
 
 
 def _first_line(exc: BaseException) -> str:

@@ -6,6 +6,7 @@ serves the whole module (the `chromium` fixture), as one serves the whole daemon
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -122,7 +123,8 @@ def test_a_crashed_browser_is_started_again(chromium: None, http_server: LocalHT
     assert "fine" in watcher(http_server.url("/fine")).fetch({}).text
     launches = CHROMIUM.launches
     for pid in chromium_pids():
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # gone with its parent already
+            os.kill(pid, signal.SIGKILL)
     deadline = time.monotonic() + 5
     while chromium_pids() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -159,7 +161,8 @@ def test_a_crashed_tab_fails_that_check_only(chromium: None, http_server: LocalH
     while http_server.count("/hang") == 0 and time.monotonic() < deadline:
         time.sleep(0.02)
     for pid in _renderers():
-        os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
     thread.join(10)
     assert result
     assert "crashed the browser tab" in str(result[0])
@@ -319,3 +322,21 @@ def test_at_most_browser_workers_pages_at_once(chromium: None, http_server: Loca
         thread.join(30)
     assert http_server.count("/counted") == 5
     assert route.most == 2
+
+
+def test_a_hung_browser_is_killed_with_its_whole_group(chromium: None, http_server: LocalHTTPServer,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """A browser that stops answering (here: SIGSTOP, so nothing of it can react) is killed,
+    every process of it, and the check goes on in a new one."""
+    monkeypatch.setattr(_chromium, "CLOSE_GRACE", 1.0)
+    http_server.set("/fine", "<p>fine</p>")
+    assert "fine" in watcher(http_server.url("/fine")).fetch({}).text
+    old = chromium_pids()
+    for pid in old:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGSTOP)
+    assert "fine" in watcher(http_server.url("/fine")).fetch({}).text
+    deadline = time.monotonic() + 5
+    while any(Path(f"/proc/{pid}").exists() for pid in old) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not [pid for pid in old if Path(f"/proc/{pid}").exists()]
