@@ -277,9 +277,10 @@ def run(args: argparse.Namespace) -> int:
             stopped_in = time.monotonic() - stop_at
         log_text = log_path.read_text(errors="replace")
         requests = server.log()
+        connections = server.connections
     if len(samples) < 3:
         return 1
-    report(args, samples, requests, started, log_text, code, stopped_in, ideal, mutated)
+    report(args, samples, requests, started, log_text, code, stopped_in, ideal, mutated, connections)
     return 0
 
 
@@ -299,7 +300,7 @@ def phase_offsets(requests: Sequence[tuple[float, float, int]], since: float, ev
 
 def report(args: argparse.Namespace, samples: list[Sample], requests: list[tuple[float, float, int]],
            started: float, log_text: str, code: int | None, stopped_in: float, ideal: float,
-           mutated: int) -> None:
+           mutated: int, connections: int) -> None:
     every = args.every
     starts = [mono for mono, _, _ in requests]
     end = samples[-1].at
@@ -359,7 +360,8 @@ def report(args: argparse.Namespace, samples: list[Sample], requests: list[tuple
     counts = outcomes(log_text)
     warnings = [ln for ln in log_text.splitlines() if " WARNING " in ln or " ERROR " in ln]
     print(f"\nDaemon log: outcomes {dict(counts)}; {len(warnings)} warning/error line(s); "
-          f"{len(starts)} requests served; {mutated} page changes made")
+          f"{len(starts)} requests served over {connections} connections (kept alive between "
+          f"checks when fewer); {mutated} page changes made")
     for ln in warnings[:8]:
         print(f"  {ln[:200]}")
     print(f"SIGTERM: exit code {code} after {stopped_in:.2f} s")

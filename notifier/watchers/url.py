@@ -79,6 +79,10 @@ class Url(Watcher, kind="url"):
     limits. A binary body (image/*, PDF, octet-stream..., or bytes that are not text whatever
     the label says) is compared by size and SHA-256, as the file kind does; setting
     `encoding` says the body is text, unless it holds NUL bytes.
+
+    At most `per_host` (a top-level setting) fetches go to one site at a time; the deadline
+    starts when a fetch's turn comes. Redirects never carry the watcher's Authorization or
+    Cookie to another site.
     """
 
     options: ClassVar[tuple[Option, ...]] = (
