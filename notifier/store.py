@@ -38,7 +38,7 @@ from typing import Any, TypeVar
 
 from notifier import ledger, snapshots
 from notifier.errors import EXIT_CONFIG, StateError, UsageError
-from notifier.ledger import Attempt, CheckDay, Deliveries, Listed, LogEntry
+from notifier.ledger import Attempt, CheckDay, Deliveries, LogEntry
 
 _T = TypeVar("_T")
 
@@ -597,10 +597,10 @@ class Store:
         """Send log entries, oldest first, without the message bytes."""
         return self._read(ledger.entries, since, watcher, status)
 
-    def log_listing(self, since: float | None = None, watcher: str | None = None,
-                    status: str | None = None) -> list[Listed]:
-        """What `notifier log` lists of each entry, oldest first."""
-        return self._read(ledger.listing, since, watcher, status)
+    def log_listing(self, since: float | None, watcher: str | None, status: str | None, head: str,
+                    tail: str, nobody: str) -> list[tuple[float, float | None, str, str]]:
+        """Each entry as `notifier log` lists it, oldest first (see notifier.ledger.listing)."""
+        return self._read(ledger.listing, since, watcher, status, head, tail, nobody)
 
     def log_entry(self, message_id: str) -> LogEntry | None:
         """One entry by Message-ID (with or without the angle brackets), bytes included when kept."""
