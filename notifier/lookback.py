@@ -235,12 +235,13 @@ def _percent(rate: float | None) -> str:
 
 
 def stats_lines(stats: Stats, zone: tzinfo | None, sparklines: bool) -> list[str]:
-    """The report: watchers, accounts, totals; per-day changes and failures with `sparklines`."""
+    """The report: watchers (a check's median and p95 time), accounts (median and p95 latency
+    from queued to accepted), totals; per-day changes and failures with `sparklines`."""
     days = range(day_of(stats.since), day_of(stats.until) + 1)
     first = date.fromordinal(days[0]).isoformat()
     out = [f"since {show_time(stats.since, zone)} ({len(days)} day(s) of counts, from {first})", "",
            f"{'watcher':20}  {'checks':>7}  {'changes':>7}  {'failures':>8}  {'fail%':>6}  "
-           f"{'median':>7}  {'p95':>7}  {'alerts':>6}"]
+           f"{'took':>7}  {'p95':>7}  {'alerts':>6}"]
     for w in stats.watchers:
         out.append(f"{w.name:20}  {w.checks:7}  {w.changes:7}  {w.failures:8}  "
                    f"{_percent(w.failure_rate):>6}  {seconds(histogram_percentile(w.durations, 0.5)):>7}  "
@@ -249,7 +250,8 @@ def stats_lines(stats: Stats, zone: tzinfo | None, sparklines: bool) -> list[str
             changes = spark([w.by_day.get(d, (0, 0))[0] for d in days])
             failures = spark([w.by_day.get(d, (0, 0))[1] for d in days])
             out.append(f"    changes {changes}  failures {failures}")
-    out += ["", f"{'account':20}  {'sent':>6}  {'held':>5}  {'dead':>5}  {'median':>7}  {'p95':>7}  deferred"]
+    out += ["", f"{'account':20}  {'sent':>6}  {'held':>5}  {'dead':>5}  {'latency':>7}  {'p95':>7}  "
+                f"deferred"]
     for a in stats.accounts:
         why = counted(a.deferred)
         median, p95 = percentile(a.latencies, 0.5), percentile(a.latencies, 0.95)
