@@ -69,7 +69,13 @@ class Alerter:
                            failures=state.failures + 1,
                            failing_since=self._time(wc, state.last_error_at if state.failures else now),
                            subject_prefix=self.cfg.subject_prefix)
-        return self._queue(wc, ctx, now)
+        built = self._queue(wc, ctx, now)
+        if state.error_alerted_at is None:
+            return built
+        # A reminder (remind_every) renders as the error alert it repeats; the send log and
+        # `notifier stats` tell the two apart by the queued kind.
+        return Built([replace(a, kind="reminder") if isinstance(a, Queued) else a for a in built.alerts],
+                     built.problem)
 
     def recovery(self, wc: WatcherConfig, state: WatcherState, now: float) -> Built:
         ctx = AlertContext(kind="recovery", watcher=_info(wc), at=self._at(wc, now),
