@@ -7,13 +7,13 @@ import contextlib
 import difflib
 import logging
 import os
+import queue
 import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from datetime import UTC, datetime
-from itertools import islice
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,11 +33,12 @@ from notifier.errors import (
     NotifierError,
     UsageError,
 )
-from notifier.kinds import Kind, filter_kinds, watcher_kinds
+from notifier.kinds import Kind, configure_kinds, filter_kinds, watcher_kinds
 from notifier.pipeline import Outcome, check, filtered
+from notifier.safetext import visible
 from notifier.secrets import redact
 from notifier.statedir import MARKER_NAME, ONESHOT_WAIT, NoDaemon, StateDir, StateDirBusy
-from notifier.store import Store, WatcherState
+from notifier.store import Store, Version, WatcherState
 
 if TYPE_CHECKING:
     from notifier.alerts import Alerter
@@ -167,7 +168,38 @@ def _parser() -> argparse.ArgumentParser:
     p = command("kinds", cmd_kinds, "list watcher and filter kinds with their options")
     p.add_argument("--markdown", action="store_true", help="as the README's option tables")
     command("schema", cmd_schema, "print the JSON Schema of watchers.yaml")
+    _lookback_commands(command)
     return parser
+
+
+def _lookback_commands(command: Callable[[str, Callable[[argparse.Namespace], int], str],
+                                         argparse.ArgumentParser]) -> None:
+    """The commands that look back: the send log, statistics, kept versions, renaming."""
+    since = "a duration back from now (7d, 12h) or a time (2026-11-30T10:00)"
+    p = command("log", cmd_log, "list the send log: each message that left the outbox, and how")
+    p.add_argument("message_id", nargs="?", metavar="MESSAGE-ID", help="show this entry whole")
+    p.add_argument("--watcher", metavar="NAME", help="only this watcher's messages")
+    p.add_argument("--since", metavar="WHEN", help=f"only entries since WHEN: {since}")
+    p.add_argument("--status", choices=["sent", "partial", "dead", "expired"], help="only these")
+    p.add_argument("--json", action="store_true", help="as a JSON array")
+    p.add_argument("--raw", action="store_true", help="with MESSAGE-ID: the message as sent (keep_sent)")
+    p = command("stats", cmd_stats, "checks, changes, failures and deliveries per watcher and account")
+    p.add_argument("--since", default="30d", metavar="WHEN", help=f"{since}; default 30d")
+    p.add_argument("--json", action="store_true", help="as JSON")
+    p = command("history", cmd_history, "list a watcher's kept versions with lines added and removed")
+    p.add_argument("name", metavar="NAME")
+    version = "a number from `notifier history`, 0 the newest, -1 the one before, or a time"
+    p = command("show", cmd_show, "print one kept version of a watcher (default: the newest)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("version", nargs="?", default="0", metavar="VERSION", help=version)
+    p = command("diff", cmd_diff, "diff two kept versions of a watcher (default: its last change)")
+    p.add_argument("name", metavar="NAME")
+    p.add_argument("older", nargs="?", default="-1", metavar="A", help=f"{version}; default -1")
+    p.add_argument("newer", nargs="?", default="0", metavar="B", help="the same; default 0, the newest")
+    p.add_argument("--html", type=Path, metavar="FILE", help="also write the HTML a change alert carries")
+    p = command("rename", cmd_rename, "give a watcher's state, history and send log to a new name")
+    p.add_argument("old", metavar="OLD")
+    p.add_argument("new", metavar="NEW")
 
 
 def _version() -> str:
@@ -222,11 +254,14 @@ def cmd_check(args: argparse.Namespace) -> int:
     progress = Progress(len(selected))
     outcomes: list[Outcome] = []
     started = time.monotonic()
+    configure_kinds([w.watcher for w in selected], cfg.shared)
     try:
         alerter = _alerter(cfg) if send else None
         for outcome in run_checks(selected, cfg.workers,
                                   lambda wc: check(wc, store, alerter, dry_run=not send)):
             outcomes.append(outcome)
+            if send:  # counted for `notifier stats`, as the daemon counts its checks
+                store.record_duration(outcome.name, time.time(), outcome.seconds)
             progress.clear()
             _print_outcome(outcome, color)
             progress.advance()
@@ -237,6 +272,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     finally:
         progress.clear()
         store.close()
+        for kind in watcher_kinds().values():  # a browser started for these checks stops
+            kind.shut_down()
     return _check_exit({o.status for o in outcomes})
 
 
@@ -252,17 +289,46 @@ def _check_summary(outcomes: Sequence[Outcome], seconds: float, sent: bool) -> s
 
 def run_checks(selected: Sequence[WatcherConfig], workers: int,
                run: Callable[[WatcherConfig], Outcome]) -> Iterator[Outcome]:
-    """Yield outcomes as checks finish, with at most twice `workers` submitted at a time, so
-    memory stays flat however many watchers there are."""
+    """Yield outcomes as checks finish, `workers` of them at a time.
+
+    Each of `workers` threads takes the next watcher itself and hands its outcome back through
+    one queue: nothing is queued ahead, so memory stays flat however many watchers there are,
+    and the caller wakes once per outcome (waiting on a set of futures costs a pass over the
+    set each time). A check that raises (a broken state database) stops the threads from
+    starting more; the checks still running finish, then it is re-raised here.
+    """
     todo = iter(selected)
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="check") as pool:
-        running = {pool.submit(run, wc) for wc in islice(todo, 2 * workers)}
-        while running:
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                yield future.result()
-                if (wc := next(todo, None)) is not None:
-                    running.add(pool.submit(run, wc))
+    taking = threading.Lock()
+    stop = threading.Event()
+    results: queue.SimpleQueue[Outcome | BaseException | None] = queue.SimpleQueue()
+
+    def work() -> None:
+        try:
+            while not stop.is_set():
+                with taking:
+                    wc = next(todo, None)
+                if wc is None:
+                    return
+                results.put(run(wc))
+        except BaseException as exc:  # handed to the caller, who re-raises it
+            results.put(exc)
+        finally:
+            results.put(None)  # this thread is done
+
+    threads = [threading.Thread(target=work, name=f"check-{n}", daemon=True)
+               for n in range(min(workers, len(selected)))]
+    for thread in threads:
+        thread.start()
+    try:
+        for _ in threads:
+            while (item := results.get()) is not None:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join()
 
 
 def _alerter(cfg: Config) -> Alerter:
@@ -318,8 +384,8 @@ def _print_report(report: Report) -> None:
 
 def _print_outcome(outcome: Outcome, color: bool) -> None:
     if outcome.diff:
-        sys.stdout.write(colored_diff(outcome.diff.unified(f"{outcome.name} (old)",
-                                                           f"{outcome.name} (new)"), color))
+        sys.stdout.write(colored_diff(visible(outcome.diff.unified(f"{outcome.name} (old)",
+                                                                   f"{outcome.name} (new)")), color))
     print(outcome.line(), flush=True)
 
 
@@ -336,11 +402,11 @@ def cmd_test_filter(args: argparse.Namespace) -> int:
     (wc,) = _select(cfg, [args.name])
     fetched = wc.watcher.fetch({})
     print(f"=== fetched from {wc.watcher.source()} ({len(fetched.text)} characters)")
-    print(fetched.text)
+    print(visible(fetched.text))
 
     def step(description: str, text: str) -> None:
         print(f"=== after {description} ({len(text)} characters)")
-        print(text)
+        print(visible(text))
 
     filtered(wc, fetched.text, step)
     return EXIT_OK
@@ -420,11 +486,12 @@ def cmd_status(args: argparse.Namespace) -> int:
         print(f"    last check {_when(st.last_check if st else None, now)}, last change "
               f"{_when(st.last_change if st else None, now)}, next run {_when(next_run(wc, st), now)}")
         if st and st.failures:
-            print(f"    failing {st.failures} time(s) in a row: {st.last_error}")
+            print(f"    failing {st.failures} time(s) in a row: {visible(st.last_error or '')}")
     if cfg is None:
         for name, st in sorted(states.items()):
+            failing = f", failing {st.failures} time(s) in a row: {visible(st.last_error or '')}"
             print(f"{name}: last check {_when(st.last_check, now)}, last change {_when(st.last_change, now)}"
-                  + (f", failing {st.failures} time(s) in a row: {st.last_error}" if st.failures else ""))
+                  + (failing if st.failures else ""))
     print(f"outbox: {counts['pending']} pending, {counts['held']} held, {counts['dead']} dead")
     return EXIT_CONFIG if problems else EXIT_OK
 
@@ -523,7 +590,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
               f"to={','.join(row.recipients)} {row.message_id}")
         print(f"         {waiting_reason(row, now, cfg.timezone)}")  # held/dead: with the error
         if row.last_error and row.state == "pending":
-            print(f"         last error: {row.last_error}")
+            print(f"         last error: {visible(row.last_error)}")
     print(f"{len(rows)} message(s) in the outbox.")
     return EXIT_OK
 
@@ -621,6 +688,143 @@ def cmd_bounces(args: argparse.Namespace) -> int:
 
 def cmd_schema(args: argparse.Namespace) -> int:
     sys.stdout.write(schema.render())
+    return EXIT_OK
+
+
+# -- looking back (notifier.lookback, notifier.versions) -----------------------------------------
+
+def _looking_back(cfg: Config) -> Store:
+    """The state database for the commands that look back, brought up to date if it is old."""
+    state = StateDir(cfg.state_dir)
+    if not state.db.exists():
+        raise NotifierError(f"no state yet in {cfg.state_dir}; run `notifier check --send` or start "
+                            f"`notifier run` first.")
+    return state.open_store()
+
+
+def cmd_log(args: argparse.Namespace) -> int:
+    from notifier import lookback, versions  # noqa: PLC0415 - see the note at the imports
+
+    cfg = _load(args)
+    with contextlib.closing(_looking_back(cfg)) as store:
+        if args.message_id:
+            entry = store.log_entry(args.message_id)
+            if entry is None:
+                raise UsageError(f"the send log has no entry for {args.message_id}; `notifier log` "
+                                 f"lists them (entries older than log_retention are gone).")
+            if args.raw:
+                if entry.body is None:
+                    raise UsageError(f"the message {entry.message_id} was not kept; set keep_sent: true "
+                                     f"to keep the messages sent from now on.")
+                sys.stdout.buffer.write(entry.body)
+            else:
+                text = (lookback.log_json([entry], cfg.timezone) if args.json
+                        else "\n".join(lookback.log_entry_lines(entry, cfg.timezone)))
+                print(text)
+            return EXIT_OK
+        since = lookback.parse_since(args.since, time.time(), cfg.timezone) if args.since else None
+        if args.watcher:
+            versions.check_name(args.watcher, cfg, [*store.states(), *store.log_watchers()])
+        if args.json:
+            print(lookback.log_json(store.log_entries(since, args.watcher, args.status), cfg.timezone))
+            return EXIT_OK
+        lines = lookback.log_lines(store, since, args.watcher, args.status, cfg.timezone)
+    count = len(lines) - 1  # under the header
+    sys.stdout.write("\n".join([*lines, f"{count} entr{'y' if count == 1 else 'ies'}."]) + "\n")
+    return EXIT_OK
+
+
+def cmd_stats(args: argparse.Namespace) -> int:
+    from notifier import lookback  # noqa: PLC0415 - see the note at the imports
+
+    cfg = _load(args)
+    now = time.time()
+    since = lookback.parse_since(args.since, now, cfg.timezone)
+    with contextlib.closing(_looking_back(cfg)) as store:
+        sparklines = sys.stdout.isatty() and not args.json
+        figures = lookback.gather(store, [w.name for w in cfg.watchers], since, now,
+                                  days=args.json or sparklines)
+    if args.json:
+        print(lookback.stats_json(figures, cfg.timezone))
+    else:
+        print("\n".join(lookback.stats_lines(figures, cfg.timezone, sparklines)))
+    return EXIT_OK
+
+
+def _versions(cfg: Config, name: str) -> tuple[WatcherConfig | None, list[Version]]:
+    from notifier import versions  # noqa: PLC0415 - see the note at the imports
+
+    with contextlib.closing(_looking_back(cfg)) as store:
+        wc = versions.check_name(name, cfg, store.states())
+        return wc, store.versions(name)
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from notifier import versions  # noqa: PLC0415 - see the note at the imports
+
+    cfg = _load(args)
+    wc, kept = _versions(cfg, args.name)
+    versions.need(args.name, kept)
+    print(f"{'version':>8}  {'taken':19}  {'bytes':>10}  {'added':>6}  {'removed':>7}")
+    for row in versions.listing(kept):
+        counts = ("-", "-") if row.added is None else (f"+{row.added}", f"-{row.removed}")
+        taken = versions.show_time(row.version.taken_at, cfg.timezone)
+        print(f"{'#' + str(row.version.number):>8}  {taken}  {row.size:>10,}  {counts[0]:>6}  {counts[1]:>7}")
+    limit = f" (history: {wc.history})" if wc else " (no longer in the configuration)"
+    print(f"{len(kept)} version(s) of {args.name} kept{limit}; `notifier diff {args.name} A B` compares two.")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from notifier import versions  # noqa: PLC0415 - see the note at the imports
+
+    cfg = _load(args)
+    _, kept = _versions(cfg, args.name)
+    sys.stdout.write(visible(versions.resolve(args.name, kept, args.version, cfg.timezone).text))
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from notifier import versions  # noqa: PLC0415 - see the note at the imports
+
+    cfg = _load(args)
+    wc, kept = _versions(cfg, args.name)
+    versions.need(args.name, kept, 2)
+    zone = (wc.timezone if wc else None) or cfg.timezone
+    older, newer = (versions.resolve(args.name, kept, spec, zone) for spec in (args.older, args.newer))
+    diff = versions.compare(wc, older, newer)
+    if diff:
+        sys.stdout.write(colored_diff(visible(diff.unified(versions.label(args.name, older, zone),
+                                                           versions.label(args.name, newer, zone))),
+                                      use_color(sys.stdout)))
+    else:
+        print(f"no differences between #{older.number} and #{newer.number} of {args.name}"
+              + (" that its additions_only/deletions_only shows" if wc and (wc.additions_only or
+                                                                         wc.deletions_only) else "."))
+    if args.html:
+        args.html.write_text(versions.html(cfg, args.name, wc, older, newer, diff), encoding="utf-8")
+        print(f"wrote the HTML diff to {args.html}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_rename(args: argparse.Namespace) -> int:
+    """A watcher's name is its identity; this moves everything kept under one name to another."""
+    cfg = _load(args)
+    if args.old == args.new:
+        raise UsageError("the old and the new name are the same.")
+    with contextlib.closing(_looking_back(cfg)) as store:
+        stored = list(store.states())
+        if args.old not in stored:
+            close = difflib.get_close_matches(args.old, stored, n=1)
+            hint = f"did you mean {close[0]!r}?" if close else "`notifier status` lists what is kept."
+            raise UsageError(f"no state is kept for a watcher named {args.old!r}; {hint}")
+        store.rename(args.old, args.new)
+    print(f"renamed {args.old!r} to {args.new!r}: its state, kept versions, check counts, send log "
+          f"entries and queued mail now go by the new name.")
+    if cfg.watcher(args.old) is not None and cfg.watcher(args.new) is None:
+        print(f"Now rename it in {cfg.path} (name: {args.new}); a running notifier picks that up. If it "
+              f"checks {args.old!r} before then, `notifier forget {args.old}` drops the new baseline "
+              f"that records.")
     return EXIT_OK
 
 

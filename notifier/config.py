@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -18,7 +19,7 @@ from typing import Any
 from zoneinfo import ZoneInfo
 
 from notifier.errors import ConfigError, Problem
-from notifier.kinds import Filter, Watcher, filter_kinds, watcher_kinds
+from notifier.kinds import Filter, Shared, Watcher, filter_kinds, watcher_kinds
 from notifier.options import Option, line_of, parse_options, unknown_key_hint
 from notifier.schedule import Schedule, Window
 from notifier.secrets import Secret, SecretRef
@@ -104,6 +105,9 @@ class WatcherConfig:
     context_lines: int
     additions_only: bool
     deletions_only: bool
+    compared_versions: int
+    trigger: tuple[re.Pattern[str], ...]
+    trigger_invert: tuple[re.Pattern[str], ...]
     recipients: Recipients
     account: str | None
     templates: str | None
@@ -136,7 +140,10 @@ class Config:
     workers: int
     log_level: str
     warnings: tuple[Problem, ...] = ()
+    shared: Shared = field(default_factory=Shared)  # what kinds share between their watchers (one browser)
     mailboxes: Mapping[str, Mailbox] = field(default_factory=dict)
+    log_retention: float = 90 * 86400.0  # send log entries and check counts older than this go
+    keep_sent: bool = False  # keep message bytes in the send log after delivery
 
     def watcher(self, name: str) -> WatcherConfig | None:
         return next((w for w in self.watchers if w.name == name), None)
@@ -212,6 +219,9 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None,
     _check_mail_from(col, raw_mail, mail["from"], accounts)
     _check_templates(col, path, top["templates"], raw, watchers)
     _check_command_permissions(col, path, watchers)
+    shared = Shared(browser_workers=top["browser_workers"], browser_path=top["browser_path"],
+                    per_host=top["per_host"])
+    _check_kinds(col, watchers, shared)
     if col.problems:
         raise ConfigError(sorted(col.problems, key=lambda p: p.line or 0))
     return Config(
@@ -228,6 +238,9 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None,
         workers=top["workers"],
         log_level=top["log_level"],
         warnings=tuple(col.warnings),
+        log_retention=top["log_retention"],
+        keep_sent=top["keep_sent"],
+        shared=shared,
         mailboxes=mailboxes,
     )
 
@@ -407,6 +420,11 @@ def _watcher(col: _Collector, spec: object, path: str, defaults: dict[str, Any],
     if values["additions_only"] and values["deletions_only"]:
         col.add(line_of(spec, "deletions_only"), f"{path}.deletions_only",
                 "cannot be combined with additions_only; keep one.")
+    if values["compared_versions"] > values["history"]:
+        col.add(line_of(spec, "compared_versions" if "compared_versions" in spec else "history"),
+                f"{path}.compared_versions", f"is {values['compared_versions']} but only "
+                f"{values['history']} versions are kept; set history to at least "
+                f"{values['compared_versions']}, or compare fewer.")
     if spec.get("every") is not None and values["cron"]:
         col.add(line_of(spec, "cron"), f"{path}.cron", "cannot be combined with every; keep one.")
     filters = _filters(col, spec.get("filters"), path, line_of(spec, "filters"))
@@ -539,6 +557,15 @@ def _check_templates(col: _Collector, path: Path, top: str | None, raw: Mapping[
             except (OSError, UnicodeDecodeError) as exc:
                 col.problems.append(Problem(str(file), None, "", f"cannot be read ({exc}); check its "
                                             f"permissions and encoding."))
+
+
+def _check_kinds(col: _Collector, watchers: list[WatcherConfig], shared: Shared) -> None:
+    """Each kind's own warnings about its watchers (a browser watcher without a browser),
+    placed at the first such watcher."""
+    for kind, cls in watcher_kinds().items():
+        mine = [w for w in watchers if w.kind == kind]
+        for message in cls.warnings([w.watcher for w in mine], shared) if mine else ():
+            col.warnings.append(Problem(col.file, mine[0].line, f"watchers.{mine[0].name}", message))
 
 
 def _check_command_permissions(col: _Collector, path: Path, watchers: list[WatcherConfig]) -> None:

@@ -31,11 +31,12 @@ from notifier.alerts import Alerter
 from notifier.config import WatcherConfig
 from notifier.errors import ConfigError, StateError
 from notifier.health import Health
-from notifier.kinds import watcher_kinds
+from notifier.kinds import configure_kinds, watcher_kinds
 from notifier.outbox import Sender
 from notifier.pipeline import check
 from notifier.schedule import stable_fraction
 from notifier.statedir import DAEMON, ONESHOT_WAIT, STARTING, StateDir
+from notifier.store import PRUNE_BATCH
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,9 @@ SHUTDOWN_TIMEOUT = 20.0  # running checks get this long to finish on SIGTERM
 DIGEST_POLL = 1.0  # seconds between looks for digests that are due
 OUTBOX_BATCH = 200  # messages per delivery round; a round repeats while more are due
 CHECKPOINT_EVERY = 60.0  # seconds between WAL truncations, so the WAL gives its space back
+PRUNE_EVERY = 600.0  # seconds between looks for expired send log entries, when none were left
+PRUNE_BUDGET = 0.2  # seconds of pruning per housekeeping round at most...
+PRUNE_PAUSE = 0.01  # ...with this pause after each batch, for the writes waiting for the database
 M_ARENA_MAX = -8  # glibc mallopt parameter
 
 
@@ -82,6 +86,8 @@ class Daemon:
         self.health = Health(self, self.lock)
         self._poke = False  # SIGUSR1: a one-shot command queued mail for us to send
         self._next_checkpoint = 0.0
+        self._next_prune = 0.0
+        self._pruned = 0  # rows pruned by the rounds of the current backlog, for one log line
         self._wake = threading.Event()
         self._outbox_wanted = threading.Event()
         self._delivering = threading.Event()
@@ -112,6 +118,7 @@ class Daemon:
         self._write_runstate()
         self.store.release(("held",))  # a restart may follow a fix to the account
         self.sender.recover()
+        configure_kinds([w.watcher for w in self.cfg.watchers], self.cfg.shared)
         for wc in self.cfg.watchers:
             self._add(wc, startup=True)
         self.scheduler.add_job(self._deliver, IntervalTrigger(seconds=OUTBOX_EVERY), id="outbox",
@@ -237,6 +244,8 @@ class Daemon:
         outcome = self._job(check, wc, self.store, self.alerter, key=f"watcher={name}")
         if outcome is None:
             return
+        with contextlib.suppress(StateError):  # the check's own write has reported a broken database
+            self.store.record_duration(name, time.time(), outcome.seconds)
         log.log(logging.WARNING if outcome.status == "failed" else logging.INFO, "%s", outcome.line())
         if outcome.retry_after is not None:
             self._come_back(name, outcome.retry_after)
@@ -291,11 +300,35 @@ class Daemon:
             self._next_checkpoint = time.monotonic() + CHECKPOINT_EVERY
             with contextlib.suppress(StateError):  # a full disk is reported by the writes
                 self.store.checkpoint()
+        self._prune()
         fields = [f"STATUS={self.status_line()}"]
         if systemd.watchdog_interval():
             fields.append("WATCHDOG=1")
         systemd.notify(*fields)
         self._watch_config()
+
+    def _prune(self) -> None:
+        """Drop send log entries and check counts older than log_retention, a small batch per
+        transaction and PRUNE_BUDGET seconds per round at most, so checks and deliveries get the
+        database between batches; a backlog (100,000 expired entries) goes over a few rounds."""
+        if time.monotonic() < self._next_prune:
+            return
+        before, deadline = time.time() - self.cfg.log_retention, time.monotonic() + PRUNE_BUDGET
+        more = True
+        try:
+            while more and time.monotonic() < deadline:
+                gone = self.store.prune(before, PRUNE_BATCH)
+                self._pruned += gone
+                more = gone >= PRUNE_BATCH
+                # The store's lock is not fair: without a pause this thread would take it back
+                # at once, and a check's write would wait out the whole round, not one batch.
+                time.sleep(PRUNE_PAUSE)
+        except StateError:  # a full disk is reported by the writes that matter; try again later
+            more = False
+        self._next_prune = time.monotonic() + (0.0 if more else PRUNE_EVERY)
+        if not more and self._pruned:
+            log.info("pruned %d send log entries and day counts older than log_retention", self._pruned)
+            self._pruned = 0
 
     def _heartbeat_every(self) -> float:
         return min(systemd.watchdog_interval() or CONFIG_POLL, CONFIG_POLL)
@@ -394,6 +427,8 @@ class Daemon:
             self.store.release(("held",))
         except StateError as exc:
             self.health.failed("reload", exc)
+        # After the removed jobs are gone: a kind whose last watcher went (browser) lets go now.
+        configure_kinds([w.watcher for w in new.watchers], new.shared)
         log.info("reloaded %s: %d watcher(s), %d added or changed, %d removed", self.path,
                  len(new.watchers), changed, len(old.keys() - {w.name for w in new.watchers}))
         systemd.notify(f"STATUS={self.status_line()}")

@@ -67,6 +67,7 @@ class Shared:
 
     browser_workers: int = 2  # pages the one Chromium renders at once
     browser_path: str | None = None  # None: look for chromium and its kin on PATH
+    per_host: int = 8  # url fetches in flight to one site at a time
 
 
 class Watcher(Kind):

@@ -9,16 +9,22 @@ A user template that fails while an alert is rendered loses nothing: the shipped
 render that alert. But it is the watcher's problem to fix, so the check counts as failed and
 an error alert naming the template goes out at once, without waiting for `error_after` (that
 waits out flaky fetches; a template that raised will raise again). See `_charge_template`.
+
+Noise control (`trigger`, `trigger_invert`, `compared_versions`) decides here, after the diff:
+a suppressed change is still recorded, so the next diff is against it and history shows it, but
+queues no change alert; the outcome stays "changed" and its log line says
+`suppressed=<reason>`. See `_suppressed`.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Literal, Protocol
 
+from notifier.attachments import Attachment
 from notifier.config import WatcherConfig
 from notifier.diff import Diff, compute
 from notifier.errors import NotifierError, StateError, WatchError
@@ -27,6 +33,9 @@ from notifier.store import Alert, Store, WatcherState
 log = logging.getLogger(__name__)
 
 Status = Literal["baseline", "unchanged", "changed", "failed"]
+# Why a change was recorded without an alert: every changed line matched `trigger_invert`, none
+# matched `trigger`, or the content equals one of the `compared_versions` last versions.
+Suppressed = Literal["trigger_invert", "trigger", "seen-before"]
 
 
 # What an Alerts method returns (notifier.alerts.Built): the alerts, and the failure of a user
@@ -38,7 +47,7 @@ class Alerts(Protocol):
     """Builds the queued messages for what a check found (see notifier.alerts)."""
 
     def change(self, wc: WatcherConfig, diff: Diff, old: str, new: str,
-               state: WatcherState, now: float) -> Built: ...
+               state: WatcherState, now: float, files: Sequence[Attachment] = ()) -> Built: ...
 
     def error(self, wc: WatcherConfig, error: str, state: WatcherState, now: float) -> Built: ...
 
@@ -57,10 +66,12 @@ class Outcome:
     error: str | None = None
     alerts: int = 0
     retry_after: float | None = None  # seconds the source asked us to wait (HTTP Retry-After)
+    suppressed: Suppressed | None = None  # a change recorded without its alert, and why
 
     def line(self) -> str:
         """The one log line per watcher run."""
         extra = f" alerts={self.alerts}" if self.alerts else ""
+        extra += f" suppressed={self.suppressed}" if self.suppressed else ""
         err = f" error={self.error!r}" if self.error else ""
         return f"watcher={self.name} kind={self.kind} outcome={self.status} {self.seconds:.2f}s{extra}{err}"
 
@@ -105,6 +116,7 @@ def check(wc: WatcherConfig, store: Store, alerts: Alerts | None, dry_run: bool 
 
     if alerts and state.error_alerted_at is not None:
         add(alerts.recovery(wc, state, now))
+    suppressed: Suppressed | None = None
     if text is None or text == state.content:
         status: Status = "unchanged"
         diff = None
@@ -114,15 +126,38 @@ def check(wc: WatcherConfig, store: Store, alerts: Alerts | None, dry_run: bool 
     else:
         diff = compute(state.content, text, wc.context_lines, wc.additions_only, wc.deletions_only)
         status, store_text = ("changed" if diff else "unchanged"), text
-        if diff and alerts:
-            add(alerts.change(wc, diff, state.content, text, state, now))
+        suppressed = _suppressed(wc, store, diff, text) if diff else None
+        if diff and alerts and not suppressed:
+            add(alerts.change(wc, diff, state.content, text, state, now, fetched.attachments))
     error = _charge_template(wc, alerts, state, now, problems, queued)
     if not dry_run:
         store.record_success(wc.name, now, fetched.meta, store_text, wc.history, queued)
         if error:
             store.record_failure(wc.name, now, error)
     return Outcome(wc.name, wc.kind, "failed" if error else status, time.monotonic() - started,
-                   diff, error=error, alerts=len(queued))
+                   diff, error=error, alerts=len(queued), suppressed=suppressed)
+
+
+def _suppressed(wc: WatcherConfig, store: Store, diff: Diff, new: str) -> Suppressed | None:
+    """Why this change should not alert, or None when it should.
+
+    The patterns see the diff's added and removed lines (only the added ones with
+    `additions_only`): lines matching `trigger_invert` do not count, and of the rest one must
+    match `trigger` when it is set. `compared_versions: N` then looks at the N versions kept,
+    newest first; the newest is the one just diffed against, so only older ones can match.
+    """
+    lines = [*diff.added, *diff.removed]
+    if wc.trigger_invert:
+        lines = [ln for ln in lines if not any(p.search(ln) for p in wc.trigger_invert)]
+        if not lines:
+            return "trigger_invert"
+    if wc.trigger and not any(p.search(ln) for ln in lines for p in wc.trigger):
+        return "trigger"
+    if wc.compared_versions > 1:
+        older = store.history(wc.name)[1:wc.compared_versions]
+        if any(content == new for _, content in older):
+            return "seen-before"
+    return None
 
 
 def _charge_template(wc: WatcherConfig, alerts: Alerts | None, state: WatcherState, now: float,

@@ -25,6 +25,7 @@ from markupsafe import escape
 
 from notifier.binary import describe_change
 from notifier.diff import Diff, compute, with_words
+from notifier.safetext import UNSAFE, visible
 
 log = logging.getLogger(__name__)
 
@@ -41,14 +42,6 @@ KINDS: tuple[AlertKind, ...] = ("change", "error", "recovery", "test", "digest")
 _BREAKS = re.compile(r"[\s\x00-\x1f\x7f-\x9f]+")
 _BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 _URL_UNSAFE = re.compile(r"[\s\x00-\x1f\x7f]")
-# Control characters other than tab and newline (C0, DEL, C1), CR and ESC included: what
-# `visible` must look at. Complete escape sequences (CSI like ESC[31m, OSC like a terminal
-# title ending in BEL or ESC\, and two-character ones like ESC(B) are formatting for a
-# terminal and are removed whole; every other control character, a bare ESC included, is
-# shown as U+FFFD. CR LF and a lone CR are line ends, as the diff already treats them.
-_UNSAFE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-_ESCAPES = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)|[ -/]*[0-~])")
-REPLACEMENT = "\ufffd"
 MAX_PROBLEM = 500  # characters of a template's exception message kept in `problem`
 
 
@@ -128,21 +121,11 @@ def one_line(text: str, limit: int = MAX_SUBJECT) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
-def visible(text: str) -> str:
-    """`text` without terminal escape sequences and with every other control character but tab
-    and newline shown as U+FFFD, so nothing fetched can hide text, ring bells or restyle a
-    terminal through a mail. Text without control characters is returned as it is (fast)."""
-    if not _UNSAFE.search(text):
-        return text
-    text = _ESCAPES.sub("", text.replace("\r\n", "\n").replace("\r", "\n"))
-    return _UNSAFE.sub(REPLACEMENT, text)
-
-
 def _visible_diff(diff: Diff) -> Diff:
     """The diff with `visible` line texts and the word-level spans of those texts."""
     texts = [ln.text for hunk in diff.hunks for ln in hunk.lines]
     texts += [side for pair in diff.changed for side in pair]
-    if any(_UNSAFE.search(text) for text in texts):
+    if any(UNSAFE.search(text) for text in texts):
         hunks = tuple(replace(hunk, lines=tuple(replace(ln, text=visible(ln.text)) for ln in hunk.lines))
                       for hunk in diff.hunks)
         diff = Diff(hunks, tuple((visible(old), visible(new)) for old, new in diff.changed))

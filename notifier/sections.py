@@ -22,6 +22,7 @@ from notifier.options import (
     ListOf,
     Name,
     Option,
+    Regex,
     Str,
     TimeZone,
 )
@@ -38,7 +39,7 @@ DEFAULT_PORTS = {"ssl": 465, "starttls": 587, "none": 25}
 # Options every watcher has, whatever its kind; all but name/kind/filters may go in `defaults:`.
 WATCHER_OPTIONS: tuple[Option, ...] = (
     Option("name", Name(), REQUIRED, "Unique, stable identity of the watcher; its history follows it."),
-    Option("kind", Str(), REQUIRED, "What to watch: url, file or command."),
+    Option("kind", Str(), REQUIRED, "What to watch: url, browser, file or command."),
     Option("filters", AnyValue(), (), "Filter chain applied in order to the fetched text."),
     Option("enabled", Bool(), True, "Set to false to keep a watcher in the file without running it."),
     Option("every", Duration(), 600.0, "Check interval, like 30s, 10m or 1h."),
@@ -49,6 +50,12 @@ WATCHER_OPTIONS: tuple[Option, ...] = (
     Option("context_lines", Int(minimum=0), 3, "Unchanged lines shown around each change."),
     Option("additions_only", Bool(), False, "Alert only on added lines."),
     Option("deletions_only", Bool(), False, "Alert only on removed lines."),
+    Option("compared_versions", Int(minimum=1), 1, "Alert only on content unlike each of the last N "
+           "versions (at most `history`), so A→B→A flapping alerts once."),
+    Option("trigger", ListOf(Regex()), (), "Alert only when an added or removed line matches one of "
+           "these regular expressions."),
+    Option("trigger_invert", ListOf(Regex()), (), "Added or removed lines matching these do not "
+           "alert: a change made only of such lines is recorded silently."),
     Option("to", ListOf(Address()), (), "Recipients of this watcher's alerts."),
     Option("cc", ListOf(Address()), (), "Copy recipients."),
     Option("bcc", ListOf(Address()), (), "Blind-copy recipients: in the envelope, never a header."),
@@ -124,9 +131,16 @@ MAIL_OPTIONS: tuple[Option, ...] = (
 TOP_OPTIONS: tuple[Option, ...] = (
     Option("state_dir", Str(), None, "Where the SQLite state and the local Maildir live."),
     Option("timezone", TimeZone(), None, "Default time zone."),
-    Option("workers", Int(minimum=1), 16, "How many checks run at the same time."),
+    Option("workers", Int(minimum=1), 100, "How many checks run at the same time; a check mostly "
+           "waits for the network, so this is requests in flight, not CPUs."),
+    Option("per_host", Int(minimum=1), 8, "At most this many requests in flight to one site (scheme, "
+           "host and port), so one slow site is not hammered."),
+    Option("browser_workers", Int(minimum=1), 2, "Pages the one shared Chromium renders at the same time."),
+    Option("browser_path", Str(), None, "Chromium to run for browser watchers; default: chromium on PATH."),
     Option("log_level", Choice("debug", "info", "warning", "error"), "info", "Log verbosity."),
     Option("templates", Str(), None, "Directory with templates that override the shipped ones."),
+    Option("log_retention", Duration(), 90 * 86400.0, "How long the send log and check counts are kept."),
+    Option("keep_sent", Bool(), False, "Keep each message's bytes in the send log after delivery."),
     Option("mail", AnyValue(), None, "Sender and default recipients (see mail options)."),
     Option("smtp", AnyValue(), None, "Named SMTP accounts (see smtp options)."),
     Option("imap", AnyValue(), None, "Named IMAP mailboxes that receive alerts (see imap options)."),

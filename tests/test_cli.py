@@ -206,3 +206,20 @@ def test_forget_drops_only_removed_watchers(watched: Path, capsys: pytest.Captur
     assert main(["-c", str(watched), "forget", "doc"]) == 0
     assert "forgot 1 watcher(s): doc." in capsys.readouterr().out
     assert main(["-c", str(watched), "forget", "doc"]) == 64
+
+
+def test_what_check_prints_cannot_drive_the_terminal(tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A watched page or command may hold escape sequences; the terminal never gets them."""
+    script = tmp_path / "out.sh"
+    script.write_text("#!/bin/sh\nprintf 'ok\\n'\n")
+    script.chmod(0o755)
+    path = write(tmp_path, f"watchers:\n  - {{name: c, kind: command, command: ['{script}']}}\n")
+    assert main(["-c", str(path), "check", "--send"]) == 0
+    script.write_text("#!/bin/sh\nprintf 'ok \\033]0;owned\\007\\033[2J\\033[31mred\\n'\n")
+    assert main(["-c", str(path), "check"]) == 1
+    assert main(["-c", str(path), "test-filter", "c"]) == 0
+    out = capsys.readouterr().out
+    assert "\x1b" not in out
+    assert "\x07" not in out
+    assert "+ok red" in out

@@ -19,14 +19,14 @@ PACKAGE = ROOT / "notifier"
 # its own layer or of earlier ones; a package (watchers, filters) is one layer with its modules.
 LAYERS: list[set[str]] = [
     {"errors"},
-    {"schedule", "options", "secrets", "charset", "binary", "console", "systemd", "runstate", "logs",
-     "yamlload"},
+    {"schedule", "options", "secrets", "charset", "binary", "attachments", "words", "safetext",
+     "console", "systemd", "runstate", "logs", "yamlload"},
     {"kinds", "sections"},
     {"config"},
     {"watchers"},
     {"filters"},
     {"schema"},
-    {"store", "diff"},
+    {"store", "diff", "snapshots", "ledger"},
     {"statedir"},
     {"render"},
     {"message", "inbox"},
@@ -36,6 +36,7 @@ LAYERS: list[set[str]] = [
     {"health"},
     {"pipeline"},
     {"daemon"},
+    {"lookback", "versions"},
     {"cli"},
 ]
 RANK = {name: index for index, layer in enumerate(LAYERS) for name in layer}

@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
+from textwrap import indent
 from typing import NamedTuple
 
 import pytest
 
 from notifier import config
+from notifier.attachments import Attachment
 from notifier.config import WatcherConfig
 from notifier.diff import Diff
 from notifier.kinds import Fetched, Watcher
-from notifier.pipeline import check
+from notifier.pipeline import Outcome, check
 from notifier.store import Alert, Queued, Store, WatcherState
 
 
@@ -34,7 +36,8 @@ class Recorder:
         return [queued], problem if kind in self.broken else None
 
     def change(self, wc: WatcherConfig, diff: Diff, old: str, new: str,
-               state: WatcherState, now: float) -> tuple[list[Alert], str | None]:
+               state: WatcherState, now: float,
+               files: Sequence[Attachment] = ()) -> tuple[list[Alert], str | None]:
         return self._q("change", wc, "".join(diff.added))
 
     def error(self, wc: WatcherConfig, error: str, state: WatcherState,
@@ -212,3 +215,91 @@ def test_broken_error_template_is_named_in_the_recorded_error(setup: Setup) -> N
     error = store.state("w").last_error or ""
     assert "matched nothing" in error
     assert "/t/error.txt:1" in error
+
+
+# --- noise control: compared_versions, trigger, trigger_invert ----------------------------------
+
+class Page(NamedTuple):
+    """A file watcher on page.txt with some noise options, its real store and a recorder."""
+
+    wc: WatcherConfig
+    store: Store
+    rec: Recorder
+    path: Path
+
+    def visit(self, text: str) -> Outcome:
+        """Write `text` to the watched file and check it once."""
+        self.path.write_text(text)
+        return check(self.wc, self.store, self.rec)
+
+
+@pytest.fixture
+def page(tmp_path: Path) -> Iterator[Callable[[str], Page]]:
+    """Makes the watcher from its options (YAML lines, through the real loader); one database."""
+    store = Store(tmp_path / "noise.db")
+
+    def make(options: str) -> Page:
+        path = tmp_path / "page.txt"
+        (tmp_path / "noise.yaml").write_text(
+            f"watchers:\n  - name: page\n    kind: file\n    path: {path}\n{indent(options, '    ')}")
+        return Page(config.load(tmp_path / "noise.yaml", {}).watchers[0], store, Recorder(), path)
+
+    yield make
+    store.close()
+
+
+def seen(outcomes: list[Outcome]) -> list[tuple[str, int, str | None]]:
+    return [(o.status, o.alerts, o.suppressed) for o in outcomes]
+
+
+def test_flapping_back_to_a_recent_version_is_recorded_without_an_alert(
+        page: Callable[[str], Page]) -> None:
+    p = page("compared_versions: 2\n")
+    outcomes = [p.visit(text) for text in ("banner A\n", "banner B\n", "banner A\n", "banner B\n")]
+    assert seen(outcomes) == [("baseline", 0, None), ("changed", 1, None),
+                              ("changed", 0, "seen-before"), ("changed", 0, "seen-before")]
+    assert "outcome=changed" in outcomes[2].line()
+    assert outcomes[2].line().endswith(" suppressed=seen-before")
+    assert [kind for kind, _ in p.rec.calls] == ["change"]
+    assert len(p.store.outbox()) == 1
+    # Recorded all the same: history shows each flip and the next diff is against the last one.
+    assert [c for _, c in p.store.history("page")] == ["banner B\n", "banner A\n"] * 2
+    assert p.visit("banner B\n").status == "unchanged"
+    assert seen([p.visit("banner C\n"), p.visit("banner D\n")]) == [("changed", 1, None)] * 2
+    assert p.visit("banner B\n").alerts == 1  # three versions back: past compared_versions: 2
+
+
+def test_by_default_every_flip_alerts(page: Callable[[str], Page]) -> None:
+    p = page("")
+    assert [p.visit(text).alerts for text in ("A\n", "B\n", "A\n", "B\n")] == [0, 1, 1, 1]
+
+
+def test_trigger_alerts_only_when_a_changed_line_matches(page: Callable[[str], Page]) -> None:
+    p = page("trigger: '(?i)in stock|sold out'\n")
+    p.visit("Widget\nprice 10\nsold out\n")
+    assert seen([p.visit("Widget\nprice 12\nsold out\n")]) == [("changed", 0, "trigger")]
+    preview = check(p.wc, p.store, p.rec, dry_run=True)
+    assert (preview.status, preview.suppressed) == ("unchanged", None)  # the price was recorded
+    assert seen([p.visit("Widget\nprice 12\nIn stock\n")]) == [("changed", 1, None)]
+    assert seen([p.visit("Widget\nprice 12\n")]) == [("changed", 1, None)]  # a removed line counts
+    assert p.rec.calls == [("change", "In stock"), ("change", "")]
+
+
+def test_trigger_invert_ignores_changes_made_only_of_matching_lines(page: Callable[[str], Page]) -> None:
+    p = page("trigger_invert: ['^Updated ', '^Visitors: \\d+$']\n")
+    p.visit("News\nUpdated 10:00\nVisitors: 5\n")
+    assert seen([p.visit("News\nUpdated 10:05\nVisitors: 9\n")]) == [("changed", 0, "trigger_invert")]
+    # A real change alerts even though the clock changed with it, and the diff still shows both.
+    assert seen([p.visit("Big news\nUpdated 10:10\nVisitors: 9\n")]) == [("changed", 1, None)]
+    assert p.rec.calls == [("change", "Big newsUpdated 10:10")]
+
+
+def test_trigger_and_trigger_invert_together_on_additions_only(page: Callable[[str], Page]) -> None:
+    p = page("trigger: price\ntrigger_invert: 'price list updated'\nadditions_only: true\n")
+    p.visit("a\n")
+    outcomes = [p.visit("a\nprice list updated\n"),  # its only added line is ignored
+                p.visit("a\nprice list updated\nprice: 3\n"),  # "price: 3" is what we wait for
+                p.visit("a\nprice: 3\n"),  # only a removal: nothing to alert with additions_only
+                p.visit("a\nprice: 3\nnote\n")]  # an addition, but not a price
+    assert seen(outcomes) == [("changed", 0, "trigger_invert"), ("changed", 1, None),
+                              ("unchanged", 0, None), ("changed", 0, "trigger")]

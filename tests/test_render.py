@@ -31,7 +31,6 @@ from notifier.render import (
     fmt_time,
     one_line,
     safe_link,
-    visible,
 )
 
 SHANGHAI = ZoneInfo("Asia/Shanghai")
@@ -369,21 +368,6 @@ def test_rendering_is_fast() -> None:
 NASTY = "\x1b[31mred\x1b[0m\x00\x07\x85"
 # Every C0 control but tab and newline, DEL, every C1 control: none may reach a mail part.
 FORBIDDEN = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f]")
-
-
-@pytest.mark.parametrize(("raw", "shown"), [
-    ("\x1b[31mred\x1b[0m", "red"),  # CSI sequences are terminal formatting: removed whole
-    ("\x1b[1;38;5;196mbold\x1b[m", "bold"),
-    ("\x1b]0;title\x07text", "text"),  # OSC (window title), ended by BEL...
-    ("\x1b]8;;https://e.com\x1b\\link\x1b]8;;\x1b\\", "link"),  # ...or by ESC \\
-    ("\x1b(Bplain", "plain"),  # two-character sequences (tput sgr0 prints this one)
-    ("bare\x1b", "bare\ufffd"),  # a bare ESC is shown, not dropped
-    ("a\x00b\x07c\x85d\x9be\x7ff", "a\ufffdb\ufffdc\ufffdd\ufffde\ufffdf"),
-    ("crlf\r\nlone\rcr", "crlf\nlone\ncr"),
-    ("tab\tand\nnewline 价格 😀 \u2028", "tab\tand\nnewline 价格 😀 \u2028"),
-])
-def test_visible(raw: str, shown: str) -> None:
-    assert visible(raw) == shown
 
 
 @pytest.mark.parametrize("kind", KINDS)
