@@ -28,7 +28,7 @@ debs:
 test: $(STAMP) debs
 	$(BIN)/ruff check notifier tests bench
 	$(BIN)/mypy notifier tests
-	$(BIN)/pytest
+	$(BIN)/pytest -n 2
 
 bench: $(STAMP)
 	$(BIN)/python bench/check_pass.py
