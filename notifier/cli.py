@@ -17,8 +17,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from notifier import cli_history, cli_mailbox, logs, runstate, schema
 from notifier import config as configmod
-from notifier import logs, runstate, schema
+from notifier.cli_common import load
 from notifier.config import Config, WatcherConfig
 from notifier.console import Progress, colored_diff, use_color
 from notifier.errors import (
@@ -38,7 +39,7 @@ from notifier.pipeline import Outcome, check, filtered
 from notifier.safetext import visible
 from notifier.secrets import redact
 from notifier.statedir import MARKER_NAME, ONESHOT_WAIT, NoDaemon, StateDir, StateDirBusy
-from notifier.store import Store, Version, WatcherState
+from notifier.store import Store, WatcherState
 
 if TYPE_CHECKING:
     from notifier.alerts import Alerter
@@ -141,65 +142,15 @@ def _parser() -> argparse.ArgumentParser:
                    help="retry: make held and dead messages due again now")
     p = command("test-mail", cmd_test_mail, "send a test alert and report the server's answer")
     p.add_argument("--to", action="append", default=[], metavar="ADDR", help="recipient (repeatable)")
-    p = command("verify-delivery", cmd_verify_delivery, "send a probe alert and find it in the "
-                "receiving mailbox: exit 0 inbox, 1 junk, 2 not found, 3 bounced")
-    p.add_argument("--account", metavar="NAME", help="smtp account to probe (default: the default one)")
-    p.add_argument("--to", metavar="ADDR", help="recipient (default: the receiving mailbox's login)")
-    p.add_argument("--timeout", type=_duration, default=180.0, metavar="DURATION",
-                   help="how long to look for it after it was accepted (default 3m)")
-    p.add_argument("--keep", action="store_true", help="leave the probe in the mailbox")
-    p = command("inbox", cmd_inbox, "list the newest mail in a receiving account, or show one")
-    p.add_argument("action", nargs="?", choices=["list", "show"], default="list")
-    p.add_argument("uid", nargs="?", metavar="UID", help="for show: the number `inbox` lists")
-    p.add_argument("--account", metavar="NAME", help="imap or pop3 account (default: the only one)")
-    p.add_argument("--folder", default="INBOX", help="IMAP folder (default INBOX)")
-    p.add_argument("--limit", type=int, default=20, help="how many to list (default 20)")
-    p.add_argument("--from", dest="sender", metavar="TEXT", help="only mail whose From contains TEXT")
-    p.add_argument("--subject", metavar="TEXT", help="only mail whose Subject contains TEXT")
-    p.add_argument("--since", type=_date, metavar="YYYY-MM-DD", help="only mail from this day on")
-    p.add_argument("--save-attachments", type=Path, metavar="DIR",
-                   help="for show: save attachments into DIR (safe names, never overwriting)")
-    p = command("bounces", cmd_bounces, "scan the sending account's own mailbox for bounces of "
-                "notifier's mail (only what arrived since the last scan); exit 3 when there are some")
-    p.add_argument("--account", metavar="NAME", help="smtp account whose bounces to look for")
-    p.add_argument("--mailbox", metavar="NAME", help="imap account to scan (default: the sender's own)")
+    cli_mailbox.add_commands(command)
     p = command("test-filter", cmd_test_filter, "fetch once and show the text after each filter")
     p.add_argument("name", metavar="NAME")
     p = command("kinds", cmd_kinds, "list watcher and filter kinds with their options")
     p.add_argument("--markdown", action="store_true", help="as the README's option tables")
     command("schema", cmd_schema, "print the JSON Schema of watchers.yaml")
-    _lookback_commands(command)
+    cli_history.add_commands(command)
     return parser
 
-
-def _lookback_commands(command: Callable[[str, Callable[[argparse.Namespace], int], str],
-                                         argparse.ArgumentParser]) -> None:
-    """The commands that look back: the send log, statistics, kept versions, renaming."""
-    since = "a duration back from now (7d, 12h) or a time (2026-11-30T10:00)"
-    p = command("log", cmd_log, "list the send log: each message that left the outbox, and how")
-    p.add_argument("message_id", nargs="?", metavar="MESSAGE-ID", help="show this entry whole")
-    p.add_argument("--watcher", metavar="NAME", help="only this watcher's messages")
-    p.add_argument("--since", metavar="WHEN", help=f"only entries since WHEN: {since}")
-    p.add_argument("--status", choices=["sent", "partial", "dead", "expired"], help="only these")
-    p.add_argument("--json", action="store_true", help="as a JSON array")
-    p.add_argument("--raw", action="store_true", help="with MESSAGE-ID: the message as sent (keep_sent)")
-    p = command("stats", cmd_stats, "checks, changes, failures and deliveries per watcher and account")
-    p.add_argument("--since", default="30d", metavar="WHEN", help=f"{since}; default 30d")
-    p.add_argument("--json", action="store_true", help="as JSON")
-    p = command("history", cmd_history, "list a watcher's kept versions with lines added and removed")
-    p.add_argument("name", metavar="NAME")
-    version = "a number from `notifier history`, 0 the newest, -1 the one before, or a time"
-    p = command("show", cmd_show, "print one kept version of a watcher (default: the newest)")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("version", nargs="?", default="0", metavar="VERSION", help=version)
-    p = command("diff", cmd_diff, "diff two kept versions of a watcher (default: its last change)")
-    p.add_argument("name", metavar="NAME")
-    p.add_argument("older", nargs="?", default="-1", metavar="A", help=f"{version}; default -1")
-    p.add_argument("newer", nargs="?", default="0", metavar="B", help="the same; default 0, the newest")
-    p.add_argument("--html", type=Path, metavar="FILE", help="also write the HTML a change alert carries")
-    p = command("rename", cmd_rename, "give a watcher's state, history and send log to a new name")
-    p.add_argument("old", metavar="OLD")
-    p.add_argument("new", metavar="NEW")
 
 
 def _version() -> str:
@@ -211,16 +162,10 @@ def _version() -> str:
         return "(not installed)"
 
 
-def _load(args: argparse.Namespace) -> Config:
-    cfg = configmod.load(args.config, state_dir=args.state_dir)
-    for warning in cfg.warnings:
-        log.warning("%s", warning)
-    return cfg
-
 
 def cmd_validate(args: argparse.Namespace) -> int:
     try:
-        cfg = _load(args)
+        cfg = load(args)
     except ConfigError as exc:
         for problem in exc.problems:
             print(f"error: {problem}")
@@ -246,7 +191,7 @@ def _select(cfg: Config, names: Sequence[str]) -> list[WatcherConfig]:
 def cmd_check(args: argparse.Namespace) -> int:
     """Without --send a preview: the stored state stays as it was, so a change seen here is
     still new to the daemon, which alerts on it as usual."""
-    cfg = _load(args)
+    cfg = load(args)
     selected = _select(cfg, args.names)
     send = args.send and not args.dry_run
     store = StateDir(cfg.state_dir).open_store()
@@ -398,7 +343,7 @@ def _check_exit(statuses: set[str]) -> int:
 
 
 def cmd_test_filter(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = load(args)
     (wc,) = _select(cfg, [args.name])
     fetched = wc.watcher.fetch({})
     print(f"=== fetched from {wc.watcher.source()} ({len(fetched.text)} characters)")
@@ -441,7 +386,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_reload(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = load(args)
     try:  # only a process holding the state directory's lock is signalled, never a stale pid
         pid = StateDir(cfg.state_dir).signal_daemon(signal.SIGHUP).pid
     except NoDaemon as exc:
@@ -458,7 +403,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     and this is where the user sees that (and why).
     """
     try:
-        cfg: Config | None = _load(args)
+        cfg: Config | None = load(args)
         problems: list[str] = []
     except ConfigError as exc:
         cfg, problems = None, [str(p) for p in exc.problems]
@@ -550,7 +495,7 @@ def _ago(seconds: float) -> str:
 def cmd_forget(args: argparse.Namespace) -> int:
     """History follows a name, so a removed watcher's state stays until it is forgotten: a
     watcher added back under that name later resumes from it instead of re-baselining."""
-    cfg = _load(args)
+    cfg = load(args)
     configured = [n for n in args.names if cfg.watcher(n) is not None]
     if configured:
         raise UsageError(f"{', '.join(configured)} is still in {cfg.path}; remove it from there first "
@@ -571,7 +516,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 
 def cmd_outbox(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = load(args)
     store = StateDir(cfg.state_dir).open_store()
     try:
         if args.action == "retry":
@@ -596,7 +541,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 
 def cmd_test_mail(args: argparse.Namespace) -> int:
-    cfg = _load(args)
+    cfg = load(args)
     store = StateDir(cfg.state_dir).open_store()
     try:
         queued = _alerter(cfg).test(time.time(), args.to)
@@ -619,212 +564,9 @@ def cmd_test_mail(args: argparse.Namespace) -> int:
     return EXIT_FAILED if refused else EXIT_OK
 
 
-def _duration(text: str) -> float:
-    from notifier.options import Duration  # noqa: PLC0415 - only these commands parse durations
-
-    try:
-        return float(Duration().parse(text))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-
-
-def _date(text: str) -> datetime:
-    try:
-        return datetime.strptime(text, "%Y-%m-%d")
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a date like 2026-12-01, got {text!r}") from None
-
-
-def cmd_verify_delivery(args: argparse.Namespace) -> int:
-    """A 250 from the server is not an alert in the inbox: send a probe and go and look."""
-    from notifier.verify import verify  # noqa: PLC0415 - see the note at the imports
-
-    cfg = _load(args)
-    result = verify(cfg, args.account, args.to, args.timeout, args.keep, args.debug_smtp)
-    for line in result.lines():
-        print(line)
-    return result.exit_code
-
-
-def cmd_inbox(args: argparse.Namespace) -> int:
-    from notifier import reading  # noqa: PLC0415 - see the note at the imports
-
-    cfg = _load(args)
-    box = reading.mailbox(cfg, args.account)
-    if args.action == "show":
-        if not args.uid:
-            raise UsageError("`notifier inbox show` needs the UID of a message; `notifier inbox` lists them.")
-        for line in reading.show(reading.fetch(box, args.uid, args.folder), args.save_attachments):
-            print(line)
-        return EXIT_OK
-    for listed in reading.listing(box, args.limit, args.sender, args.subject, args.since, args.folder):
-        print(listed.line())
-    return EXIT_OK
-
-
-def cmd_bounces(args: argparse.Namespace) -> int:
-    """Bounces come back to the sender's own mailbox, minutes after the server said 250."""
-    from notifier import bounces  # noqa: PLC0415 - see the note at the imports
-
-    cfg = _load(args)
-    box = bounces.sender_mailbox(cfg, args.account, args.mailbox)
-    found = bounces.scan_mailbox(box, cfg.state_dir / "bounces.json")
-    store = Store(StateDir(cfg.state_dir).db, readonly=True) if StateDir(cfg.state_dir).db.exists() else None
-    ours = 0
-    try:
-        for bounce in found:
-            sent = next((e for mid in bounce.message_ids if store and (e := store.log_entry(mid))), None)
-            ours += sent is not None
-            what = (f"{sent.message_id} ({sent.kind} alert of {sent.watcher or '-'}: {sent.subject})" if sent
-                    else f"{', '.join(bounce.message_ids) or 'a message'} (not in the send log)")
-            to = f" to {', '.join(bounce.recipients)}" if bounce.recipients else ""
-            print(f"bounced: {what}{to}: {bounce.reason}")
-    finally:
-        if store is not None:
-            store.close()
-    print(f"{len(found)} bounce(s) in {box.name} since the last scan, {ours} of mail notifier sent.")
-    return 3 if ours else EXIT_OK
-
 
 def cmd_schema(args: argparse.Namespace) -> int:
     sys.stdout.write(schema.render())
-    return EXIT_OK
-
-
-# -- looking back (notifier.lookback, notifier.versions) -----------------------------------------
-
-def _looking_back(cfg: Config) -> Store:
-    """The state database for the commands that look back, brought up to date if it is old."""
-    state = StateDir(cfg.state_dir)
-    if not state.db.exists():
-        raise NotifierError(f"no state yet in {cfg.state_dir}; run `notifier check --send` or start "
-                            f"`notifier run` first.")
-    return state.open_store()
-
-
-def cmd_log(args: argparse.Namespace) -> int:
-    from notifier import lookback, versions  # noqa: PLC0415 - see the note at the imports
-
-    cfg = _load(args)
-    with contextlib.closing(_looking_back(cfg)) as store:
-        if args.message_id:
-            entry = store.log_entry(args.message_id)
-            if entry is None:
-                raise UsageError(f"the send log has no entry for {args.message_id}; `notifier log` "
-                                 f"lists them (entries older than log_retention are gone).")
-            if args.raw:
-                if entry.body is None:
-                    raise UsageError(f"the message {entry.message_id} was not kept; set keep_sent: true "
-                                     f"to keep the messages sent from now on.")
-                sys.stdout.buffer.write(entry.body)
-            else:
-                text = (lookback.log_json([entry], cfg.timezone) if args.json
-                        else "\n".join(lookback.log_entry_lines(entry, cfg.timezone)))
-                print(text)
-            return EXIT_OK
-        since = lookback.parse_since(args.since, time.time(), cfg.timezone) if args.since else None
-        if args.watcher:
-            versions.check_name(args.watcher, cfg, [*store.states(), *store.log_watchers()])
-        if args.json:
-            print(lookback.log_json(store.log_entries(since, args.watcher, args.status), cfg.timezone))
-            return EXIT_OK
-        lines = lookback.log_lines(store, since, args.watcher, args.status, cfg.timezone)
-    count = len(lines) - 1  # under the header
-    sys.stdout.write("\n".join([*lines, f"{count} entr{'y' if count == 1 else 'ies'}."]) + "\n")
-    return EXIT_OK
-
-
-def cmd_stats(args: argparse.Namespace) -> int:
-    from notifier import lookback  # noqa: PLC0415 - see the note at the imports
-
-    cfg = _load(args)
-    now = time.time()
-    since = lookback.parse_since(args.since, now, cfg.timezone)
-    with contextlib.closing(_looking_back(cfg)) as store:
-        sparklines = sys.stdout.isatty() and not args.json
-        figures = lookback.gather(store, [w.name for w in cfg.watchers], since, now,
-                                  days=args.json or sparklines)
-    if args.json:
-        print(lookback.stats_json(figures, cfg.timezone))
-    else:
-        print("\n".join(lookback.stats_lines(figures, cfg.timezone, sparklines)))
-    return EXIT_OK
-
-
-def _versions(cfg: Config, name: str) -> tuple[WatcherConfig | None, list[Version]]:
-    from notifier import versions  # noqa: PLC0415 - see the note at the imports
-
-    with contextlib.closing(_looking_back(cfg)) as store:
-        wc = versions.check_name(name, cfg, store.states())
-        return wc, store.versions(name)
-
-
-def cmd_history(args: argparse.Namespace) -> int:
-    from notifier import versions  # noqa: PLC0415 - see the note at the imports
-
-    cfg = _load(args)
-    wc, kept = _versions(cfg, args.name)
-    versions.need(args.name, kept)
-    print(f"{'version':>8}  {'taken':19}  {'bytes':>10}  {'added':>6}  {'removed':>7}")
-    for row in versions.listing(kept):
-        counts = ("-", "-") if row.added is None else (f"+{row.added}", f"-{row.removed}")
-        taken = versions.show_time(row.version.taken_at, cfg.timezone)
-        print(f"{'#' + str(row.version.number):>8}  {taken}  {row.size:>10,}  {counts[0]:>6}  {counts[1]:>7}")
-    limit = f" (history: {wc.history})" if wc else " (no longer in the configuration)"
-    print(f"{len(kept)} version(s) of {args.name} kept{limit}; `notifier diff {args.name} A B` compares two.")
-    return EXIT_OK
-
-
-def cmd_show(args: argparse.Namespace) -> int:
-    from notifier import versions  # noqa: PLC0415 - see the note at the imports
-
-    cfg = _load(args)
-    _, kept = _versions(cfg, args.name)
-    sys.stdout.write(visible(versions.resolve(args.name, kept, args.version, cfg.timezone).text))
-    return EXIT_OK
-
-
-def cmd_diff(args: argparse.Namespace) -> int:
-    from notifier import versions  # noqa: PLC0415 - see the note at the imports
-
-    cfg = _load(args)
-    wc, kept = _versions(cfg, args.name)
-    versions.need(args.name, kept, 2)
-    zone = (wc.timezone if wc else None) or cfg.timezone
-    older, newer = (versions.resolve(args.name, kept, spec, zone) for spec in (args.older, args.newer))
-    diff = versions.compare(wc, older, newer)
-    if diff:
-        sys.stdout.write(colored_diff(visible(diff.unified(versions.label(args.name, older, zone),
-                                                           versions.label(args.name, newer, zone))),
-                                      use_color(sys.stdout)))
-    else:
-        print(f"no differences between #{older.number} and #{newer.number} of {args.name}"
-              + (" that its additions_only/deletions_only shows" if wc and (wc.additions_only or
-                                                                         wc.deletions_only) else "."))
-    if args.html:
-        args.html.write_text(versions.html(cfg, args.name, wc, older, newer, diff), encoding="utf-8")
-        print(f"wrote the HTML diff to {args.html}", file=sys.stderr)
-    return EXIT_OK
-
-
-def cmd_rename(args: argparse.Namespace) -> int:
-    """A watcher's name is its identity; this moves everything kept under one name to another."""
-    cfg = _load(args)
-    if args.old == args.new:
-        raise UsageError("the old and the new name are the same.")
-    with contextlib.closing(_looking_back(cfg)) as store:
-        stored = list(store.states())
-        if args.old not in stored:
-            close = difflib.get_close_matches(args.old, stored, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else "`notifier status` lists what is kept."
-            raise UsageError(f"no state is kept for a watcher named {args.old!r}; {hint}")
-        store.rename(args.old, args.new)
-    print(f"renamed {args.old!r} to {args.new!r}: its state, kept versions, check counts, send log "
-          f"entries and queued mail now go by the new name.")
-    if cfg.watcher(args.old) is not None and cfg.watcher(args.new) is None:
-        print(f"Now rename it in {cfg.path} (name: {args.new}); a running notifier picks that up. If it "
-              f"checks {args.old!r} before then, `notifier forget {args.old}` drops the new baseline "
-              f"that records.")
     return EXIT_OK
 
 

@@ -37,6 +37,8 @@ LAYERS: list[set[str]] = [
     {"pipeline"},
     {"daemon"},
     {"lookback", "versions"},
+    {"cli_common"},
+    {"cli_history", "cli_mailbox"},
     {"cli"},
 ]
 RANK = {name: index for index, layer in enumerate(LAYERS) for name in layer}

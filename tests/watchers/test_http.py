@@ -89,7 +89,7 @@ def test_failures_stay_isolated_at_a_hundred_in_flight() -> None:
     deadline, the normal pages take no longer than usual, and the pass ends in about one
     timeout, with no alarm left behind."""
     configure(32)
-    kinds = {
+    kinds: dict[str, tuple[str, dict[str, Any]]] = {
         "hang": ("/hang", {"timeout": "1s"}),
         "drip-body": ("/drip-body", {"timeout": "1s"}),
         "drip-headers": ("/drip-headers", {"timeout": "1s"}),
