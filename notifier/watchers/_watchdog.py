@@ -31,33 +31,39 @@ class Alarm:
         self._dog = dog
 
     def cancel(self) -> None:
-        """Stop the callback from running, if it has not started yet."""
+        """Stop the callback from running, if it has not started yet. Takes no lock: a hundred
+        fetch threads cancel at once, and the flag is all the watchdog thread reads."""
         if not self.cancelled:
             self.cancelled = True
-            self._dog._cancelled()
+            self._dog.dead += 1  # a count for compaction: a lost update only delays it
 
 
 class Watchdog:
     """Runs callbacks at their deadlines on one daemon thread, started on first use.
 
-    A cancelled alarm stays in the heap (cancelling is a flag and a count), but once more than
-    half the heap is cancelled it is rebuilt without them: a pass of thousands of fetches,
-    each cancelling a 30 s alarm after a few milliseconds, keeps the heap as small as the
-    number of fetches in flight, not the number started within a timeout.
+    A cancelled alarm stays in the heap (cancelling is a flag and a count, no lock), but once
+    more than half the heap is cancelled the next `arm` rebuilds it without them: a pass of
+    thousands of fetches, each cancelling a 30 s alarm after a few milliseconds, keeps the
+    heap about as small as the number of fetches in flight, not the number started within a
+    timeout.
     """
 
     def __init__(self, name: str) -> None:
         self._name = name
         self._heap: list[tuple[float, int, Alarm]] = []
         self._seq = itertools.count()
-        self._dead = 0  # cancelled alarms still in the heap
-        self._wake = threading.Condition()
+        self.dead = 0  # about how many cancelled alarms are still in the heap
+        self._wake = threading.Condition(threading.Lock())
         self._thread: threading.Thread | None = None
 
     def arm(self, at: float, callback: Callable[[], None]) -> Alarm:
         """Call `callback` on the watchdog thread at monotonic time `at`, unless cancelled."""
         alarm = Alarm(at, callback, self)
         with self._wake:
+            if self.dead > COMPACT_AT and 2 * self.dead > len(self._heap):
+                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
+                heapq.heapify(self._heap)
+                self.dead = 0
             heapq.heappush(self._heap, (at, next(self._seq), alarm))
             if self._thread is None:
                 self._thread = threading.Thread(target=self._run, name=self._name, daemon=True)
@@ -70,14 +76,6 @@ class Watchdog:
         """Alarms in the heap, cancelled ones included (for tests and benchmarks)."""
         with self._wake:
             return len(self._heap)
-
-    def _cancelled(self) -> None:
-        with self._wake:
-            self._dead += 1
-            if self._dead > COMPACT_AT and 2 * self._dead > len(self._heap):
-                self._heap = [entry for entry in self._heap if not entry[2].cancelled]
-                heapq.heapify(self._heap)
-                self._dead = 0
 
     def _run(self) -> None:
         while True:
@@ -93,7 +91,7 @@ class Watchdog:
         while True:
             while self._heap and self._heap[0][2].cancelled:
                 heapq.heappop(self._heap)
-                self._dead = max(self._dead - 1, 0)
+                self.dead = max(self.dead - 1, 0)
             if not self._heap:
                 self._wake.wait()
                 continue
