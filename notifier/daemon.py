@@ -227,8 +227,11 @@ class Daemon:
         except StateError as exc:
             self.health.failed(key or kind, exc)
             return None
-        except Exception:
-            log.exception("job %s failed; it will run again on schedule", getattr(func, "__name__", func))
+        except Exception as exc:  # a bug: shown as the daemon's health, like a failed write
+            log.debug("job %s raised", key or kind, exc_info=True)
+            self.health.failed(key or kind, RuntimeError(
+                f"the {key or kind} job failed unexpectedly ({type(exc).__name__}: {exc}); it runs "
+                f"again on schedule. This is a bug: run with --debug and report it"))
             return None
         finally:
             with self._idle:
@@ -385,8 +388,10 @@ class Daemon:
             return False
         try:
             self._apply(new)
-        except Exception:
-            log.exception("applying the new configuration failed; the old one stays in effect")
+        except Exception as exc:  # a bug: refused like a bad file, so `notifier status` shows it
+            log.debug("applying %s raised", self.path, exc_info=True)
+            self._refused(digest, [f"{self.path}: applying it failed unexpectedly ({type(exc).__name__}: "
+                                   f"{exc}). This is a bug; run with --debug and report it."])
             return False
         self.runstate = runstate.RunState(os.getpid(), str(self.path), digest or "", time.time())
         self._write_runstate()
