@@ -290,7 +290,24 @@ class _ImapSSL(_Dialogue, imaplib.IMAP4_SSL):
         self._wrap()
 
 
-class ImapClient:
+class _Session:
+    """A mailbox session as a context manager: connected on enter, closed (politely) on exit."""
+
+    def connect(self) -> None:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.connect()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class ImapClient(_Session):
     """One IMAP connection: connect() logs in and sends ID when offered (163 refuses SELECT
     before it); then folders, UID searches and fetches of new messages only, and IDLE."""
 
@@ -299,13 +316,6 @@ class ImapClient:
         self._conn: _Imap | _ImapSSL | None = None
         self.capabilities: frozenset[str] = frozenset()
         self.selected: str | None = None
-
-    def __enter__(self) -> Self:
-        self.connect()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     @property
     def conn(self) -> _Imap | _ImapSSL:
@@ -538,20 +548,13 @@ class _PopSSL(_PopDialogue, poplib.POP3_SSL):
     pass
 
 
-class Pop3Client:
+class Pop3Client(_Session):
     """One POP3 session. POP3 shows the mailbox as it was at login, so a poller opens a new
     session each round; messages are told apart by UIDL."""
 
     def __init__(self, box: Mailbox) -> None:
         self.box = box
         self._conn: poplib.POP3 | None = None
-
-    def __enter__(self) -> Self:
-        self.connect()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
 
     @property
     def conn(self) -> poplib.POP3:
