@@ -20,6 +20,7 @@ from notifier.watchers._watchdog import watchdog
 from notifier.watchers.url import Url
 from tests.servers.http import LocalHTTPServer, Stream, server_context
 from tests.servers.smtp import LocalCA
+from tests.watchers._timing import timed
 
 TIMEOUT = 1.0
 SLACK = 0.5  # scheduling noise on a loaded machine; a per-read timeout would never fire at all
@@ -39,16 +40,6 @@ def watcher(url: str, **raw: Any) -> Url:
     values, problems = parse_options({"url": url, **raw}, Url.options, "watchers.yaml", "watchers.w")
     assert not problems, problems
     return Url(url, values)
-
-
-def timed(w: Url) -> tuple[Url, float, str]:
-    """Fetch once: the watcher, the seconds it took, and its text or error message."""
-    started = time.monotonic()
-    try:
-        outcome = w.fetch({}).text
-    except WatchError as exc:
-        outcome = str(exc)
-    return w, time.monotonic() - started, outcome
 
 
 def test_per_host_limit_is_obeyed_and_other_hosts_go_on(http_server: LocalHTTPServer) -> None:

@@ -30,6 +30,7 @@ from tests.servers.http import (
     server_context,
 )
 from tests.servers.smtp import LocalCA
+from tests.watchers._timing import timed
 
 LAST_MODIFIED = "Wed, 21 Oct 2015 07:28:00 GMT"
 
@@ -312,17 +313,10 @@ def test_drip_feed_watchers_do_not_hold_up_a_pass(http_server: LocalHTTPServer) 
         normal = [watcher(url=other.url(f"/gen/{i}"), timeout="1s") for i in range(4)]
         order = drips[:8] + normal[:2] + drips[8:] + normal[2:]
 
-        def run(w: Url) -> tuple[Url, float, str]:
-            started = time.monotonic()
-            try:
-                outcome = w.fetch({}).text
-            except WatchError as exc:
-                outcome = str(exc)
-            return w, time.monotonic() - started, outcome
 
         started = time.monotonic()
         with ThreadPoolExecutor(16) as pool:
-            results = list(pool.map(run, order))
+            results = list(pool.map(timed, order))
         elapsed = time.monotonic() - started
 
     for w, seconds, outcome in results:
