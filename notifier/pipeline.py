@@ -154,7 +154,7 @@ def _suppressed(wc: WatcherConfig, store: Store, diff: Diff, new: str) -> Suppre
     if wc.trigger and not any(p.search(ln) for ln in lines for p in wc.trigger):
         return "trigger"
     if wc.compared_versions > 1:
-        older = store.history(wc.name)[1:wc.compared_versions]
+        older = store.history(wc.name, limit=wc.compared_versions)[1:]
         if any(content == new for _, content in older):
             return "seen-before"
     return None

@@ -387,14 +387,16 @@ class Store:
         rows = self._query("SELECT w.*, NULL AS content FROM watcher w")
         return {r["name"]: _state(r) for r in rows}
 
-    def history(self, name: str) -> list[tuple[float, str]]:
-        """Every kept version of `name` as (taken_at, text), newest first."""
-        return [(v.taken_at, v.text) for v in self.versions(name)]
+    def history(self, name: str, limit: int | None = None) -> list[tuple[float, str]]:
+        """The kept versions of `name` as (taken_at, text), newest first (the `limit` newest)."""
+        return [(v.taken_at, v.text) for v in self.versions(name, limit)]
 
-    def versions(self, name: str) -> list[Version]:
-        """Every kept version of `name`, newest first, numbered (see `Version`)."""
+    def versions(self, name: str, limit: int | None = None) -> list[Version]:
+        """The kept versions of `name`, newest first, numbered (see `Version`). Each older one is
+        a delta against the next newer, so the `limit` newest decode without the rest."""
         rows = self._query("SELECT taken_at, content, (SELECT versions FROM watcher WHERE name = ?) "
-                           "AS total FROM snapshot WHERE name = ? ORDER BY id DESC", (name, name))
+                           "AS total FROM snapshot WHERE name = ? ORDER BY id DESC LIMIT ?",
+                           (name, name, -1 if limit is None else limit))
         out: list[Version] = []
         newest = max(rows[0]["total"] or 0, len(rows)) if rows else 0
         for r in rows:
