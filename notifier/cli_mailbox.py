@@ -12,7 +12,6 @@ from notifier.errors import (
     UsageError,
 )
 from notifier.statedir import StateDir
-from notifier.store import Store
 
 
 def add_commands(command: Register) -> None:
@@ -91,7 +90,8 @@ def cmd_bounces(args: argparse.Namespace) -> int:
     cfg = load(args)
     box = bounces.sender_mailbox(cfg, args.account, args.mailbox)
     found = bounces.scan_mailbox(box, cfg.state_dir / "bounces.json")
-    store = Store(StateDir(cfg.state_dir).db, readonly=True) if StateDir(cfg.state_dir).db.exists() else None
+    state = StateDir(cfg.state_dir)
+    store = state.open_store() if state.db.exists() else None  # brought up to date, if it is old
     ours = 0
     try:
         for bounce in found:
