@@ -52,7 +52,6 @@ class StateTooNew(StateError):
     exit_code = EXIT_CONFIG  # restarting cannot fix it: systemd must not loop
 
 
-SCHEMA_VERSION = 4
 FILE_MODE = 0o600  # state.db, its -wal and -shm, and every file notifier keeps beside them
 DIR_MODE = 0o700
 WAL_AUTOCHECKPOINT = 100  # pages (about 400 KB): fold the WAL back into the database this often...
@@ -168,6 +167,7 @@ CREATE INDEX check_day_by_day ON check_day(day)
 # (version, script): applied in order to a database older than the version, each in one
 # transaction with the version bump. A fresh database runs them all.
 _MIGRATIONS: tuple[tuple[int, str], ...] = ((3, _V3), (4, _V4))
+SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 
 @dataclass(frozen=True)
