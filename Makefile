@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 # Debian packages the tests run for real (servers, browsers); `make test` installs the missing
 # ones with apt-get when run as root (as CI is), and otherwise says which to install.
-DEBS := chromium libnss3-tools dovecot-imapd dovecot-pop3d
+DEBS := chromium libnss3-tools dovecot-imapd dovecot-pop3d postgresql
 
 .PHONY: run test debs lint bench clean
 

@@ -16,12 +16,13 @@ from __future__ import annotations
 import email.policy
 import json
 import re
-import sqlite3
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from email.parser import BytesHeaderParser
 from typing import Any, NamedTuple
+
+from notifier.sqldb import Db, Row
 
 # Upper bounds (seconds) of the buckets check durations are counted in, per watcher and day:
 # median and p95 come from these counts, to within the width of a bucket.
@@ -109,7 +110,7 @@ def bucket_of(seconds: float) -> int:
 
 # -- writing, inside the caller's transaction --------------------------------------------------
 
-def log(db: sqlite3.Connection, message: sqlite3.Row, recipients: Sequence[str],
+def log(db: Db, message: Row, recipients: Sequence[str],
         accepted: Mapping[str, tuple[str, float]], deferrals: Mapping[str, int], attempts: int,
         attempt: Attempt, outcome: str) -> None:
     """Write (or rewrite) the entry of an outbox message that leaves the queue now.
@@ -146,23 +147,24 @@ def log(db: sqlite3.Connection, message: sqlite3.Row, recipients: Sequence[str],
          body if attempt.keep_body else None))
 
 
-def count_check(db: sqlite3.Connection, name: str, at: float, *, check: bool = True,
+def count_check(db: Db, name: str, at: float, *, check: bool = True,
                 change: bool = False, failure: bool = False) -> None:
     """Count a check of `name` (a change, a failure) on the day of `at`."""
     db.execute("INSERT INTO check_day (watcher, day, checks, changes, failures) VALUES (?, ?, ?, ?, ?) "
-               "ON CONFLICT (watcher, day) DO UPDATE SET checks = checks + excluded.checks, "
-               "changes = changes + excluded.changes, failures = failures + excluded.failures",
+               "ON CONFLICT (watcher, day) DO UPDATE SET checks = check_day.checks + excluded.checks, "
+               "changes = check_day.changes + excluded.changes, "
+               "failures = check_day.failures + excluded.failures",
                (name, day_of(at), int(check), int(change), int(failure)))
 
 
-def count_duration(db: sqlite3.Connection, name: str, at: float, seconds: float) -> None:
+def count_duration(db: Db, name: str, at: float, seconds: float) -> None:
     """Count how long a check of `name` took, in its bucket, on the day of `at`."""
     column = f"d{bucket_of(max(0.0, seconds))}"
     db.execute(f"INSERT INTO check_day (watcher, day, {column}) VALUES (?, ?, 1) ON CONFLICT "  # noqa: S608
-               f"(watcher, day) DO UPDATE SET {column} = {column} + 1", (name, day_of(at)))
+               f"(watcher, day) DO UPDATE SET {column} = check_day.{column} + 1", (name, day_of(at)))
 
 
-def prune(db: sqlite3.Connection, before: float, limit: int) -> int:
+def prune(db: Db, before: float, limit: int) -> int:
     """Delete up to `limit` send log entries finished before `before`, and as many day rows
     of days before it; returns how many rows went."""
     gone = db.execute("DELETE FROM send_log WHERE id IN (SELECT id FROM send_log WHERE finished < ? "
@@ -178,7 +180,7 @@ _ENTRY = ("message_id, status, watcher, kind, account, sender, recipients, subje
           "reply_code, reply, deferrals, created, finished, latency")
 
 
-def entries(db: sqlite3.Connection, since: float | None = None, watcher: str | None = None,
+def entries(db: Db, since: float | None = None, watcher: str | None = None,
             status: str | None = None) -> list[LogEntry]:
     """Log entries, oldest first, without their message bytes."""
     where, args = _where(since, watcher, status)
@@ -186,7 +188,7 @@ def entries(db: sqlite3.Connection, since: float | None = None, watcher: str | N
     return [_entry(r) for r in rows]
 
 
-def listing(db: sqlite3.Connection, since: float | None, watcher: str | None, status: str | None,
+def listing(db: Db, since: float | None, watcher: str | None, status: str | None,
             head: str, tail: str, nobody: str) -> list[tuple[float, float | None, str, str]]:
     """The entries one line each, oldest first, as (finished, latency, head, tail): SQLite's
     printf writes `head` with status, kind, watcher (or "-"), account (or `nobody`) and attempts,
@@ -201,7 +203,7 @@ def listing(db: sqlite3.Connection, since: float | None, watcher: str | None, st
                       [head, nobody, tail, *args]).fetchall()
 
 
-def entry(db: sqlite3.Connection, message_id: str) -> LogEntry | None:
+def entry(db: Db, message_id: str) -> LogEntry | None:
     """The entry of one Message-ID (angle brackets optional), with the message if kept."""
     wanted = message_id.strip()
     wanted = wanted if wanted.startswith("<") else f"<{wanted}>"
@@ -213,13 +215,13 @@ def entry(db: sqlite3.Connection, message_id: str) -> LogEntry | None:
 _BUCKETS = ", ".join(f"d{i}" for i in range(len(DURATION_BUCKETS)))
 
 
-def check_days(db: sqlite3.Connection, since_day: int) -> list[CheckDay]:
+def check_days(db: Db, since_day: int) -> list[CheckDay]:
     rows = db.execute(f"SELECT watcher, day, checks, changes, failures, {_BUCKETS} FROM check_day "  # noqa: S608
                       "WHERE day >= ? ORDER BY watcher, day", (since_day,))
     return [CheckDay(r[0], r[1], r[2], r[3], r[4], r[5:]) for r in rows]
 
 
-def check_totals(db: sqlite3.Connection, since_day: int) -> list[CheckDay]:
+def check_totals(db: Db, since_day: int) -> list[CheckDay]:
     """Per watcher, the sums over the days from `since_day` (as one CheckDay of that day)."""
     sums = ", ".join(f"SUM(d{i})" for i in range(len(DURATION_BUCKETS)))
     totals = db.execute(f"SELECT watcher, ?, SUM(checks), SUM(changes), SUM(failures), {sums} "  # noqa: S608
@@ -227,13 +229,13 @@ def check_totals(db: sqlite3.Connection, since_day: int) -> list[CheckDay]:
     return [CheckDay(r[0], r[1], r[2], r[3], r[4], r[5:]) for r in totals]
 
 
-def busy_days(db: sqlite3.Connection, since_day: int) -> list[tuple[str, int, int, int]]:
+def busy_days(db: Db, since_day: int) -> list[tuple[str, int, int, int]]:
     """(watcher, day, changes, failures) of each day from `since_day` with either."""
     return db.execute("SELECT watcher, day, changes, failures FROM check_day WHERE day >= ? "
                       "AND (changes > 0 OR failures > 0)", (since_day,)).fetchall()
 
 
-def deliveries(db: sqlite3.Connection, since: float) -> Deliveries:
+def deliveries(db: Db, since: float) -> Deliveries:
     """Sums over the entries finished since `since`, read from the index that covers them."""
     scan = "FROM send_log INDEXED BY send_log_by_time WHERE finished >= ?"
     by_status = db.execute(f"SELECT account, status, COUNT(*) {scan} GROUP BY account, status",
@@ -244,8 +246,8 @@ def deliveries(db: sqlite3.Connection, since: float) -> Deliveries:
     for account, latency in db.execute(f"SELECT account, latency {scan} AND latency IS NOT NULL "
                                        "ORDER BY account, latency", (since,)):
         latencies.setdefault(account, []).append(latency)
-    deferrals = db.execute("SELECT s.account, d.key, SUM(d.value) FROM send_log s INDEXED BY "
-                           "send_log_by_time, json_each(s.deferrals) d WHERE s.finished >= ? AND "
+    deferrals = db.execute("SELECT s.account, d.key, SUM(CAST(d.value AS INTEGER)) FROM send_log s "
+                           "INDEXED BY send_log_by_time, json_each(s.deferrals) d WHERE s.finished >= ? AND "
                            "s.deferrals != '{}' GROUP BY s.account, d.key", (since,)).fetchall()
     return Deliveries(by_status, alerts, latencies, deferrals)
 

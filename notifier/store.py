@@ -39,6 +39,7 @@ from typing import Any, TypeVar
 from notifier import ledger, snapshots
 from notifier.errors import EXIT_CONFIG, StateError, UsageError
 from notifier.ledger import Attempt, CheckDay, Deliveries, LogEntry
+from notifier.sqldb import Db, Row
 
 _T = TypeVar("_T")
 
@@ -57,6 +58,7 @@ DIR_MODE = 0o700
 WAL_AUTOCHECKPOINT = 100  # pages (about 400 KB): fold the WAL back into the database this often...
 JOURNAL_SIZE_LIMIT = 512 * 1024  # ...and cut the WAL file back to this many bytes after
 PRUNE_BATCH = 500  # send log rows deleted per transaction, so no check waits behind a prune
+NO_LIMIT = 2**62  # LIMIT for "all": SQLite's -1 is an error in PostgreSQL
 
 # Version 3, as notifier 0.1 created it (2 added the digest table, 3 the meta table). IF NOT
 # EXISTS lets databases of versions 1 and 2 gain what they lack.
@@ -299,7 +301,7 @@ class Store:
                               f"open; nothing more is written to the old file.")
 
     @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self) -> Iterator[Db]:
         with self._lock:
             gone = self.gone_error()
             if gone is not None:
@@ -315,7 +317,7 @@ class Store:
             except sqlite3.DatabaseError as exc:
                 raise StateError(_explain(self.path, exc)) from None
 
-    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[sqlite3.Row]:
+    def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
         with self._lock:
             try:
                 cur = self._db.execute(sql, args)
@@ -396,7 +398,7 @@ class Store:
         a delta against the next newer, so the `limit` newest decode without the rest."""
         rows = self._query("SELECT taken_at, content, (SELECT versions FROM watcher WHERE name = ?) "
                            "AS total FROM snapshot WHERE name = ? ORDER BY id DESC LIMIT ?",
-                           (name, name, -1 if limit is None else limit))
+                           (name, name, NO_LIMIT if limit is None else limit))
         out: list[Version] = []
         newest = max(rows[0]["total"] or 0, len(rows)) if rows else 0
         for r in rows:
@@ -726,11 +728,11 @@ def _file_id(path: Path) -> tuple[int, int]:
     return (st.st_dev, st.st_ino)
 
 
-def _upsert(db: sqlite3.Connection, name: str) -> None:
+def _upsert(db: Db, name: str) -> None:
     db.execute("INSERT OR IGNORE INTO watcher (name) VALUES (?)", (name,))
 
 
-def _enqueue(db: sqlite3.Connection, alerts: Sequence[Alert]) -> None:
+def _enqueue(db: Db, alerts: Sequence[Alert]) -> None:
     now = time.time()
     for entry in (a for a in alerts if isinstance(a, DigestEntry)):
         db.execute("INSERT INTO digest (bucket, due, watcher, payload) VALUES (?, COALESCE("
@@ -746,7 +748,7 @@ def _enqueue(db: sqlite3.Connection, alerts: Sequence[Alert]) -> None:
     )
 
 
-def _state(r: sqlite3.Row) -> WatcherState:
+def _state(r: Row) -> WatcherState:
     return WatcherState(
         name=r["name"], content=None if r["content"] is None else snapshots.text_of(r["content"]),
         meta=json.loads(r["meta"] or "{}"),
@@ -756,7 +758,7 @@ def _state(r: sqlite3.Row) -> WatcherState:
     )
 
 
-def _row(r: sqlite3.Row) -> OutboxRow:
+def _row(r: Row) -> OutboxRow:
     return OutboxRow(
         message_id=r["message_id"], kind=r["kind"], watcher=r["watcher"], account=r["account"],
         sender=r["sender"], recipients=tuple(json.loads(r["recipients"])), body=bytes(r["body"]),
@@ -765,7 +767,7 @@ def _row(r: sqlite3.Row) -> OutboxRow:
     )
 
 
-def _add_version(db: sqlite3.Connection, name: str, now: float, content: str, history: int) -> bool:
+def _add_version(db: Db, name: str, now: float, content: str, history: int) -> bool:
     """Store `content` as the newest version, turning the one before into a delta against it,
     and trim to `history` versions. Returns whether there was a version before (a change)."""
     prev = db.execute("SELECT id, content FROM snapshot WHERE name = ? ORDER BY id DESC LIMIT 1",
@@ -781,13 +783,13 @@ def _add_version(db: sqlite3.Connection, name: str, now: float, content: str, hi
     return prev is not None
 
 
-def _locked_row(db: sqlite3.Connection, row_id: int) -> sqlite3.Row | None:
+def _locked_row(db: Db, row_id: int) -> Row | None:
     cur = db.execute("SELECT * FROM outbox WHERE id = ?", (row_id,))
     cur.row_factory = sqlite3.Row
-    row: sqlite3.Row | None = cur.fetchone()
+    row: Row | None = cur.fetchone()
     return row
 
 
-def _accepted(row: sqlite3.Row) -> dict[str, tuple[str, float]]:
+def _accepted(row: Row) -> dict[str, tuple[str, float]]:
     """Recipients a server took on earlier attempts: {address: (reply, when)}."""
     return {addr: (reply, at) for addr, (reply, at) in json.loads(row["accepted"]).items()}

@@ -7,9 +7,12 @@ import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from notifier.errors import StateError
+from notifier.pgstore import PgStore
+from notifier.secrets import Secret
 from notifier.store import JOURNAL_SIZE_LIMIT, Queued, StateGoneError, Store, _explain
 
 
@@ -18,12 +21,30 @@ def queued(n: int = 1) -> Queued:
                   sender="a@x.org", recipients=("b@x.org",), body=b"Subject: x\r\n\r\nbody")
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[Store]:
-    """A fresh state database in tmp_path, closed after the test."""
-    s = Store(tmp_path / "state.db")
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Store]:
+    """A fresh state database, closed after the test: every case runs on both backends (SQLite in
+    tmp_path, a fresh database on the session's real PostgreSQL), so the two cannot drift."""
+    if request.param == "sqlite":
+        s = Store(tmp_path / "state.db")
+    else:
+        s = PgStore(Secret(request.getfixturevalue("pg_url")))
     yield s
     s.close()
+
+
+def refuse_outbox_inserts(store: Store) -> None:
+    """Make every insert into the outbox fail, from another connection, as a broken disk or a
+    constraint would."""
+    if isinstance(store, PgStore):
+        with psycopg.connect(store.url.reveal(), autocommit=True) as db:
+            db.execute("CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                       "$$ BEGIN RAISE EXCEPTION 'no'; END $$")
+            db.execute("CREATE TRIGGER refuse BEFORE INSERT ON outbox FOR EACH ROW EXECUTE FUNCTION refuse()")
+        return
+    lite = sqlite3.connect(store.path, isolation_level=None)
+    lite.execute("CREATE TRIGGER refuse BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'no'); END")
+    lite.close()
 
 
 def test_first_state_is_empty(store: Store) -> None:
@@ -54,9 +75,7 @@ def test_unchanged_keeps_content_and_resets_failures(store: Store) -> None:
 
 def test_snapshot_and_alert_commit_together(store: Store) -> None:
     store.record_success("w", 1.0, {}, "v1", history=3)
-    db = sqlite3.connect(store.path, isolation_level=None)  # writing the alert is what fails
-    db.execute("CREATE TRIGGER refuse BEFORE INSERT ON outbox BEGIN SELECT RAISE(ABORT, 'no'); END")
-    db.close()
+    refuse_outbox_inserts(store)  # writing the alert is what fails
     with pytest.raises(StateError):
         store.record_success("w", 2.0, {}, "v2", history=3, alerts=[queued()])
     assert store.state("w").content == "v1"
