@@ -22,7 +22,7 @@ from email.message import Message
 from pathlib import Path
 
 from notifier import inbox
-from notifier.config import Config, Mailbox
+from notifier.config import Config, Mailbox, own_mailbox
 from notifier.errors import ConfigError, Problem, UsageError
 from notifier.receive import ImapClient
 
@@ -152,8 +152,7 @@ def sender_mailbox(cfg: Config, account: str | None, mailbox: str | None) -> Mai
     else:
         smtp = cfg.accounts.get(account or cfg.default_account or "")
         login = (smtp.username or "").lower() if smtp else ""
-        found = next((b for b in cfg.mailboxes.values() if login and (b.username or "").lower() == login
-                      and b.protocol == "imap"), None)
+        found = own_mailbox(smtp, cfg.mailboxes) if smtp else None
         if found is None:
             raise ConfigError([Problem(str(cfg.path), None, "imap", f"no imap: account logs in as "
                                        f"{login or 'the sending account'}; add the sender's own mailbox "

@@ -32,6 +32,7 @@ from notifier.errors import (
     ConfigError,
     DeliveryError,
     NotifierError,
+    StateError,
     UsageError,
 )
 from notifier.kinds import Kind, configure_kinds, filter_kinds, watcher_kinds
@@ -420,6 +421,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     try:
         states = store.states()
         counts = store.outbox_counts()
+        receiving = _receiving(store, cfg)
     finally:
         store.close()
     now = time.time()
@@ -438,7 +440,20 @@ def cmd_status(args: argparse.Namespace) -> int:
             print(f"{name}: last check {_when(st.last_check, now)}, last change {_when(st.last_change, now)}"
                   + (failing if st.failures else ""))
     print(f"outbox: {counts['pending']} pending, {counts['held']} held, {counts['dead']} dead")
+    for line in receiving:
+        print(visible(line))
     return EXIT_CONFIG if problems else EXIT_OK
+
+
+def _receiving(store: Store, cfg: Config | None) -> list[str]:
+    """Delivery probes and bounces for `status`; none from a database the daemon has not
+    upgraded yet (status opens it read-only, so it cannot upgrade it itself)."""
+    from notifier.lookback import receiving_lines  # noqa: PLC0415 - see the note at the imports
+
+    try:
+        return receiving_lines(store, time.time(), cfg.timezone if cfg else None)
+    except StateError:
+        return []
 
 
 def _print_daemon(state_dir: Path, config: Path, problems: Sequence[str]) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import signal
+import time
 from datetime import datetime
 from pathlib import Path
 
@@ -11,7 +13,7 @@ from notifier.errors import (
     EXIT_OK,
     UsageError,
 )
-from notifier.statedir import StateDir
+from notifier.statedir import NoDaemon, StateDir
 
 
 def add_commands(command: Register) -> None:
@@ -85,15 +87,19 @@ def cmd_inbox(args: argparse.Namespace) -> int:
 
 def cmd_bounces(args: argparse.Namespace) -> int:
     """Bounces come back to the sender's own mailbox, minutes after the server said 250."""
-    from notifier import bounces  # noqa: PLC0415 - see the note at the imports
+    from notifier import bounces, mailwatch  # noqa: PLC0415 - see the note at the imports
 
     cfg = load(args)
     box = bounces.sender_mailbox(cfg, args.account, args.mailbox)
-    found = bounces.scan_mailbox(box, cfg.state_dir / "bounces.json")
+    found = bounces.scan_mailbox(box, cfg.state_dir / mailwatch.POSITIONS)
     state = StateDir(cfg.state_dir)
     store = state.open_store() if state.db.exists() else None  # brought up to date, if it is old
     ours = 0
     try:
+        # Marked in the send log and alerted about as the daemon would: the scan position is
+        # shared, so the daemon will not see these again.
+        marked = mailwatch.record(cfg, store, found, time.time()) if store else []
+        alerts = sum(alerted for _, alerted in marked)
         for bounce in found:
             sent = next((e for mid in bounce.message_ids if store and (e := store.log_entry(mid))), None)
             ours += sent is not None
@@ -105,4 +111,16 @@ def cmd_bounces(args: argparse.Namespace) -> int:
         if store is not None:
             store.close()
     print(f"{len(found)} bounce(s) in {box.name} since the last scan, {ours} of mail notifier sent.")
+    if alerts:
+        print(f"{alerts} alert(s) about them queued; {_sent_by(state)}")
     return 3 if ours else EXIT_OK
+
+
+def _sent_by(state: StateDir) -> str:
+    """Who delivers what a one-shot command queued: the running daemon (told now), or the next
+    `notifier check --send` or `notifier run`."""
+    try:
+        holder = state.signal_daemon(signal.SIGUSR1)
+    except NoDaemon:
+        return "`notifier check --send` or `notifier run` sends them."
+    return f"the running notifier (pid {holder.pid}) sends them now."

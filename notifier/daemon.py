@@ -26,7 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from notifier import config as configmod
-from notifier import logs, runstate, systemd
+from notifier import logs, mailwatch, runstate, systemd
 from notifier.alerts import Alerter
 from notifier.config import WatcherConfig
 from notifier.errors import ConfigError, StateError
@@ -34,6 +34,7 @@ from notifier.health import Health
 from notifier.kinds import configure_kinds, watcher_kinds
 from notifier.outbox import Sender
 from notifier.pipeline import check
+from notifier.relay import RelayService
 from notifier.schedule import stable_fraction
 from notifier.statedir import DAEMON, ONESHOT_WAIT, STARTING, StateDir
 from notifier.store import PRUNE_BATCH
@@ -53,6 +54,7 @@ PRUNE_EVERY = 600.0  # seconds between looks for expired send log entries, when 
 PRUNE_BUDGET = 0.2  # seconds of pruning per housekeeping round at most...
 PRUNE_PAUSE = 0.01  # ...with this pause after each batch, for the writes waiting for the database
 M_ARENA_MAX = -8  # glibc mallopt parameter
+RECEIVING_WORKERS = 2  # delivery probes and bounce scans running at once (see notifier.mailwatch)
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -84,6 +86,7 @@ class Daemon:
         self.alerter = Alerter(self.cfg)
         self.sender = Sender(self.cfg, self.store, debug_smtp)
         self.health = Health(self, self.lock)
+        self.relay = RelayService(lambda: self.cfg, self.store, self.wake_outbox)
         self._poke = False  # SIGUSR1: a one-shot command queued mail for us to send
         self._next_checkpoint = 0.0
         self._next_prune = 0.0
@@ -99,7 +102,9 @@ class Daemon:
         self._config_seen = (self._config_sig, time.monotonic())
         self.scheduler = BackgroundScheduler(
             executors={"checks": ThreadPoolExecutor(self.cfg.workers),
-                       "outbox": ThreadPoolExecutor(1), "default": ThreadPoolExecutor(1)},
+                       "outbox": ThreadPoolExecutor(1), "default": ThreadPoolExecutor(1),
+                       # Delivery probes wait minutes for their mail: never in the checks' pool.
+                       "receiving": ThreadPoolExecutor(RECEIVING_WORKERS)},
             # A late check still runs (once: coalesce); the 1 s library default would drop it.
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
@@ -127,7 +132,9 @@ class Daemon:
                                kwargs={"kind": "digest", "key": "digests"}, id="digests")
         self.scheduler.add_job(self._housekeeping, IntervalTrigger(seconds=self._heartbeat_every()),
                                id="housekeeping", next_run_time=datetime.now(UTC))
+        self._schedule_mail_checks()
         self.scheduler.start()
+        self.relay.apply()  # listening before READY=1, so what starts after us can send
         systemd.notify("READY=1", f"STATUS={self.status_line()}")
         try:
             while not self._stop:
@@ -170,6 +177,7 @@ class Daemon:
 
     def _shutdown(self) -> None:
         systemd.notify("STOPPING=1")
+        self.relay.stop()  # first: no message is accepted that the shutdown could strand
         running = self._running_jobs()
         if running:
             log.info("stopping: waiting up to %.0f s for %s", SHUTDOWN_TIMEOUT, running)
@@ -288,6 +296,23 @@ class Daemon:
         finally:
             self._delivering.clear()
 
+    def _schedule_mail_checks(self) -> None:
+        """verify_every and watch_bounces, as the current config asks (see notifier.mailwatch)."""
+        for job in self.scheduler.get_jobs():
+            if job.executor == "receiving":
+                job.remove()
+        for due in mailwatch.scheduled(self.cfg, self.store, time.time()):
+            self.scheduler.add_job(self._job, IntervalTrigger(seconds=due.every),
+                                   args=[self._mail_check, due.account, due.job],
+                                   kwargs={"kind": due.job, "key": due.key}, id=due.key, executor="receiving",
+                                   next_run_time=datetime.fromtimestamp(due.first, UTC))
+
+    def _mail_check(self, account: str, job: str) -> None:
+        if self._stop or account not in self.cfg.accounts:
+            return
+        if mailwatch.run(self.cfg, self.store, account, job):
+            self.wake_outbox()
+
     def _flush_digests(self) -> None:
         """Turn each due digest bucket into one queued mail."""
         due = self.store.due_digests(time.time())
@@ -304,6 +329,7 @@ class Daemon:
             with contextlib.suppress(StateError):  # a full disk is reported by the writes
                 self.store.checkpoint()
         self._prune()
+        self.relay.retry()
         fields = [f"STATUS={self.status_line()}"]
         if systemd.watchdog_interval():
             fields.append("WATCHDOG=1")
@@ -351,7 +377,7 @@ class Daemon:
         else:
             held, dead = counts["held"], counts["dead"]
             outbox = f"outbox {counts['pending']}" + (f" ({held} held, {dead} dead)" if held or dead else "")
-        return f"{self.health.summary()}{len(self.cfg.watchers)} watchers{due}, {outbox}"
+        return f"{self.health.summary()}{len(self.cfg.watchers)} watchers{due}, {outbox}{self.relay.status()}"
 
     # -- scheduling and reload --------------------------------------------------------------
 
@@ -434,6 +460,8 @@ class Daemon:
             self.health.failed("reload", exc)
         # After the removed jobs are gone: a kind whose last watcher went (browser) lets go now.
         configure_kinds([w.watcher for w in new.watchers], new.shared)
+        self.relay.apply()
+        self._schedule_mail_checks()
         log.info("reloaded %s: %d watcher(s), %d added or changed, %d removed", self.path,
                  len(new.watchers), changed, len(old.keys() - {w.name for w in new.watchers}))
         systemd.notify(f"STATUS={self.status_line()}")

@@ -131,6 +131,7 @@ class WatcherFigures:
     changes: int = 0
     failures: int = 0
     alerts: int = 0
+    bounced: int = 0  # alerts that a server accepted and a bounce later said did not arrive
     durations: tuple[int, ...] = ()  # checks per DURATION_BUCKETS bucket
     by_day: dict[int, tuple[int, int]] = field(default_factory=dict)  # day: (changes, failures)
 
@@ -187,6 +188,8 @@ def gather(store: Store, names: Iterable[str], since: float, now: float, days: b
             account(acct).dead += n
     for name, n in delivered.alerts.items():
         watcher(name).alerts = n
+    for name, n in store.bounce_counts(since).items():
+        watcher(name).bounced = n
     for acct, latencies in delivered.latencies.items():
         account(acct).latencies = latencies
     for acct, why, n in delivered.deferrals:
@@ -241,11 +244,11 @@ def stats_lines(stats: Stats, zone: tzinfo | None, sparklines: bool) -> list[str
     first = date.fromordinal(days[0]).isoformat()
     out = [f"since {show_time(stats.since, zone)} ({len(days)} day(s) of counts, from {first})", "",
            f"{'watcher':20}  {'checks':>7}  {'changes':>7}  {'failures':>8}  {'fail%':>6}  "
-           f"{'took':>7}  {'p95':>7}  {'alerts':>6}"]
+           f"{'took':>7}  {'p95':>7}  {'alerts':>6}  {'bounced':>7}"]
     for w in stats.watchers:
         out.append(f"{w.name:20}  {w.checks:7}  {w.changes:7}  {w.failures:8}  "
                    f"{_percent(w.failure_rate):>6}  {seconds(histogram_percentile(w.durations, 0.5)):>7}  "
-                   f"{seconds(histogram_percentile(w.durations, 0.95)):>7}  {w.alerts:6}")
+                   f"{seconds(histogram_percentile(w.durations, 0.95)):>7}  {w.alerts:6}  {w.bounced:7}")
         if sparklines:
             changes = spark([w.by_day.get(d, (0, 0))[0] for d in days])
             failures = spark([w.by_day.get(d, (0, 0))[1] for d in days])
@@ -260,7 +263,8 @@ def stats_lines(stats: Stats, zone: tzinfo | None, sparklines: bool) -> list[str
                    + (f" ({why})" if why else ""))
     t = totals(stats)
     out += ["", f"total: {t['watchers']} watcher(s), {t['checks']} checks, {t['changes']} changes, "
-                f"{t['failures']} failures ({_percent(t['failure_rate'])}), {t['alerts']} alerts; "
+                f"{t['failures']} failures ({_percent(t['failure_rate'])}), {t['alerts']} alerts, "
+                f"{t['bounced']} bounced; "
                 f"{t['sent']} messages sent, {t['deferred']} deferred, {t['held']} held, {t['dead']} dead; "
                 f"latency median {seconds(t['latency_median'])}, p95 {seconds(t['latency_p95'])}"]
     return out
@@ -273,7 +277,8 @@ def totals(stats: Stats) -> dict[str, Any]:
     return {"watchers": len(stats.watchers), "checks": checks,
             "changes": sum(w.changes for w in stats.watchers), "failures": failures,
             "failure_rate": failures / checks if checks else None,
-            "alerts": sum(w.alerts for w in stats.watchers), "sent": sum(a.sent for a in stats.accounts),
+            "alerts": sum(w.alerts for w in stats.watchers),
+            "bounced": sum(w.bounced for w in stats.watchers), "sent": sum(a.sent for a in stats.accounts),
             "deferred": sum(sum(a.deferred.values()) for a in stats.accounts),
             "held": sum(a.held for a in stats.accounts), "dead": sum(a.dead for a in stats.accounts),
             "latency_median": percentile(latencies, 0.5), "latency_p95": percentile(latencies, 0.95)}
@@ -286,7 +291,7 @@ def stats_json(stats: Stats, zone: tzinfo | None) -> str:
         return datetime.fromtimestamp(ts, zone).astimezone(zone).isoformat(timespec="seconds")
 
     watchers = [{"name": w.name, "checks": w.checks, "changes": w.changes, "failures": w.failures,
-                 "failure_rate": w.failure_rate, "alerts": w.alerts,
+                 "failure_rate": w.failure_rate, "alerts": w.alerts, "bounced": w.bounced,
                  "duration_median": histogram_percentile(w.durations, 0.5),
                  "duration_p95": histogram_percentile(w.durations, 0.95),
                  "days": [{"day": date.fromordinal(d).isoformat(), "changes": w.by_day.get(d, (0, 0))[0],
@@ -304,3 +309,27 @@ def stats_json(stats: Stats, zone: tzinfo | None) -> str:
 def counted(items: Mapping[str, int]) -> str:
     """{"451": 2, "connection": 1} as "451 x2, connection x1"."""
     return ", ".join(f"{key} x{n}" for key, n in sorted(items.items()))
+
+
+# -- the receiving side, for `notifier status` -----------------------------------------------------
+
+RECENT_BOUNCES = 7 * 86400.0  # `notifier status` lists the bounces found this recently...
+SHOWN_BOUNCES = 5  # ...at most this many
+
+
+def receiving_lines(store: Store, now: float, zone: tzinfo | None) -> list[str]:
+    """Each account's latest delivery check (verify_every, watch_bounces) and the recent
+    bounces of notifier's mail; nothing when neither is configured or recorded."""
+    out = []
+    for c in store.mail_checks():
+        what = "delivery probe" if c.job == "verify" else "bounce scan"
+        took = f" in {seconds(c.latency)}" if c.latency is not None else ""
+        verdict = c.verdict.upper() if c.verdict not in ("inbox", "ok") else c.verdict
+        out.append(f"{what} of smtp.{c.account} at {show_time(c.at, zone)}: {verdict}{took}: {c.detail}")
+    recent = store.bounces(now - RECENT_BOUNCES, SHOWN_BOUNCES + 1)
+    if recent:
+        more = f" (the {SHOWN_BOUNCES} newest)" if len(recent) > SHOWN_BOUNCES else ""
+        out.append(f"bounces in the last 7 days{more}; `notifier log MESSAGE-ID` shows each message:")
+        out += [f"    {show_time(b.found, zone)}  {b.watcher or '-'}  {b.kind} alert {b.message_id} to "
+                f"{b.recipient}: {b.reason}" for b in recent[:SHOWN_BOUNCES]]
+    return out

@@ -84,6 +84,14 @@ SMTP_OPTIONS: tuple[Option, ...] = (
     Option("ca_file", Str(), None, "Extra CA bundle to trust; certificates are always verified."),
     Option("verify_with", Str(), None, "Name of the imap/pop3 account that receives this account's "
            "alerts, for `notifier verify-delivery`."),
+    Option("verify_every", Duration(), None, "Run `notifier verify-delivery` from the daemon this often "
+           "(like 1d) and alert through another path when the probe is junked, lost or bounced."),
+    Option("verify_timeout", Duration(), 180.0, "How long the daemon's probe is looked for after the "
+           "server accepted it."),
+    Option("watch_bounces", Bool(), False, "Scan this account's own mailbox (the imap account with the "
+           "same username) for bounces of notifier's mail from the daemon."),
+    Option("bounce_every", Duration(), 300.0, "How often `watch_bounces` scans; a scan fetches only "
+           "new messages."),
 )
 
 # Receiving servers by provider: (imap host, pop3 host); both implicit TLS on 993 / 995.
@@ -143,8 +151,59 @@ TOP_OPTIONS: tuple[Option, ...] = (
     Option("keep_sent", Bool(), False, "Keep each message's bytes in the send log after delivery."),
     Option("mail", AnyValue(), None, "Sender and default recipients (see mail options)."),
     Option("smtp", AnyValue(), None, "Named SMTP accounts (see smtp options)."),
+    Option("relay", AnyValue(), None, "A local mail relay for the machine's other programs "
+           "(see relay options)."),
     Option("imap", AnyValue(), None, "Named IMAP mailboxes that receive alerts (see imap options)."),
     Option("pop3", AnyValue(), None, "Named POP3 mailboxes, when IMAP is not offered (see pop3 options)."),
     Option("defaults", AnyValue(), None, "Defaults for every watcher (any watcher option)."),
     Option("watchers", AnyValue(), REQUIRED, "The list of watchers."),
+)
+
+# The local mail relay (notifier.relay): `relay:`, its `clients:` and its `screen:` rules.
+RELAY_OPTIONS: tuple[Option, ...] = (
+    Option("listen", Str(), "127.0.0.1:8025", "HOST:PORT the relay listens on; anything but "
+           "loopback needs `clients` and a TLS `certificate`."),
+    Option("account", Str(), None, "Name of the smtp account that relays; default: mail.account."),
+    Option("max_message_size", Int(minimum=1024), 10 * 1024 * 1024, "Largest message in bytes, "
+           "advertised in EHLO SIZE and enforced while it is received."),
+    Option("max_clients", Int(minimum=1), 100, "Connections served at the same time; more wait "
+           "for a 421 and try again."),
+    Option("timeout", Duration(), 60.0, "A client silent this long is disconnected, freeing its slot."),
+    Option("certificate", Str(), None, "PEM certificate (chain) for STARTTLS."),
+    Option("key", Str(), None, "PEM private key of the certificate."),
+    Option("rewrite_from", Bool(), True, "Make the envelope sender and From the account's login "
+           "(163 and QQ refuse anything else), keeping the original From as Reply-To."),
+    Option("clients", AnyValue(), None, "Named clients with their own login (see relay client options)."),
+    Option("screen", AnyValue(), None, "Rules a message must pass to be accepted (see screen options)."),
+)
+
+RELAY_CLIENT_OPTIONS: tuple[Option, ...] = (
+    Option("username", Str(), REQUIRED, "Login the client gives with SMTP AUTH."),
+    Option("password_env", Str(), None, "Environment variable holding its password."),
+    Option("password_file", Str(), None, "File holding its password."),
+    Option("password_credential", Str(), None, "systemd credential name (LoadCredential=) holding it."),
+)
+
+# Attachment types refused unless `blocked_attachments` says otherwise: programs, scripts and
+# documents that carry macros.
+BLOCKED_ATTACHMENTS = ("exe", "com", "scr", "pif", "bat", "cmd", "js", "jse", "vbs", "vbe",
+                       "wsf", "hta", "jar", "msi", "ps1", "lnk", "docm", "xlsm", "pptm", "dotm")
+SCREEN_PRESETS = ("credit_card", "cn_id_card", "private_key")
+
+SCREEN_OPTIONS: tuple[Option, ...] = (
+    Option("max_size", Int(minimum=1), None, "Refuse messages larger than this many bytes."),
+    Option("max_recipients", Int(minimum=1), 100, "Refuse messages to more recipients than this."),
+    Option("allowed_recipients", ListOf(Str()), (), "Recipient domains (example.com) or addresses "
+           "allowed; any recipient when empty."),
+    Option("blocked_attachments", ListOf(Str()), BLOCKED_ATTACHMENTS, "Attachment types refused, "
+           "by file extension and by sniffed content (programs, macro documents)."),
+    Option("subject_patterns", ListOf(Regex()), (), "Refuse messages whose subject matches one of "
+           "these regular expressions."),
+    Option("body_patterns", ListOf(Regex()), (), "Refuse messages whose text matches one of these "
+           "regular expressions."),
+    Option("presets", ListOf(Choice(*SCREEN_PRESETS)), (), "Shipped content rules to switch on: "
+           "credit_card, cn_id_card, private_key."),
+    Option("rate_per_minute", Int(minimum=1), None, "Messages one client may send per minute."),
+    Option("rate_per_hour", Int(minimum=1), None, "Messages one client may send per hour."),
+    Option("quarantine", Bool(), False, "Keep refused messages for `notifier relay quarantine`."),
 )

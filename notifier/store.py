@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from notifier import ledger, snapshots
+from notifier import ledger, receipts, relaylog, snapshots
 from notifier.errors import EXIT_CONFIG, StateError, UsageError
 from notifier.ledger import Attempt, CheckDay, Deliveries, LogEntry
 from notifier.sqldb import Db, Row
@@ -166,9 +166,67 @@ CREATE TABLE check_day (
 CREATE INDEX check_day_by_day ON check_day(day)
 """
 
+# Version 5: what came back from sent mail (notifier.receipts). A bounce per message and
+# recipient (the unique key makes a second scan of the same report a no-op), with what the send
+# log said of the message, so `notifier status` lists bounces without reading the log; and the
+# latest result of each account's delivery checks (verify_every, watch_bounces).
+_V5 = """
+CREATE TABLE bounce (
+    id INTEGER PRIMARY KEY,
+    message_id TEXT NOT NULL,
+    recipient TEXT NOT NULL,
+    watcher TEXT,
+    account TEXT,
+    kind TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    status TEXT,
+    reason TEXT NOT NULL,
+    found REAL NOT NULL,
+    UNIQUE (message_id, recipient)
+);
+CREATE INDEX bounce_by_time ON bounce(found);
+CREATE TABLE mail_check (
+    account TEXT NOT NULL,
+    job TEXT NOT NULL,
+    at REAL NOT NULL,
+    verdict TEXT NOT NULL,
+    latency REAL,
+    detail TEXT NOT NULL,
+    PRIMARY KEY (account, job)
+)
+"""
+
 # (version, script): applied in order to a database older than the version, each in one
 # transaction with the version bump. A fresh database runs them all.
-_MIGRATIONS: tuple[tuple[int, str], ...] = ((3, _V3), (4, _V4))
+# Version 6: the mail relay (notifier.relaylog). One event per message a client handed over,
+# accepted or refused by a rule (the rate limits count the accepted ones of a client); refused
+# messages kept for a person when `quarantine: true`, ready to enter the outbox as they are.
+_V6 = """
+CREATE TABLE relay_event (
+    id INTEGER PRIMARY KEY,
+    client TEXT NOT NULL,
+    at REAL NOT NULL,
+    rule TEXT NOT NULL,
+    message_id TEXT
+);
+CREATE INDEX relay_event_by_client ON relay_event(client, rule, at);
+CREATE INDEX relay_event_by_time ON relay_event(at);
+CREATE INDEX relay_event_by_message ON relay_event(message_id);
+CREATE TABLE quarantine (
+    id INTEGER PRIMARY KEY,
+    client TEXT NOT NULL,
+    rule TEXT NOT NULL,
+    reason TEXT NOT NULL,
+    message_id TEXT NOT NULL,
+    account TEXT,
+    sender TEXT NOT NULL,
+    recipients TEXT NOT NULL,
+    body BLOB NOT NULL,
+    created REAL NOT NULL
+)
+"""
+
+_MIGRATIONS: tuple[tuple[int, str], ...] = ((3, _V3), (4, _V4), (5, _V5), (6, _V6))
 SCHEMA_VERSION = _MIGRATIONS[-1][0]
 
 
@@ -619,10 +677,77 @@ class Store:
         return self._read(ledger.deliveries, since)
 
     def prune(self, before: float, limit: int = PRUNE_BATCH) -> int:
-        """Delete one batch of send log entries and day counts older than `before`; returns
-        how many rows went, so a caller can come back for more without holding the database."""
+        """Delete one batch of send log entries, day counts and bounces older than `before`;
+        returns how many rows went, so a caller can come back for more without holding the
+        database."""
         with self._tx() as db:
-            return ledger.prune(db, before, limit)
+            return (ledger.prune(db, before, limit) + receipts.prune(db, before, limit)
+                    + relaylog.prune(db, before, limit))
+
+    # -- what came back (notifier.receipts) ---------------------------------------------------
+
+    def record_bounce(self, message_ids: Sequence[str], recipients: Sequence[str], status: str | None,
+                      reason: str, at: float,
+                      alerts: Callable[[receipts.Sent, list[str]], Sequence[Alert]]) -> receipts.Sent | None:
+        """Mark a bounce of one of notifier's messages (the first of `message_ids` in the send log)
+        and queue `alerts(original, new recipients)` with it, in one transaction. `recipients`
+        empty: every recipient of the message. Returns the original, or None when the send log
+        has none of them or the bounce was recorded before."""
+        with self._tx() as db:
+            original = receipts.sent(db, message_ids)
+            if original is None:
+                return None
+            new = receipts.record_bounce(db, original, recipients, status, reason, at)
+            if not new:
+                return None
+            _enqueue(db, alerts(original, new))
+            return original
+
+    def bounces(self, since: float, limit: int = 10) -> list[receipts.BounceRow]:
+        return self._read(receipts.bounces, since, limit)
+
+    def bounce_counts(self, since: float) -> dict[str, int]:
+        return self._read(receipts.bounce_counts, since)
+
+    def record_mail_check(self, check: receipts.MailCheck, alerts: Sequence[Alert] = ()) -> None:
+        """Keep the latest result of a delivery check, and queue the alert about it with it."""
+        with self._tx() as db:
+            receipts.record_check(db, check)
+            _enqueue(db, alerts)
+
+    def mail_checks(self) -> list[receipts.MailCheck]:
+        return self._read(receipts.checks)
+
+    # -- the mail relay (notifier.relaylog) ---------------------------------------------------
+
+    def relay_accept(self, message: relaylog.Relayed, now: float,
+                     rates: Sequence[tuple[str, float, int]] = ()) -> str | None:
+        """Queue a relayed message in one transaction with its rate check and its event; the
+        rule that refused it, or None once it is committed (and only then may the client get
+        its 250)."""
+        with self._tx() as db:
+            return relaylog.accept(db, message, now, rates)
+
+    def relay_refuse(self, client: str, rule: str, now: float,
+                     kept: relaylog.Quarantined | None = None) -> None:
+        """Count a refused message, keeping it in the quarantine when `kept` is given."""
+        with self._tx() as db:
+            relaylog.refuse(db, client, rule, now, kept)
+
+    def quarantined(self, ids: Sequence[int] = ()) -> list[relaylog.Quarantined]:
+        return self._read(relaylog.quarantined, ids)
+
+    def quarantine_release(self, ids: Sequence[int], now: float) -> list[int]:
+        """Move quarantined messages into the outbox, in one transaction."""
+        with self._tx() as db:
+            return relaylog.release(db, ids, now)
+
+    def quarantine_delete(self, ids: Sequence[int]) -> int:
+        with self._tx() as db:
+            return relaylog.delete(db, ids)
+
+    def relay_figures(self, since: float) -> list[relaylog.ClientFigures]:
+        return self._read(relaylog.figures, since)
 
 
 def _schema_version(db: sqlite3.Connection) -> int:

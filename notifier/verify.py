@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from email.message import Message
 from typing import Protocol
 
-from notifier import inbox
+from notifier import config, inbox
 from notifier.alerts import Alerter
 from notifier.bounces import Bounce, BounceScanner
 from notifier.config import Config, Mailbox, SmtpAccount
@@ -273,9 +273,8 @@ class BounceWatch:
 
 def own_mailbox(cfg: Config, account: SmtpAccount, box: Mailbox) -> Mailbox | None:
     """The imap account that logs in as the SMTP account's login, if it is not `box`."""
-    login = (account.username or "").lower()
-    return next((b for b in cfg.mailboxes.values() if login and b.protocol == "imap"
-                 and (b.username or "").lower() == login and b is not box), None)
+    found = config.own_mailbox(account, cfg.mailboxes)
+    return found if found is not box else None
 
 
 def finder_for(box: Mailbox) -> ImapFinder | Pop3Finder:
