@@ -2,7 +2,9 @@
 
 Issue 12's targets: with IMAP IDLE, the median of 10 probes under 1 s; polling (a server
 without IDLE) under the poll interval + 0.5 s; a bounce scan of a mailbox holding 10,000
-messages touches only the new ones, under 1 s per scan after the first.
+messages touches only the new ones, under 1 s per scan after the first. The daemon's
+`watch_bounces` scan (a new session each time, its position kept in the state directory) is
+timed on the same mailbox.
 
 How: the test fixtures' real servers — Dovecot (tests/servers/dovecot.py, started unprivileged
 from a temporary directory) and the aiosmtpd relay that drops each accepted message into the
@@ -31,7 +33,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from notifier import config
-from notifier.bounces import BounceScanner
+from notifier.bounces import BounceScanner, scan_mailbox
 from notifier.receive import ImapClient
 from notifier.verify import FIRST_POLL, MAX_POLL, verify
 from tests.servers.dovecot import (
@@ -91,6 +93,21 @@ def _bounce_scan(ca: LocalCA, messages: int) -> list[str]:
                 found = scanner.scan(client)
                 out.append(f"{label:28} {time.monotonic() - started:6.3f} s   bounces {len(found):3}   "
                            f"messages fetched {scanner.fetched}")
+        out += _daemon_scans(dovecot)
+    return out
+
+
+def _daemon_scans(dovecot: Dovecot) -> list[str]:
+    """What `watch_bounces` pays each `bounce_every`: a new session (TLS, LOGIN, SELECT) and the
+    scan from the position kept in the state directory."""
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        positions = Path(tmp) / "bounces.json"
+        for label in ("daemon scan, first", "daemon scan, nothing new", "daemon scan, nothing new"):
+            started = time.monotonic()
+            found = scan_mailbox(dovecot.account(user=SENDER), positions)
+            out.append(f"{label:28} {time.monotonic() - started:6.3f} s   bounces {len(found):3}   "
+                       f"(with login)")
     return out
 
 
