@@ -297,11 +297,17 @@ class Daemon:
             self._delivering.clear()
 
     def _schedule_mail_checks(self) -> None:
-        """verify_every and watch_bounces, as the current config asks (see notifier.mailwatch)."""
+        """verify_every and watch_bounces, as the current config asks (see notifier.mailwatch).
+        A reload keeps the jobs whose period did not change, so it never sends an extra probe."""
+        wanted = {due.key: due for due in mailwatch.scheduled(self.cfg, self.store, time.time())}
         for job in self.scheduler.get_jobs():
-            if job.executor == "receiving":
+            if job.executor != "receiving":
+                continue
+            if job.id in wanted and job.trigger.interval.total_seconds() == wanted[job.id].every:
+                del wanted[job.id]
+            else:
                 job.remove()
-        for due in mailwatch.scheduled(self.cfg, self.store, time.time()):
+        for due in wanted.values():
             self.scheduler.add_job(self._job, IntervalTrigger(seconds=due.every),
                                    args=[self._mail_check, due.account, due.job],
                                    kwargs={"kind": due.job, "key": due.key}, id=due.key, executor="receiving",

@@ -140,7 +140,10 @@ def test_daemon_verifies_delivery_and_alerts_on_a_bounce_through_the_maildir(
     assert log_line[0].split()[2] == "dead"  # its only recipient bounced
     message_id = next(w for w in log_line[0].split() if w.startswith("<"))
     assert f"{GONE}  bounced" in _cli(path, "log", message_id)
+    path.write_text(path.read_text().replace("bounce_every: 1s", "bounce_every: 2s"))
+    daemon.wait_log(r"reloaded ")
     assert daemon.stop() == 0
+    assert daemon.count("delivery verified") == 1  # a reload sends no extra probe
     assert daemon.count("outcome=bounced") == 1  # scanned every second, recorded once
 
 
