@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from notifier import cli_history, cli_mailbox, logs, runstate, schema
+from notifier import cli_history, cli_mailbox, cli_relay, logs, runstate, schema
 from notifier import config as configmod
 from notifier.cli_common import load
 from notifier.config import Config, WatcherConfig
@@ -53,6 +53,16 @@ log = logging.getLogger(__name__)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """`notifier sendmail` (or notifier run as sendmail), else a subcommand of notifier's own.
+    sendmail's options (-FCronDaemon, -oem) are no argparse options: it parses its own."""
+    sendmail = cli_relay.sendmail_argv(sys.argv[1:] if argv is None else argv,
+                                       sys.argv[0] if argv is None else "notifier")
+    if sendmail is not None:
+        return cli_relay.sendmail_main(sendmail)
+    return _command(argv)
+
+
+def _command(argv: Sequence[str] | None) -> int:
     """Parse arguments, run the subcommand, and turn known errors into one line each."""
     parser = _parser()
     args = parser.parse_args(argv)
@@ -150,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--markdown", action="store_true", help="as the README's option tables")
     command("schema", cmd_schema, "print the JSON Schema of watchers.yaml")
     cli_history.add_commands(command)
+    cli_relay.add_commands(command)
     return parser
 
 

@@ -15,6 +15,9 @@ from notifier.sections import (
     IMAP_OPTIONS,
     MAIL_OPTIONS,
     POP3_OPTIONS,
+    RELAY_CLIENT_OPTIONS,
+    RELAY_OPTIONS,
+    SCREEN_OPTIONS,
     SMTP_OPTIONS,
     TOP_OPTIONS,
     WATCHER_OPTIONS,
@@ -52,6 +55,9 @@ def generate() -> dict[str, Any]:
         "smtp": {"type": "object", "additionalProperties": schema_for(SMTP_OPTIONS)},
         "imap": {"type": "object", "additionalProperties": schema_for(IMAP_OPTIONS)},
         "pop3": {"type": "object", "additionalProperties": schema_for(POP3_OPTIONS)},
+        "relay": schema_for(RELAY_OPTIONS, {
+            "clients": {"type": "object", "additionalProperties": schema_for(RELAY_CLIENT_OPTIONS)},
+            "screen": schema_for(SCREEN_OPTIONS)}),
         "defaults": schema_for(DEFAULTS_OPTIONS),
         "watchers": _watcher_schema(),
     })
@@ -79,7 +85,10 @@ def markdown() -> str:
     for title, options in (("Top level", TOP_OPTIONS), ("`mail:`", MAIL_OPTIONS),
                            ("Each account under `smtp:`", SMTP_OPTIONS),
                            ("Each account under `imap:`", IMAP_OPTIONS),
-                           ("Each account under `pop3:`", POP3_OPTIONS)):
+                           ("Each account under `pop3:`", POP3_OPTIONS),
+                           ("`relay:`", RELAY_OPTIONS),
+                           ("Each client under `relay.clients:`", RELAY_CLIENT_OPTIONS),
+                           ("`relay.screen:`", SCREEN_OPTIONS)):
         out += ["", f"#### {title}", "", *_table(options)]
     for name, cls in sorted(watcher_kinds().items()):
         out += ["", f"#### `kind: {name}` — {cls.summary()}", "", *_table(cls.options)]

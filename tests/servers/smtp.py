@@ -9,12 +9,15 @@ Three modes, named like ``SmtpAccount.security``: "ssl" (implicit TLS), "starttl
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import socket
 import ssl
 import threading
 import weakref
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from email.utils import parseaddr
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +79,8 @@ class _Handler:
                           address: str, options: list[str]) -> Any:
         if self.owner.require_auth and not session.authenticated:
             return "530 5.7.0 Authentication required"
+        if self.owner.from_must_match and address.lower() != self.owner.username.lower():
+            return "553 Mail from must equal authorized user"  # 163's words
         return await self.owner._fault("MAIL", server)
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
@@ -84,6 +89,9 @@ class _Handler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> Any:
         fault = await self.owner._fault("DATA", server)
+        if fault is MISSING and self.owner.from_must_match and not self.owner._from_is_login(
+                bytes(envelope.original_content or b"")):
+            return "554 5.7.1 From header must equal authorized user"
         if fault is MISSING:
             self.owner._store(Received(str(envelope.mail_from), tuple(envelope.rcpt_tos),
                                        bytes(envelope.original_content or b"")))
@@ -105,11 +113,15 @@ class SmtpServer:
 
     def __init__(self, security: str = "ssl", *, ca: trustme.CA | None = None,
                  ca_file: str | None = None, username: str = USERNAME, password: str = PASSWORD,
-                 require_auth: bool = True, exclude_auth: Sequence[str] = ()) -> None:
+                 require_auth: bool = True, exclude_auth: Sequence[str] = (),
+                 from_must_match: bool = False) -> None:
+        """`from_must_match`: like 163 and QQ, refuse an envelope sender or From header that is
+        not the login."""
         if security not in {"ssl", "starttls", "none"}:
             raise ValueError(f"security must be ssl, starttls or none, not {security!r}")
         self.security, self.ca_file = security, ca_file
         self.username, self.password, self.require_auth = username, password, require_auth
+        self.from_must_match = from_must_match
         self.port = 0
         self.received: list[Received] = []
         self.logins: list[str] = []  # one entry per successful AUTH, so per connection
@@ -170,6 +182,10 @@ class SmtpServer:
                 raise AssertionError(f"expected {count} messages within {timeout} s, "
                                      f"got {len(self.received)}")
             return list(self.received)
+
+    def _from_is_login(self, content: bytes) -> bool:
+        message = email.message_from_bytes(content, policy=email.policy.default)
+        return parseaddr(str(message.get("From", "")))[1].lower() == self.username.lower()
 
     def _store(self, message: Received) -> None:
         with self._arrived:

@@ -1,0 +1,301 @@
+"""The relay's commands: `notifier sendmail` (what /usr/sbin/sendmail can be linked to) and
+`notifier relay quarantine`.
+
+`sendmail` takes the options programs actually pass — cron's `-i -FCronDaemon -B8BITMIME -oem
+user` among them — and hands the message to the running daemon's relay over SMTP, so it is
+screened, counted and queued there. When no relay answers, it runs the same intake itself and
+queues straight into the state database; the daemon sends it when it runs. It exits non-zero
+only when the message could not be queued (or was refused by a rule): errors go to stderr and
+the exit status, never back as a mail (no bounce loops).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import os
+import smtplib
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from email.utils import formataddr, getaddresses
+from pathlib import Path
+from typing import BinaryIO, TextIO
+
+from notifier import config as configmod
+from notifier import logs
+from notifier.cli_common import Register, load
+from notifier.config import Config
+from notifier.errors import EXIT_OK, NotifierError, UsageError
+from notifier.relay import LOCAL, Intake
+from notifier.relaylog import Quarantined
+from notifier.rewrite import CRLF, crlf, name_of, split
+from notifier.secrets import redact
+from notifier.statedir import StateDir
+
+EX_DATAERR, EX_TEMPFAIL, EX_USAGE = 65, 75, 64  # sysexits.h, as sendmail's callers expect
+SYSTEM_CONFIG = Path("/etc/notifier/watchers.yaml")
+HANDOVER_TIMEOUT = 60.0  # seconds to wait for the relay to answer
+# Options that take a value (attached, "-FCronDaemon", or as the next argument); those that
+# notifier has no use for are accepted and ignored, as other sendmail replacements do.
+_WITH_VALUE = frozenset("fFrBCNRVXLhop")
+_FLAGS = frozenset("tivmnUGS")
+_GLOBAL = {"-c": "config", "--config": "config", "-s": "state_dir", "--state-dir": "state_dir"}
+
+
+@dataclass
+class Invocation:
+    """What a sendmail command line asks for."""
+
+    sender: str | None = None  # -f / -r
+    fullname: str | None = None  # -F
+    extract: bool = False  # -t: recipients from To, Cc and Bcc too
+    dot_ends: bool = True  # a line "." ends the message unless -i / -oi
+    smtp: bool = False  # -bs: speak SMTP on stdin and stdout
+    config: Path | None = None  # -C, or notifier's own -c before `sendmail`
+    state_dir: Path | None = None
+    recipients: list[str] = field(default_factory=list)
+
+
+def sendmail_argv(argv: Sequence[str], program: str) -> Invocation | None:
+    """The sendmail invocation in a command line, or None when it asks for another command:
+    `notifier [-c FILE] [-s DIR] sendmail ARGS`, or any ARGS when run under the name sendmail."""
+    found = Invocation()
+    rest = list(argv)
+    if Path(program).name not in ("sendmail", "notifier-sendmail"):
+        while rest and rest[0] in _GLOBAL and len(rest) > 1:
+            setattr(found, _GLOBAL[rest[0]], Path(rest[1]))
+            rest = rest[2:]
+        if not rest or rest[0] != "sendmail":
+            return None
+        rest = rest[1:]
+    return _parse(rest, found)
+
+
+def _parse(args: list[str], found: Invocation) -> Invocation:
+    """sendmail's own options, as its man page has them."""
+    values = iter(args)
+    for arg in values:
+        if arg == "--":
+            found.recipients += list(values)
+        elif not arg.startswith("-") or arg == "-":
+            found.recipients.append(arg)
+        elif arg[1] in _WITH_VALUE:
+            value = arg[2:] or next(values, "")
+            _option(found, arg[1], value)
+        elif arg[1] == "b":
+            if arg[2:] not in ("m", "s"):
+                raise UsageError(f"sendmail mode {arg} is not supported; notifier sendmail only "
+                                 "sends (-bm, the default) or speaks SMTP on stdin (-bs).")
+            found.smtp = arg == "-bs"
+        elif arg[1] in _FLAGS and all(c in _FLAGS for c in arg[1:]):
+            found.extract |= "t" in arg
+            found.dot_ends &= "i" not in arg
+        else:
+            raise UsageError(f"the sendmail option {arg} is not supported; see the README's "
+                             "\"Local mail relay\" section for the ones that are.")
+    return found
+
+
+def _option(found: Invocation, letter: str, value: str) -> None:
+    if letter in "fr":
+        found.sender = value
+    elif letter == "F":
+        found.fullname = value
+    elif letter == "C":
+        found.config = Path(value)
+    elif letter == "o" and value in ("i", "i=true"):
+        found.dot_ends = False
+    # -B (body type), -oem / -oee / -odb (error and delivery modes), -N, -R, -V, -X, -L, -h, -p:
+    # nothing to do; errors always go to stderr and the exit status.
+
+
+def sendmail_main(inv: Invocation, stdin: BinaryIO | None = None, stdout: TextIO | None = None) -> int:
+    """Run one sendmail invocation; the error boundary of `notifier sendmail`."""
+    logs.setup("warning")
+    stdin = stdin or sys.stdin.buffer
+    try:
+        cfg = configmod.load(_config_path(inv), state_dir=inv.state_dir)
+        if cfg.relay is None:
+            raise UsageError(f"{cfg.path} has no `relay:` section, so notifier does not relay mail; "
+                             "add `relay: {}` to it (see the README's \"Local mail relay\").")
+        if inv.smtp:
+            return _smtp_session(cfg, stdin, stdout or sys.stdout)
+        sender = inv.sender or _local_sender()
+        data, recipients = _message(stdin.read(), inv, sender)
+        if not recipients:
+            raise UsageError("no recipients: name them as arguments, or use -t to read them "
+                             "from the To, Cc and Bcc headers.")
+        reply = hand_over(cfg, sender, recipients, data)
+    except NotifierError as exc:
+        print(f"notifier sendmail: {redact(str(exc))}", file=sys.stderr)
+        return EX_USAGE if isinstance(exc, UsageError) else EX_TEMPFAIL
+    if reply.startswith("2"):
+        return EXIT_OK
+    print(f"notifier sendmail: the message was not queued: {reply}", file=sys.stderr)
+    return EX_DATAERR if reply.startswith("5") else EX_TEMPFAIL
+
+
+def _config_path(inv: Invocation) -> Path:
+    """-C or -c; else $NOTIFIER_CONFIG; else the system's file when it exists, else ./watchers.yaml."""
+    if inv.config:
+        return inv.config
+    if os.environ.get("NOTIFIER_CONFIG"):
+        return Path(os.environ["NOTIFIER_CONFIG"])
+    return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else Path("watchers.yaml")
+
+
+def _local_sender() -> str:
+    """user@host, as sendmail names the user who runs it."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid{os.getuid()}"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _message(raw: bytes, inv: Invocation, sender: str) -> tuple[bytes, list[str]]:
+    """The message as read from stdin (up to a lone "." unless -i) with CRLF line ends and a
+    From when it had none (-F names it); and its recipients (with -t, those of its headers)."""
+    data = crlf(raw)
+    if inv.dot_ends:
+        head, dot, _ = data.partition(b"\r\n.\r\n")
+        data = head + CRLF if dot else (b"" if data.startswith(b".\r\n") else data)
+    fields, _ = split(data)
+    if not any(name_of(f) == "from" for f in fields):
+        data = f"From: {formataddr((inv.fullname or '', sender), charset='utf-8')}".encode() + CRLF + data
+    recipients = list(inv.recipients)
+    if inv.extract:
+        values = [f.split(b":", 1)[1].decode("utf-8", "replace") for f in fields
+                  if name_of(f) in ("to", "cc", "bcc")]
+        recipients += [addr for _, addr in getaddresses([" ".join(v.split()) for v in values]) if addr]
+    return data, list(dict.fromkeys(recipients))
+
+
+def hand_over(cfg: Config, sender: str, recipients: Sequence[str], data: bytes) -> str:
+    """Give the message to the running relay, or queue it here when none answers; the reply."""
+    relay = cfg.relay
+    assert relay is not None
+    host = "127.0.0.1" if relay.host in ("0.0.0.0", "::", "") else relay.host  # noqa: S104
+    try:
+        with smtplib.SMTP(host, relay.port, timeout=HANDOVER_TIMEOUT,
+                          local_hostname=socket.gethostname()) as smtp:
+            smtp.sendmail(sender, list(recipients), data)
+            return "250 queued by the relay"
+    except smtplib.SMTPRecipientsRefused as exc:
+        return " ".join(f"{a}: {c} {_text(t)}" for a, (c, t) in exc.recipients.items())
+    except smtplib.SMTPResponseException as exc:
+        return f"{exc.smtp_code} {_text(exc.smtp_error)}"
+    except (OSError, smtplib.SMTPException):
+        pass  # no relay answers: queue it here
+    return queue_here(cfg, sender, recipients, data)
+
+
+def _text(reply: bytes | str) -> str:
+    return reply.decode("utf-8", "replace") if isinstance(reply, bytes) else reply
+
+
+def queue_here(cfg: Config, sender: str, recipients: Sequence[str], data: bytes) -> str:
+    """The relay's intake run in this process, into the state database's outbox."""
+    store = StateDir(cfg.state_dir).open_store()
+    try:
+        return Intake(lambda: cfg, store).submit(LOCAL, sender, recipients, data)
+    finally:
+        store.close()
+
+
+def _smtp_session(cfg: Config, stdin: BinaryIO, stdout: TextIO) -> int:
+    """-bs: an SMTP dialogue on stdin and stdout, each message handed over as above."""
+    def say(line: str) -> None:
+        stdout.write(line + "\r\n")
+        stdout.flush()
+
+    say(f"220 {socket.gethostname()} notifier sendmail ESMTP")
+    sender: str | None = None
+    recipients: list[str] = []
+    for line in _lines(stdin):
+        verb, _, arg = line.partition(" ")
+        verb = verb.upper()
+        if verb in ("HELO", "EHLO"):
+            say(f"250 {socket.gethostname()}")
+        elif verb == "MAIL" and arg.upper().startswith("FROM:"):
+            sender, recipients = _angle(arg[5:]), []
+            say("250 2.1.0 OK")
+        elif verb == "RCPT" and arg.upper().startswith("TO:") and sender is not None:
+            recipients.append(_angle(arg[3:]))
+            say("250 2.1.5 OK")
+        elif verb == "DATA" and sender is not None and recipients:
+            say("354 End data with <CR><LF>.<CR><LF>")
+            say(hand_over(cfg, sender, recipients, _data(stdin)))
+            sender, recipients = None, []
+        elif verb in ("RSET", "NOOP"):
+            sender, recipients = (None, []) if verb == "RSET" else (sender, recipients)
+            say("250 2.0.0 OK")
+        elif verb == "QUIT":
+            say("221 2.0.0 Bye")
+            return EXIT_OK
+        else:
+            say("503 5.5.1 Command out of sequence or not supported.")
+    return EXIT_OK
+
+
+def _lines(stdin: BinaryIO) -> Iterator[str]:
+    for raw in iter(stdin.readline, b""):
+        yield raw.decode("utf-8", "replace").rstrip("\r\n")
+
+
+def _angle(text: str) -> str:
+    """The address of "FROM:<a@b> SIZE=10"."""
+    text = text.strip()
+    return text[1:text.index(">")] if text.startswith("<") and ">" in text else text.split(" ")[0]
+
+
+def _data(stdin: BinaryIO) -> bytes:
+    """DATA up to the lone ".", with dot-stuffing undone."""
+    lines = []
+    for raw in iter(stdin.readline, b""):
+        line = raw.rstrip(b"\r\n")
+        if line == b".":
+            break
+        lines.append(line[1:] if line.startswith(b".") else line)
+    return CRLF.join(lines) + CRLF
+
+
+# -- notifier relay quarantine ---------------------------------------------------------------
+
+def add_commands(command: Register) -> None:
+    p = command("relay", cmd_relay, "the local mail relay's quarantine: list, show, release or "
+                "delete messages a screening rule refused")
+    p.add_argument("what", choices=["quarantine"])
+    p.add_argument("action", nargs="?", choices=["list", "show", "release", "delete"], default="list")
+    p.add_argument("ids", nargs="*", type=int, metavar="ID", help="the numbers `quarantine` lists")
+
+
+def cmd_relay(args: argparse.Namespace) -> int:
+    cfg = load(args)
+    store = StateDir(cfg.state_dir).open_store()
+    try:
+        if args.action != "list" and not args.ids:
+            raise UsageError(f"name the messages to {args.action} by the numbers "
+                             "`notifier relay quarantine` lists.")
+        actions: dict[str, Callable[[], str]] = {
+            "list": lambda: _listing(store.quarantined()),
+            "show": lambda: "\n".join(q.message.body.decode("utf-8", "replace")
+                                      for q in store.quarantined(args.ids)),
+            "release": lambda: (f"released {len(store.quarantine_release(args.ids, time.time()))} "
+                                "message(s) into the outbox; the daemon sends them on its next round."),
+            "delete": lambda: f"deleted {store.quarantine_delete(args.ids)} message(s).",
+        }
+        print(actions[args.action]())
+    finally:
+        store.close()
+    return EXIT_OK
+
+
+def _listing(items: Sequence[Quarantined]) -> str:
+    lines = [f"{q.id:>5}  {datetime.fromtimestamp(q.created):%Y-%m-%d %H:%M}  {q.client:<12} "
+             f"{q.rule:<20} {q.message.sender} → {', '.join(q.message.recipients)}" for q in items]
+    return "\n".join(lines) if lines else "The quarantine is empty."

@@ -1,0 +1,424 @@
+"""The local mail relay: an SMTP server for the machine's other programs (cron, backup scripts,
+smartd), in front of the same durable outbox as the alerts.
+
+`Intake` decides what happens to one message, whatever brought it (an SMTP client, or
+`notifier sendmail` queueing straight into the database): the screening rules
+(notifier.screen), the 163/QQ rewriting (notifier.rewrite), and one transaction that puts it
+in the outbox with its event — a client gets 250 only after that commit, so a message is never
+acknowledged and then lost, and a crash before the commit leaves the client to retry. The
+relay never writes a bounce: a refusal is the SMTP reply itself, and a message the provider
+refuses later becomes a dead letter in `notifier outbox`, so mail cannot loop.
+
+`RelayServer` is aiosmtpd in its own thread and event loop. The database work of DATA runs in
+the loop's thread pool, so one slow commit does not stall the other connections. At most
+`max_clients` connections are served (the next is told 421); a client silent for `timeout`
+is disconnected, freeing its slot. Beyond loopback, MAIL needs a login (AUTH after STARTTLS).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import ipaddress
+import logging
+import re
+import socket
+import ssl
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+
+from notifier import screen
+from notifier.config import Config, RelayConfig
+from notifier.errors import NotifierError, StateError
+from notifier.relaylog import HOUR, MINUTE, Quarantined, Relayed
+from notifier.rewrite import crlf, rewrite
+from notifier.store import Store
+
+log = logging.getLogger(__name__)
+
+LOCAL = "local"  # the client name of unauthenticated connections from this machine
+RCPT_CAP = 10_000  # recipients one transaction may collect before screening counts them
+# An envelope address: no spaces, controls or brackets (nothing that could end a header line).
+_ENVELOPE = re.compile(r"^[^\s<>()\[\],;:\\\"\x00-\x1f\x7f]+@[^\s<>()\[\],;:\\\"\x00-\x1f\x7f@]+$")
+_LOCAL_USER = re.compile(r"^[A-Za-z0-9._+-]+$")  # "root", "user": a user of this machine
+# aiosmtpd's own words for a message over the size limit: announced (MAIL ... SIZE=), sent, or
+# one line of it longer than the whole limit (lines may be as long as the limit, see below).
+_TOO_BIG = ("552 Error: Too much mail data",
+            "552 Error: message size exceeds fixed maximum message size",
+            "500 Line too long (see RFC5321 4.5.3.1.6)")
+
+
+class RelayError(NotifierError):
+    """The relay cannot serve (it cannot listen, or its certificate cannot be loaded)."""
+
+
+def valid_address(address: str, empty_ok: bool = False, local_ok: bool = False) -> bool:
+    """Whether an envelope address is safe to carry: one mailbox, no spaces or control
+    characters; `local_ok` lets a user name of this machine ("root") through as well."""
+    return ((empty_ok and address == "") or bool(_ENVELOPE.match(address))
+            or (local_ok and bool(_LOCAL_USER.match(address))))
+
+
+def expand(recipients: Sequence[str], cfg: Config) -> list[str]:
+    """Recipients with each user of this machine ("root", cron's MAILTO=user) replaced by the
+    alerts' recipients (mail.to and mail.cc): the box has no mailboxes of its own."""
+    out: list[str] = []
+    for address in recipients:
+        out += [address] if "@" in address else [*cfg.recipients.to, *cfg.recipients.cc]
+    return list(dict.fromkeys(out))
+
+
+def is_loopback(peer: object) -> bool:
+    """Whether a peer (host, port, ...) connects from this machine."""
+    host = peer[0] if isinstance(peer, tuple) and peer else ""
+    try:
+        return ipaddress.ip_address(str(host).split("%")[0]).is_loopback
+    except ValueError:
+        return False
+
+
+class Intake:
+    """Screen, rewrite and queue one message; returns the SMTP reply the client gets.
+
+    `config` is read for every message, so a reload applies to the next one. `on_accept` is
+    called after a commit (the daemon delivers at once rather than at its next round).
+    """
+
+    def __init__(self, config: Callable[[], Config], store: Store,
+                 on_accept: Callable[[], None] = lambda: None, host: str | None = None) -> None:
+        self.config = config
+        self.store = store
+        self.on_accept = on_accept
+        self.host = host or socket.gethostname()
+
+    def submit(self, client: str, sender: str, recipients: Sequence[str], data: bytes) -> str:
+        cfg = self.config()
+        relay = cfg.relay
+        assert relay is not None, "the relay is served only while relay: is configured"
+        bad = next((a for a in recipients if not valid_address(a, local_ok=True)), None)
+        if not valid_address(sender, empty_ok=True, local_ok=True) or bad is not None:
+            return f"501 5.1.3 {bad or sender!r} is not a mail address notifier can carry."
+        recipients = expand(recipients, cfg)
+        if not recipients:
+            return ("550 5.1.1 Mail for users of this machine goes to mail.to, which names nobody; "
+                    "set mail.to in the config or give a full address.")
+        data = crlf(data)
+        account = cfg.accounts.get(relay.account or "")
+        login = account.username if account and relay.rewrite_from else None
+        message = rewrite(data, sender, login, self.host)
+        relayed = Relayed(client, message.message_id, account.name if account else None,
+                          message.sender, tuple(recipients), message.data)
+        refusal = (screen.check_envelope(relay.screen, recipients)
+                   or screen.check_content(relay.screen, data))
+        try:
+            if refusal is not None:
+                return self._refused(relayed, refusal, relay)
+            rule = self.store.relay_accept(relayed, time.time(), _rates(relay))
+        except StateError as exc:
+            log.error("relay client=%s outcome=deferred: %s", client, exc)
+            return "451 4.3.0 The message could not be stored; try again later."
+        if rule is not None:
+            return self._refused(relayed, _rate_refusal(rule, relay), None)
+        log.info("relay client=%s outcome=accepted message=%s recipients=%d size=%d", client,
+                 relayed.message_id, len(recipients), len(data))
+        self.on_accept()
+        return f"250 2.0.0 Queued as {relayed.message_id}"
+
+    def refuse_size(self, client: str, limit: int) -> str:
+        """A message over `max_message_size`, refused while it arrived: nothing of it is
+        kept, only the refusal counted."""
+        with_rule = screen.Refusal("max_message_size", f"the message is larger than {limit:,} bytes.")
+        try:
+            self.store.relay_refuse(client, with_rule.rule, time.time())
+        except StateError as exc:
+            log.error("relay client=%s: the refusal could not be counted: %s", client, exc)
+        log.warning("relay client=%s outcome=refused rule=%s", client, with_rule.rule)
+        return with_rule.reply().replace("550 5.7.1", "552 5.3.4", 1)
+
+    def _refused(self, relayed: Relayed, refusal: screen.Refusal, relay: RelayConfig | None) -> str:
+        """Count a refusal (keeping the message when the quarantine is on) and word the reply.
+        A rate refusal is counted by the transaction that found it."""
+        if relay is not None:
+            kept = (Quarantined(0, relayed.client, refusal.rule, refusal.reason, relayed, 0.0)
+                    if relay.screen.quarantine else None)
+            self.store.relay_refuse(relayed.client, refusal.rule, time.time(), kept)
+        log.warning("relay client=%s outcome=refused rule=%s message=%s", relayed.client,
+                    refusal.rule, relayed.message_id)
+        return refusal.reply()
+
+
+def _rates(relay: RelayConfig) -> list[tuple[str, float, int]]:
+    limits = (("rate_per_minute", MINUTE, relay.screen.rate_per_minute),
+              ("rate_per_hour", HOUR, relay.screen.rate_per_hour))
+    return [(rule, window, most) for rule, window, most in limits if most]
+
+
+def _rate_refusal(rule: str, relay: RelayConfig) -> screen.Refusal:
+    if rule not in ("rate_per_minute", "rate_per_hour"):
+        return screen.Refusal(rule, "a different message with this Message-ID is already "
+                              "queued; give each message its own Message-ID.")
+    most = relay.screen.rate_per_minute if rule == "rate_per_minute" else relay.screen.rate_per_hour
+    return screen.Refusal(rule, f"this client may send {most} messages per "
+                          f"{rule.rpartition('_')[2]}; send again later.")
+
+
+class _Slots:
+    """How many connections are being served, against `max_clients`."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.used = 0
+
+    def take(self, most: int) -> bool:
+        with self.lock:
+            if self.used >= most:
+                return False
+            self.used += 1
+            return True
+
+    def give_back(self) -> None:
+        with self.lock:
+            self.used -= 1
+
+
+class _RelaySMTP(SMTP):
+    """aiosmtpd's SMTP with a connection limit and notifier's wording of the size refusal.
+
+    Lines may be as long as a whole message: mail written with bare LF arrives as one long
+    "line", and the size limit is what bounds memory."""
+
+    def __init__(self, handler: _Handler, **kwargs: Any) -> None:
+        self.line_length_limit = max(kwargs["data_size_limit"], 1001)
+        self._handler = handler
+        self._slot = False
+        super().__init__(handler, **kwargs)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self._slot or self.transport is not None:  # STARTTLS: the same connection
+            super().connection_made(transport)
+            return
+        if not self._handler.slots.take(self._handler.relay().max_clients):
+            assert isinstance(transport, asyncio.WriteTransport)
+            transport.write(b"421 4.3.2 Too many connections; try again in a minute.\r\n")
+            transport.close()
+            return
+        self._slot = True
+        super().connection_made(transport)
+
+    def connection_lost(self, error: Exception | None) -> None:
+        if not self._slot:
+            return
+        self._slot = False
+        self._handler.slots.give_back()
+        super().connection_lost(error)
+
+    def eof_received(self) -> bool | None:
+        return super().eof_received() if self._slot else False
+
+    async def push(self, status: str) -> None:  # type: ignore[override]  # aiosmtpd pushes str
+        if status in _TOO_BIG and self.session is not None:
+            client = _client(self.session)
+            status = await self.loop.run_in_executor(
+                None, self._handler.intake.refuse_size, client, self.data_size_limit or 0)
+        await super().push(status)
+
+
+def _client(session: Session) -> str:
+    return str(session.auth_data) if session.authenticated else LOCAL
+
+
+class _Handler:
+    """aiosmtpd's hooks: who may send, which addresses, and DATA handed to the Intake."""
+
+    def __init__(self, intake: Intake, relay: Callable[[], RelayConfig]) -> None:
+        self.intake = intake
+        self.relay = relay
+        self.slots = _Slots()
+
+    async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, options: list[str]) -> str:
+        if not is_loopback(session.peer) and not session.authenticated:
+            return ("530 5.7.0 Authentication required: log in (AUTH, after STARTTLS) with a "
+                    "username and password from relay.clients.")
+        if not valid_address(address, empty_ok=True, local_ok=True):
+            return "501 5.1.7 The sender address has characters notifier cannot carry."
+        envelope.mail_from = address
+        envelope.mail_options.extend(options)
+        return "250 2.1.0 OK"
+
+    async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope,
+                          address: str, options: list[str]) -> str:
+        if not valid_address(address, local_ok=True):
+            return "501 5.1.3 The recipient address has characters notifier cannot carry."
+        if len(envelope.rcpt_tos) >= RCPT_CAP:
+            return f"452 4.5.3 Too many recipients; at most {RCPT_CAP} per message."
+        envelope.rcpt_tos.append(address)
+        envelope.rcpt_options.extend(options)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
+        data = bytes(envelope.original_content or b"")
+        loop = asyncio.get_running_loop()
+        reply: str = await loop.run_in_executor(None, self.intake.submit, _client(session),
+                                                str(envelope.mail_from), list(envelope.rcpt_tos), data)
+        return reply
+
+    def authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
+                     data: object) -> AuthResult:
+        """A login of one of relay.clients. Beyond loopback only over TLS: the password would
+        otherwise cross the network in clear."""
+        if not is_loopback(session.peer) and session.ssl is None:
+            return AuthResult(success=False, handled=False,
+                              message="538 5.7.11 Encryption required: use STARTTLS before AUTH.")
+        if not isinstance(data, LoginPassword):
+            return AuthResult(success=False, handled=False)
+        login = data.login.decode("utf-8", "replace")
+        for client in self.intake.config().relay.clients.values():  # type: ignore[union-attr]
+            if hmac.compare_digest(client.username.encode(), data.login) and _password_ok(client, data):
+                return AuthResult(success=True, handled=False, auth_data=client.name)
+        log.warning("relay: a failed login as %r from %s", login, session.peer)
+        return AuthResult(success=False, handled=False)
+
+
+def _password_ok(client: Any, data: LoginPassword) -> bool:
+    try:
+        expected = client.password.reveal().encode()
+    except ValueError as exc:
+        log.error("relay: the password of client %s cannot be read (%s); it cannot log in.",
+                  client.name, exc)
+        return False
+    return hmac.compare_digest(expected, data.password)
+
+
+class _Controller(Controller):
+    """aiosmtpd's threaded controller, building notifier's SMTP class; with port 0 the real port
+    is read back from the socket before the start-up probe connects."""
+
+    def factory(self) -> _RelaySMTP:
+        return _RelaySMTP(self.handler, **self.SMTP_kwargs)
+
+    def _trigger_server(self) -> None:
+        assert isinstance(self.server, asyncio.Server)
+        self.port = self.server.sockets[0].getsockname()[1]
+        super()._trigger_server()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
+
+
+def listening(relay: RelayConfig) -> tuple[object, ...]:
+    """What the listening socket is made of: when it changes on reload, the server restarts."""
+    return (relay.host, relay.port, relay.certificate, relay.key, relay.max_message_size, relay.timeout)
+
+
+class RelayServer:
+    """The relay's SMTP server in its own thread; `start` raises RelayError in a sentence."""
+
+    def __init__(self, intake: Intake) -> None:
+        self.intake = intake
+        self.port = 0
+        self._controller: _Controller | None = None
+        self.serving: tuple[object, ...] = ()
+
+    def _relay(self) -> RelayConfig:
+        relay = self.intake.config().relay
+        assert relay is not None
+        return relay
+
+    def start(self) -> None:
+        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: a line per command
+        relay = self._relay()
+        handler = _Handler(self.intake, self._relay)
+        kwargs: dict[str, Any] = {
+            "hostname": relay.host, "port": relay.port, "server_hostname": self.intake.host,
+            "data_size_limit": relay.max_message_size, "timeout": relay.timeout,
+            "authenticator": handler.authenticate, "auth_require_tls": False,
+            "enable_SMTPUTF8": False, "ident": "notifier relay", "ready_timeout": 10.0,
+        }
+        if relay.certificate and relay.key:
+            kwargs["tls_context"] = _tls(relay)
+        controller = _Controller(handler, **kwargs)
+        try:
+            controller.start()
+        except (OSError, TimeoutError) as exc:
+            controller.stop(no_assert=True)
+            raise RelayError(f"The relay cannot listen on {relay.host}:{relay.port} "
+                             f"({getattr(exc, 'strerror', None) or exc}); stop what listens there "
+                             f"or set relay.listen to another address.") from None
+        self._controller, self.port, self.serving = controller, controller.port, listening(relay)
+        log.info("relay: listening on %s:%d for mail to send through %s", relay.host, self.port,
+                 relay.account or "the local Maildir")
+
+    def stop(self) -> None:
+        """Stop listening and drop open connections: a message not yet answered 250 is the
+        client's to send again, and one that was is in the outbox already."""
+        controller, self._controller = self._controller, None
+        if controller is not None:
+            controller.stop()
+
+
+def _tls(relay: RelayConfig) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(str(relay.certificate), str(relay.key))
+    except (OSError, ssl.SSLError) as exc:
+        raise RelayError(f"The relay's certificate {relay.certificate} or key {relay.key} cannot be "
+                         f"loaded ({exc}); point them at a PEM certificate and its key.") from None
+    return context
+
+
+RETRY_LISTEN = 60.0  # seconds between attempts to listen after the address was taken
+
+
+class RelayService:
+    """The relay as the daemon runs it: started when `relay:` is configured, restarted when its
+    socket settings change on reload, stopped at shutdown. A relay that cannot listen is an
+    error line and a note in the daemon's status; checks go on, and it tries again every minute."""
+
+    def __init__(self, config: Callable[[], Config], store: Store, on_accept: Callable[[], None]) -> None:
+        self.config = config
+        self.store = store
+        self.on_accept = on_accept
+        self.server: RelayServer | None = None
+        self.problem: str | None = None
+        self._next_try = 0.0
+
+    def apply(self) -> None:
+        """Serve what the current config says (nothing, the same, or a new socket)."""
+        relay = self.config().relay
+        if relay is None:
+            self.stop()
+            return
+        if self.server is not None and self.server.serving == listening(relay):
+            return
+        self.stop()
+        server = RelayServer(Intake(self.config, self.store, self.on_accept))
+        self._next_try = time.monotonic() + RETRY_LISTEN
+        try:
+            server.start()
+        except RelayError as exc:
+            if self.problem != str(exc):
+                log.error("%s The daemon goes on without it and tries again every minute.", exc)
+            self.problem = str(exc)
+            return
+        self.server, self.problem = server, None
+
+    def retry(self) -> None:
+        """After a failure to listen, try again once RETRY_LISTEN has passed."""
+        if self.problem is not None and time.monotonic() >= self._next_try:
+            self.apply()
+
+    def stop(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            server.stop()
+        self.problem = None
+
+    def status(self) -> str:
+        """The relay's part of the daemon's status line."""
+        if self.problem is not None:
+            return ", relay NOT LISTENING (see the log)"
+        relay = self.config().relay
+        return f", relay on {relay.host}:{self.server.port}" if self.server and relay else ""

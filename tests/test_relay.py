@@ -1,0 +1,277 @@
+"""notifier.relay in this process: a real aiosmtpd server, real smtplib clients, a real store.
+
+What the relay promised is asserted on the store (what is queued) and on the replies: a 250
+only for a message that is in the outbox, refusals by rule with nothing queued, and the
+bad input of issue 13 (8-bit headers, bare LF, long lines, oversize, 1,000 recipients,
+strangers beyond loopback, injection, slow and many clients).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import smtplib
+import socket
+import ssl
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from notifier import config as configmod
+from notifier.config import Config
+from notifier.relay import Intake, RelayServer
+from notifier.store import Store
+from tests.servers.smtp import LocalCA
+
+LOGIN = "robot@example.com"
+ACCOUNT = (f"smtp: {{main: {{host: 127.0.0.1, port: 1, security: ssl, username: {LOGIN}, "
+           "password_env: PW}}\n")
+DEADLINE = 10.0
+
+
+@dataclass
+class Relay:
+    """A relay serving `cfg` on `port`, queueing into `store`."""
+
+    cfg: Config
+    store: Store
+    server: RelayServer
+    host: str = "127.0.0.1"
+
+    @property
+    def port(self) -> int:
+        return self.server.port
+
+    def client(self, host: str | None = None) -> smtplib.SMTP:
+        return smtplib.SMTP(host or self.host, self.port, timeout=DEADLINE)
+
+    def queued(self) -> list[bytes]:
+        return [row.body for row in self.store.outbox()]
+
+
+MakeRelay = Callable[..., Relay]
+
+
+@pytest.fixture
+def relays(tmp_path: Path) -> Iterator[MakeRelay]:
+    """`relays(relay_yaml, extra_yaml)` starts a relay from a watchers.yaml with that `relay:`
+    mapping (listening on a free loopback port unless it says otherwise)."""
+    started: list[Relay] = []
+
+    def make(relay: str = "{}", extra: str = ACCOUNT, env: dict[str, str] | None = None) -> Relay:
+        path = tmp_path / "watchers.yaml"
+        path.write_text(f"{extra}mail: {{to: [admin@example.com]}}\nrelay: {relay}\nwatchers: []\n")
+        raw = configmod.load(path, environ={"PW": "x", **(env or {})})
+        cfg = raw if "listen" in relay else _on_free_port(raw)
+        store = Store(tmp_path / "state.db")
+        server = RelayServer(Intake(lambda: cfg, store, host="host1"))
+        server.start()
+        started.append(Relay(cfg, store, server))
+        return started[-1]
+
+    yield make
+    for relay in started:
+        relay.server.stop()
+        relay.store.close()
+
+
+def _on_free_port(cfg: Config) -> Config:
+    assert cfg.relay is not None
+    return replace(cfg, relay=replace(cfg.relay, port=0))
+
+
+def test_an_accepted_message_is_queued_before_its_250_and_rewritten(relays: MakeRelay) -> None:
+    relay = relays()
+    with relay.client() as client:
+        client.sendmail("backup@host1", ["ops@corp.example"],
+                        b"From: backup@host1\r\nSubject: nightly\r\n\r\nall good\r\n")
+    (body,) = relay.queued()
+    row = relay.store.outbox()[0]
+    assert row.kind == "relay"
+    assert row.sender == LOGIN
+    assert row.recipients == ("ops@corp.example",)
+    assert b"From: backup on host1 via notifier <robot@example.com>\r\n" in body
+    assert b"Reply-To: backup@host1\r\n" in body
+    assert body.endswith(b"\r\n\r\nall good\r\n")
+    figures = relay.store.relay_figures(0)
+    assert [(f.client, f.accepted) for f in figures] == [("local", 1)]
+
+
+def test_no_250_when_the_message_cannot_be_stored(relays: MakeRelay) -> None:
+    relay = relays()
+    relay.store.path.unlink()  # every write is refused from now on
+    with relay.client() as client, pytest.raises(smtplib.SMTPDataError) as refused:
+        client.sendmail("a@host1", ["ops@corp.example"], b"Subject: x\r\n\r\nbody\r\n")
+    assert refused.value.smtp_code == 451
+
+
+def test_8bit_headers_bare_lf_and_long_lines_are_carried(relays: MakeRelay) -> None:
+    relay = relays()
+    long_line = b"x" * 5000
+    message = "Subject: 备份完成 ✓\nX-Note: ünïcödé\n\nline one\n".encode() + long_line + b"\nend\n"
+    with relay.client() as client:
+        client.sendmail("a@host1", ["ops@corp.example"], message)
+    (body,) = relay.queued()
+    assert "Subject: 备份完成 ✓\r\nX-Note: ünïcödé\r\n".encode() in body
+    assert b"\r\n" + long_line + b"\r\nend\r\n" in body
+    assert b"\n" not in body.replace(b"\r\n", b"")
+
+
+def test_an_oversize_message_is_refused_during_data_and_nothing_is_stored(relays: MakeRelay) -> None:
+    relay = relays("{max_message_size: 2048}")
+    with relay.client() as client:
+        client.ehlo()
+        assert client.esmtp_features["size"] == "2048"
+        del client.esmtp_features["size"]  # a client that does not announce the size
+        with pytest.raises(smtplib.SMTPDataError) as refused:
+            client.sendmail("a@host1", ["ops@corp.example"], b"Subject: big\r\n\r\n" + b"y" * 10_000)
+        assert refused.value.smtp_code == 552
+        assert b"max_message_size" in refused.value.smtp_error
+        client.ehlo()
+        with pytest.raises(smtplib.SMTPSenderRefused) as announced:  # one that announces it
+            client.sendmail("a@host1", ["ops@corp.example"], b"Subject: big\r\n\r\n" + b"y" * 10_000)
+        assert announced.value.smtp_code == 552
+        client.sendmail("a@host1", ["ops@corp.example"], b"Subject: small\r\n\r\nfits\r\n")
+    assert len(relay.queued()) == 1
+    assert relay.store.relay_figures(0)[0].rejected == {"max_message_size": 2}
+
+
+def test_a_thousand_recipients_are_refused_by_rule(relays: MakeRelay) -> None:
+    relay = relays()
+    with relay.client() as client, pytest.raises(smtplib.SMTPDataError) as refused:
+        client.sendmail("a@host1", [f"u{i}@corp.example" for i in range(1000)], b"Subject: x\r\n\r\nx\r\n")
+    assert refused.value.smtp_code == 550
+    assert b"max_recipients" in refused.value.smtp_error
+    assert relay.queued() == []
+
+
+def test_envelope_addresses_cannot_carry_header_text(relays: MakeRelay) -> None:
+    relay = relays()
+    with relay.client() as client:
+        client.ehlo()
+        assert client.mail('"eve\\ Bcc:victim"@x.example')[0] == 501
+        assert client.mail("eve@x.example")[0] == 250
+        client.rcpt("victim@x.example,other@x.example")
+        client.rcpt("<victim2@x.example> <other2@x.example>")
+        client.rcpt("ops@corp.example")
+        assert client.data(b"Subject: x\r\n\r\nx\r\n")[0] == 250
+    (row,) = relay.store.outbox()
+    assert row.recipients
+    assert all(re.fullmatch(r"[\w.]+@[\w.]+", r) for r in row.recipients)
+    assert not any(name.lower().startswith(b"bcc") for name in row.body.split(b"\r\n"))
+
+
+def test_local_users_go_to_mail_to(relays: MakeRelay) -> None:
+    relay = relays()
+    with relay.client() as client:
+        client.sendmail("root", ["root"], b"Subject: cron\r\n\r\nout\r\n")
+    assert relay.store.outbox()[0].recipients == ("admin@example.com",)
+
+
+def test_rate_limit_per_client_and_the_quarantine(relays: MakeRelay) -> None:
+    relay = relays("{screen: {rate_per_minute: 2, subject_patterns: ['(?i)secret'], quarantine: true}}")
+    with relay.client() as client:
+        with pytest.raises(smtplib.SMTPDataError) as screened:
+            client.sendmail("a@host1", ["ops@corp.example"], b"Subject: top SECRET\r\n\r\nx\r\n")
+        assert b"subject_patterns" in screened.value.smtp_error
+        for n in range(2):
+            client.sendmail("a@host1", ["ops@corp.example"], f"Subject: {n}\r\n\r\nx\r\n".encode())
+        with pytest.raises(smtplib.SMTPDataError) as limited:
+            client.sendmail("a@host1", ["ops@corp.example"], b"Subject: 3\r\n\r\nx\r\n")
+    assert limited.value.smtp_code == 550
+    assert b"rate_per_minute" in limited.value.smtp_error
+    assert len(relay.queued()) == 2
+    (kept,) = relay.store.quarantined()
+    assert kept.rule == "subject_patterns"
+    assert b"top SECRET" in kept.message.body
+    assert relay.store.quarantine_release([kept.id], time.time()) == [kept.id]
+    assert len(relay.queued()) == 3
+    assert relay.store.quarantined() == []
+    (figures,) = relay.store.relay_figures(0)
+    assert figures.accepted == 3
+    assert figures.rejected == {"subject_patterns": 1, "rate_per_minute": 1}
+
+
+def test_one_message_id_is_one_message(relays: MakeRelay) -> None:
+    relay = relays()
+    message = b"Message-ID: <once@host1>\r\nSubject: x\r\n\r\nx\r\n"
+    with relay.client() as client:
+        client.sendmail("a@host1", ["ops@corp.example"], message)
+        client.sendmail("a@host1", ["ops@corp.example"], message)  # a retry after a lost 250
+        with pytest.raises(smtplib.SMTPDataError) as other:
+            client.sendmail("a@host1", ["ops@corp.example"], message + b"changed\r\n")
+    assert b"Message-ID" in other.value.smtp_error
+    assert len(relay.queued()) == 1
+
+
+def test_a_slow_client_is_disconnected_and_frees_its_slot(relays: MakeRelay) -> None:
+    relay = relays("{max_clients: 2, timeout: 1s}")
+    idle = [socket.create_connection((relay.host, relay.port)) for _ in range(2)]
+    try:
+        for sock in idle:
+            assert sock.recv(100).startswith(b"220")
+        with socket.create_connection((relay.host, relay.port)) as third:
+            assert third.recv(100).startswith(b"421")
+        for sock in idle:  # the relay hangs up on them after its timeout
+            sock.settimeout(DEADLINE)
+            while sock.recv(100):
+                pass
+        deadline = time.monotonic() + DEADLINE
+        while True:  # the slots are given back as the connections close
+            with relay.client() as client:
+                if client.noop()[0] == 250:
+                    break
+            assert time.monotonic() < deadline, "no slot came free"
+    finally:
+        for sock in idle:
+            sock.close()
+
+
+def test_a_hundred_clients_at_once(relays: MakeRelay) -> None:
+    relay = relays()
+
+    def send(n: int) -> None:
+        with relay.client() as client:
+            client.sendmail(f"job{n}@host1", ["ops@corp.example"], f"Subject: {n}\r\n\r\nx\r\n".encode())
+
+    with ThreadPoolExecutor(100) as pool:
+        list(pool.map(send, range(100)))
+    assert len(relay.queued()) == 100
+
+
+def _outside_address() -> str | None:
+    """An address of this machine that is not loopback (no packet is sent to find it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe, contextlib.suppress(OSError):
+        probe.connect(("192.0.2.1", 9))
+        address = str(probe.getsockname()[0])
+        return None if address.startswith("127.") or address == "0.0.0.0" else address
+    return None
+
+
+def test_beyond_loopback_only_clients_that_log_in_over_tls(relays: MakeRelay, tls_ca: LocalCA,
+                                                           tmp_path: Path) -> None:
+    outside = _outside_address()
+    if outside is None:
+        pytest.skip("this machine has no address but loopback")
+    cert = tls_ca.issue_cert("localhost", "127.0.0.1", outside)
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "relay.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "relay.key"))
+    relay = relays(f"{{listen: '{outside}:0', certificate: relay.pem, key: relay.key, "
+                   f"clients: {{backup: {{username: backup, password_env: BACKUP_PW}}}}}}",
+                   env={"BACKUP_PW": "s3cret"})
+    with relay.client(outside) as stranger:
+        stranger.ehlo()
+        assert stranger.mail("a@x.example")[0] == 530
+        assert stranger.docmd("AUTH", "PLAIN AGJhY2t1cABzM2NyZXQ=")[0] == 538  # not over TLS
+    context = ssl.create_default_context(cafile=tls_ca.ca_file)
+    with relay.client(outside) as client:
+        client.starttls(context=context)
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            client.login("backup", "wrong")
+        client.login("backup", "s3cret")
+        client.sendmail("backup@host2", ["ops@corp.example"], b"Subject: via tls\r\n\r\nx\r\n")
+    assert [(f.client, f.accepted) for f in relay.store.relay_figures(0)] == [("backup", 1)]
