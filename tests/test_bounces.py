@@ -93,5 +93,9 @@ def test_bounces_command_matches_a_bounced_alert_in_the_send_log(
     assert "change alert of prices" in out
     assert "gone@example.com" in out
     assert "User unknown" in out
+    # Marked in the send log and alerted about, as the daemon's watch_bounces would.
+    assert "1 alert(s) about them queued; `notifier check --send` or `notifier run` sends them." in out
+    assert main(["log", "--watcher", "prices", "--status", "dead", "-c", str(config)]) == 0
+    assert "1 entry." in capsys.readouterr().out
     assert main(["bounces", "-c", str(config)]) == 0  # only what is new since the last scan
     assert "0 bounce(s)" in capsys.readouterr().out
