@@ -353,7 +353,8 @@ def parse_options(
             problems.append(Problem(file, line_of(raw, key), _join(path, key), hint))
     values = dict(plan.fallbacks)
     if defaults:
-        values.update((key, value) for key, value in defaults.items() if key in plan.known)
+        values.update(defaults if defaults.keys() <= plan.known.keys() else
+                      {key: value for key, value in defaults.items() if key in plan.known})
     for name in plan.required:
         if raw.get(name) is None and values[name] is None:
             opt = plan.known[name]

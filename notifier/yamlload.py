@@ -112,11 +112,12 @@ class _Builder:
             event = get()
             kind = type(event)
             if kind is ScalarEvent:
-                value, size, line = self.scalar(event), 1, _line(event)
-                self.anchor(event.anchor, value, size, line)
+                value, size, line = self.scalar(event), 1, event.start_mark.line + 1
+                if event.anchor is not None:
+                    self.anchor(event.anchor, value, size, line)
             elif kind is AliasEvent:
                 value, size = self.alias(event)
-                line = _line(event)
+                line = event.start_mark.line + 1
             elif kind is MappingStartEvent or kind is SequenceStartEvent:
                 stack.append(self.start(event, len(stack)))
                 continue
