@@ -6,8 +6,8 @@ failure to run at all (a mailbox that refuses the login, a server that is down) 
 result too, with the reason. When delivery itself fails — the probe landed in junk, never
 arrived, or bounced; an alert bounced because its recipient is unreachable — an error alert is
 queued in the same transaction as the result, through a path that avoids the failing one:
-another SMTP account if there is one, else the local Maildir (`notifier inbox`-free: any mail
-client reads it). Never through the broken account alone.
+another SMTP account if there is one, else the local Maildir (`<state_dir>/maildir`, which any
+mail client reads). Never through the broken account alone.
 
 No loops: the alerts written here are queued as kinds of their own (`bounce`, `delivery`), and a
 bounce of one of those (or of a test mail) is recorded and counted but never alerted about.
@@ -89,7 +89,7 @@ def verify_account(cfg: Config, store: Store, name: str, clock: Callable[[], flo
     """Send a probe through `name` and look for it; a junked, lost or bounced probe alerts."""
     try:
         result = verify(cfg, name, timeout=cfg.accounts[name].verify_timeout)
-    except NotifierError as exc:
+    except (NotifierError, OSError) as exc:
         _could_not(store, MailCheck(name, "verify", clock(), "error", None, str(exc)))
         return 0
     report = "; ".join(result.lines()[1:3])
@@ -117,13 +117,13 @@ def _delivery_alert(cfg: Config, result: Result, now: float) -> Queued:
 def watch_bounces(cfg: Config, store: Store, name: str, clock: Callable[[], float] = time.time) -> int:
     """Scan `name`'s own mailbox for bounces that arrived since the last scan and record them."""
     box = config.own_mailbox(cfg.accounts[name], cfg.mailboxes)
-    if box is None:  # config.load refuses this; a mailbox removed by hand from a test config
+    if box is None:  # config.load refuses this; a Config built some other way may still lack it
         _could_not(store, MailCheck(name, "bounces", clock(), "error", None, "no imap account logs in "
                                     "as this account; add one with the same username."))
         return 0
     try:
         found = scan_mailbox(box, cfg.state_dir / POSITIONS)
-    except NotifierError as exc:
+    except (NotifierError, OSError) as exc:  # OSError: the position could not be kept
         _could_not(store, MailCheck(name, "bounces", clock(), "error", None, str(exc)))
         return 0
     now = clock()
