@@ -90,7 +90,7 @@ def verify_account(cfg: Config, store: Store, name: str, clock: Callable[[], flo
     try:
         result = verify(cfg, name, timeout=cfg.accounts[name].verify_timeout)
     except (NotifierError, OSError) as exc:
-        _could_not(store, MailCheck(name, "verify", clock(), "error", None, str(exc)))
+        _could_not(store, MailCheck(name, "verify", clock(), "error", None, _reason(exc)))
         return 0
     report = "; ".join(result.lines()[1:3])
     check = MailCheck(name, "verify", clock(), result.verdict, result.latency, report)
@@ -124,7 +124,7 @@ def watch_bounces(cfg: Config, store: Store, name: str, clock: Callable[[], floa
     try:
         found = scan_mailbox(box, cfg.state_dir / POSITIONS)
     except (NotifierError, OSError) as exc:  # OSError: the position could not be kept
-        _could_not(store, MailCheck(name, "bounces", clock(), "error", None, str(exc)))
+        _could_not(store, MailCheck(name, "bounces", clock(), "error", None, _reason(exc)))
         return 0
     now = clock()
     ours = record(cfg, store, found, now)
@@ -198,6 +198,13 @@ class DetourAlerts(Alerter):
         queued, _problem = self._build(ctx, account, to, self._renderer(wc), now, wc.name if wc else None, [])
         # A template problem is in the mail itself; the watcher did not fail a check.
         return replace(queued, kind=kind)
+
+
+def _reason(exc: Exception) -> str:
+    """Why a check could not run, as a sentence: notifier's own errors say what to do already."""
+    if isinstance(exc, NotifierError):
+        return str(exc)
+    return f"{exc}; check the state directory and the network. It is tried again at its next run."
 
 
 def _could_not(store: Store, check: MailCheck) -> None:

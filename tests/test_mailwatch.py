@@ -267,6 +267,21 @@ def test_a_temporary_failure_is_counted_but_not_alerted(tmp_path: Path, dovecot:
         store.close()
 
 
+def test_a_scan_position_that_cannot_be_kept_is_a_status_line(tmp_path: Path, dovecot: Dovecot,
+                                                               relay: DeliveringSmtpServer) -> None:
+    path = _config(tmp_path, dovecot, _smtp("out", relay, ", watch_bounces: true"))
+    cfg, store = _open(path)
+    try:
+        (cfg.state_dir / mailwatch.POSITIONS).with_suffix(".tmp").mkdir()  # where it is written first
+        assert mailwatch.watch_bounces(cfg, store, "out") == 0
+        (check,) = store.mail_checks()
+    finally:
+        store.close()
+    assert (check.job, check.verdict) == ("bounces", "error")
+    assert check.detail.endswith("check the state directory and the network. It is tried again at its "
+                                 "next run.")
+
+
 # -- configuration and schedule ---------------------------------------------------------------
 
 def test_options_need_a_mailbox_to_work_with(tmp_path: Path, dovecot: Dovecot,
