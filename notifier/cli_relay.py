@@ -58,6 +58,7 @@ class Invocation:
     config: Path | None = None  # -C, or notifier's own -c before `sendmail`
     state_dir: Path | None = None
     recipients: list[str] = field(default_factory=list)
+    problem: UsageError | None = None  # what is wrong with the command line, said by sendmail_main
 
 
 def sendmail_argv(argv: Sequence[str], program: str) -> Invocation | None:
@@ -72,7 +73,11 @@ def sendmail_argv(argv: Sequence[str], program: str) -> Invocation | None:
         if not rest or rest[0] != "sendmail":
             return None
         rest = rest[1:]
-    return _parse(rest, found)
+    try:
+        return _parse(rest, found)
+    except UsageError as exc:
+        found.problem = exc
+        return found
 
 
 def _parse(args: list[str], found: Invocation) -> Invocation:
@@ -118,6 +123,8 @@ def sendmail_main(inv: Invocation, stdin: BinaryIO | None = None, stdout: TextIO
     logs.setup("warning")
     stdin = stdin or sys.stdin.buffer
     try:
+        if inv.problem is not None:
+            raise inv.problem
         cfg = configmod.load(_config_path(inv), state_dir=inv.state_dir)
         if cfg.relay is None:
             raise UsageError(f"{cfg.path} has no `relay:` section, so notifier does not relay mail; "

@@ -16,6 +16,7 @@ from typing import Any
 from notifier.errors import UsageError
 from notifier.ledger import DURATION_BUCKETS, LogEntry, day_of
 from notifier.options import Duration
+from notifier.relaylog import ClientFigures
 from notifier.store import Store
 from notifier.versions import local_time, show_time
 
@@ -156,6 +157,7 @@ class Stats:
     until: float
     watchers: list[WatcherFigures]
     accounts: list[AccountFigures]
+    clients: list[ClientFigures] = field(default_factory=list)  # of the mail relay
 
 
 def gather(store: Store, names: Iterable[str], since: float, now: float, days: bool = True) -> Stats:
@@ -199,7 +201,7 @@ def gather(store: Store, names: Iterable[str], since: float, now: float, days: b
         if state != "dead":  # a dead letter's deferrals are in its log entry already
             account(acct).deferred.update(deferrals)
     return Stats(since, now, sorted(watchers.values(), key=lambda w: w.name),
-                 sorted(accounts.values(), key=lambda a: a.name))
+                 sorted(accounts.values(), key=lambda a: a.name), store.relay_figures(since))
 
 
 def histogram_percentile(counts: Sequence[int], q: float) -> float | None:
@@ -261,12 +263,27 @@ def stats_lines(stats: Stats, zone: tzinfo | None, sparklines: bool) -> list[str
         out.append(f"{a.name:20}  {a.sent:6}  {a.held:5}  {a.dead:5}  {seconds(median):>7}  "
                    f"{seconds(p95):>7}  {sum(a.deferred.values())}"
                    + (f" ({why})" if why else ""))
+    out += _client_lines(stats.clients)
     t = totals(stats)
     out += ["", f"total: {t['watchers']} watcher(s), {t['checks']} checks, {t['changes']} changes, "
                 f"{t['failures']} failures ({_percent(t['failure_rate'])}), {t['alerts']} alerts, "
                 f"{t['bounced']} bounced; "
                 f"{t['sent']} messages sent, {t['deferred']} deferred, {t['held']} held, {t['dead']} dead; "
                 f"latency median {seconds(t['latency_median'])}, p95 {seconds(t['latency_p95'])}"]
+    return out
+
+
+def _client_lines(clients: Sequence[ClientFigures]) -> list[str]:
+    """The mail relay's clients: what each handed over, what the rules refused (by rule), and
+    what became of the accepted messages; nothing when the relay was not used."""
+    if not clients:
+        return []
+    out = ["", f"{'relay client':20}  {'accepted':>8}  {'refused':>7}  {'sent':>6}  {'waiting':>7}  "
+               f"{'dead':>5}  {'latency':>7}  {'p95':>7}  refused by"]
+    for c in clients:
+        out.append(f"{c.client:20}  {c.accepted:8}  {sum(c.rejected.values()):7}  {c.delivered:6}  "
+                   f"{c.deferred:7}  {c.dead:5}  {seconds(percentile(c.latencies, 0.5)):>7}  "
+                   f"{seconds(percentile(c.latencies, 0.95)):>7}  {counted(c.rejected) or '-'}")
     return out
 
 
@@ -301,8 +318,12 @@ def stats_json(stats: Stats, zone: tzinfo | None) -> str:
                  "deferred": sum(a.deferred.values()), "deferred_by": dict(sorted(a.deferred.items())),
                  "latency_median": percentile(a.latencies, 0.5),
                  "latency_p95": percentile(a.latencies, 0.95)} for a in stats.accounts]
+    clients = [{"name": c.client, "accepted": c.accepted, "refused_by": dict(sorted(c.rejected.items())),
+                "sent": c.delivered, "waiting": c.deferred, "dead": c.dead,
+                "latency_median": percentile(c.latencies, 0.5),
+                "latency_p95": percentile(c.latencies, 0.95)} for c in stats.clients]
     figures = {"since": iso(stats.since), "until": iso(stats.until), "watchers": watchers,
-               "accounts": accounts, "totals": totals(stats)}
+               "accounts": accounts, "relay_clients": clients, "totals": totals(stats)}
     return json.dumps(figures, ensure_ascii=False, separators=(",", ":"))
 
 

@@ -4,4 +4,11 @@ from tests.servers.dovecot import dovecot, dovecot_no_idle, fresh_client_ip  # n
 from tests.servers.http import http_server  # noqa: F401
 from tests.servers.imap_proxy import id_proxy  # noqa: F401
 from tests.servers.postgres import pg_url, postgres  # noqa: F401
-from tests.servers.smtp import plain_server, silent_server, smtp_server, starttls_server, tls_ca  # noqa: F401
+from tests.servers.smtp import (  # noqa: F401
+    plain_server,
+    silent_server,
+    smtp_163,
+    smtp_server,
+    starttls_server,
+    tls_ca,
+)

@@ -23,9 +23,10 @@ import pytest
 
 from notifier import config as configmod
 from notifier.config import Config
+from notifier.outbox import BACKOFF_CAP, Sender
 from notifier.relay import Intake, RelayServer
 from notifier.store import Store
-from tests.servers.smtp import LocalCA
+from tests.servers.smtp import DROP, GARBAGE, PASSWORD, USERNAME, LocalCA, SmtpServer, smtp_yaml
 
 LOGIN = "robot@example.com"
 ACCOUNT = (f"smtp: {{main: {{host: 127.0.0.1, port: 1, security: ssl, username: {LOGIN}, "
@@ -275,3 +276,36 @@ def test_beyond_loopback_only_clients_that_log_in_over_tls(relays: MakeRelay, tl
         client.login("backup", "s3cret")
         client.sendmail("backup@host2", ["ops@corp.example"], b"Subject: via tls\r\n\r\nx\r\n")
     assert [(f.client, f.accepted) for f in relay.store.relay_figures(0)] == [("backup", 1)]
+
+
+@pytest.mark.parametrize(("command", "reply", "status"), [
+    ("MAIL", "421 4.7.0 Too busy, try later", "sent"),
+    ("DATA", "451 4.3.0 Try later", "sent"),
+    ("DATA", DROP, "sent"),
+    ("QUIT", GARBAGE, "sent"),
+    ("DATA", "554 5.7.1 Message refused as spam", "dead"),
+])
+def test_relayed_mail_meets_the_outbox_faults_like_alerts(
+        command: str, reply: str, status: str, tmp_path: Path, smtp_163: SmtpServer) -> None:
+    path = tmp_path / "watchers.yaml"
+    path.write_text(f"{smtp_yaml(smtp_163)}mail: {{to: [admin@example.com]}}\nrelay: {{}}\nwatchers: []\n")
+    cfg = configmod.load(path, environ={"PW": PASSWORD})
+    store = Store(tmp_path / "state.db")
+    intake = Intake(lambda: cfg, store, host="host1")
+    reply = intake.submit("local", "job@host1", ["ops@corp.example"], b"Subject: x\r\n\r\nbody\r\n")
+    assert reply.startswith("250")
+    smtp_163.fail(command, reply)
+    now = [time.time()]
+    sender = Sender(cfg, store, clock=lambda: now[0])
+    sender.deliver()
+    now[0] += 2 * BACKOFF_CAP  # past any backoff: the next round retries what waits
+    sender.deliver()
+    (entry,) = store.log_entries()
+    assert entry.status == status
+    assert entry.kind == "relay"
+    assert len(smtp_163.received) == (status == "sent")
+    assert all(r.mail_from == USERNAME for r in smtp_163.received)
+    assert [row.state for row in store.outbox()] == ([] if status == "sent" else ["dead"])  # no bounce
+    (figures,) = store.relay_figures(0)
+    assert (figures.delivered, figures.dead) == ((1, 0) if status == "sent" else (0, 1))
+    store.close()

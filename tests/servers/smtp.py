@@ -15,7 +15,7 @@ import socket
 import ssl
 import threading
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from email.utils import parseaddr
 from pathlib import Path
@@ -95,6 +95,8 @@ class _Handler:
         if fault is MISSING:
             self.owner._store(Received(str(envelope.mail_from), tuple(envelope.rcpt_tos),
                                        bytes(envelope.original_content or b"")))
+            if self.owner.after_store is not None:  # a test's crash between storing and the 250
+                self.owner.after_store()
             return "250 2.0.0 Ok: queued"
         return fault
 
@@ -122,6 +124,7 @@ class SmtpServer:
         self.security, self.ca_file = security, ca_file
         self.username, self.password, self.require_auth = username, password, require_auth
         self.from_must_match = from_must_match
+        self.after_store: Callable[[], None] | None = None
         self.port = 0
         self.received: list[Received] = []
         self.logins: list[str] = []  # one entry per successful AUTH, so per connection
@@ -170,6 +173,11 @@ class SmtpServer:
             raise ValueError(f"faults are for {sorted(FAULTABLE)}, not {command}")
         with self._lock:
             self._faults[command] = [reply, times]
+
+    def clear_faults(self) -> None:
+        """Take back every fault `fail()` switched on: the server behaves again."""
+        with self._lock:
+            self._faults.clear()
 
     def refuse_recipient(self, address: str, reply: str = "550 5.1.1 Mailbox unavailable") -> None:
         """Refuse RCPT TO for `address` with `reply`; other recipients are accepted."""
@@ -286,6 +294,13 @@ def _serve(security: str, ca: LocalCA) -> Iterator[SmtpServer]:
 def smtp_server(tls_ca: LocalCA) -> Iterator[SmtpServer]:
     """Implicit TLS (like port 465) with AUTH required."""
     yield from _serve("ssl", tls_ca)
+
+
+@pytest.fixture
+def smtp_163(tls_ca: LocalCA) -> Iterator[SmtpServer]:
+    """Like 163 and QQ: implicit TLS, AUTH, and mail whose sender or From is not the login refused."""
+    with SmtpServer("ssl", ca=tls_ca, ca_file=tls_ca.ca_file, from_must_match=True) as server:
+        yield server
 
 
 @pytest.fixture
