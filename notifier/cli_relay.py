@@ -109,7 +109,7 @@ def _option(found: Invocation, letter: str, value: str) -> None:
     if letter in "fr":
         found.sender = value
     elif letter == "F":
-        found.fullname = value
+        found.fullname = " ".join(value.split())  # one line: a newline would start a header
     elif letter == "C":
         found.config = Path(value)
     elif letter == "o" and value in ("i", "i=true"):

@@ -1,0 +1,131 @@
+"""notifier.cli_relay: sendmail's command lines as programs write them, -t and -bs, and the
+quarantine commands; messages end up in a real state database (no daemon runs here)."""
+
+from __future__ import annotations
+
+import io
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from notifier import cli
+from notifier.cli_relay import Invocation, sendmail_argv, sendmail_main
+from notifier.relaylog import Quarantined, Relayed
+from notifier.statedir import StateDir
+from notifier.store import OutboxRow, Store
+
+
+@pytest.mark.parametrize(("argv", "program", "expected"), [
+    (["sendmail", "-i", "-FCronDaemon", "-B8BITMIME", "-oem", "user"], "notifier",
+     Invocation(fullname="CronDaemon", dot_ends=False, recipients=["user"])),
+    (["-t", "-oi", "-f", "backup@host1", "-F", "Backup Job"], "/usr/sbin/sendmail",
+     Invocation(sender="backup@host1", fullname="Backup Job", extract=True, dot_ends=False)),
+    (["-c", "w.yaml", "sendmail", "-bs", "-oee", "-odb", "--", "-odd@x.example"], "notifier",
+     Invocation(smtp=True, config=Path("w.yaml"), recipients=["-odd@x.example"])),
+    (["-C/etc/n.yaml", "-ti", "-rme@x.example", "a@x.example", "b@x.example"], "sendmail",
+     Invocation(config=Path("/etc/n.yaml"), extract=True, dot_ends=False, sender="me@x.example",
+                recipients=["a@x.example", "b@x.example"])),
+])
+def test_sendmail_command_lines(argv: list[str], program: str, expected: Invocation) -> None:
+    assert sendmail_argv(argv, program) == expected
+
+
+def test_other_commands_are_not_sendmail() -> None:
+    assert sendmail_argv(["-c", "w.yaml", "status"], "notifier") is None
+    assert sendmail_argv(["run"], "/usr/bin/notifier") is None
+    found = sendmail_argv(["sendmail", "-bp"], "notifier")
+    assert found is not None
+    assert found.problem is not None
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    """A relay that nothing serves (so sendmail queues itself), mail for local users to admin."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # closed again: nobody listens there
+    path = tmp_path / "watchers.yaml"
+    path.write_text(f"mail: {{to: [admin@example.com]}}\nrelay: {{listen: '127.0.0.1:{port}', "
+                    f"screen: {{body_patterns: ['(?i)forbidden'], quarantine: true}}}}\nwatchers: []\n")
+    return path
+
+
+def run(config: Path, *args: str, stdin: bytes) -> int:
+    found = sendmail_argv(["-c", str(config), "sendmail", *args], "notifier")
+    assert found is not None
+    return sendmail_main(found, io.BytesIO(stdin), io.StringIO())
+
+
+def queued(config: Path) -> list[OutboxRow]:
+    store = StateDir(config.parent / "state").open_store()
+    try:
+        return store.outbox()
+    finally:
+        store.close()
+
+
+def test_a_lone_dot_ends_the_message_unless_i(config: Path) -> None:
+    assert run(config, "ops@corp.example", stdin=b"Subject: a\n\nline\n.\nafter\n") == 0
+    assert run(config, "-i", "ops@corp.example", stdin=b"Subject: b\n\nline\n.\nafter\n") == 0
+    first, second = (row.body for row in queued(config))
+    assert b"after" not in first
+    assert first.endswith(b"\r\n\r\nline\r\n")
+    assert second.endswith(b"\r\n\r\nline\r\n.\r\nafter\r\n")
+
+
+def test_t_reads_recipients_and_bcc_never_reaches_the_header(config: Path) -> None:
+    message = b"To: a@x.example, B <b@x.example>\nCc: c@x.example\nBcc: hidden@x.example\nSubject: t\n\nx\n"
+    assert run(config, "-t", "-i", stdin=message) == 0
+    (row,) = queued(config)
+    assert row.recipients == ("a@x.example", "b@x.example", "c@x.example", "hidden@x.example")
+    assert b"hidden@x.example" not in row.body
+
+
+def test_a_full_name_cannot_add_a_header(config: Path) -> None:
+    assert run(config, "-F", "Eve\nBcc: victim@x.example", "-t", stdin=b"To: a@x.example\n\nx\n") == 0
+    (row,) = queued(config)
+    assert row.recipients == ("a@x.example",)
+    assert b"\r\nBcc:" not in row.body
+    assert b"Eve Bcc: victim@x.example" in row.body  # kept as the name's text, on its own line
+
+
+def test_smtp_on_stdin(config: Path) -> None:
+    dialogue = (b"EHLO me\r\nMAIL FROM:<job@host1>\r\nRCPT TO:<ops@corp.example>\r\nDATA\r\n"
+                b"Subject: bs\r\n\r\n..dot stuffed\r\n.\r\nQUIT\r\n")
+    out = io.StringIO()
+    found = sendmail_argv(["-c", str(config), "sendmail", "-bs"], "notifier")
+    assert found is not None
+    assert sendmail_main(found, io.BytesIO(dialogue), out) == 0
+    replies = [line[:3] for line in out.getvalue().splitlines()]
+    assert replies == ["220", "250", "250", "250", "354", "250", "221"]
+    (row,) = queued(config)
+    assert row.body.endswith(b"\r\n\r\n.dot stuffed\r\n")
+
+
+def test_refused_mail_is_quarantined_and_released_by_command(
+        config: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run(config, "ops@corp.example", stdin=b"Subject: q\n\nforbidden words\n") == 65
+    assert queued(config) == []
+    assert cli.main(["-c", str(config), "relay", "quarantine"]) == 0
+    listing = capsys.readouterr().out
+    assert "body_patterns" in listing
+    assert "ops@corp.example" in listing
+    number = listing.split()[0]
+    assert cli.main(["-c", str(config), "relay", "quarantine", "show", number]) == 0
+    assert "forbidden words" in capsys.readouterr().out
+    assert cli.main(["-c", str(config), "relay", "quarantine", "release", number]) == 0
+    assert [row.recipients for row in queued(config)] == [("ops@corp.example",)]
+    assert cli.main(["-c", str(config), "relay", "quarantine", "delete"]) == 64  # which ones?
+
+
+def test_quarantine_delete(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    kept = Quarantined(0, "local", "body_patterns", "no", Relayed("local", "<q@h>", None, "a@h",
+                                                                  ("b@x.example",), b"x"), 0.0)
+    store.relay_refuse("local", "body_patterns", time.time(), kept)
+    (item,) = store.quarantined()
+    assert store.quarantine_delete([item.id]) == 1
+    assert store.quarantined() == []
+    store.close()
