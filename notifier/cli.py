@@ -12,6 +12,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -209,21 +210,23 @@ def cmd_check(args: argparse.Namespace) -> int:
     store = StateDir(cfg.state_dir).open_store()
     color = use_color(sys.stdout)
     progress = Progress(len(selected))
-    outcomes: list[Outcome] = []
+    statuses: Counter[str] = Counter()  # counts only: 20,000 outcomes (and diffs) are not kept
+    alerts = 0
     started = time.monotonic()
     configure_kinds([w.watcher for w in selected], cfg.shared)
     try:
         alerter = _alerter(cfg) if send else None
         for outcome in run_checks(selected, cfg.workers,
                                   lambda wc: check(wc, store, alerter, dry_run=not send)):
-            outcomes.append(outcome)
+            statuses[outcome.status] += 1
+            alerts += outcome.alerts
             if send:  # counted for `notifier stats`, as the daemon counts its checks
                 store.record_duration(outcome.name, time.time(), outcome.seconds)
             progress.clear()
             _print_outcome(outcome, color)
             progress.advance()
         progress.clear()
-        print(_check_summary(outcomes, time.monotonic() - started, send))
+        print(_check_summary(statuses, alerts, time.monotonic() - started, send))
         if send:
             _send_queued(cfg, store, args.debug_smtp)
     finally:
@@ -231,17 +234,15 @@ def cmd_check(args: argparse.Namespace) -> int:
         store.close()
         for kind in watcher_kinds().values():  # a browser started for these checks stops
             kind.shut_down()
-    return _check_exit({o.status for o in outcomes})
+    return _check_exit(set(statuses))
 
 
-def _check_summary(outcomes: Sequence[Outcome], seconds: float, sent: bool) -> str:
+def _check_summary(statuses: Counter[str], alerts: int, seconds: float, sent: bool) -> str:
     """The last line of `check`: counts, time, and what happened to the state and alerts."""
-    statuses = [o.status for o in outcomes]
-    changed, failed = statuses.count("changed"), statuses.count("failed")
-    effect = (f"state recorded, {sum(o.alerts for o in outcomes)} alert(s) queued" if sent else
+    effect = (f"state recorded, {alerts} alert(s) queued" if sent else
               "preview: nothing recorded or sent, use --send to record and alert")
-    return (f"checked {len(statuses)}, changed {changed}, failed {failed}, took {seconds:.1f}s; "
-            f"{effect}.")
+    return (f"checked {statuses.total()}, changed {statuses['changed']}, failed "
+            f"{statuses['failed']}, took {seconds:.1f}s; {effect}.")
 
 
 def run_checks(selected: Sequence[WatcherConfig], workers: int,

@@ -15,7 +15,7 @@ import stat
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from zoneinfo import ZoneInfo
 
 from notifier.errors import ConfigError, Problem
@@ -42,6 +42,7 @@ from notifier.sections import (
 from notifier.yamlload import LineDict, LineList, load_yaml
 
 _COMMON_KEYS = frozenset(o.name for o in WATCHER_OPTIONS)
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -214,6 +215,13 @@ class _Collector:
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []
         self.filters: dict[str, Filter] = {}  # built filters by spec: identical ones are shared
+        self.values: dict[Any, Any] = {}  # equal frozen values, kept once (see `same`)
+
+    def same(self, value: _T) -> _T:
+        """One object for equal frozen values (schedules, recipients, filter chains): 20,000
+        watchers usually hold a handful of distinct ones."""
+        kept: _T = self.values.setdefault(value, value)
+        return kept
 
     def options(self, raw: object, options: tuple[Option, ...], path: str, line: int | None = None,
                 **kw: Any) -> dict[str, Any]:
@@ -608,9 +616,9 @@ def _watcher(col: _Collector, spec: object, path: str, defaults: dict[str, Any],
     fingerprint = hashlib.blake2b(f"{spec!r}{defaults_key}".encode(), digest_size=16).digest()
     by_name = {name: values[name] for name in _OPTION_FIELDS}
     return WatcherConfig(**{
-        **by_name, "watcher": watcher, "filters": tuple(filters),
-        "schedule": Schedule(values["every"], values["cron"], values["timezone"]),
-        "recipients": Recipients(values["to"], values["cc"], values["bcc"]),
+        **by_name, "watcher": watcher, "filters": col.same(tuple(filters)),
+        "schedule": col.same(Schedule(values["every"], values["cron"], values["timezone"])),
+        "recipients": col.same(Recipients(values["to"], values["cc"], values["bcc"])),
         "templates": _beside(Path(col.file), values["templates"]) if values["templates"] else None,
         "line": line_of(spec), "fingerprint": fingerprint,
     })

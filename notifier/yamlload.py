@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import GeneratorType
@@ -26,6 +27,7 @@ from notifier.errors import ConfigError, Problem
 
 MAX_NODES = 1_000_000  # values after alias expansion; 20,000 watchers need about 300,000
 MAX_DEPTH = 200  # nested collections; a config needs five or six
+_INTERNED = 32  # longest text shared between equal values (keys, kinds, filter names)
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _STR, _MAP, _SEQ = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
 _MERGE = "tag:yaml.org,2002:merge"
@@ -202,7 +204,10 @@ class _Builder:
         if tag is None or tag == "!":
             tag = _implicit_tag(text) if event.implicit[0] else _STR
         if tag == _STR:
-            return self.expand(text, _line(event)) if "${" in text else text
+            if "${" in text:
+                return self.expand(text, _line(event))
+            # Keys and kinds come thousands of times; one string each, not one per watcher.
+            return sys.intern(text) if len(text) <= _INTERNED else text
         if tag == _MERGE:
             return _MERGE_KEY
         node = yaml.ScalarNode(tag, text, event.start_mark, event.end_mark, event.style)  # !!int, !!timestamp
