@@ -208,9 +208,11 @@ def _text(reply: bytes | str) -> str:
 def queue_here(cfg: Config, sender: str, recipients: Sequence[str], data: bytes) -> str:
     """The relay's intake run in this process, into the state database's outbox."""
     store = StateDir(cfg.state_dir).open_store()
+    intake = Intake(lambda: cfg, store)
     try:
-        return Intake(lambda: cfg, store).submit(LOCAL, sender, recipients, data)
+        return intake.submit(LOCAL, sender, recipients, data)
     finally:
+        intake.commits.close()
         store.close()
 
 

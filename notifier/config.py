@@ -64,6 +64,7 @@ class SmtpAccount:
     verify_timeout: float = 180.0
     watch_bounces: bool = False  # the daemon scans the login's own mailbox for bounces...
     bounce_every: float = 300.0  # ...this often (seconds)
+    connections: int = 1  # delivering a backlog over this many connections at once
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,16 @@ _OPTION_FIELDS = tuple(f.name for f in fields(WatcherConfig) if f.name in {o.nam
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """A PostgreSQL store (notifier.pgstore, notifier.fleet). `url` holds the password: a Secret
+    when written in the YAML, else a SecretRef read when the store is opened."""
+
+    url: Secret | SecretRef
+    lease: float = 30.0
+    strict_fleet: bool = False
+
+
+@dataclass(frozen=True)
 class Config:
     """Everything in one `watchers.yaml`, validated."""
 
@@ -197,6 +208,7 @@ class Config:
     log_retention: float = 90 * 86400.0  # send log entries and check counts older than this go
     keep_sent: bool = False  # keep message bytes in the send log after delivery
     relay: RelayConfig | None = None  # the local mail relay, when `relay:` is configured
+    store: StoreConfig | None = None  # a PostgreSQL store shared by a fleet; None: SQLite in state_dir
 
     def watcher(self, name: str) -> WatcherConfig | None:
         return next((w for w in self.watchers if w.name == name), None)
@@ -280,6 +292,7 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None,
             col.add(w.line, f"watchers.{w.name}.account", "names no account under smtp.")
     _check_mail_from(col, raw_mail, mail["from"], accounts)
     relay = _relay(col, raw, top["relay"], default_account, accounts, env)
+    store = _store(col, raw, top, env)
     _check_templates(col, path, top["templates"], raw, watchers)
     _check_command_permissions(col, path, watchers)
     shared = Shared(browser_workers=top["browser_workers"], browser_path=top["browser_path"],
@@ -306,6 +319,7 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None,
         shared=shared,
         mailboxes=mailboxes,
         relay=relay,
+        store=store,
     )
 
 
@@ -390,6 +404,7 @@ def _accounts(col: _Collector, raw: object, env: Mapping[str, str],
             from_must_match=bool(preset.get("from_must_match")), verify_with=values["verify_with"],
             verify_every=values["verify_every"], verify_timeout=values["verify_timeout"],
             watch_bounces=values["watch_bounces"], bounce_every=values["bounce_every"],
+            connections=values["connections"],
         )
         if account.from_must_match and account.sender and account.username and \
                 account.username.lower() not in account.sender.lower():
@@ -434,6 +449,45 @@ def _mailboxes(col: _Collector, raw: Mapping[str, Any], top: dict[str, Any],
                                    credential=values["password_credential"], environ=env),
                 timeout=values["timeout"], ca_file=values["ca_file"])
     return found
+
+
+_STORE_SOURCES = ("store", "store_url_env", "store_url_file", "store_url_credential")
+_STORE_SCHEMES = ("postgresql://", "postgres://")
+
+
+def _store(col: _Collector, raw: Mapping[str, Any], top: Mapping[str, Any],
+           env: Mapping[str, str]) -> StoreConfig | None:
+    """`store:` or one of its secret sources; a password written in the YAML is a warning, as
+    anyone who can read the file can then read the database."""
+    given = [key for key in _STORE_SOURCES if top[key] is not None]
+    if not given:
+        return None
+    if len(given) > 1:
+        col.add(line_of(raw, given[1]), given[1], f"conflicts with {given[0]}; give the store URL "
+                f"one way only.")
+        return None
+    url: Secret | SecretRef
+    if top["store"] is not None:
+        text = str(top["store"])
+        if not text.startswith(_STORE_SCHEMES):
+            col.add(line_of(raw, "store"), "store", "must be a postgresql://user@host/dbname URL; "
+                    "leave it out to keep the state in SQLite under state_dir.")
+            return None
+        url = Secret(text)
+        if _has_password(text):
+            col.warnings.append(Problem(col.file, line_of(raw, "store"), "store",
+                                        "holds the database password in the config file; put the URL "
+                                        "in store_url_env or store_url_credential instead."))
+    else:
+        url = SecretRef(env=top["store_url_env"], file=top["store_url_file"],
+                        credential=top["store_url_credential"], environ=env)
+    return StoreConfig(url, top["fleet_lease"], top["strict_fleet"])
+
+
+def _has_password(url: str) -> bool:
+    """Whether a postgresql:// URL carries a password (user:password@ or ?password=)."""
+    authority = url.split("://", 1)[1].split("/", 1)[0]
+    return ":" in authority.rpartition("@")[0] or "password=" in url
 
 
 def _relay(col: _Collector, raw: Mapping[str, Any], spec: object, default_account: str | None,

@@ -20,6 +20,7 @@ import random
 import socket
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from itertools import groupby
@@ -41,6 +42,7 @@ BACKOFF_BASE = 30.0  # seconds before the first retry
 BACKOFF_CAP = 3600.0  # never wait longer than an hour between retries
 RATE_LIMIT_DELAY = 1800.0  # providers' hourly/daily quotas: come back much later
 GIVE_UP_AFTER = 5 * 86400.0  # a message failing this long after it was queued is given up on
+PER_LANE = 10  # a backlog gets one more connection (up to the account's `connections`) per this many
 
 
 @dataclass
@@ -109,9 +111,26 @@ class Sender:
         rows = self.store.claim(self.owner, self.clock(), limit)
         by_account = sorted(rows, key=lambda r: r.account or "")
         for account, group in groupby(by_account, key=lambda r: r.account):
-            self._deliver_batch(account, list(group), report)
+            self._deliver_lanes(account, list(group), report)
         report.waiting = self.store.outbox_counts()
         return report
+
+    def _deliver_lanes(self, account: str | None, rows: list[OutboxRow], report: Report) -> None:
+        """A backlog (a busy relay) over the account's `connections` at once, each its own
+        share of the claimed rows; a few messages over one connection, as always."""
+        acct = self.cfg.accounts.get(account or "")
+        lanes = min(acct.connections if acct else 1, len(rows) // PER_LANE) or 1
+        if lanes == 1:
+            self._deliver_batch(account, rows, report)
+            return
+        parts = [Report() for _ in range(lanes)]
+        with ThreadPoolExecutor(lanes, thread_name_prefix="send") as pool:
+            list(pool.map(self._deliver_batch, [account] * lanes,
+                          [rows[i::lanes] for i in range(lanes)], parts))
+        for part in parts:
+            report.sent, report.retry = report.sent + part.sent, report.retry + part.retry
+            report.held, report.dead = report.held + part.held, report.dead + part.dead
+            report.errors += part.errors
 
     def _deliver_batch(self, account: str | None, rows: list[OutboxRow], report: Report) -> None:
         """Send `rows` over one connection, reconnecting after a message-level failure."""

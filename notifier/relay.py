@@ -21,12 +21,14 @@ import asyncio
 import hmac
 import ipaddress
 import logging
+import queue
 import re
 import socket
 import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from aiosmtpd.controller import Controller
@@ -95,6 +97,7 @@ class Intake:
         self.store = store
         self.on_accept = on_accept
         self.host = host or socket.gethostname()
+        self.commits = GroupCommit(store)
 
     def submit(self, client: str, sender: str, recipients: Sequence[str], data: bytes) -> str:
         cfg = self.config()
@@ -118,7 +121,7 @@ class Intake:
         try:
             if refusal is not None:
                 return self._refused(relayed, refusal, relay)
-            rule = self.store.relay_accept(relayed, time.time(), _rates(relay))
+            rule = self.commits.accept(relayed, _rates(relay))
         except StateError as exc:
             log.error("relay client=%s outcome=deferred: %s", client, exc)
             return "451 4.3.0 The message could not be stored; try again later."
@@ -150,6 +153,66 @@ class Intake:
         log.warning("relay client=%s outcome=refused rule=%s message=%s", relayed.client,
                     refusal.rule, relayed.message_id)
         return refusal.reply()
+
+
+Rates = Sequence[tuple[str, float, int]]  # (rule, window in seconds, most messages)
+GROUP_MOST = 64  # messages committed in one transaction at most
+
+
+class GroupCommit:
+    """Messages that arrive at the same time share one transaction: each client still gets its
+    250 only after the commit that holds its message, but ten clients cost one commit, not ten.
+    One thread writes; it starts with the first message and ends with `close`."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._queue: queue.SimpleQueue[tuple[Relayed, Rates, Future[str | None]] | None] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def accept(self, relayed: Relayed, rates: Rates) -> str | None:
+        """Queue `relayed` in the next transaction; the rule that refused it, or None once it
+        is committed. StateError when the transaction failed."""
+        done: Future[str | None] = Future()
+        with self._lock:
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._write, name="relay-commit", daemon=True)
+                self._thread.start()
+            self._queue.put((relayed, rates, done))
+        return done.result()
+
+    def close(self) -> None:
+        with self._lock:
+            thread, self._thread = self._thread, None
+            if thread is not None:
+                self._queue.put(None)
+        if thread is not None:
+            thread.join()
+
+    def _write(self) -> None:
+        while (first := self._queue.get()) is not None:
+            batch = [first]
+            while len(batch) < GROUP_MOST:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    self._queue.put(None)  # end after this batch
+                    break
+                batch.append(item)
+            self._commit(batch)
+
+    def _commit(self, batch: list[tuple[Relayed, Rates, Future[str | None]]]) -> None:
+        """One transaction for the batch (the rates are the same config's for all of it)."""
+        try:
+            rules = self.store.relay_accept([m for m, _, _ in batch], time.time(), batch[0][1])
+        except StateError as exc:
+            for _, _, done in batch:
+                done.set_exception(exc)
+            return
+        for (_, _, done), rule in zip(batch, rules, strict=True):
+            done.set_result(rule)
 
 
 def _rates(relay: RelayConfig) -> list[tuple[str, float, int]]:
@@ -357,6 +420,7 @@ class RelayServer:
         controller, self._controller = self._controller, None
         if controller is not None:
             controller.stop()
+        self.intake.commits.close()
 
 
 def _tls(relay: RelayConfig) -> ssl.SSLContext:

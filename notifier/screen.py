@@ -83,6 +83,8 @@ def check_content(screen: Screen, data: bytes) -> Refusal | None:
     if screen.max_size is not None and len(data) > screen.max_size:
         return Refusal("max_size", f"the message has {len(data):,} bytes, at most "
                        f"{screen.max_size:,} are allowed.")
+    if not (screen.subject_patterns or screen.body_patterns or screen.presets) and _plain_text(data):
+        return None  # nothing to read and nothing attached: no need to parse it
     message = BytesParser(policy=email.policy.default).parsebytes(data)
     refusal = _attachments(screen, message)
     if refusal is not None:
@@ -100,6 +102,18 @@ def check_content(screen: Screen, data: bytes) -> Refusal | None:
             return Refusal(name, f"the message appears to contain a {name.replace('_', ' ')}; "
                            "send it another way.")
     return None
+
+
+_CONTENT_TYPE = re.compile(rb"^content-type:[ \t]*([\w.+-]+/[\w.+-]+)", re.MULTILINE)
+
+
+def _plain_text(data: bytes) -> bool:
+    """Whether the message is one text part with no file name, judged from its header alone:
+    then it carries no attachment and no content to sniff."""
+    head = data.split(b"\r\n\r\n", 1)[0].lower()
+    kind = _CONTENT_TYPE.search(head)
+    return ((kind is None or kind.group(1).startswith(b"text/")) and b"name=" not in head
+            and b"content-disposition" not in head)
 
 
 def _parts(message: EmailMessage) -> Iterator[EmailMessage]:

@@ -90,6 +90,8 @@ SMTP_OPTIONS: tuple[Option, ...] = (
            "server accepted it."),
     Option("watch_bounces", Bool(), False, "Scan this account's own mailbox (the imap account with the "
            "same username) for bounces of notifier's mail from the daemon."),
+    Option("connections", Int(minimum=1, maximum=20), 1, "Connections that deliver a backlog of this "
+           "account's mail at the same time (a busy relay); 163 and QQ allow a few."),
     Option("bounce_every", Duration(), 300.0, "How often `watch_bounces` scans; a scan fetches only "
            "new messages."),
 )
@@ -149,6 +151,16 @@ TOP_OPTIONS: tuple[Option, ...] = (
     Option("templates", Str(), None, "Directory with templates that override the shipped ones."),
     Option("log_retention", Duration(), 90 * 86400.0, "How long the send log and check counts are kept."),
     Option("keep_sent", Bool(), False, "Keep each message's bytes in the send log after delivery."),
+    Option("store", Str(), None, "A postgresql://user@host/dbname URL: several daemons share this "
+           "database (and the watchers); default: SQLite in state_dir."),
+    Option("store_url_env", Str(), None, "Environment variable holding the store URL (with its password)."),
+    Option("store_url_file", Str(), None, "File holding the store URL (with its password)."),
+    Option("store_url_credential", Str(), None, "systemd credential name (LoadCredential=) holding "
+           "the store URL."),
+    Option("fleet_lease", Duration(), 30.0, "PostgreSQL store: how long a daemon's claim on a check "
+           "or a message lasts; a dead daemon's work is taken over after this."),
+    Option("strict_fleet", Bool(), False, "PostgreSQL store: run no checks while another daemon's "
+           "config differs from this one (instead of only warning)."),
     Option("mail", AnyValue(), None, "Sender and default recipients (see mail options)."),
     Option("smtp", AnyValue(), None, "Named SMTP accounts (see smtp options)."),
     Option("relay", AnyValue(), None, "A local mail relay for the machine's other programs "

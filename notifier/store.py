@@ -720,13 +720,13 @@ class Store:
 
     # -- the mail relay (notifier.relaylog) ---------------------------------------------------
 
-    def relay_accept(self, message: relaylog.Relayed, now: float,
-                     rates: Sequence[tuple[str, float, int]] = ()) -> str | None:
-        """Queue a relayed message in one transaction with its rate check and its event; the
-        rule that refused it, or None once it is committed (and only then may the client get
-        its 250)."""
+    def relay_accept(self, messages: Sequence[relaylog.Relayed], now: float,
+                     rates: Sequence[tuple[str, float, int]] = ()) -> list[str | None]:
+        """Queue relayed messages in one transaction with their rate checks and events; for
+        each, the rule that refused it, or None once it is committed (and only then may its
+        client get a 250)."""
         with self._tx() as db:
-            return relaylog.accept(db, message, now, rates)
+            return [relaylog.accept(db, message, now, rates) for message in messages]
 
     def relay_refuse(self, client: str, rule: str, now: float,
                      kept: relaylog.Quarantined | None = None) -> None:

@@ -292,8 +292,8 @@ def test_relayed_mail_meets_the_outbox_faults_like_alerts(
     cfg = configmod.load(path, environ={"PW": PASSWORD})
     store = Store(tmp_path / "state.db")
     intake = Intake(lambda: cfg, store, host="host1")
-    reply = intake.submit("local", "job@host1", ["ops@corp.example"], b"Subject: x\r\n\r\nbody\r\n")
-    assert reply.startswith("250")
+    queued = intake.submit("local", "job@host1", ["ops@corp.example"], b"Subject: x\r\n\r\nbody\r\n")
+    assert queued.startswith("250")
     smtp_163.fail(command, reply)
     now = [time.time()]
     sender = Sender(cfg, store, clock=lambda: now[0])
@@ -308,4 +308,23 @@ def test_relayed_mail_meets_the_outbox_faults_like_alerts(
     assert [row.state for row in store.outbox()] == ([] if status == "sent" else ["dead"])  # no bounce
     (figures,) = store.relay_figures(0)
     assert (figures.delivered, figures.dead) == ((1, 0) if status == "sent" else (0, 1))
+    intake.commits.close()
+    store.close()
+
+
+def test_a_backlog_goes_out_over_the_accounts_connections(tmp_path: Path, smtp_163: SmtpServer) -> None:
+    path = tmp_path / "watchers.yaml"
+    account = smtp_yaml(smtp_163).replace("password_env: PW", "password_env: PW, connections: 3")
+    path.write_text(f"{account}mail: {{to: [admin@example.com]}}\nrelay: {{}}\nwatchers: []\n")
+    cfg = configmod.load(path, environ={"PW": PASSWORD})
+    store = Store(tmp_path / "state.db")
+    intake = Intake(lambda: cfg, store, host="host1")
+    for n in range(30):
+        intake.submit("local", "job@host1", ["ops@corp.example"], f"Subject: {n}\r\n\r\nx\r\n".encode())
+    report = Sender(cfg, store).deliver()
+    assert report.sent == 30
+    assert len(smtp_163.logins) == 3  # one login per connection
+    subjects = sorted(int(r.content.split(b"Subject: ")[1].split(b"\r\n")[0]) for r in smtp_163.received)
+    assert subjects == list(range(30))
+    intake.commits.close()
     store.close()
