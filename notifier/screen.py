@@ -86,9 +86,11 @@ def check_content(screen: Screen, data: bytes) -> Refusal | None:
     if not (screen.subject_patterns or screen.body_patterns or screen.presets) and _plain_text(data):
         return None  # nothing to read and nothing attached: no need to parse it
     message = BytesParser(policy=email.policy.default).parsebytes(data)
-    refusal = _attachments(screen, message)
-    if refusal is not None:
-        return refusal
+    return _attachments(screen, message) or _patterns(screen, message)
+
+
+def _patterns(screen: Screen, message: EmailMessage) -> Refusal | None:
+    """The subject and text rules, and the presets on both."""
     subject = " ".join(str(message.get("Subject", "")).split())
     if any(p.search(subject) for p in screen.subject_patterns):
         return Refusal("subject_patterns", "the subject matches a pattern the administrator "
