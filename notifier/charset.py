@@ -11,8 +11,6 @@ import codecs
 import functools
 import re
 
-import charset_normalizer
-
 # Browsers decode these labels with a superset codec (WHATWG Encoding); so do we, or characters
 # that pages really use (GBK-only hanzi on "gb2312" pages, curly quotes on "latin-1") break.
 _SUPERSETS = {"gb2312": "gb18030", "gbk": "gb18030", "iso8859-1": "cp1252", "ascii": "cp1252",
@@ -52,6 +50,8 @@ def guess_encoding(body: bytes) -> str | None:
     invalid = body.decode("utf-8", errors="replace").count("\ufffd")
     if high - invalid > 10 * invalid:  # valid multi-byte sequences dominate
         return "utf-8"
+    import charset_normalizer  # noqa: PLC0415 - 3 MB that only undeclared legacy pages need
+
     matches = list(charset_normalizer.from_bytes(body))
     if not matches:
         return None

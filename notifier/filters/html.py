@@ -9,17 +9,19 @@ import functools
 import math
 import re
 from collections.abc import Mapping
-from typing import Any, ClassVar
-
-import lxml.html
-from cssselect import SelectorError
-from lxml import etree
-from lxml.cssselect import CSSSelector
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from notifier.errors import FilterError
 from notifier.filters.text import matched_nothing
 from notifier.kinds import Filter
 from notifier.options import REQUIRED, Bool, Option, Str
+
+# lxml and cssselect (6 MB) are imported by the first html filter built or run, not by every
+# process that loads the filter kinds: a config of strip and jsonpath filters never needs them.
+if TYPE_CHECKING:
+    import lxml.html
+    from lxml import etree
+    from lxml.cssselect import CSSSelector
 
 # lxml refuses str input that declares an encoding; the text is already decoded, so drop it.
 _XML_DECLARATION = re.compile(r"\A\ufeff?\s*<\?xml[^>]*\?>")
@@ -36,6 +38,9 @@ _BLOCKS = _PARAGRAPHS | {"html", "body", "div", "section", "article", "main", "h
 
 def parse_html(text: str, what: str) -> lxml.html.HtmlElement:
     """The whole document in `text` (fragments are wrapped in html/body, as browsers do)."""
+    import lxml.html  # noqa: PLC0415 - see the note at the imports
+    from lxml import etree  # noqa: PLC0415
+
     try:
         return lxml.html.document_fromstring(_XML_DECLARATION.sub("", text, count=1))
     except (etree.ParserError, ValueError) as exc:  # ParserError: nothing but space/comments
@@ -44,6 +49,8 @@ def parse_html(text: str, what: str) -> lxml.html.HtmlElement:
 
 def outer_html(element: Any) -> str:
     """An element's own markup, without the text that follows it in its parent."""
+    import lxml.html  # noqa: PLC0415 - see the note at the imports
+
     return str(lxml.html.tostring(element, encoding="unicode", with_tail=False))
 
 
@@ -89,6 +96,8 @@ class Css(Query, kind="css"):
         self.text = bool(options["text"])
         if self.attribute and self.text:
             raise ValueError("css outputs an attribute or the text of matches, not both; drop one.")
+        from cssselect import SelectorError  # noqa: PLC0415 - see the note at the imports
+
         try:
             self._select = _css(self.query)
         except SelectorError as exc:
@@ -115,12 +124,16 @@ class Css(Query, kind="css"):
 def _css(selector: str) -> CSSSelector:
     """Compiled once per selector: a thousand watchers often share a few selectors, and an
     lxml XPath object is safe to share between threads (it locks around evaluation)."""
+    from lxml.cssselect import CSSSelector  # noqa: PLC0415 - see the note at the imports
+
     return CSSSelector(selector, translator="html")
 
 
 @functools.lru_cache(maxsize=1024)
 def _xpath(expression: str) -> etree.XPath:
     """Compiled once per expression, for the same reason as `_css`."""
+    from lxml import etree  # noqa: PLC0415 - see the note at the imports
+
     return etree.XPath(expression, namespaces=_NAMESPACES, smart_strings=False)
 
 
@@ -139,6 +152,8 @@ class XPath(Query, kind="xpath"):
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.query = options["expression"]
+        from lxml import etree  # noqa: PLC0415 - see the note at the imports
+
         try:
             self._xpath = _xpath(self.query)
             self._xpath(etree.Element("html"))  # unknown functions or prefixes fail only when run
@@ -147,6 +162,8 @@ class XPath(Query, kind="xpath"):
 
     def select(self, root: lxml.html.HtmlElement) -> list[str]:
         """Lines for any XPath result; none when nothing was found (NaN and '' included)."""
+        from lxml import etree  # noqa: PLC0415 - see the note at the imports
+
         try:
             result = self._xpath(root)
         except (etree.XPathError, re.error) as exc:  # re: a bad regex in re:test() on a match
@@ -177,6 +194,8 @@ class Html2Text(Filter, kind="html2text"):
         self.links = bool(options["links"])
 
     def apply(self, text: str) -> str:
+        from lxml import etree  # noqa: PLC0415 - see the note at the imports
+
         root = parse_html(text, self.kind)
         for element in list(root.iter(*_SKIPPED, etree.Comment, etree.ProcessingInstruction)):
             element.drop_tree()  # keeps the element's tail text
@@ -197,6 +216,8 @@ class _Writer:
         self.pre = 0  # depth of <pre> elements we are in
 
     def render(self, root: lxml.html.HtmlElement) -> str:
+        from lxml import etree  # noqa: PLC0415 - see the note at the imports
+
         for event, element in etree.iterwalk(root, events=("start", "end")):
             (self.start if event == "start" else self.end)(element)
         self.end_line()

@@ -6,9 +6,6 @@ import json
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
-from jsonpath_ng.exceptions import JSONPathError
-from jsonpath_ng.ext.parser import parse as parse_jsonpath
-
 from notifier.errors import FilterError
 from notifier.filters.text import matched_nothing
 from notifier.kinds import Filter
@@ -43,12 +40,18 @@ class JsonPath(Filter, kind="jsonpath"):
 
     def __init__(self, options: Mapping[str, Any]) -> None:
         self.path: str = options["path"]
+        # Imported by the first jsonpath filter, not by every process that loads the kinds.
+        from jsonpath_ng.exceptions import JSONPathError  # noqa: PLC0415
+        from jsonpath_ng.ext.parser import parse as parse_jsonpath  # noqa: PLC0415
+
         try:
             self._expression = parse_jsonpath(self.path)
         except (JSONPathError, ValueError, TypeError) as exc:  # the ext parser raises all three
             raise ValueError(f"jsonpath {self.path!r} is not valid: {exc}.") from None
 
     def apply(self, text: str) -> str:
+        from jsonpath_ng.exceptions import JSONPathError  # noqa: PLC0415 - loaded by __init__
+
         data = load_json(text, self.describe())
         try:
             values = [match.value for match in self._expression.find(data)]
