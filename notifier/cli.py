@@ -18,7 +18,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from notifier import cli_history, cli_mailbox, cli_relay, logs, runstate, schema
+from notifier import cli_fleet, cli_history, cli_mailbox, cli_relay, logs, runstate, schema
 from notifier import config as configmod
 from notifier.cli_common import load
 from notifier.config import Config, WatcherConfig
@@ -36,6 +36,7 @@ from notifier.errors import (
     StateError,
     UsageError,
 )
+from notifier.fleet import open_store
 from notifier.kinds import Kind, configure_kinds, filter_kinds, watcher_kinds
 from notifier.pipeline import Outcome, check, filtered
 from notifier.safetext import visible
@@ -162,6 +163,7 @@ def _parser() -> argparse.ArgumentParser:
     command("schema", cmd_schema, "print the JSON Schema of watchers.yaml")
     cli_history.add_commands(command)
     cli_relay.add_commands(command)
+    cli_fleet.add_commands(command)
     return parser
 
 
@@ -400,6 +402,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_reload(args: argparse.Namespace) -> int:
     cfg = load(args)
+    if cfg.store is not None:  # a fleet: every daemon on the database hears it
+        print(f"{args.config} is valid; {cli_fleet.reload_fleet(cfg)}.")
+        return EXIT_OK
     try:  # only a process holding the state directory's lock is signalled, never a stale pid
         pid = StateDir(cfg.state_dir).signal_daemon(signal.SIGHUP).pid
     except NoDaemon as exc:
@@ -422,14 +427,19 @@ def cmd_status(args: argparse.Namespace) -> int:
         cfg, problems = None, [str(p) for p in exc.problems]
     state_dir = cfg.state_dir if cfg else configmod.locate_state_dir(args.config, args.state_dir)
     _print_daemon(state_dir, args.config, problems)
-    if not StateDir(state_dir).db.exists():
+    if cfg is not None and cfg.store is not None:
+        store: Store = open_store(cfg, StateDir(state_dir), readonly=True)
+        for line in cli_fleet.fleet_lines(cfg, store):
+            print(line)
+    elif not StateDir(state_dir).db.exists():
         if (state_dir / MARKER_NAME).exists():
             raise NotifierError(f"{state_dir / 'state.db'} is missing although {state_dir} held a "
                                 f"state database; restore it from a backup (or a rescued copy "
                                 f"beside it), or start afresh with `notifier run --reinit`.")
         raise NotifierError(f"no state yet in {state_dir}; run `notifier check --send` or start "
                             f"`notifier run` first.")
-    store = Store(StateDir(state_dir).db, readonly=True)
+    else:
+        store = Store(StateDir(state_dir).db, readonly=True)
     try:
         states = store.states()
         counts = store.outbox_counts()

@@ -26,6 +26,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from notifier import config as configmod
+from notifier import fleet as fleetmod
 from notifier import logs, mailwatch, runstate, systemd
 from notifier.alerts import Alerter
 from notifier.config import WatcherConfig
@@ -54,6 +55,7 @@ PRUNE_EVERY = 600.0  # seconds between looks for expired send log entries, when 
 PRUNE_BUDGET = 0.2  # seconds of pruning per housekeeping round at most...
 PRUNE_PAUSE = 0.01  # ...with this pause after each batch, for the writes waiting for the database
 M_ARENA_MAX = -8  # glibc mallopt parameter
+FLEET_POLL = 1.0  # seconds between a fleet daemon's claims of due checks (notifier.fleet)
 RECEIVING_WORKERS = 2  # delivery probes and bounce scans running at once (see notifier.mailwatch)
 
 
@@ -82,12 +84,14 @@ class Daemon:
         self.runstate = runstate.RunState(os.getpid(), str(path), digest or "", time.time())
         self.statedir = StateDir(self.cfg.state_dir)
         self.lock = self.statedir.acquire(STARTING, wait=ONESHOT_WAIT)  # one daemon per state dir
-        self.store = self.statedir.open_store(reinit=reinit, locked=True)
+        self.store = fleetmod.open_store(self.cfg, self.statedir, reinit=reinit, locked=True)
+        self.fleet = fleetmod.Fleet.join(self.store, self.cfg)  # None: SQLite, this daemon alone
         self.alerter = Alerter(self.cfg)
         self.sender = Sender(self.cfg, self.store, debug_smtp)
         self.health = Health(self, self.lock)
         self.relay = RelayService(lambda: self.cfg, self.store, self.wake_outbox)
         self._poke = False  # SIGUSR1: a one-shot command queued mail for us to send
+        self._claimed = 0  # fleet checks claimed and waiting for a worker
         self._next_checkpoint = 0.0
         self._next_prune = 0.0
         self._pruned = 0  # rows pruned by the rounds of the current backlog, for one log line
@@ -126,6 +130,10 @@ class Daemon:
         configure_kinds([w.watcher for w in self.cfg.watchers], self.cfg.shared)
         for wc in self.cfg.watchers:
             self._add(wc, startup=True)
+        if self.fleet is not None and self.cfg.store is not None:
+            self.fleet.listen(fleetmod.store_url(self.cfg.store), lambda: self._on_hup(signal.SIGHUP, None))
+            self.scheduler.add_job(self._fleet_round, IntervalTrigger(seconds=FLEET_POLL), id="fleet",
+                                   next_run_time=datetime.now(UTC))
         self.scheduler.add_job(self._deliver, IntervalTrigger(seconds=OUTBOX_EVERY), id="outbox",
                                executor="outbox", next_run_time=datetime.now(UTC))
         self.scheduler.add_job(self._job, IntervalTrigger(seconds=DIGEST_POLL), args=[self._flush_digests],
@@ -187,6 +195,8 @@ class Daemon:
         with self._idle:
             self._idle.wait_for(lambda: not +self._running, SHUTDOWN_TIMEOUT)
         self.scheduler.shutdown(wait=False)
+        if self.fleet is not None:
+            self.fleet.leave()
         runstate.remove(self.cfg.state_dir)
         left = self._running_jobs()
         if left:
@@ -262,6 +272,34 @@ class Daemon:
             self._come_back(name, outcome.retry_after)
         if outcome.alerts:
             self.wake_outbox()
+
+    def _fleet_round(self) -> None:
+        """PostgreSQL store: beat the heart, then claim the due checks this daemon has room for
+        and run each under its claim (notifier.fleet); the claim fences the result."""
+        assert self.fleet is not None
+        try:
+            self.fleet.heartbeat(self.health.summary().rstrip(" |"))
+            with self._idle:
+                room = self.cfg.workers - self._running["check"] - self._claimed
+            names = self.fleet.claim([w.name for w in self.cfg.watchers], room)
+        except StateError as exc:
+            self.health.failed("fleet", exc)
+            return
+        self.health.succeeded("fleet")
+        for name in names:
+            with self._idle:
+                self._claimed += 1
+            self.scheduler.add_job(self._fleet_check, args=[name], executor="checks",
+                                   id=f"check:{name}", replace_existing=True)
+
+    def _fleet_check(self, name: str) -> None:
+        with self._idle:
+            self._claimed -= 1
+        wc = self.cfg.watcher(name)
+        if wc is None or self.fleet is None:
+            return
+        with self.fleet.running(wc):
+            self._check(name)
 
     def _come_back(self, name: str, seconds: float) -> None:
         """Honour a site's Retry-After: the next check is then, not at the next grid point
@@ -388,6 +426,9 @@ class Daemon:
     # -- scheduling and reload --------------------------------------------------------------
 
     def _add(self, wc: WatcherConfig, startup: bool = False) -> None:
+        if self.fleet is not None:  # the fleet's due table schedules it (see _fleet_round)
+            self.fleet.schedule(wc, time.time(), len(self.cfg.watchers))
+            return
         kwargs: dict[str, Any] = {}
         state = self.store.state(wc.name) if startup else None
         if state is None or wc.schedule.overdue(state.last_check, time.time()):
@@ -454,7 +495,8 @@ class Daemon:
         self.alerter = Alerter(new)
         self.sender = Sender(new, self.store, self.debug_smtp)
         for name in old.keys() - {w.name for w in new.watchers}:
-            self.scheduler.remove_job(f"check:{name}")
+            if self.scheduler.get_job(f"check:{name}") is not None:  # a fleet's may not have one now
+                self.scheduler.remove_job(f"check:{name}")
         changed = 0
         for wc in new.watchers:
             if wc.name not in old or old[wc.name].fingerprint != wc.fingerprint:

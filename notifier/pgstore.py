@@ -21,8 +21,9 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -35,12 +36,25 @@ from notifier import sqldb
 from notifier.errors import EXIT_BUSY, EXIT_CONFIG, StateError
 from notifier.secrets import Secret
 from notifier.sqldb import Row
-from notifier.store import StateTooNew, Store
+from notifier.store import Alert, OutboxRow, Queued, StateTooNew, Store, _enqueue, _row
 
 _T = TypeVar("_T")
 
 CONNECT_TIMEOUT = 10  # seconds: an unreachable host is an error at start, not a hang
 MIGRATION_LOCK = 0x6E6F7469  # pg_advisory_xact_lock key ("noti") serialising schema upgrades
+DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())"  # leases are timed by the database's one clock
+
+# The fleet's own tables (notifier.fleet), PostgreSQL only: which daemons run, and each watcher's
+# next due time with the claim on it. Created if missing after the store's migrations.
+FLEET_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS fleet_member (id TEXT PRIMARY KEY, host TEXT NOT NULL, "
+    "pid INTEGER NOT NULL, version TEXT NOT NULL, fingerprint TEXT NOT NULL, "
+    "started DOUBLE PRECISION NOT NULL, heartbeat DOUBLE PRECISION NOT NULL, "
+    "health TEXT NOT NULL DEFAULT '')",
+    "CREATE TABLE IF NOT EXISTS fleet_check (name TEXT PRIMARY KEY, due DOUBLE PRECISION NOT NULL, "
+    "claimed_by TEXT, claimed_until DOUBLE PRECISION)",
+    "CREATE INDEX IF NOT EXISTS fleet_check_due ON fleet_check (due)",
+)
 
 
 class DatabaseUnreachable(StateError):
@@ -187,12 +201,33 @@ def _first_line(exc: BaseException) -> str:
     return " ".join(str(exc).split("\n")[0].split())
 
 
+class _Rollback(Exception):  # not an error: "undo this transaction, quietly"
+    """Raised inside a transaction to roll it back without an error."""
+
+
+class LeaseLost(StateError):
+    """This daemon's claim on a check expired (it was partitioned or paused) before its result
+    was recorded: another daemon has the check now, so this result is dropped, not written."""
+
+
+@dataclass(frozen=True)
+class Fence:
+    """A claim the result of a check must still hold when it is recorded: `owner` holds watcher
+    `name`, and recording moves its due time on to `next_due`."""
+
+    name: str
+    owner: str
+    next_due: float
+
+
 class PgStore(Store):
     """The store on a PostgreSQL database (see the module's docstring)."""
 
-    def __init__(self, url: Secret, readonly: bool = False) -> None:
+    def __init__(self, url: Secret, readonly: bool = False, lease: float = 30.0) -> None:
         self.url = url
         self.readonly = readonly
+        self.lease = lease  # seconds an outbox claim lasts (notifier.fleet: and a check's)
+        self._fence = threading.local()
         self.path = Path(describe(url))  # where, for messages; there is no file
         self._lock = threading.Lock()
         self._conn = connect(url)
@@ -215,7 +250,12 @@ class PgStore(Store):
             try:
                 self._reconnect()
                 with self._conn.transaction():
+                    armed = getattr(self._fence, "armed", None)
+                    if armed is not None:
+                        self._check_fence(self._db, armed)
                     yield self._db
+            except _Rollback:
+                return
             except psycopg.Error as exc:
                 raise classify(self.url, exc) from None
 
@@ -257,6 +297,70 @@ class PgStore(Store):
                          f" +{len(e.recipients) - 1}" if len(e.recipients) > 1 else "",
                          e.message_id, e.subject))
                 for e in self.log_entries(since, watcher, status)]
+
+    # -- several daemons on one database ------------------------------------------------------
+
+    @contextmanager
+    def fenced(self, fence: Fence) -> Iterator[None]:
+        """While a check runs in this thread: its results are recorded only if `fence` holds."""
+        self._fence.value = fence
+        try:
+            yield
+        finally:
+            self._fence.value = None
+
+    def _check_fence(self, db: PgDb, name: str) -> None:
+        """In the transaction that records `name`'s result: the claim must still be this
+        daemon's and unexpired (by the database's clock), and the due time moves on with it."""
+        fence: Fence | None = getattr(self._fence, "value", None)
+        if fence is None or fence.name != name:
+            return
+        held = db.execute(f"UPDATE fleet_check SET due = ? WHERE name = ? AND claimed_by = ? AND "  # noqa: S608
+                          f"claimed_until > {DB_NOW}", (fence.next_due, name, fence.owner)).rowcount
+        if not held:
+            raise LeaseLost(f"watcher={name}: this daemon's claim expired before the result was "
+                            f"recorded (paused or cut off from the database for longer than the "
+                            f"lease); another daemon checks it, and this result was dropped.")
+
+    def record_success(self, name: str, now: float, meta: Mapping[str, str], content: str | None,
+                       history: int, alerts: Sequence[Alert] = ()) -> None:
+        """As Store.record_success, fenced (see `fenced`)."""
+        with self._fenced_tx(name):
+            super().record_success(name, now, meta, content, history, alerts)
+
+    def record_failure(self, name: str, now: float, error: str, alerts: Sequence[Alert] = ()) -> None:
+        """As Store.record_failure, fenced (see `fenced`)."""
+        with self._fenced_tx(name):
+            super().record_failure(name, now, error, alerts)
+
+    @contextmanager
+    def _fenced_tx(self, name: str) -> Iterator[None]:
+        """The next transaction in this thread records `name`'s result: `_tx` checks the fence."""
+        self._fence.armed = name
+        try:
+            yield
+        finally:
+            self._fence.armed = None
+
+    def claim(self, owner: str, now: float, limit: int, lease: float = 600.0) -> list[OutboxRow]:
+        """As Store.claim, but with row locks that other daemons skip (FOR UPDATE SKIP LOCKED)
+        instead of waiting on, and this store's lease: a dead daemon's mail goes out after it."""
+        with self._tx() as db:
+            rows = db.execute(
+                "UPDATE outbox SET claimed_by = ?, claimed_until = ? WHERE id IN (SELECT id FROM "
+                "outbox WHERE state = 'pending' AND not_before <= ? AND (claimed_until IS NULL OR "
+                "claimed_until < ?) ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING *",
+                (owner, now + self.lease, now, now, limit)).fetchall()
+        return sorted((_row(r) for r in rows), key=lambda r: r.id)
+
+    def flush_digest(self, ids: Sequence[int], message: Queued) -> None:
+        """As Store.flush_digest, once: when another daemon flushed these entries first, its
+        digest is the one that goes, and this one is dropped."""
+        with self._tx() as db:
+            gone = db.execute("DELETE FROM digest WHERE id = ANY(?)", (list(ids),)).rowcount
+            if gone != len(ids):
+                raise _Rollback
+            _enqueue(db, [message])
 
     def connection(self) -> psycopg.Connection[PgRow]:
         """The open connection, for the fleet's own tables (notifier.fleet); under `locked()`."""
@@ -301,6 +405,10 @@ def migrate(conn: psycopg.Connection[PgRow], url: Secret, readonly: bool = False
                 conn.execute("CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)")
                 conn.execute("DELETE FROM schema_version")
                 conn.execute("INSERT INTO schema_version (version) VALUES (%s)", (version,))
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
+            for statement in FLEET_SCHEMA:
+                conn.execute(statement)
     except psycopg.Error as exc:
         raise classify(url, exc) from None
 

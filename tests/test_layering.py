@@ -41,7 +41,7 @@ LAYERS: list[set[str]] = [
     {"daemon"},
     {"lookback", "versions"},
     {"cli_common"},
-    {"cli_history", "cli_mailbox", "cli_relay"},
+    {"cli_history", "cli_mailbox", "cli_fleet", "cli_relay"},
     {"cli"},
 ]
 RANK = {name: index for index, layer in enumerate(LAYERS) for name in layer}
