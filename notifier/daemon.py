@@ -50,6 +50,7 @@ SPREAD_PER_WATCHER = 0.03  # ...and 30 ms per watcher, so a small config starts 
 SHUTDOWN_TIMEOUT = 20.0  # running checks get this long to finish on SIGTERM
 DIGEST_POLL = 1.0  # seconds between looks for digests that are due
 OUTBOX_BATCH = 200  # messages per delivery round; a round repeats while more are due
+DELIVER_LINGER = 0.5  # seconds a finished round waits for more mail, its connections still open
 CHECKPOINT_EVERY = 60.0  # seconds between WAL truncations, so the WAL gives its space back
 PRUNE_EVERY = 600.0  # seconds between looks for expired send log entries, when none were left
 PRUNE_BUDGET = 0.2  # seconds of pruning per housekeeping round at most...
@@ -323,15 +324,20 @@ class Daemon:
             job.modify(next_run_time=datetime.now(UTC))
 
     def _deliver(self) -> None:
+        """Rounds until the outbox is empty, over connections kept open from one round to the
+        next; mail that arrives within DELIVER_LINGER of a round (a busy relay) goes out over
+        them too, rather than over a new TLS handshake and login each."""
         self._delivering.set()
+        sender = self.sender
         try:
             while not self._stop:
                 self._outbox_wanted.clear()
-                report = self._job(self.sender.deliver, OUTBOX_BATCH, kind="send", key="outbox")
+                report = self._job(sender.deliver, OUTBOX_BATCH, True, kind="send", key="outbox")
                 handled = report.sent + report.retry + report.held + report.dead if report else 0
-                if handled < OUTBOX_BATCH and not self._outbox_wanted.is_set():
+                if handled < OUTBOX_BATCH and not self._outbox_wanted.wait(DELIVER_LINGER):
                     break
         finally:
+            sender.close_kept()
             self._delivering.clear()
 
     def _schedule_mail_checks(self) -> None:

@@ -79,6 +79,7 @@ class Sender:
         self.debug_smtp = debug_smtp
         self.clock = clock
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
+        self._kept: dict[str | None, Transport] = {}  # connections kept open between rounds
 
     def recover(self) -> int:
         """Release claims of senders on this host that are no longer running (killed -9).
@@ -105,23 +106,32 @@ class Sender:
                                     f"back or run `notifier outbox retry` after fixing the config.")
         return SmtpTransport(acct, debug=self.debug_smtp)
 
-    def deliver(self, limit: int = 200) -> Report:
-        """Send every due message (up to `limit`), one connection per account."""
+    def deliver(self, limit: int = 200, keep_open: bool = False) -> Report:
+        """Send every due message (up to `limit`), one connection per account. `keep_open`:
+        leave the connections open for the next round (a busy relay sends round after round;
+        a new TLS handshake and login for each would cost more than the messages), until
+        `close_kept`."""
         report = Report()
         rows = self.store.claim(self.owner, self.clock(), limit)
         by_account = sorted(rows, key=lambda r: r.account or "")
         for account, group in groupby(by_account, key=lambda r: r.account):
-            self._deliver_lanes(account, list(group), report)
+            self._deliver_lanes(account, list(group), report, keep_open)
         report.waiting = self.store.outbox_counts()
         return report
 
-    def _deliver_lanes(self, account: str | None, rows: list[OutboxRow], report: Report) -> None:
+    def close_kept(self) -> None:
+        """Close the connections `deliver(keep_open=True)` left open."""
+        while self._kept:
+            self._kept.popitem()[1].close()
+
+    def _deliver_lanes(self, account: str | None, rows: list[OutboxRow], report: Report,
+                       keep_open: bool = False) -> None:
         """A backlog (a busy relay) over the account's `connections` at once, each its own
         share of the claimed rows; a few messages over one connection, as always."""
         acct = self.cfg.accounts.get(account or "")
         lanes = min(acct.connections if acct else 1, len(rows) // PER_LANE) or 1
         if lanes == 1:
-            self._deliver_batch(account, rows, report)
+            self._deliver_batch(account, rows, report, keep_open)
             return
         parts = [Report() for _ in range(lanes)]
         with ThreadPoolExecutor(lanes, thread_name_prefix="send") as pool:
@@ -132,12 +142,13 @@ class Sender:
             report.held, report.dead = report.held + part.held, report.dead + part.dead
             report.errors += part.errors
 
-    def _deliver_batch(self, account: str | None, rows: list[OutboxRow], report: Report) -> None:
+    def _deliver_batch(self, account: str | None, rows: list[OutboxRow], report: Report,
+                       keep_open: bool = False) -> None:
         """Send `rows` over one connection, reconnecting after a message-level failure."""
         pending = list(rows)
         while pending:
             try:
-                transport = self.transport(account)
+                transport = self._kept.pop(account, None) or self.transport(account)
                 transport.open()
             except DeliveryError as exc:
                 # Cannot even connect or log in: every message in the batch waits alike.
@@ -147,6 +158,8 @@ class Sender:
             try:
                 while pending:
                     row = pending.pop(0)
+                    if not self.store.renew_claim(row.id, self.owner, self.clock()):
+                        continue  # the claim lapsed (a pause, a cut-off database): another sender has it
                     try:
                         refused = transport.send(row.sender, row.recipients, row.body)
                     except DeliveryError as exc:
@@ -154,7 +167,10 @@ class Sender:
                         break  # the session may be unusable now; reconnect for the rest
                     self._accepted(row, refused, transport.describe(), transport.last_reply, report)
             finally:
-                transport.close()
+                if keep_open and not pending:
+                    self._kept[account] = transport
+                else:
+                    transport.close()
 
     def _accepted(self, row: OutboxRow, refused: dict[str, str], via: str, reply: str,
                   report: Report) -> None:
