@@ -359,16 +359,26 @@ def _password_ok(client: Any, data: LoginPassword) -> bool:
 
 
 class _Controller(Controller):
-    """aiosmtpd's threaded controller, building notifier's SMTP class; with port 0 the real port
-    is read back from the socket before the start-up probe connects."""
+    """aiosmtpd's threaded controller, building notifier's SMTP class on a socket bound before
+    it starts: a taken address is an error at once, not after aiosmtpd's start-up timeout."""
+
+    sock: socket.socket
 
     def factory(self) -> _RelaySMTP:
         return _RelaySMTP(self.handler, **self.SMTP_kwargs)
 
-    def _trigger_server(self) -> None:
-        assert isinstance(self.server, asyncio.Server)
-        self.port = self.server.sockets[0].getsockname()[1]
-        super()._trigger_server()  # type: ignore[no-untyped-call]  # aiosmtpd leaves it unannotated
+    def _create_server(self) -> Any:
+        return self.loop.create_server(self._factory_invoker, sock=self.sock, ssl=self.ssl_context)
+
+
+def _bind(relay: RelayConfig) -> socket.socket:
+    family = socket.AF_INET6 if ":" in relay.host else socket.AF_INET
+    try:
+        return socket.create_server((relay.host, relay.port), family=family, backlog=128)
+    except OSError as exc:
+        raise RelayError(f"The relay cannot listen on {relay.host}:{relay.port} "
+                         f"({exc.strerror or exc}); stop what listens there or set relay.listen "
+                         f"to another address.") from None
 
 
 def listening(relay: RelayConfig) -> tuple[object, ...]:
@@ -402,14 +412,17 @@ class RelayServer:
         }
         if relay.certificate and relay.key:
             kwargs["tls_context"] = _tls(relay)
+        sock = _bind(relay)
+        kwargs["port"] = sock.getsockname()[1]
         controller = _Controller(handler, **kwargs)
+        controller.sock = sock
         try:
             controller.start()
         except (OSError, TimeoutError) as exc:
             controller.stop(no_assert=True)
-            raise RelayError(f"The relay cannot listen on {relay.host}:{relay.port} "
-                             f"({getattr(exc, 'strerror', None) or exc}); stop what listens there "
-                             f"or set relay.listen to another address.") from None
+            sock.close()
+            raise RelayError(f"The relay on {relay.host}:{controller.port} did not start ({exc}); "
+                             f"see the log above, and restart notifier.") from None
         self._controller, self.port, self.serving = controller, controller.port, listening(relay)
         log.info("relay: listening on %s:%d for mail to send through %s", relay.host, self.port,
                  relay.account or "the local Maildir")

@@ -24,7 +24,7 @@ import pytest
 from notifier import config as configmod
 from notifier.config import Config
 from notifier.outbox import BACKOFF_CAP, Sender
-from notifier.relay import Intake, RelayServer
+from notifier.relay import Intake, RelayServer, RelayService
 from notifier.store import Store
 from tests.servers.smtp import DROP, GARBAGE, PASSWORD, USERNAME, LocalCA, SmtpServer, smtp_yaml
 
@@ -328,3 +328,44 @@ def test_a_backlog_goes_out_over_the_accounts_connections(tmp_path: Path, smtp_1
     assert subjects == list(range(30))
     intake.commits.close()
     store.close()
+
+
+def test_rounds_reuse_one_connection_while_mail_keeps_coming(tmp_path: Path, smtp_163: SmtpServer) -> None:
+    path = tmp_path / "watchers.yaml"
+    path.write_text(f"{smtp_yaml(smtp_163)}mail: {{to: [admin@example.com]}}\nrelay: {{}}\nwatchers: []\n")
+    cfg = configmod.load(path, environ={"PW": PASSWORD})
+    store = Store(tmp_path / "state.db")
+    intake = Intake(lambda: cfg, store, host="host1")
+    sender = Sender(cfg, store)
+    for n in range(3):
+        intake.submit("local", "job@host1", ["ops@corp.example"], f"Subject: {n}\r\n\r\nx\r\n".encode())
+        assert sender.deliver(keep_open=True).sent == 1
+    sender.close_kept()
+    assert len(smtp_163.received) == 3
+    assert len(smtp_163.logins) == 1
+    intake.commits.close()
+    store.close()
+
+
+def test_a_relay_that_cannot_listen_is_a_status_line_and_tries_again(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        path = tmp_path / "watchers.yaml"
+        path.write_text(f"relay: {{listen: '127.0.0.1:{port}'}}\nwatchers: []\n")
+        cfg = configmod.load(path)
+        store = Store(tmp_path / "state.db")
+        service = RelayService(lambda: cfg, store, lambda: None)
+        service.apply()
+        assert service.server is None
+        assert "NOT LISTENING" in service.status()
+        assert service.problem is not None
+        assert f"127.0.0.1:{port}" in service.problem
+    service._next_try = 0.0  # the minute has passed
+    service.retry()
+    try:
+        assert service.status() == f", relay on 127.0.0.1:{port}"
+    finally:
+        service.stop()
+        store.close()
