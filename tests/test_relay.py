@@ -369,3 +369,20 @@ def test_a_relay_that_cannot_listen_is_a_status_line_and_tries_again(tmp_path: P
     finally:
         service.stop()
         store.close()
+
+
+def test_relay_config_errors_name_file_line_key_and_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "watchers.yaml"
+    path.write_text("relay:\n  listen: 0.0.0.0:25\n  account: nosuch\n  certificate: missing.pem\n"
+                    "  screen: {max_recipient: 5, presets: [passport]}\n  clients: {a: {username: a}}\n"
+                    "watchers: []\n")
+    with pytest.raises(configmod.ConfigError) as error:
+        configmod.load(path)
+    problems = {p.key: (p.line, p.message) for p in error.value.problems}
+    assert problems["relay.listen"][0] == 2
+    assert "needs `clients:` with logins and a TLS `certificate`" in problems["relay.listen"][1]
+    assert "names no account under smtp" in problems["relay.account"][1]
+    assert "missing.pem cannot be read" in problems["relay.certificate"][1]
+    assert "did you mean 'max_recipients'" in problems["relay.screen.max_recipient"][1]
+    assert "must be one of credit_card" in problems["relay.screen.presets"][1]
+    assert "needs a password source" in problems["relay.clients.a"][1]
