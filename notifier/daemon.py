@@ -34,6 +34,7 @@ from notifier.errors import ConfigError, StateError
 from notifier.health import Health
 from notifier.kinds import configure_kinds, watcher_kinds
 from notifier.outbox import Sender
+from notifier.pgstore import PgStore
 from notifier.pipeline import check
 from notifier.relay import RelayService
 from notifier.schedule import stable_fraction
@@ -287,6 +288,8 @@ class Daemon:
             self.health.failed("fleet", exc)
             return
         self.health.succeeded("fleet")
+        self.health.clear(lambda writer, reason: writer.startswith("watcher=") and isinstance(
+            self.store, PgStore) and self.store.unreachable(reason))
         for name in names:
             with self._idle:
                 self._claimed += 1

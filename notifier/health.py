@@ -123,6 +123,15 @@ class Health:
                 return
         self._recovered(reason)
 
+    def clear(self, picked: Callable[[str, str], bool]) -> None:
+        """End the failures for which `picked(writer, reason)` holds, as if each had written.
+        A fleet's check goes to whichever daemon claims it next, so a watcher whose write failed
+        here may never write here again: its failure ends when the database answers again."""
+        with self._mutex:
+            writers = [w for w, reason in self._failing.items() if picked(w, reason)]
+        for writer in writers:
+            self.succeeded(writer)
+
     def watch(self) -> None:
         """Housekeeping: notice a deleted or replaced database even when nothing writes, and
         retry an alert that could not be sent yet."""

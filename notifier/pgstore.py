@@ -42,6 +42,7 @@ _T = TypeVar("_T")
 
 CONNECT_TIMEOUT = 10  # seconds: an unreachable host is an error at start, not a hang
 MIGRATION_LOCK = 0x6E6F7469  # pg_advisory_xact_lock key ("noti") serialising schema upgrades
+UNREACHABLE = "cannot be reached"  # the words of classify()'s message for a database that is away
 DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())"  # leases are timed by the database's one clock
 
 # The fleet's own tables (notifier.fleet), PostgreSQL only: which daemons run, and each watcher's
@@ -191,7 +192,7 @@ def classify(url: Secret, exc: psycopg.Error) -> StateError:
         return DatabaseRefused(f"The database {where} refused notifier's login ({text}); fix the "
                                f"user, password or database name in the store URL.")
     if isinstance(exc, psycopg.OperationalError):
-        return DatabaseUnreachable(f"The database {where} cannot be reached ({text}); checks pause "
+        return DatabaseUnreachable(f"The database {where} {UNREACHABLE} ({text}); checks pause "
                                    f"until it answers again. Check that PostgreSQL runs and that "
                                    f"this host may connect to it.")
     return StateError(f"The database {where} failed a statement ({text}); it was left as it is.")
@@ -352,6 +353,20 @@ class PgStore(Store):
                 "claimed_until < ?) ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING *",
                 (owner, now + self.lease, now, now, limit)).fetchall()
         return sorted((_row(r) for r in rows), key=lambda r: r.id)
+
+    @staticmethod
+    def unreachable(reason: str) -> bool:
+        """Whether an error message is classify()'s "cannot be reached" (to end it once the
+        database answers again)."""
+        return UNREACHABLE in reason
+
+    def renew_claim(self, row_id: int, owner: str, now: float) -> bool:
+        """Fencing for sends: only while `owner`'s claim on the message holds, and then for a
+        whole lease more, so no other daemon can claim it while this one talks to the server.
+        A daemon cut off from the database cannot ask, and so does not send."""
+        with self._tx() as db:
+            return bool(db.execute("UPDATE outbox SET claimed_until = ? WHERE id = ? AND claimed_by = ? "
+                                   "AND claimed_until > ?", (now + self.lease, row_id, owner, now)).rowcount)
 
     def flush_digest(self, ids: Sequence[int], message: Queued) -> None:
         """As Store.flush_digest, once: when another daemon flushed these entries first, its

@@ -575,6 +575,11 @@ class Store:
             cur.row_factory = sqlite3.Row
             return [_row(r) for r in cur.fetchall()]
 
+    def renew_claim(self, row_id: int, owner: str, now: float) -> bool:
+        """Whether `owner` still holds its claim on a message, asked just before sending it.
+        One sender per SQLite state directory: always (notifier.pgstore checks and extends it)."""
+        return True
+
     def claims(self) -> list[str]:
         """Owners that hold claims right now (to find senders that died holding some)."""
         return [r["claimed_by"] for r in self._query(

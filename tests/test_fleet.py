@@ -27,11 +27,14 @@ from notifier import config as configmod
 from notifier.config import WatcherConfig
 from notifier.errors import EXIT_BUSY, EXIT_CONFIG, ConfigError
 from notifier.fleet import Fleet as FleetMember
+from notifier.outbox import Sender
 from notifier.pgstore import LeaseLost, PgStore
 from notifier.secrets import Secret, SecretRef
 from notifier.store import Queued, Store
+from tests.messages import parse, plain_text
 from tests.servers.http import Handler, LocalHTTPServer
 from tests.servers.postgres import PASSWORD, Postgres
+from tests.servers.smtp import PASSWORD as SMTP_PASSWORD
 from tests.servers.smtp import SmtpServer, smtp_yaml
 from tests.test_daemon import Daemon, poll
 
@@ -194,6 +197,8 @@ def test_a_database_restart_pauses_checks_and_loses_none(
     postgres.stop()
     down = time.time()
     poll(lambda: any(d.count("cannot be reached") for d in daemons), "the log line saying why")
+    poll(lambda: any("cannot be reached" in plain_text(parse(r.content)) for r in smtp_server.received),
+         "the error alert, straight through SMTP while the outbox cannot be written")
     before = {n: len(p.times) for n, p in pages.items()}
     poll(lambda: time.time() > down + 2 * EVERY, "two periods without the database")
     pages["r0"].body = b"<p>v2</p>"
@@ -207,6 +212,8 @@ def test_a_database_restart_pauses_checks_and_loses_none(
     for name in names:
         assert_once_per_due_time(watcher(config, name), pages[name], up + EVERY, time.time())
     for d in daemons:
+        poll(lambda d=d: "recovered: the state database records results again" in d.log(),  # type: ignore[misc]
+             "every daemon healthy again")
         assert d.proc is not None
         assert d.proc.poll() is None, d.log()[-2000:]  # paused, not exited
 
@@ -366,3 +373,28 @@ def test_a_result_is_recorded_only_while_its_claim_holds(tmp_path: Path, pg_url:
     finally:
         for s in stores:
             s.close()
+
+
+def test_a_message_is_sent_only_while_its_claim_holds(tmp_path: Path, pg_url: str,
+                                                      smtp_server: SmtpServer) -> None:
+    """A sender whose claim lapsed between claiming and sending (paused, or cut off from the
+    database) sends nothing; the daemon that claimed the message after it sends it, once."""
+    config = tmp_path / "watchers.yaml"
+    config.write_text(f"{smtp_yaml(smtp_server)}mail: {{to: [me@example.com]}}\nwatchers:\n"
+                      + FILE_WATCHER.format(name="a"))
+    cfg = configmod.load(config, environ={"PW": SMTP_PASSWORD})
+    store = PgStore(Secret(pg_url), lease=LEASE)
+    try:
+        store.enqueue([Queued("<fenced@x>", "change", "a", "test", "robot@example.com",
+                              ("me@example.com",), b"Subject: fenced\r\n\r\nbody\r\n")])
+        ticks = iter([100.0, 100.0 + LEASE + 1, 200.0, 200.0, 200.0, 200.0])  # claim, then too late
+        stalled = Sender(cfg, store, clock=lambda: next(ticks) + time.time())
+        assert stalled.deliver().sent == 0
+        assert smtp_server.received == []
+        taker = Sender(cfg, store, clock=lambda: time.time() + 200.0)
+        taker.owner = "other-host:1"
+        assert taker.deliver().sent == 1
+        assert len(smtp_server.received) == 1
+        assert store.outbox() == []
+    finally:
+        store.close()
