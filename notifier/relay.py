@@ -401,7 +401,8 @@ class RelayServer:
         return relay
 
     def start(self) -> None:
-        logging.getLogger("mail.log").setLevel(logging.WARNING)  # aiosmtpd: a line per command
+        logging.getLogger("mail.log").setLevel(logging.ERROR)  # aiosmtpd: a line per command, and a
+        # deprecation warning of its own at every login
         relay = self._relay()
         handler = _Handler(self.intake, self._relay)
         kwargs: dict[str, Any] = {
