@@ -23,6 +23,7 @@ import pytest
 
 from notifier import config as configmod
 from notifier.config import Config
+from notifier.errors import ConfigError
 from notifier.outbox import BACKOFF_CAP, Sender
 from notifier.relay import Intake, RelayServer, RelayService
 from notifier.store import Store
@@ -376,7 +377,7 @@ def test_relay_config_errors_name_file_line_key_and_what_to_do(tmp_path: Path) -
     path.write_text("relay:\n  listen: 0.0.0.0:25\n  account: nosuch\n  certificate: missing.pem\n"
                     "  screen: {max_recipient: 5, presets: [passport]}\n  clients: {a: {username: a}}\n"
                     "watchers: []\n")
-    with pytest.raises(configmod.ConfigError) as error:
+    with pytest.raises(ConfigError) as error:
         configmod.load(path)
     problems = {p.key: (p.line, p.message) for p in error.value.problems}
     assert problems["relay.listen"][0] == 2
