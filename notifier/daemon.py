@@ -276,20 +276,29 @@ class Daemon:
             self.wake_outbox()
 
     def _fleet_round(self) -> None:
-        """PostgreSQL store: beat the heart, then claim the due checks this daemon has room for
-        and run each under its claim (notifier.fleet); the claim fences the result."""
+        """PostgreSQL store: beat the heart, keep the claims of running checks, then claim the
+        due checks this daemon has room for, batch after batch while whole batches are due, and
+        run each under its claim (notifier.fleet); the claim fences the result."""
         assert self.fleet is not None
+        names = [w.name for w in self.cfg.watchers]
         try:
             self.fleet.heartbeat(self.health.summary().rstrip(" |"))
-            with self._idle:
-                room = self.cfg.workers - self._running["check"] - self._claimed
-            names = self.fleet.claim([w.name for w in self.cfg.watchers], room)
+            self.fleet.renew()
+            claimed = fleetmod.CLAIM_BATCH
+            while claimed == fleetmod.CLAIM_BATCH and not self._stop:
+                with self._idle:
+                    room = self.cfg.workers - self._running["check"] - self._claimed
+                batch = self.fleet.claim(names, room)
+                self._run_claimed(batch)
+                claimed = len(batch)
         except StateError as exc:
             self.health.failed("fleet", exc)
             return
         self.health.succeeded("fleet")
         self.health.clear(lambda writer, reason: writer.startswith("watcher=") and isinstance(
             self.store, PgStore) and self.store.unreachable(reason))
+
+    def _run_claimed(self, names: list[str]) -> None:
         for name in names:
             with self._idle:
                 self._claimed += 1
@@ -300,7 +309,10 @@ class Daemon:
         with self._idle:
             self._claimed -= 1
         wc = self.cfg.watcher(name)
-        if wc is None or self.fleet is None:
+        if self.fleet is None:
+            return
+        if wc is None:
+            self._job(self.fleet.unknown, name, key="fleet")
             return
         with self.fleet.running(wc):
             self._check(name)
@@ -503,9 +515,12 @@ class Daemon:
         self.cfg = new
         self.alerter = Alerter(new)
         self.sender = Sender(new, self.store, self.debug_smtp)
-        for name in old.keys() - {w.name for w in new.watchers}:
+        removed = old.keys() - {w.name for w in new.watchers}
+        for name in removed:
             if self.scheduler.get_job(f"check:{name}") is not None:  # a fleet's may not have one now
                 self.scheduler.remove_job(f"check:{name}")
+        if self.fleet is not None and removed:
+            self.fleet.forget(sorted(removed))
         changed = 0
         for wc in new.watchers:
             if wc.name not in old or old[wc.name].fingerprint != wc.fingerprint:

@@ -183,22 +183,40 @@ class Fleet:
             conn.execute("INSERT INTO fleet_check (name, due) VALUES (%s, %s) ON CONFLICT DO NOTHING",
                          (wc.name, due))
 
-    def claim(self, names: Sequence[str], room: int) -> list[str]:
-        """Renew the claims of the checks this daemon is running (a live daemon keeps them, only
-        a dead or cut-off one loses them), then claim up to `room` (at most CLAIM_BATCH) due
-        checks among `names`, oldest due first."""
+    def renew(self) -> None:
+        """Extend the claims of the checks this daemon is running: a live daemon keeps them,
+        only a dead or cut-off one loses them."""
         with self.store.locked() as conn:
             conn.execute(f"UPDATE fleet_check SET claimed_until = {DB_NOW} + %s "  # noqa: S608
                          f"WHERE claimed_by = %s", (self.lease, self.id))
-            if self.refusing or room <= 0:
-                return []
+
+    def claim(self, names: Sequence[str], room: int) -> list[str]:
+        """Claim up to `room` (at most CLAIM_BATCH) due checks, oldest due first. While every
+        daemon runs the same config any due check will do; else only those among `names`."""
+        if self.refusing or room <= 0:
+            return []
+        only = "AND name = ANY(%s) " if self.differing else ""
+        args = (self.id, self.lease, *([list(names)] if self.differing else []), min(room, CLAIM_BATCH))
+        with self.store.locked() as conn:
             rows = conn.execute(
                 f"UPDATE fleet_check f SET claimed_by = %s, claimed_until = {DB_NOW} + %s FROM ("  # noqa: S608
                 f"SELECT name FROM fleet_check WHERE due <= {DB_NOW} AND (claimed_until IS NULL OR "
-                f"claimed_until < {DB_NOW}) AND name = ANY(%s) ORDER BY due LIMIT %s "
-                f"FOR UPDATE SKIP LOCKED) AS d WHERE f.name = d.name RETURNING f.name",
-                (self.id, self.lease, list(names), min(room, CLAIM_BATCH))).fetchall()
+                f"claimed_until < {DB_NOW}) {only}ORDER BY due LIMIT %s "
+                f"FOR UPDATE SKIP LOCKED) AS d WHERE f.name = d.name RETURNING f.name", args).fetchall()
         return [str(r[0]) for r in rows]
+
+    def unknown(self, name: str) -> None:
+        """A claimed check this daemon's config does not have (another daemon's config is newer,
+        or older): it goes back, due a little later, for a daemon that knows it."""
+        with self.store.locked() as conn:
+            conn.execute("UPDATE fleet_check SET claimed_by = NULL, claimed_until = NULL, due = %s "
+                         "WHERE name = %s AND claimed_by = %s",
+                         (time.time() + RETRY_UNRECORDED, name, self.id))
+
+    def forget(self, names: Sequence[str]) -> None:
+        """Watchers removed from the config (a reload): their due rows go."""
+        with self.store.locked() as conn:
+            conn.execute("DELETE FROM fleet_check WHERE name = ANY(%s)", (list(names),))
 
     @contextlib.contextmanager
     def running(self, wc: WatcherConfig) -> Iterator[None]:

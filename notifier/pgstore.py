@@ -22,7 +22,7 @@ import os
 import socket
 import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -55,6 +55,7 @@ FLEET_SCHEMA = (
     "CREATE TABLE IF NOT EXISTS fleet_check (name TEXT PRIMARY KEY, due DOUBLE PRECISION NOT NULL, "
     "claimed_by TEXT, claimed_until DOUBLE PRECISION)",
     "CREATE INDEX IF NOT EXISTS fleet_check_due ON fleet_check (due)",
+    "CREATE INDEX IF NOT EXISTS fleet_check_claimed ON fleet_check (claimed_by) WHERE claimed_by IS NOT NULL",
 )
 
 
@@ -301,14 +302,19 @@ class PgStore(Store):
 
     # -- several daemons on one database ------------------------------------------------------
 
-    @contextmanager
-    def fenced(self, fence: Fence) -> Iterator[None]:
+    def fenced(self, fence: Fence) -> AbstractContextManager[None]:
         """While a check runs in this thread: its results are recorded only if `fence` holds."""
-        self._fence.value = fence
+        return self._for_this_thread("value", fence)
+
+    @contextmanager
+    def _for_this_thread(self, attr: str, value: object) -> Iterator[None]:
+        """Set one of the thread's fence values for the length of a block (checks run in a pool:
+        each thread has the fence of its own check)."""
+        setattr(self._fence, attr, value)
         try:
             yield
         finally:
-            self._fence.value = None
+            setattr(self._fence, attr, None)
 
     def _check_fence(self, db: PgDb, name: str) -> None:
         """In the transaction that records `name`'s result: the claim must still be this
@@ -326,22 +332,13 @@ class PgStore(Store):
     def record_success(self, name: str, now: float, meta: Mapping[str, str], content: str | None,
                        history: int, alerts: Sequence[Alert] = ()) -> None:
         """As Store.record_success, fenced (see `fenced`)."""
-        with self._fenced_tx(name):
+        with self._for_this_thread("armed", name):  # the transaction that records it: see _tx
             super().record_success(name, now, meta, content, history, alerts)
 
     def record_failure(self, name: str, now: float, error: str, alerts: Sequence[Alert] = ()) -> None:
         """As Store.record_failure, fenced (see `fenced`)."""
-        with self._fenced_tx(name):
+        with self._for_this_thread("armed", name):
             super().record_failure(name, now, error, alerts)
-
-    @contextmanager
-    def _fenced_tx(self, name: str) -> Iterator[None]:
-        """The next transaction in this thread records `name`'s result: `_tx` checks the fence."""
-        self._fence.armed = name
-        try:
-            yield
-        finally:
-            self._fence.armed = None
 
     def claim(self, owner: str, now: float, limit: int, lease: float = 600.0) -> list[OutboxRow]:
         """As Store.claim, but with row locks that other daemons skip (FOR UPDATE SKIP LOCKED)

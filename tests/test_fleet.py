@@ -16,7 +16,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -246,6 +246,51 @@ def test_reload_on_one_host_reaches_the_others(
     assert "asked the 2 daemon(s)" in done.stdout
     for d in (first, second):
         d.wait_log("fleet: reload requested by")
+
+
+def test_a_paused_daemon_cannot_record_a_check_another_took_over(
+        tmp_path: Path, http_server: LocalHTTPServer, smtp_server: SmtpServer, fleet: Fleet,
+        pg_url: str) -> None:
+    """SIGSTOP mid-check stands for a partition: the stopped daemon renews nothing, the other
+    takes the check over after the lease, and the late result is refused when it resumes."""
+    page = _pages(http_server, ["slow"], delay=1.0)["slow"]
+    config = fleet_config(tmp_path / "watchers.yaml", http_server, smtp_server, ["slow"])
+    first = fleet.start(config)
+    poll(lambda: len(page.times) >= 1, "the first check")
+    second = fleet.start(config)
+    second.wait_log("started: ")
+    holder = _holder(pg_url, "slow", [first, second], lambda: len(page.times))
+    assert holder.proc is not None
+    holder.proc.send_signal(signal.SIGSTOP)
+    try:
+        taken = len(page.times)
+        poll(lambda: len(page.times) > taken, "the other daemon checking it", timeout=LEASE + 10)
+    finally:
+        holder.proc.send_signal(signal.SIGCONT)
+    holder.wait_log("claim expired before the result was recorded")
+    for d in (first, second):
+        assert d.stop() == 0  # running checks finish and are recorded first
+    with psycopg.connect(pg_url) as db:
+        row = db.execute("SELECT SUM(checks)::int FROM check_day WHERE watcher = 'slow'").fetchone()
+    recorded = row[0] if row else 0
+    assert recorded == len(page.times) - 1  # every request but the refused one is in the history
+
+
+def _holder(url: str, name: str, daemons: list[Daemon], requests: Callable[[], int]) -> Daemon:
+    """The daemon whose check of `name` is running now (its request made, its claim held)."""
+    pids: dict[int, Daemon] = {d.proc.pid: d for d in daemons if d.proc is not None}
+    found: list[Daemon] = []
+
+    def running() -> bool:
+        with psycopg.connect(url) as db:
+            row = db.execute("SELECT claimed_by FROM fleet_check WHERE name = %s", (name,)).fetchone()
+        pid = int(row[0].split(":")[1]) if row and row[0] else 0
+        if pid in pids and requests() > 0:
+            found.append(pids[pid])
+        return bool(found)
+
+    poll(running, f"a daemon in the middle of checking {name}")
+    return found[0]
 
 
 # -- the config and the database at start ----------------------------------------------------------
