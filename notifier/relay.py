@@ -32,11 +32,12 @@ from concurrent.futures import Future
 from typing import Any
 
 from aiosmtpd.controller import Controller
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
 
 from notifier import screen
 from notifier.config import Config, RelayConfig
 from notifier.errors import NotifierError, StateError
+from notifier.relaydata import TooBig, read_data
 from notifier.relaylog import HOUR, MINUTE, Quarantined, Relayed
 from notifier.rewrite import crlf, rewrite
 from notifier.store import Store
@@ -282,6 +283,32 @@ class _RelaySMTP(SMTP):
 
     def eof_received(self) -> bool | None:
         return super().eof_received() if self._slot else False
+
+    @syntax("DATA")
+    async def smtp_DATA(self, arg: str) -> None:
+        """aiosmtpd's DATA with the message read in large pieces (notifier.relaydata) rather
+        than line by line; the checks before it and the replies are aiosmtpd's own."""
+        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos or arg:
+            await self.push("503 Error: need RCPT command" if not self.envelope.rcpt_tos
+                            else "501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            content = await read_data(self._reader, self.data_size_limit or 0)
+        except asyncio.IncompleteReadError:  # the client went away: nothing to answer or keep
+            self._writer.close()
+            return
+        except TooBig:
+            await self.push(_TOO_BIG[0])
+            self.envelope = self._create_envelope()
+            return
+        self.envelope.content = self.envelope.original_content = content
+        status = await self._call_handler_hook("DATA")
+        self.envelope = self._create_envelope()  # aiosmtpd's post-DATA state, which is untyped
+        await self.push("250 OK" if status is MISSING else status)
 
     async def push(self, status: str) -> None:  # type: ignore[override]  # aiosmtpd pushes str
         if status in _TOO_BIG and self.session is not None:
