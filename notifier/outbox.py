@@ -43,6 +43,10 @@ BACKOFF_CAP = 3600.0  # never wait longer than an hour between retries
 RATE_LIMIT_DELAY = 1800.0  # providers' hourly/daily quotas: come back much later
 GIVE_UP_AFTER = 5 * 86400.0  # a message failing this long after it was queued is given up on
 PER_LANE = 10  # a backlog gets one more connection (up to the account's `connections`) per this many
+# Messages a server accepted are taken out of the outbox this many at a time (one transaction),
+# and at the end of each batch. A crash in between sends those again, with the same Message-ID.
+MARK_EVERY = 25
+Sent = list[tuple[OutboxRow, Attempt, str]]  # accepted messages not yet out of the outbox, with `via`
 
 
 @dataclass
@@ -146,6 +150,14 @@ class Sender:
                        keep_open: bool = False) -> None:
         """Send `rows` over one connection, reconnecting after a message-level failure."""
         pending = list(rows)
+        sent: Sent = []
+        try:
+            self._send_rows(account, pending, report, sent, keep_open)
+        finally:
+            self._mark_sent(sent)
+
+    def _send_rows(self, account: str | None, pending: list[OutboxRow], report: Report,
+                   sent: Sent, keep_open: bool) -> None:
         while pending:
             try:
                 transport = self._kept.pop(account, None) or self.transport(account)
@@ -165,7 +177,9 @@ class Sender:
                     except DeliveryError as exc:
                         self._failed(row, exc, report)
                         break  # the session may be unusable now; reconnect for the rest
-                    self._accepted(row, refused, transport.describe(), transport.last_reply, report)
+                    self._accepted(row, refused, transport.describe(), transport.last_reply, report, sent)
+                    if len(sent) >= MARK_EVERY:
+                        self._mark_sent(sent)
             finally:
                 if keep_open and not pending:
                     self._kept[account] = transport
@@ -173,12 +187,10 @@ class Sender:
                     transport.close()
 
     def _accepted(self, row: OutboxRow, refused: dict[str, str], via: str, reply: str,
-                  report: Report) -> None:
+                  report: Report, sent: Sent) -> None:
         if not refused:
-            self.store.delivered(row.id, Attempt(self.clock(), reply, keep_body=self.cfg.keep_sent))
+            sent.append((row, Attempt(self.clock(), reply, keep_body=self.cfg.keep_sent), via))
             report.sent += 1
-            log.info("message=%s alert=%s watcher=%s outcome=sent via=%s recipients=%d reply=%r",
-                     row.message_id, row.kind, row.watcher, via, len(row.recipients), reply)
             return
         # Accepted for some recipients: keep the message only for the refused ones.
         error = "; ".join(f"{addr}: {reason}" for addr, reason in refused.items())
@@ -186,6 +198,16 @@ class Sender:
         report.sent += 1
         taken = {addr: reply for addr in row.recipients if addr not in refused}
         self._failed(row, exc, report, recipients=list(refused), accepted=taken)
+
+    def _mark_sent(self, sent: Sent) -> None:
+        """Take the accepted messages out of the outbox in one transaction, then log them."""
+        if not sent:
+            return
+        self.store.delivered_all([(row.id, attempt) for row, attempt, _ in sent])
+        for row, attempt, via in sent:
+            log.info("message=%s alert=%s watcher=%s outcome=sent via=%s recipients=%d reply=%r",
+                     row.message_id, row.kind, row.watcher, via, len(row.recipients), attempt.reply)
+        sent.clear()
 
     def _failed(self, row: OutboxRow, exc: DeliveryError, report: Report,
                 recipients: list[str] | None = None, accepted: dict[str, str] | None = None) -> None:

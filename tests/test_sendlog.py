@@ -9,12 +9,13 @@ from __future__ import annotations
 import email
 import email.policy
 import sqlite3
+from email.parser import BytesHeaderParser
 from pathlib import Path
 
 import pytest
 
 from notifier.alerts import Alerter
-from notifier.ledger import DURATION_BUCKETS, Attempt, day_of
+from notifier.ledger import DURATION_BUCKETS, Attempt, day_of, subject_of
 from notifier.outbox import GIVE_UP_AFTER, Sender
 from notifier.store import PRUNE_BATCH, Queued, Store, WatcherState
 from tests.servers.smtp import SmtpServer
@@ -233,3 +234,17 @@ def test_a_reminder_is_logged_as_a_reminder(tmp_path: Path, smtp_server: SmtpSer
     subjects = [str(email.message_from_bytes(r.content, policy=email.policy.default)["Subject"])
                 for r in smtp_server.received]
     assert [s.split(" (")[0] for s in subjects] == ["[notifier] doc is failing"] * 2  # the same mail
+
+
+@pytest.mark.parametrize("head", [
+    b"Subject: hi  there\r\n", b"From: a\r\nsubject:  folded\r\n  more\r\n\tend\r\nX: y\r\n",
+    b"To: x\r\nSUBJECT: a\r\nSubject: b\r\n", b"X-Subject: no\r\nSubject: yes\r\n", b"Subject:\r\n",
+    b"Subject: =?utf-8?b?5aSH5Lu9?=\r\n", "Subject: 备份 ✓\r\n".encode(), b"From: x\r\n",
+    b"Garbage line\r\nSubject: x\r\n", b"From: a\r\nnot a header\r\nSubject: x\r\n",
+    b" leading\r\nSubject: x\r\n", b"Subject : x\r\n", b"From x Mon\r\nSubject: x\r\n",
+])
+def test_the_logged_subject_is_the_one_the_email_parser_reads(head: bytes) -> None:
+    """The shortcut for plain subjects must agree with the parser on every kind of header."""
+    parsed = BytesHeaderParser(policy=email.policy.default).parsebytes(head + b"\r\n")
+    expected = " ".join(str(parsed.get("Subject", "")).split())
+    assert subject_of(head + b"\r\nSubject: in the body\r\n") == expected
