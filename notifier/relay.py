@@ -49,6 +49,10 @@ RCPT_CAP = 10_000  # recipients one transaction may collect before screening cou
 # An envelope address: no spaces, controls or brackets (nothing that could end a header line).
 _ENVELOPE = re.compile(r"^[^\s<>()\[\],;:\\\"\x00-\x1f\x7f]+@[^\s<>()\[\],;:\\\"\x00-\x1f\x7f@]+$")
 _LOCAL_USER = re.compile(r"^[A-Za-z0-9._+-]+$")  # "root", "user": a user of this machine
+# A path of MAIL or RCPT in its plain form, <dot-atom@domain>: what nearly every client sends.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_PLAIN_PATH = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>"
+                         r"(?:[ \t]+(?=[^\s(])|$)")  # then parameters, but no comment
 # aiosmtpd's own words for a message over the size limit: announced (MAIL ... SIZE=), sent, or
 # one line of it longer than the whole limit (lines may be as long as the limit, see below).
 _TOO_BIG = ("552 Error: Too much mail data",
@@ -283,6 +287,16 @@ class _RelaySMTP(SMTP):
 
     def eof_received(self) -> bool | None:
         return super().eof_received() if self._slot else False
+
+    def _getaddr(self, arg: str) -> tuple[str | None, str | None]:
+        """The address of MAIL or RCPT and the parameters after it. A plain <local@domain>
+        is taken as it is; anything else goes to aiosmtpd's parser, which builds an email
+        header token tree for it: a tenth of the relay's time before this shortcut."""
+        plain = _PLAIN_PATH.match(arg)
+        if plain is None or (self.local_part_limit
+                             and len(plain.group(1).rpartition("@")[0]) > self.local_part_limit):
+            return super()._getaddr(arg)
+        return plain.group(1), arg[plain.end():]
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:

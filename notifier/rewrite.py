@@ -47,9 +47,12 @@ def crlf(data: bytes) -> bytes:
 def split(data: bytes) -> tuple[list[bytes], bytes]:
     """The header fields (each with its folded lines and CRLF) and the rest: the blank line and
     the body. A message that does not start with headers has none; text after the last header
-    that is no header starts the body, as the email package reads it too."""
+    that is no header starts the body, as the email package reads it too. Only the lines
+    before the first blank one are split: the body is most of a message and stays whole."""
     fields: list[bytes] = []
-    lines = data.split(CRLF)
+    end = data.find(CRLF + CRLF)
+    head, body = (data, None) if end < 0 else (data[:end], data[end + len(CRLF):])
+    lines = head.split(CRLF)
     index = 0
     for index, line in enumerate(lines):  # noqa: B007 - index is read after the loop
         if line[:1] in (b" ", b"\t") and fields:
@@ -60,7 +63,8 @@ def split(data: bytes) -> tuple[list[bytes], bytes]:
             break
     else:
         index = len(lines)
-    return fields, CRLF.join(lines[index:])
+    rest = lines[index:]
+    return fields, CRLF.join(rest if body is None else [*rest, body])
 
 
 def name_of(field: bytes) -> str:

@@ -8,6 +8,7 @@ strangers beyond loopback, injection, slow and many clients).
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 import smtplib
@@ -20,12 +21,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
+from aiosmtpd.smtp import SMTP
 
 from notifier import config as configmod
 from notifier.config import Config
 from notifier.errors import ConfigError
 from notifier.outbox import BACKOFF_CAP, Sender
-from notifier.relay import Intake, RelayServer, RelayService
+from notifier.relay import Intake, RelayServer, RelayService, _RelaySMTP
 from notifier.store import Store
 from tests.servers.smtp import DROP, GARBAGE, PASSWORD, USERNAME, LocalCA, SmtpServer, smtp_yaml
 
@@ -387,3 +389,22 @@ def test_relay_config_errors_name_file_line_key_and_what_to_do(tmp_path: Path) -
     assert "did you mean 'max_recipients'" in problems["relay.screen.max_recipient"][1]
     assert "must be one of credit_card" in problems["relay.screen.presets"][1]
     assert "needs a password source" in problems["relay.clients.a"][1]
+
+
+PATHS = ["<a@b>", "<a@b> SIZE=100", "<a.b+c@d-e.f.example> BODY=8BITMIME SIZE=5", "<a..b@c>",
+         "<.a@b>", "<a@b..c>", "<a@-b>", '<"q"@b>', "<a@[1.2.3.4]>", "<>", " <a@b>", "<a@b>x",
+         "<a b@c>", "<root>", "<a@b.>", "<a@b>  SIZE=1", "<a@b@c>", "<@x:a@b>", "<a@b> (c) SIZE=1",
+         "<a@b>\tSIZE=1", "<a@b>  ", "<a@b>(c)", "<A!#$%&'*+/=?^_`{|}~-@Z9.example>", "<abcd@e>"]
+
+
+@pytest.mark.parametrize("local_part_limit", [0, 3])
+def test_plain_paths_are_read_as_aiosmtpd_reads_them(local_part_limit: int) -> None:
+    """The relay's shortcut for <local@domain> gives what aiosmtpd's own parser gives."""
+    loop = asyncio.new_event_loop()
+    try:
+        ours = _RelaySMTP(None, data_size_limit=1000, loop=loop)  # type: ignore[arg-type]
+        theirs = SMTP(None, loop=loop)
+        ours.local_part_limit = theirs.local_part_limit = local_part_limit
+        assert [ours._getaddr(p) for p in PATHS] == [theirs._getaddr(p) for p in PATHS]
+    finally:
+        loop.close()
