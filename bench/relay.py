@@ -5,6 +5,18 @@ Issue 13's benchmark: 10 KB messages, 10 concurrent clients, loopback, durable (
 committed to the outbox before its 250). Target: relaying adds at most 20 % to the end-to-end
 time of sending straight.
 
+Which "straight" the 20 % is held against: the issue says "beside the same messages sent
+straight with smtplib", at the benchmark's 10 concurrent clients. The strictest reading, and
+the one this script judges the target by, is the strongest floor: ten smtplib clients at once,
+each logging in once and sending its share over that one connection. Two more figures are
+printed beside it, each with its own ratio, and neither replaces it:
+
+* one connection: a single smtplib client sending everything (what the relay's own delivery
+  over one connection can at best do);
+* one connection per message, 10 at a time: what the relay replaces on a real server, where
+  each cron job or script sends its own mail through msmtp or ssmtp — a new implicit-TLS
+  connection and login for every message.
+
 How it is measured:
 
 * The relay runs where users run it: in a real `notifier run` process, which also delivers what
@@ -14,13 +26,14 @@ How it is measured:
 * Ten client threads each open one connection to the relay and send their share of the
   messages back to back. "accepted" ends at the last 250; "end to end" at the provider's
   acceptance of the last message, polled every 2 ms.
-* The floor: the same messages, the same ten threads, each with one implicit-TLS connection
-  straight to the provider (login once, then send), no notifier in between.
+* Every configuration is run `--runs` times, interleaved, each relay run with a fresh state
+  directory; the medians are printed with the range and the load average before and after
+  (the machine is shared: a figure taken under load says so).
 
 Nothing is asserted; the figures are printed for a person to judge.
 
-    .venv/bin/python bench/relay.py                  # 1,000 messages
-    .venv/bin/python bench/relay.py --messages 2000
+    .venv/bin/python bench/relay.py                  # 1,000 messages, 3 runs
+    .venv/bin/python bench/relay.py --messages 2000 --runs 5
 """
 
 from __future__ import annotations
@@ -30,6 +43,7 @@ import os
 import smtplib
 import socket
 import ssl
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -89,15 +103,17 @@ def wait_received(smtp: SmtpChild, count: int, since: float) -> float:
     return time.perf_counter() - since
 
 
-def straight(smtp: SmtpChild, count: int, clients: int = CLIENTS) -> float:
-    """The floor: each of `clients` threads logs in to the provider once and sends its share."""
+def straight(smtp: SmtpChild, count: int, clients: int = CLIENTS, reuse: bool = True) -> float:
+    """Each of `clients` threads sends its share straight to the provider: over one connection
+    it logs in to once (`reuse`), or over a new connection and login per message."""
     context = ssl.create_default_context(cafile=smtp.ca_file)
 
     def send(numbers: list[int]) -> None:
-        with smtplib.SMTP_SSL("127.0.0.1", smtp.port, context=context, timeout=60) as client:
-            client.login(smtp.username, smtp.password)
-            for n in numbers:
-                client.sendmail(smtp.username, ["ops@corp.example"], message(n, smtp.username))
+        for batch in [numbers] if reuse else [[n] for n in numbers]:
+            with smtplib.SMTP_SSL("127.0.0.1", smtp.port, context=context, timeout=60) as client:
+                client.login(smtp.username, smtp.password)
+                for n in batch:
+                    client.sendmail(smtp.username, ["ops@corp.example"], message(n, smtp.username))
 
     before = smtp.stats()[0]
     started = time.perf_counter()
@@ -145,27 +161,58 @@ def _wait_listening(port: int) -> None:
         time.sleep(0.05)
 
 
+FIGURES = (  # (key, label); the order they are printed in
+    ("accepted", "relay accepted (durable, in `notifier run`)"),
+    ("relayed", "relay end to end to the provider"),
+    ("direct", "straight, 10 clients, one connection each"),
+    ("one", "straight, 1 client, one connection"),
+    ("fresh", "straight, 10 at a time, a connection each"),
+)
+RATIOS = (  # (floor, what it is): the relay's end-to-end time against each straight one
+    ("direct", "10 clients straight, one connection each (the issue's target: at most +20 %)"),
+    ("one", "1 client straight over one connection"),
+    ("fresh", "10 at a time straight, a TLS connection and login per message (msmtp, cron)"),
+)
+
+
+def measure(smtp: SmtpChild, directory: Path, count: int, connections: int) -> dict[str, float]:
+    """One run of every configuration, in seconds."""
+    smtp.ask("reset")  # the server child forgets the last run's messages: its memory stays flat
+    accepted, relayed_ = relayed(smtp, directory, count, connections)
+    return {"accepted": accepted, "relayed": relayed_, "direct": straight(smtp, count),
+            "one": straight(smtp, count, clients=1), "fresh": straight(smtp, count, reuse=False)}
+
+
+def report(runs: list[dict[str, float]], count: int, connections: int,
+           load: tuple[tuple[float, ...], tuple[float, ...]]) -> None:
+    """The medians with their range, and how much relaying adds to each straight floor."""
+    print(f"{count} messages of {SIZE // 1024} KB, {CLIENTS} concurrent clients, loopback; the relay "
+          f"delivers over {connections} connection(s); median of {len(runs)} run(s); load average "
+          f"{load[0][0]:.2f} before, {load[1][0]:.2f} after")
+    median = {key: statistics.median(run[key] for run in runs) for key, _ in FIGURES}
+    for key, label in FIGURES:
+        low, high = min(run[key] for run in runs), max(run[key] for run in runs)
+        print(f"  {label + ':':45} {median[key]:7.2f} s  {count / median[key]:6.0f} msg/s  "
+              f"({low:.2f}-{high:.2f} s)")
+    for key, what in RATIOS:
+        print(f"  end to end, relayed vs {what}: {100 * (median['relayed'] / median[key] - 1):+.0f} %")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--messages", type=int, default=1000)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--connections", type=int, default=1,
                         help="the account's `connections` (the relay's delivery lanes)")
     args = parser.parse_args(argv)
-    count = args.messages
+    before = os.getloadavg()
     with tempfile.TemporaryDirectory(prefix="bench-relay-") as tmp, SmtpChild(Path(tmp)) as smtp:
-        direct = straight(smtp, count)
-        one = straight(smtp, count, clients=1)
-        accepted, end_to_end = relayed(smtp, Path(tmp), count, args.connections)
-    print(f"{count} messages of {SIZE // 1024} KB, {CLIENTS} concurrent clients, loopback; "
-          f"the relay delivers over {args.connections} connection(s)")
-    for what, seconds in (("relay accepted (durable, in `notifier run`)", accepted),
-                          ("relay end to end to the provider", end_to_end),
-                          ("straight to the provider, 10 clients", direct),
-                          ("straight to the provider, 1 connection", one)):
-        print(f"  {what + ':':45} {seconds:7.2f} s  {count / seconds:7.0f} msg/s")
-    print(f"  relaying adds {100 * (end_to_end / direct - 1):+.0f} % to the end-to-end time of 10 "
-          f"clients straight (target: at most +20 %), {100 * (end_to_end / one - 1):+.0f} % to one "
-          "connection's")
+        runs = []
+        for run in range(args.runs):
+            directory = Path(tmp) / f"run{run}"
+            directory.mkdir()
+            runs.append(measure(smtp, directory, args.messages, args.connections))
+    report(runs, args.messages, args.connections, (before, os.getloadavg()))
     return 0
 
 
