@@ -8,6 +8,10 @@ from collections.abc import Callable
 
 from notifier import config as configmod
 from notifier.config import Config
+from notifier.errors import StateError
+from notifier.fleet import open_store
+from notifier.statedir import StateDir
+from notifier.store import Store
 
 log = logging.getLogger(__name__)
 
@@ -20,3 +24,18 @@ def load(args: argparse.Namespace) -> Config:
     for warning in cfg.warnings:
         log.warning("%s", warning)
     return cfg
+
+
+class NoState(StateError):
+    """The configured state directory holds no database: the daemon keeps its state elsewhere,
+    or has never run."""
+
+
+def existing_store(cfg: Config, what_next: str) -> Store:
+    """The store the daemon uses (its SQLite database, or the fleet's PostgreSQL), never a new
+    one: a command that wrote into a database of its own would do its work where no daemon looks.
+    `what_next` completes the sentence that says so."""
+    state = StateDir(cfg.state_dir)
+    if cfg.store is None and not state.db.exists():
+        raise NoState(f"{cfg.state_dir} holds no state database, so {what_next}")
+    return open_store(cfg, state)

@@ -27,14 +27,13 @@ from typing import BinaryIO, TextIO
 
 from notifier import config as configmod
 from notifier import logs
-from notifier.cli_common import Register, load
+from notifier.cli_common import Register, existing_store, load
 from notifier.config import Config
 from notifier.errors import EXIT_OK, NotifierError, UsageError
 from notifier.relay import LOCAL, Intake
 from notifier.relaylog import Quarantined
 from notifier.rewrite import CRLF, crlf, name_of, split
 from notifier.secrets import redact
-from notifier.statedir import StateDir
 
 EX_DATAERR, EX_TEMPFAIL, EX_USAGE = 65, 75, 64  # sysexits.h, as sendmail's callers expect
 SYSTEM_CONFIG = Path("/etc/notifier/watchers.yaml")
@@ -206,8 +205,10 @@ def _text(reply: bytes | str) -> str:
 
 
 def queue_here(cfg: Config, sender: str, recipients: Sequence[str], data: bytes) -> str:
-    """The relay's intake run in this process, into the state database's outbox."""
-    store = StateDir(cfg.state_dir).open_store()
+    """The relay's intake run in this process, into the outbox of the daemon's own store."""
+    store = existing_store(cfg, f"the message was not queued (no relay answered either). Set "
+                           f"`state_dir:` in {cfg.path} to the daemon's state directory "
+                           f"(/var/lib/notifier under the shipped unit), or start `notifier run`.")
     intake = Intake(lambda: cfg, store)
     try:
         return intake.submit(LOCAL, sender, recipients, data)
@@ -285,7 +286,8 @@ def add_commands(command: Register) -> None:
 
 def cmd_relay(args: argparse.Namespace) -> int:
     cfg = load(args)
-    store = StateDir(cfg.state_dir).open_store()
+    store = existing_store(cfg, f"there is no quarantine to look at. Set `state_dir:` in {cfg.path} "
+                           f"to the daemon's state directory (/var/lib/notifier under the shipped unit).")
     try:
         if args.action != "list" and not args.ids:
             raise UsageError(f"name the messages to {args.action} by the numbers "

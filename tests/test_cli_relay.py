@@ -12,7 +12,9 @@ import pytest
 
 from notifier import cli
 from notifier.cli_relay import Invocation, sendmail_argv, sendmail_main
+from notifier.pgstore import PgStore
 from notifier.relaylog import Quarantined, Relayed
+from notifier.secrets import Secret
 from notifier.statedir import StateDir
 from notifier.store import OutboxRow, Store
 
@@ -49,6 +51,7 @@ def config(tmp_path: Path) -> Path:
     path = tmp_path / "watchers.yaml"
     path.write_text(f"mail: {{to: [admin@example.com]}}\nrelay: {{listen: '127.0.0.1:{port}', "
                     f"screen: {{body_patterns: ['(?i)forbidden'], quarantine: true}}}}\nwatchers: []\n")
+    StateDir(tmp_path / "state").open_store().close()  # as a daemon that ran once leaves it
     return path
 
 
@@ -129,3 +132,34 @@ def test_quarantine_delete(tmp_path: Path) -> None:
     assert store.quarantine_delete([item.id]) == 1
     assert store.quarantined() == []
     store.close()
+
+
+def test_without_the_daemons_database_nothing_is_queued_and_nothing_created(
+        config: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """cron's sendmail has no $STATE_DIRECTORY: a new state.db of its own would never be sent."""
+    elsewhere = config.with_name("cron.yaml")
+    elsewhere.write_text(config.read_text() + f"state_dir: {tmp_path / 'empty'}\n")
+    assert run(elsewhere, "ops@corp.example", stdin=b"Subject: lost?\n\nx\n") == 75
+    problem = capsys.readouterr().err
+    assert f"{tmp_path / 'empty'} holds no state database" in problem
+    assert "state_dir:" in problem
+    assert "/var/lib/notifier" in problem
+    assert not (tmp_path / "empty" / "state.db").exists()
+    assert cli.main(["-c", str(elsewhere), "relay", "quarantine"]) != 0
+    assert not (tmp_path / "empty" / "state.db").exists()
+
+
+def test_with_a_postgresql_store_sendmail_queues_there(
+        config: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The fleet's store is where the daemons look, not a local SQLite file."""
+    monkeypatch.setenv("NOTIFIER_STORE", pg_url)
+    config.write_text(config.read_text() + "store_url_env: NOTIFIER_STORE\n")
+    assert run(config, "ops@corp.example", stdin=b"Subject: fleet\n\nx\n") == 0
+    assert run(config, "ops@corp.example", stdin=b"Subject: q\n\nforbidden\n") == 65
+    store = PgStore(Secret(pg_url))
+    try:
+        assert [row.recipients for row in store.outbox()] == [("ops@corp.example",)]
+    finally:
+        store.close()
+    assert queued(config) == []  # nothing went into the local SQLite
+    assert cli.main(["-c", str(config), "relay", "quarantine", "show", "1"]) == 0

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from notifier.statedir import StateDir
 from tests.servers.smtp import USERNAME, Received, SmtpServer, smtp_yaml
 from tests.test_daemon import DEADLINE, StartDaemon, daemons, poll  # noqa: F401 - daemons is a fixture
 
@@ -41,10 +42,12 @@ def free_port() -> int:
 
 @pytest.fixture
 def relay_config(tmp_path: Path, provider: SmtpServer) -> Path:
-    """watchers.yaml: the provider's account, a relay on a free port, no watchers."""
+    """watchers.yaml: the provider's account, a relay on a free port, no watchers; the state
+    database a daemon that ran once leaves behind."""
     path = tmp_path / "watchers.yaml"
     path.write_text(f"{smtp_yaml(provider)}mail: {{to: [admin@example.com]}}\n"
                     f"relay: {{listen: '127.0.0.1:{free_port()}'}}\nwatchers: []\n")
+    StateDir(tmp_path / "state").open_store().close()  # as the daemon leaves it: sendmail needs it
     return path
 
 
