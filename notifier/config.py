@@ -397,12 +397,8 @@ def _accounts(col: _Collector, raw: object, env: Mapping[str, str],
             continue
         password = SecretRef(env=values["password_env"], file=values["password_file"],
                              credential=values["password_credential"], environ=env)
-        try:
-            password.read()
-        except ValueError as exc:
-            col.warnings.append(Problem(col.file, line_of(raw, name), path,
-                                        f"password cannot be read here: {exc}. Sending will be "
-                                        f"held until it can; other commands do not need it."))
+        _warn_unreadable(col, password, line_of(raw, name), path,
+                         "Sending will be held until it can; other commands do not need it.")
         account = SmtpAccount(
             name=str(name), host=host, port=values["port"] or DEFAULT_PORTS[security],
             security=security, username=values["username"], password=password,
@@ -574,10 +570,23 @@ def _relay_clients(col: _Collector, raw: object, line: int | None,
             col.add(line_of(raw, name), path, "needs a password source: password_env, "
                     "password_file or password_credential.")
             continue
-        clients[str(name)] = RelayClient(str(name), values["username"] or "", SecretRef(
-            env=values["password_env"], file=values["password_file"],
-            credential=values["password_credential"], environ=env))
+        password = SecretRef(env=values["password_env"], file=values["password_file"],
+                             credential=values["password_credential"], environ=env)
+        _warn_unreadable(col, password, line_of(raw, name), path, "This client cannot log in "
+                         "to the relay (it is told 454) until the daemon can read it.")
+        clients[str(name)] = RelayClient(str(name), values["username"] or "", password)
     return clients
+
+
+def _warn_unreadable(col: _Collector, password: SecretRef, line: int | None, path: str,
+                     consequence: str) -> None:
+    """A password the config names but this process cannot read is a warning, not an error:
+    the daemon may have it (its environment, its credentials) where `validate` does not."""
+    try:
+        password.read()
+    except ValueError as exc:
+        col.warnings.append(Problem(col.file, line, path, f"password cannot be read here: {exc}. "
+                                    f"{consequence}"))
 
 
 def own_mailbox(account: SmtpAccount, mailboxes: Mapping[str, Mailbox]) -> Mailbox | None:

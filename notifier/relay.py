@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any
+from typing import Any, NamedTuple
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
@@ -89,6 +89,15 @@ def is_loopback(peer: object) -> bool:
         return False
 
 
+class Checked(NamedTuple):
+    """A message screened and rewritten, not yet stored; `refusal` is the screening rule's."""
+
+    relayed: Relayed
+    refusal: screen.Refusal | None
+    relay: RelayConfig
+    size: int  # bytes as the client sent them (line ends made CRLF), for the log
+
+
 class Intake:
     """Screen, rewrite and queue one message; returns the SMTP reply the client gets.
 
@@ -105,6 +114,13 @@ class Intake:
         self.commits = GroupCommit(store)
 
     def submit(self, client: str, sender: str, recipients: Sequence[str], data: bytes) -> str:
+        """The whole decision, waiting for the commit (`notifier sendmail`, which has no loop)."""
+        checked = self.check(client, sender, recipients, data)
+        return checked if isinstance(checked, str) else self.store_checked(checked)
+
+    def check(self, client: str, sender: str, recipients: Sequence[str], data: bytes) -> str | Checked:
+        """Everything before the database: the reply when the addresses cannot be carried,
+        else the message rewritten, with the screening rule that refuses it, if one does."""
         cfg = self.config()
         relay = cfg.relay
         assert relay is not None, "the relay is served only while relay: is configured"
@@ -123,17 +139,30 @@ class Intake:
                           message.sender, tuple(recipients), message.data)
         refusal = (screen.check_envelope(relay.screen, recipients)
                    or screen.check_content(relay.screen, data))
+        return Checked(relayed, refusal, relay, len(data))
+
+    def store_checked(self, checked: Checked) -> str:
+        """Count a refusal, or commit the message; the reply either way (blocking)."""
         try:
-            if refusal is not None:
-                return self._refused(relayed, refusal, relay)
-            rule = self.commits.accept(relayed, _rates(relay))
+            if checked.refusal is not None:
+                return self._refused(checked.relayed, checked.refusal, checked.relay)
+            rule = self.commits.queue(checked.relayed, _rates(checked.relay)).result()
         except StateError as exc:
-            log.error("relay client=%s outcome=deferred: %s", client, exc)
-            return "451 4.3.0 The message could not be stored; try again later."
+            return self.deferred(checked, exc)
+        return self.decided(checked, rule)
+
+    def deferred(self, checked: Checked, exc: StateError) -> str:
+        """The reply when the database could not take the message: the client tries again."""
+        log.error("relay client=%s outcome=deferred: %s", checked.relayed.client, exc)
+        return "451 4.3.0 The message could not be stored; try again later."
+
+    def decided(self, checked: Checked, rule: str | None) -> str:
+        """The reply once the transaction decided: a rate rule refused it, or it is queued."""
+        relayed = checked.relayed
         if rule is not None:
-            return self._refused(relayed, _rate_refusal(rule, relay), None)
-        log.info("relay client=%s outcome=accepted message=%s recipients=%d size=%d", client,
-                 relayed.message_id, len(recipients), len(data))
+            return self._refused(relayed, _rate_refusal(rule, checked.relay), None)
+        log.info("relay client=%s outcome=accepted message=%s recipients=%d size=%d", relayed.client,
+                 relayed.message_id, len(relayed.recipients), checked.size)
         self.on_accept()
         return f"250 2.0.0 Queued as {relayed.message_id}"
 
@@ -175,16 +204,16 @@ class GroupCommit:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
 
-    def accept(self, relayed: Relayed, rates: Rates) -> str | None:
-        """Queue `relayed` in the next transaction; the rule that refused it, or None once it
-        is committed. StateError when the transaction failed."""
+    def queue(self, relayed: Relayed, rates: Rates) -> Future[str | None]:
+        """Queue `relayed` in the next transaction. The future's result is the rule that
+        refused it, or None once it is committed; StateError when the transaction failed."""
         done: Future[str | None] = Future()
         with self._lock:
             if self._thread is None:
                 self._thread = threading.Thread(target=self._write, name="relay-commit", daemon=True)
                 self._thread.start()
             self._queue.put((relayed, rates, done))
-        return done.result()
+        return done
 
     def close(self) -> None:
         with self._lock:
@@ -366,11 +395,23 @@ class _Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
-        data = bytes(envelope.original_content or b"")
-        loop = asyncio.get_running_loop()
-        reply: str = await loop.run_in_executor(None, self.intake.submit, _client(session),
-                                                str(envelope.mail_from), list(envelope.rcpt_tos), data)
-        return reply
+        """Screening and rewriting run here, on the loop: they only compute, and a trip to a
+        pool thread and back would cost more. The commit is the commit thread's; while it
+        runs, the loop serves the other clients. A refusal is counted in the pool."""
+        checked = self.intake.check(_client(session), str(envelope.mail_from),
+                                    list(envelope.rcpt_tos), bytes(envelope.original_content or b""))
+        if isinstance(checked, str):
+            return checked
+        if checked.refusal is not None:
+            refused: str = await asyncio.get_running_loop().run_in_executor(
+                None, self.intake.store_checked, checked)
+            return refused
+        try:
+            rule = await asyncio.wrap_future(self.intake.commits.queue(checked.relayed,
+                                                                       _rates(checked.relay)))
+        except StateError as exc:
+            return self.intake.deferred(checked, exc)
+        return self.intake.decided(checked, rule)
 
     def authenticate(self, server: SMTP, session: Session, envelope: Envelope, mechanism: str,
                      data: object) -> AuthResult:
@@ -383,20 +424,28 @@ class _Handler:
             return AuthResult(success=False, handled=False)
         login = data.login.decode("utf-8", "replace")
         for client in self.intake.config().relay.clients.values():  # type: ignore[union-attr]
-            if hmac.compare_digest(client.username.encode(), data.login) and _password_ok(client, data):
-                return AuthResult(success=True, handled=False, auth_data=client.name)
+            if hmac.compare_digest(client.username.encode(), data.login):
+                result = _check_password(client, data)
+                if result.success or result.message:
+                    return result
+                break
         log.warning("relay: a failed login as %r from %s", login, session.peer)
         return AuthResult(success=False, handled=False)
 
 
-def _password_ok(client: Any, data: LoginPassword) -> bool:
+def _check_password(client: Any, data: LoginPassword) -> AuthResult:
+    """The login of `client`. A password the daemon cannot read is the server's problem, not
+    the client's: a temporary 454 that says nothing of where the password should have been
+    (the log says that, in one line)."""
     try:
-        expected = client.password.reveal().encode()
-    except ValueError as exc:
-        log.error("relay: the password of client %s cannot be read (%s); it cannot log in.",
+        expected = client.password.read().reveal().encode()
+    except (ValueError, NotifierError) as exc:
+        log.error("relay: client %s cannot log in: its password cannot be read (%s).",
                   client.name, exc)
-        return False
-    return hmac.compare_digest(expected, data.password)
+        return AuthResult(success=False, handled=False, message="454 4.7.0 Temporary "
+                          "authentication failure on the server; try again later.")
+    return AuthResult(success=hmac.compare_digest(expected, data.password), handled=False,
+                      auth_data=client.name)
 
 
 class _Controller(Controller):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import re
 import smtplib
 import socket
@@ -408,3 +409,25 @@ def test_plain_paths_are_read_as_aiosmtpd_reads_them(local_part_limit: int) -> N
         assert [ours._getaddr(p) for p in PATHS] == [theirs._getaddr(p) for p in PATHS]
     finally:
         loop.close()
+
+
+def test_a_client_password_the_daemon_cannot_read_is_a_454_and_one_log_line(
+        relays: MakeRelay, caplog: pytest.LogCaptureFixture) -> None:
+    relay = relays("{clients: {backup: {username: backup, password_env: BACKUP_PW_UNSET}}}")
+    with relay.client() as client:
+        client.ehlo()
+        code, reply = client.docmd("AUTH", "PLAIN AGJhY2t1cABhbnl0aGluZw==")  # backup / anything
+    assert code == 454
+    assert b"BACKUP_PW_UNSET" not in reply  # the client learns nothing of the config
+    errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
+    assert [r.exc_info for r in errors] == [None]
+    assert "BACKUP_PW_UNSET" in errors[0].getMessage()
+
+
+def test_validate_warns_about_a_relay_client_password_it_cannot_read(tmp_path: Path) -> None:
+    path = tmp_path / "watchers.yaml"
+    path.write_text("relay: {clients: {backup: {username: backup, password_env: BACKUP_PW_UNSET}}}\n"
+                    "watchers: []\n")
+    (warning,) = [str(w) for w in configmod.load(path, environ={}).warnings if "relay" in str(w)]
+    assert "relay.clients.backup" in warning
+    assert "BACKUP_PW_UNSET is not set" in warning
