@@ -164,7 +164,7 @@ class Intake:
         log.info("relay client=%s outcome=accepted message=%s recipients=%d size=%d", relayed.client,
                  relayed.message_id, len(relayed.recipients), checked.size)
         self.on_accept()
-        return f"250 2.0.0 Queued as {relayed.message_id}"
+        return _queued_reply(relayed.message_id)
 
     def refuse_size(self, client: str, limit: int) -> str:
         """A message over `max_message_size`, refused while it arrived: nothing of it is
@@ -247,6 +247,15 @@ class GroupCommit:
             return
         for (_, _, done), rule in zip(batch, rules, strict=True):
             done.set_result(rule)
+
+
+def _queued_reply(message_id: str) -> str:
+    """The 250 after the commit. The Message-ID is the client's own text: echoed only when it
+    is short printable ASCII, since a reply aiosmtpd cannot encode would turn a queued message
+    into a 500 (and the client would send it again)."""
+    if message_id.isascii() and message_id.isprintable() and len(message_id) <= 200:
+        return f"250 2.0.0 Queued as {message_id}"
+    return "250 2.0.0 Queued"
 
 
 def _rates(relay: RelayConfig) -> list[tuple[str, float, int]]:

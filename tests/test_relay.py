@@ -431,3 +431,14 @@ def test_validate_warns_about_a_relay_client_password_it_cannot_read(tmp_path: P
     (warning,) = [str(w) for w in configmod.load(path, environ={}).warnings if "relay" in str(w)]
     assert "relay.clients.backup" in warning
     assert "BACKUP_PW_UNSET is not set" in warning
+
+
+def test_a_message_id_that_cannot_be_echoed_is_still_a_250(relays: MakeRelay) -> None:
+    relay = relays()
+    with relay.client() as client:
+        client.ehlo()
+        client.mail("a@host1")
+        client.rcpt("ops@corp.example")
+        code, reply = client.data("Message-ID: <ünïcödé@host1>\r\nSubject: x\r\n\r\nbody\r\n".encode())
+    assert (code, reply) == (250, b"2.0.0 Queued")
+    assert len(relay.queued()) == 1
