@@ -12,6 +12,7 @@ the exit status, never back as a mail (no bounce loops).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import os
 import smtplib
@@ -37,7 +38,9 @@ from notifier.secrets import redact
 
 EX_DATAERR, EX_TEMPFAIL, EX_USAGE = 65, 75, 64  # sysexits.h, as sendmail's callers expect
 SYSTEM_CONFIG = Path("/etc/notifier/watchers.yaml")
-HANDOVER_TIMEOUT = 60.0  # seconds to wait for the relay to answer
+GREETING_TIMEOUT = 5.0  # seconds for the relay to accept the connection and greet...
+HANDOVER_TIMEOUT = 60.0  # ...and to answer each command after that
+NOT_TAKEN = (421, 530)  # relay too busy, or it wants a login: queue here (only before DATA)
 # Options that take a value (attached, "-FCronDaemon", or as the next argument); those that
 # notifier has no use for are accepted and ignored, as other sendmail replacements do.
 _WITH_VALUE = frozenset("fFrBCNRVXLhop")
@@ -182,22 +185,72 @@ def _message(raw: bytes, inv: Invocation, sender: str) -> tuple[bytes, list[str]
 
 
 def hand_over(cfg: Config, sender: str, recipients: Sequence[str], data: bytes) -> str:
-    """Give the message to the running relay, or queue it here when none answers; the reply."""
+    """Give the message to the running relay, or queue it here when the relay does not take it
+    before DATA: nobody listens, no greeting in time, too busy (421), or it wants a login (530:
+    a relay listening beyond loopback). Once the message went out in DATA the relay's answer
+    stands: queueing it here as well could send it twice. The reply, as SMTP words it."""
     relay = cfg.relay
     assert relay is not None
     host = "127.0.0.1" if relay.host in ("0.0.0.0", "::", "") else relay.host  # noqa: S104
     try:
-        with smtplib.SMTP(host, relay.port, timeout=HANDOVER_TIMEOUT,
-                          local_hostname=socket.gethostname()) as smtp:
-            smtp.sendmail(sender, list(recipients), data)
-            return "250 queued by the relay"
-    except smtplib.SMTPRecipientsRefused as exc:
-        return " ".join(f"{a}: {c} {_text(t)}" for a, (c, t) in exc.recipients.items())
+        smtp = smtplib.SMTP(host, relay.port, timeout=GREETING_TIMEOUT,
+                            local_hostname=socket.gethostname())
+    except (OSError, smtplib.SMTPException):
+        return queue_here(cfg, sender, recipients, data)
+    try:
+        smtp.timeout = HANDOVER_TIMEOUT
+        if smtp.sock is not None:
+            smtp.sock.settimeout(HANDOVER_TIMEOUT)
+        refusal = _envelope(smtp, sender, recipients)
+        return refusal or _send_data(smtp, data)
+    except _NotTaken:
+        return queue_here(cfg, sender, recipients, data)
+    finally:
+        _quit(smtp)
+
+
+class _NotTaken(Exception):
+    """The relay cannot take the message (gone, busy, or wants a login) and nothing of it was
+    sent: it is queued here instead."""
+
+
+def _envelope(smtp: smtplib.SMTP, sender: str, recipients: Sequence[str]) -> str | None:
+    """EHLO, MAIL and RCPT: the refusal to report (every recipient refused, or the sender), or
+    None when DATA may follow."""
+    try:
+        smtp.ehlo_or_helo_if_needed()
+        code, text = smtp.mail(sender)
+        if code in NOT_TAKEN:
+            raise _NotTaken
+        if code != 250:
+            return f"{code} {_text(text)}"
+        replies = [(address, *smtp.rcpt(address)) for address in recipients]
+    except (OSError, smtplib.SMTPException):
+        raise _NotTaken from None
+    if any(code in NOT_TAKEN for _, code, _ in replies):
+        raise _NotTaken
+    refused = [f"{a}: {c} {_text(t)}" for a, c, t in replies if c not in (250, 251)]
+    return " ".join(refused) if len(refused) == len(replies) else None
+
+
+def _send_data(smtp: smtplib.SMTP, data: bytes) -> str:
+    """DATA, and the relay's answer to it; an answer lost after the message went out is a
+    temporary failure (exit 75) — the relay may hold the message already."""
+    try:
+        code, text = smtp.data(data)
     except smtplib.SMTPResponseException as exc:
         return f"{exc.smtp_code} {_text(exc.smtp_error)}"
-    except (OSError, smtplib.SMTPException):
-        pass  # no relay answers: queue it here
-    return queue_here(cfg, sender, recipients, data)
+    except (OSError, smtplib.SMTPException) as exc:
+        return (f"451 4.4.2 The relay did not answer after the message was sent ({exc or 'no reply'}); "
+                "it may have queued it: look at `notifier outbox` before sending it again.")
+    return "250 queued by the relay" if code == 250 else f"{code} {_text(text)}"
+
+
+def _quit(smtp: smtplib.SMTP) -> None:
+    """QUIT when the connection still stands; what the relay says to it changes nothing."""
+    with contextlib.suppress(OSError, smtplib.SMTPException):
+        smtp.quit()
+    smtp.close()
 
 
 def _text(reply: bytes | str) -> str:

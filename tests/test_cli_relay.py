@@ -4,6 +4,7 @@ quarantine commands; messages end up in a real state database (no daemon runs he
 from __future__ import annotations
 
 import io
+import smtplib
 import socket
 import time
 from pathlib import Path
@@ -11,12 +12,15 @@ from pathlib import Path
 import pytest
 
 from notifier import cli
+from notifier import config as configmod
 from notifier.cli_relay import Invocation, sendmail_argv, sendmail_main
 from notifier.pgstore import PgStore
+from notifier.relay import Intake, RelayServer
 from notifier.relaylog import Quarantined, Relayed
 from notifier.secrets import Secret
 from notifier.statedir import StateDir
 from notifier.store import OutboxRow, Store
+from tests.servers.smtp import DROP, LocalCA, SilentServer, SmtpServer
 
 
 @pytest.mark.parametrize(("argv", "program", "expected"), [
@@ -152,14 +156,65 @@ def test_without_the_daemons_database_nothing_is_queued_and_nothing_created(
 def test_with_a_postgresql_store_sendmail_queues_there(
         config: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """The fleet's store is where the daemons look, not a local SQLite file."""
-    monkeypatch.setenv("NOTIFIER_STORE", pg_url)
     config.write_text(config.read_text() + "store_url_env: NOTIFIER_STORE\n")
-    assert run(config, "ops@corp.example", stdin=b"Subject: fleet\n\nx\n") == 0
-    assert run(config, "ops@corp.example", stdin=b"Subject: q\n\nforbidden\n") == 65
+    for stdin, status in ((b"Subject: fleet\n\nx\n", 0), (b"Subject: q\n\nforbidden\n", 65)):
+        monkeypatch.setenv("NOTIFIER_STORE", pg_url)  # each run reads it, and takes it out of the environment
+        assert run(config, "ops@corp.example", stdin=stdin) == status
     store = PgStore(Secret(pg_url))
     try:
         assert [row.recipients for row in store.outbox()] == [("ops@corp.example",)]
     finally:
         store.close()
     assert queued(config) == []  # nothing went into the local SQLite
+    monkeypatch.setenv("NOTIFIER_STORE", pg_url)
     assert cli.main(["-c", str(config), "relay", "quarantine", "show", "1"]) == 0
+
+
+def _relay_at(config: Path, port: int, extra: str = "") -> None:
+    """Point the config's relay at `port` (a server the test runs there)."""
+    text = config.read_text()
+    old = text.split("listen: '127.0.0.1:")[1].split("'")[0]
+    config.write_text(text.replace(f"127.0.0.1:{old}'", f"127.0.0.1:{port}'{extra}"))
+
+
+def test_a_relay_that_wants_a_login_leaves_the_message_to_the_local_queue(
+        config: Path, plain_server: SmtpServer) -> None:
+    """A relay listening beyond loopback answers MAIL from this machine with 530 (log in)."""
+    _relay_at(config, plain_server.port)
+    assert run(config, "ops@corp.example", stdin=b"Subject: cron\n\nx\n") == 0
+    assert [row.recipients for row in queued(config)] == [("ops@corp.example",)]
+    assert plain_server.received == []
+
+
+def test_a_busy_relay_leaves_the_message_to_the_local_queue(config: Path) -> None:
+    _relay_at(config, 0, ", max_clients: 1")
+    cfg = configmod.load(config)
+    store = StateDir(cfg.state_dir).open_store()
+    server = RelayServer(Intake(lambda: cfg, store))
+    server.start()
+    try:
+        _relay_at(config, server.port, "")
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=10) as holder:
+            holder.ehlo()  # the one slot, taken: the next connection is told 421
+            assert run(config, "ops@corp.example", stdin=b"Subject: busy\n\nx\n") == 0
+    finally:
+        server.stop()
+        store.close()
+    assert [row.recipients for row in queued(config)] == [("ops@corp.example",)]
+
+
+def test_a_relay_that_never_greets_is_given_up_quickly(config: Path, silent_server: SilentServer) -> None:
+    _relay_at(config, silent_server.port)
+    started = time.monotonic()
+    assert run(config, "ops@corp.example", stdin=b"Subject: silent\n\nx\n") == 0
+    assert time.monotonic() - started < 10
+    assert len(queued(config)) == 1
+
+
+def test_after_data_was_sent_the_message_is_never_queued_here_too(config: Path, tls_ca: LocalCA) -> None:
+    """The relay may hold it already: a second copy here would send it twice."""
+    with SmtpServer("none", ca=tls_ca, require_auth=False) as relay:
+        relay.fail("DATA", DROP)
+        _relay_at(config, relay.port)
+        assert run(config, "ops@corp.example", stdin=b"Subject: once\n\nx\n") == 75
+    assert queued(config) == []
