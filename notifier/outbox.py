@@ -18,6 +18,7 @@ import logging
 import os
 import random
 import socket
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -83,7 +84,10 @@ class Sender:
         self.debug_smtp = debug_smtp
         self.clock = clock
         self.owner = f"{socket.gethostname()}:{os.getpid()}"
-        self._kept: dict[str | None, Transport] = {}  # connections kept open between rounds
+        # Connections kept open between rounds, several per account when it delivers over
+        # several lanes; lanes take and give back under the lock.
+        self._kept: dict[str | None, list[Transport]] = {}
+        self._kept_lock = threading.Lock()
 
     def recover(self) -> int:
         """Release claims of senders on this host that are no longer running (killed -9).
@@ -125,8 +129,17 @@ class Sender:
 
     def close_kept(self) -> None:
         """Close the connections `deliver(keep_open=True)` left open."""
-        while self._kept:
-            self._kept.popitem()[1].close()
+        with self._kept_lock:
+            kept = [t for transports in self._kept.values() for t in transports]
+            self._kept.clear()
+        for transport in kept:
+            transport.close()
+
+    def _reused(self, account: str | None) -> Transport | None:
+        """A connection to `account` a lane left open, if one is free."""
+        with self._kept_lock:
+            free = self._kept.get(account)
+            return free.pop() if free else None
 
     def _deliver_lanes(self, account: str | None, rows: list[OutboxRow], report: Report,
                        keep_open: bool = False) -> None:
@@ -140,7 +153,7 @@ class Sender:
         parts = [Report() for _ in range(lanes)]
         with ThreadPoolExecutor(lanes, thread_name_prefix="send") as pool:
             list(pool.map(self._deliver_batch, [account] * lanes,
-                          [rows[i::lanes] for i in range(lanes)], parts))
+                          [rows[i::lanes] for i in range(lanes)], parts, [keep_open] * lanes))
         for part in parts:
             report.sent, report.retry = report.sent + part.sent, report.retry + part.retry
             report.held, report.dead = report.held + part.held, report.dead + part.dead
@@ -160,7 +173,7 @@ class Sender:
                    sent: Sent, keep_open: bool) -> None:
         while pending:
             try:
-                transport = self._kept.pop(account, None) or self.transport(account)
+                transport = self._reused(account) or self.transport(account)
                 transport.open()
             except DeliveryError as exc:
                 # Cannot even connect or log in: every message in the batch waits alike.
@@ -182,7 +195,8 @@ class Sender:
                         self._mark_sent(sent)
             finally:
                 if keep_open and not pending:
-                    self._kept[account] = transport
+                    with self._kept_lock:
+                        self._kept.setdefault(account, []).append(transport)
                 else:
                     transport.close()
 

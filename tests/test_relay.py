@@ -334,6 +334,26 @@ def test_a_backlog_goes_out_over_the_accounts_connections(tmp_path: Path, smtp_1
     store.close()
 
 
+def test_rounds_over_several_lanes_reuse_each_lanes_connection(tmp_path: Path, smtp_163: SmtpServer) -> None:
+    path = tmp_path / "watchers.yaml"
+    account = smtp_yaml(smtp_163).replace("password_env: PW", "password_env: PW, connections: 3")
+    path.write_text(f"{account}mail: {{to: [admin@example.com]}}\nrelay: {{}}\nwatchers: []\n")
+    cfg = configmod.load(path, environ={"PW": PASSWORD})
+    store = Store(tmp_path / "state.db")
+    intake = Intake(lambda: cfg, store, host="host1")
+    sender = Sender(cfg, store)
+    for round_ in range(3):
+        for n in range(30):
+            message = f"Subject: {round_}.{n}\r\n\r\nx\r\n".encode()
+            intake.submit("local", "job@host1", ["ops@corp.example"], message)
+        assert sender.deliver(keep_open=True).sent == 30
+    sender.close_kept()
+    assert len(smtp_163.received) == 90
+    assert len(smtp_163.logins) == 3  # each lane's connection served every round
+    intake.commits.close()
+    store.close()
+
+
 def test_rounds_reuse_one_connection_while_mail_keeps_coming(tmp_path: Path, smtp_163: SmtpServer) -> None:
     path = tmp_path / "watchers.yaml"
     path.write_text(f"{smtp_yaml(smtp_163)}mail: {{to: [admin@example.com]}}\nrelay: {{}}\nwatchers: []\n")
