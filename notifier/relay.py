@@ -160,7 +160,7 @@ class Intake:
         """The reply once the transaction decided: a rate rule refused it, or it is queued."""
         relayed = checked.relayed
         if rule is not None:
-            return self._refused(relayed, _rate_refusal(rule, checked.relay), None)
+            return self._refused(relayed, _rate_refusal(rule, checked.relay), checked.relay, counted=True)
         log.info("relay client=%s outcome=accepted message=%s recipients=%d size=%d", relayed.client,
                  relayed.message_id, len(relayed.recipients), checked.size)
         self.on_accept()
@@ -177,16 +177,28 @@ class Intake:
         log.warning("relay client=%s outcome=refused rule=%s", client, with_rule.rule)
         return with_rule.reply().replace("550 5.7.1", "552 5.3.4", 1)
 
-    def _refused(self, relayed: Relayed, refusal: screen.Refusal, relay: RelayConfig | None) -> str:
-        """Count a refusal (keeping the message when the quarantine is on) and word the reply.
-        A rate refusal is counted by the transaction that found it."""
-        if relay is not None:
-            kept = (Quarantined(0, relayed.client, refusal.rule, refusal.reason, relayed, 0.0)
-                    if relay.screen.quarantine else None)
+    def _refused(self, relayed: Relayed, refusal: screen.Refusal, relay: RelayConfig,
+                 counted: bool = False) -> str:
+        """Count a refusal (unless the transaction that found it did: a rate limit, a reused
+        Message-ID), keep the message when the quarantine is on, and word the reply. A rate-limited
+        message is kept too: a client that does not retry (cron, through sendmail) would lose it."""
+        kept = (Quarantined(0, relayed.client, refusal.rule, refusal.reason, relayed, 0.0)
+                if relay.screen.quarantine else None)
+        if not counted:
             self.store.relay_refuse(relayed.client, refusal.rule, time.time(), kept)
+        elif kept is not None and refusal.temporary:
+            self._keep(kept)
         log.warning("relay client=%s outcome=refused rule=%s message=%s", relayed.client,
                     refusal.rule, relayed.message_id)
         return refusal.reply()
+
+    def _keep(self, kept: Quarantined) -> None:
+        """Quarantine a message the commit refused (rare: on the loop, a write of one row)."""
+        try:
+            self.store.quarantine_keep(kept, time.time())
+        except StateError as exc:
+            log.error("relay client=%s: the refused message could not be quarantined: %s",
+                      kept.client, exc)
 
 
 Rates = Sequence[tuple[str, float, int]]  # (rule, window in seconds, most messages)
@@ -270,7 +282,7 @@ def _rate_refusal(rule: str, relay: RelayConfig) -> screen.Refusal:
                               "queued; give each message its own Message-ID.")
     most = relay.screen.rate_per_minute if rule == "rate_per_minute" else relay.screen.rate_per_hour
     return screen.Refusal(rule, f"this client may send {most} messages per "
-                          f"{rule.rpartition('_')[2]}; send again later.")
+                          f"{rule.rpartition('_')[2]}; send again later.", temporary=True)
 
 
 class _Slots:

@@ -90,11 +90,16 @@ def refuse(db: Db, client: str, rule: str, now: float,
     db.execute("INSERT INTO relay_event (client, at, rule, message_id) VALUES (?, ?, ?, NULL)",
                (client, now, rule))
     if kept is not None:
-        m = kept.message
-        db.execute("INSERT INTO quarantine (client, rule, reason, message_id, account, sender, "
-                   "recipients, body, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                   (client, rule, kept.reason, m.message_id, m.account, m.sender,
-                    json.dumps(list(m.recipients)), m.body, now))
+        keep(db, kept, now)
+
+
+def keep(db: Db, kept: Quarantined, now: float) -> None:
+    """Put a refused message in the quarantine (its refusal is counted by the caller)."""
+    m = kept.message
+    db.execute("INSERT INTO quarantine (client, rule, reason, message_id, account, sender, "
+               "recipients, body, created) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+               (kept.client, kept.rule, kept.reason, m.message_id, m.account, m.sender,
+                json.dumps(list(m.recipients)), m.body, now))
 
 
 _QUARANTINE = ("SELECT id, client, rule, reason, message_id, account, sender, recipients, body, "

@@ -31,9 +31,13 @@ class Refusal:
 
     rule: str
     reason: str
+    temporary: bool = False  # a rate limit: the same message is welcome later
 
     def reply(self) -> str:
-        """The SMTP reply: permanent, with the rule's name, so the client knows not to retry."""
+        """The SMTP reply, with the rule's name so the client knows which: permanent (do not
+        retry), or for a rate limit temporary (retry later)."""
+        if self.temporary:
+            return f"451 4.7.1 Deferred by screening rule {self.rule}: {self.reason}"
         return f"550 5.7.1 Refused by screening rule {self.rule}: {self.reason}"
 
 

@@ -744,6 +744,11 @@ class Store:
         with self._tx() as db:
             relaylog.refuse(db, client, rule, now, kept)
 
+    def quarantine_keep(self, kept: relaylog.Quarantined, now: float) -> None:
+        """Keep a message whose refusal was counted already (by `relay_accept`)."""
+        with self._tx() as db:
+            relaylog.keep(db, kept, now)
+
     def quarantined(self, ids: Sequence[int] = ()) -> list[relaylog.Quarantined]:
         return self._read(relaylog.quarantined, ids)
 
