@@ -111,15 +111,20 @@ def _patterns(screen: Screen, message: EmailMessage) -> Refusal | None:
 
 
 _CONTENT_TYPE = re.compile(rb"^content-type:[ \t]*([\w.+-]+/[\w.+-]+)", re.MULTILINE)
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")  # a header line continued on the next
+# Anything in a header that may hide a file: a name, a disposition, or an encoded body (a text
+# part in base64 can carry a program just as well as an attachment can).
+_FILE_MARKERS = (b"name=", b"name*", b"content-disposition", b"base64")
 
 
 def _plain_text(data: bytes) -> bool:
-    """Whether the message is one text part with no file name, judged from its header alone:
+    """Whether the message is one text part with no file name and a body as it is, judged from
+    its header alone (unfolded: a folded Content-Type is as much a multipart as a one-line one):
     then it carries no attachment and no content to sniff."""
-    head = data.split(b"\r\n\r\n", 1)[0].lower()
+    head = _FOLD.sub(b"", data.split(b"\r\n\r\n", 1)[0].lower())
     kind = _CONTENT_TYPE.search(head)
-    return ((kind is None or kind.group(1).startswith(b"text/")) and b"name=" not in head
-            and b"content-disposition" not in head)
+    return ((kind is None or kind.group(1).startswith(b"text/"))
+            and not any(marker in head for marker in _FILE_MARKERS))
 
 
 def _parts(message: EmailMessage) -> Iterator[EmailMessage]:

@@ -93,3 +93,18 @@ def test_size_rule() -> None:
     refusal = check_content(Screen(max_size=100), mail("x" * 200))
     assert refusal is not None
     assert refusal.rule == "max_size"
+
+
+def test_a_folded_content_type_or_an_encoded_text_part_is_still_looked_into() -> None:
+    """The shortcut for plain mail reads the header alone: it must not be fooled by folding or
+    by a program in a base64 text part."""
+    folded = (b"Subject: r\r\nMIME-Version: 1.0\r\nContent-Type:\r\n multipart/mixed; boundary=x\r\n\r\n"
+              b"--x\r\nContent-Type: text/plain\r\n\r\nhi\r\n"
+              b"--x\r\nContent-Type: application/octet-stream\r\n"
+              b"Content-Disposition: attachment; filename=a.exe\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+              b"TVqQAAMAAAAEAAAA\r\n--x--\r\n")
+    assert rule(DEFAULT, folded) == "blocked_attachments"
+    encoded = (b"Subject: r\r\nContent-Type: text/plain\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+               b"TVqQAAMAAAAEAAAA\r\n")  # "MZ...": a Windows program
+    assert rule(DEFAULT, encoded) == "blocked_attachments"
+    assert rule(DEFAULT, mail("just text")) is None
