@@ -161,6 +161,8 @@ def _attachments(screen: Screen, message: EmailMessage) -> Refusal | None:
 
 
 def _extension(name: str) -> str:
+    """The extension Windows goes by: it drops trailing dots and spaces, so "a.exe." runs too."""
+    name = name.rstrip(". ")
     return name.rpartition(".")[2].lower() if "." in name else ""
 
 

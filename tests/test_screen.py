@@ -52,6 +52,8 @@ def test_recipient_rules() -> None:
 
 @pytest.mark.parametrize(("name", "content"), [
     ("setup.exe", b"anything"),
+    ("setup.exe.", b"anything"),  # Windows drops the trailing dot and runs it
+    ("setup.exe . ", b"anything"),
     ("invoice.JS", b"var a = 1;"),
     ("screen.scr", b"x"),
     ("report.docm", b"x"),
