@@ -6,7 +6,10 @@ So the From header becomes the login, with the original writer kept twice: as Re
 the message has one), so answers reach them, and in the display name ("Cron Daemon on host1 via
 notifier"), so the inbox says who it is. Message-ID and Date are added when missing, Bcc is
 taken out. Every other header and the body pass through byte for byte — only line endings are
-made CRLF, which SMTP requires and `sendmail` input (plain LF) never has.
+made CRLF, which SMTP requires and `sendmail` input (plain LF) never has — unless a line of the
+body is longer than SMTP carries (998 octets): providers refuse that message outright ("500 Line
+too long"), so the part with such a line is re-encoded as quoted-printable, which says the same
+text in short lines.
 
 Works on bytes: re-serializing through the email package would refold headers and re-encode
 8-bit text, and the promise is that nothing else changes.
@@ -14,11 +17,15 @@ Works on bytes: re-serializing through the email package would refold headers an
 
 from __future__ import annotations
 
+import binascii
+import email.policy
 import re
 import time
 from dataclasses import dataclass
 from email.errors import HeaderParseError
 from email.header import decode_header, make_header
+from email.message import Message
+from email.parser import BytesParser
 from email.utils import formataddr, formatdate, getaddresses, make_msgid
 
 CRLF = b"\r\n"
@@ -27,6 +34,11 @@ _FIELD = re.compile(rb"^([\x21-\x39\x3b-\x7e]+)[ \t]*:")  # a header's name (RFC
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]+")
 _ADDRESS = re.compile(r"^[^\s@<>,;:\"()\[\]\\]+(@[^\s@<>,;:\"()\[\]\\]+)?$")
 VIA = "via notifier"
+LONGEST = 998  # octets a line may have before its CRLF (RFC 5321 4.5.3.1.6)
+_LONG_LINE = re.compile(rb"[^\r\n]{%d}" % (LONGEST + 1))
+_AS_IS = ("", "7bit", "8bit", "binary")  # transfer encodings that leave lines as they are
+# The email package's generator without refolding: headers are written back as they came.
+_RAW = email.policy.compat32.clone(linesep="\r\n", max_line_length=0)
 
 
 @dataclass(frozen=True)
@@ -98,7 +110,45 @@ def rewrite(data: bytes, envelope_sender: str, login: str | None, host: str,
         out.append(f"Date: {formatdate(now or time.time(), localtime=True)}".encode("ascii") + CRLF)
     if not rest.startswith(CRLF) and rest:
         rest = CRLF + rest  # body text that followed the headers directly stays body text
-    return Rewritten(b"".join(out) + (rest or CRLF), message_id, sender)
+    return Rewritten(fit_lines(out, rest or CRLF), message_id, sender)
+
+
+def fit_lines(fields: list[bytes], rest: bytes) -> bytes:
+    """The message of `fields` and `rest` (the blank line and the body), with a body whose lines
+    are longer than SMTP carries re-encoded as quoted-printable; any other message as it is."""
+    if not _LONG_LINE.search(rest):
+        return b"".join(fields) + rest
+    kind = next((value_of(f).lower() for f in fields if name_of(f) == "content-type"), "")
+    if kind.startswith("multipart/"):
+        return _fit_parts(b"".join(fields) + rest)
+    encoding = next((value_of(f).lower() for f in fields if name_of(f) == "content-transfer-encoding"), "")
+    if encoding not in _AS_IS:
+        return b"".join(fields) + rest  # encoded already: its lines are the encoder's
+    names = {name_of(f) for f in fields}
+    kept = [f for f in fields if name_of(f) != "content-transfer-encoding"]
+    added = [] if "mime-version" in names else [b"MIME-Version: 1.0" + CRLF]
+    if "content-type" not in names and not rest.isascii():
+        added.append(b"Content-Type: text/plain; charset=utf-8" + CRLF)  # 8-bit text is UTF-8 here
+    added.append(b"Content-Transfer-Encoding: quoted-printable" + CRLF)
+    return b"".join(kept + added) + CRLF + binascii.b2a_qp(rest[len(CRLF):], istext=True)
+
+
+def _fit_parts(data: bytes) -> bytes:
+    """A multipart message with each part that has too long a line re-encoded (the email
+    package rebuilds the message, so only this rare message is touched by it)."""
+    message = BytesParser(policy=_RAW).parsebytes(data)
+    for part in message.walk():
+        payload = None if part.is_multipart() else part.get_payload(decode=True)
+        if (isinstance(payload, bytes) and _LONG_LINE.search(payload)
+                and str(part.get("Content-Transfer-Encoding", "")).strip().lower() in _AS_IS):
+            _quoted_printable(part, payload)
+    return message.as_bytes(policy=_RAW)
+
+
+def _quoted_printable(part: Message, payload: bytes) -> None:
+    del part["Content-Transfer-Encoding"]
+    part["Content-Transfer-Encoding"] = "quoted-printable"
+    part.set_payload(binascii.b2a_qp(crlf(payload), istext=True).decode("ascii"))
 
 
 def _from_login(fields: list[bytes], names: list[str], envelope_sender: str, login: str,

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import email
+import email.policy
 import logging
 import re
 import smtplib
@@ -19,6 +21,7 @@ import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -122,7 +125,8 @@ def test_8bit_headers_bare_lf_and_long_lines_are_carried(relays: MakeRelay) -> N
         client.sendmail("a@host1", ["ops@corp.example"], message)
     (body,) = relay.queued()
     assert "Subject: 备份完成 ✓\r\nX-Note: ünïcödé\r\n".encode() in body
-    assert b"\r\n" + long_line + b"\r\nend\r\n" in body
+    assert b"Content-Transfer-Encoding: quoted-printable\r\n" in body  # the long line, made sendable
+    assert b"\r\n" + long_line[:75] + b"=\r\n" in body
     assert b"\n" not in body.replace(b"\r\n", b"")
 
 
@@ -465,3 +469,26 @@ def test_a_message_id_that_cannot_be_echoed_is_still_a_250(relays: MakeRelay) ->
         code, reply = client.data("Message-ID: <ünïcödé@host1>\r\nSubject: x\r\n\r\nbody\r\n".encode())
     assert (code, reply) == (250, b"2.0.0 Queued")
     assert len(relay.queued()) == 1
+
+
+def test_a_line_over_998_characters_arrives_at_the_provider(tmp_path: Path, smtp_163: SmtpServer) -> None:
+    """The provider refuses a line that long ("500 Line too long"): it would be a dead letter."""
+    path = tmp_path / "watchers.yaml"
+    path.write_text(f"{smtp_yaml(smtp_163)}mail: {{to: [admin@example.com]}}\n"
+                    "relay: {listen: '127.0.0.1:0'}\nwatchers: []\n")
+    cfg = configmod.load(path, environ={"PW": PASSWORD})
+    store = Store(tmp_path / "state.db")
+    server = RelayServer(Intake(lambda: cfg, store, host="host1"))
+    server.start()
+    line = "z" * 1500
+    try:
+        with smtplib.SMTP("127.0.0.1", server.port, timeout=DEADLINE) as client:
+            client.sendmail("job@host1", ["ops@corp.example"], f"Subject: long\n\n{line}\nend\n".encode())
+        assert Sender(cfg, store).deliver().sent == 1
+    finally:
+        server.stop()
+        store.close()
+    (got,) = smtp_163.received
+    arrived = email.message_from_bytes(got.content, policy=email.policy.default)
+    assert isinstance(arrived, EmailMessage)
+    assert arrived.get_content().replace("\r\n", "\n").startswith(f"{line}\nend\n")

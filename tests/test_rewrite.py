@@ -109,3 +109,36 @@ def test_every_other_header_and_the_body_pass_byte_for_byte(
     assert rest == CRLF + body
     assert b"hidden@corp.example" not in out
     assert [addr for _, addr in getaddresses([str(headers(out)["From"])])] == [LOGIN]
+
+
+LONG = "y" * 1500 + " é"  # longer than the 998 octets a line may have in SMTP
+
+
+def test_a_line_longer_than_smtp_carries_is_re_encoded_quoted_printable() -> None:
+    out = rewrite(f"Subject: s\r\n\r\nfirst\r\n{LONG}\r\n".encode(), "job@host1", LOGIN, "host1").data
+    assert max(len(line) for line in out.split(CRLF)) <= 998
+    message = headers(out)
+    assert message["Content-Transfer-Encoding"] == "quoted-printable"
+    assert message.get_content().replace("\r\n", "\n") == f"first\n{LONG}\n"
+
+
+def test_in_a_multipart_message_only_the_part_with_the_long_line_is_re_encoded() -> None:
+    data = ("Subject: s\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n"
+            "--b\r\nContent-Type: text/plain; charset=utf-8\r\n\r\nshort é\r\n"
+            "--b\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
+            f"{LONG}\r\n"
+            "--b--\r\n").encode()
+    out = rewrite(data, "job@host1", LOGIN, "host1").data
+    assert max(len(line) for line in out.split(CRLF)) <= 998
+    short, long = headers(out).iter_parts()
+    assert "Content-Transfer-Encoding" not in short
+    assert short.get_content() == "short é"
+    assert long["Content-Transfer-Encoding"] == "quoted-printable"
+    assert long.get_content() == LONG  # the CRLF before the boundary belongs to the boundary
+
+
+def test_a_message_with_short_lines_passes_untouched() -> None:
+    body = CRLF + ("z" * 998).encode() + CRLF
+    out = rewrite(b"Subject: s\r\n" + body, "job@host1", LOGIN, "host1").data
+    assert out.endswith(body)
+    assert b"quoted-printable" not in out
