@@ -105,7 +105,9 @@ def _daemon_scans(dovecot: Dovecot) -> list[str]:
         positions = Path(tmp) / "bounces.json"
         for label in ("daemon scan, first", "daemon scan, nothing new", "daemon scan, nothing new"):
             started = time.monotonic()
-            found = scan_mailbox(dovecot.account(user=SENDER), positions)
+            scan = scan_mailbox(dovecot.account(user=SENDER), positions)
+            scan.keep()
+            found = scan.found
             out.append(f"{label:28} {time.monotonic() - started:6.3f} s   bounces {len(found):3}   "
                        f"(with login)")
     return out

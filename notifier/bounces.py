@@ -162,23 +162,44 @@ def sender_mailbox(cfg: Config, account: str | None, mailbox: str | None) -> Mai
     return found
 
 
-def scan_mailbox(box: Mailbox, positions: Path) -> list[Bounce]:
-    """Scan `box`'s INBOX for bounces newer than the last scan; the position is kept in the
-    JSON file `positions` (private to its owner), one entry per mailbox."""
+@dataclass(frozen=True)
+class Scan:
+    """The bounces found in one mailbox since its last scan, and where the next scan starts.
+    The position is kept only by `keep`, once the bounces are recorded: a scan whose bounces
+    were not recorded (the database refused them) must see them again."""
+
+    found: list[Bounce]
+    positions: Path
+    key: str
+    position: tuple[int, int]  # UIDVALIDITY, next UID
+
+    def keep(self) -> None:
+        """Write the position into the JSON file (private to its owner), beside the other
+        mailboxes' positions; OSError when it cannot be written."""
+        saved = _positions(self.positions)
+        saved[self.key] = list(self.position)
+        self.positions.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.positions.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            json.dump(saved, handle)
+        os.replace(tmp, self.positions)
+
+
+def _positions(path: Path) -> dict[str, list[int]]:
     try:
-        saved = json.loads(positions.read_text(encoding="utf-8"))
+        saved = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError):
-        saved = {}
+        return {}
+    return saved if isinstance(saved, dict) else {}
+
+
+def scan_mailbox(box: Mailbox, positions: Path) -> Scan:
+    """Scan `box`'s INBOX for bounces newer than the last scan kept in `positions` (one entry
+    per mailbox); the caller keeps the new position once it has recorded what was found."""
     key = f"{box.username}@{box.host}:{box.port}"
-    validity, next_uid = saved.get(key, [0, 1])
+    validity, next_uid = _positions(positions).get(key, [0, 1])
     scanner = BounceScanner("INBOX", int(validity), int(next_uid))
     with ImapClient(box) as client:
         found = scanner.scan(client)
-    saved[key] = [scanner.validity, scanner.next_uid]
-    positions.parent.mkdir(parents=True, exist_ok=True)
-    tmp = positions.with_suffix(".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        json.dump(saved, handle)
-    os.replace(tmp, positions)
-    return found
+    return Scan(found, positions, key, (scanner.validity, scanner.next_uid))

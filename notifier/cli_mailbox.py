@@ -13,6 +13,7 @@ from notifier.errors import (
     EXIT_OK,
     UsageError,
 )
+from notifier.fleet import open_store
 from notifier.statedir import NoDaemon, StateDir
 
 
@@ -91,14 +92,18 @@ def cmd_bounces(args: argparse.Namespace) -> int:
 
     cfg = load(args)
     box = bounces.sender_mailbox(cfg, args.account, args.mailbox)
-    found = bounces.scan_mailbox(box, cfg.state_dir / mailwatch.POSITIONS)
     state = StateDir(cfg.state_dir)
-    store = state.open_store() if state.db.exists() else None  # brought up to date, if it is old
+    # The daemon's store (brought up to date, if it is old); none when there is no state yet.
+    store = open_store(cfg, state) if cfg.store is not None or state.db.exists() else None
+    scan = bounces.scan_mailbox(box, cfg.state_dir / mailwatch.POSITIONS)
+    found = scan.found
     ours = 0
     try:
-        # Marked in the send log and alerted about as the daemon would: the scan position is
-        # shared, so the daemon will not see these again.
+        # Marked in the send log and alerted about as the daemon would; only then is the scan
+        # position (shared with the daemon) moved on, so the daemon will not see these again.
         marked = mailwatch.record(cfg, store, found, time.time()) if store else []
+        if store is not None:
+            scan.keep()
         alerts = sum(alerted for _, alerted in marked)
         for bounce in found:
             sent = next((e for mid in bounce.message_ids if store and (e := store.log_entry(mid))), None)
@@ -111,6 +116,9 @@ def cmd_bounces(args: argparse.Namespace) -> int:
         if store is not None:
             store.close()
     print(f"{len(found)} bounce(s) in {box.name} since the last scan, {ours} of mail notifier sent.")
+    if store is None:
+        print(f"There is no state database in {cfg.state_dir}, so nothing was recorded and the next "
+              f"scan starts at the same place; set `state_dir:` to the daemon's state directory.")
     if alerts:
         print(f"{alerts} alert(s) about them queued; {_sent_by(state)}")
     return 3 if ours else EXIT_OK

@@ -122,15 +122,20 @@ def watch_bounces(cfg: Config, store: Store, name: str, clock: Callable[[], floa
                                     "as this account; add one with the same username."))
         return 0
     try:
-        found = scan_mailbox(box, cfg.state_dir / POSITIONS)
-    except (NotifierError, OSError) as exc:  # OSError: the position could not be kept
+        scan = scan_mailbox(box, cfg.state_dir / POSITIONS)
+    except (NotifierError, OSError) as exc:
         _could_not(store, MailCheck(name, "bounces", clock(), "error", None, _reason(exc)))
         return 0
     now = clock()
-    ours = record(cfg, store, found, now)
+    ours = record(cfg, store, scan.found, now)  # a StateError here leaves the position: seen again
     alerts = sum(1 for _, alerted in ours if alerted)
+    try:
+        scan.keep()
+    except OSError as exc:  # recorded once all the same: the next scan finds them recorded
+        _could_not(store, MailCheck(name, "bounces", clock(), "error", None, _reason(exc)))
+        return alerts
     store.record_mail_check(MailCheck(name, "bounces", now, "ok", None,
-                                      f"{len(found)} new bounce(s) in {box.name}, {len(ours)} of "
+                                      f"{len(scan.found)} new bounce(s) in {box.name}, {len(ours)} of "
                                       f"notifier's mail, {alerts} alert(s) queued"))
     return alerts
 

@@ -99,3 +99,23 @@ def test_bounces_command_matches_a_bounced_alert_in_the_send_log(
     assert "1 entry." in capsys.readouterr().out
     assert main(["bounces", "-c", str(config)]) == 0  # only what is new since the last scan
     assert "0 bounce(s)" in capsys.readouterr().out
+
+
+def test_bounces_command_without_a_state_database_keeps_the_position(
+        tmp_path: Path, tls_ca: LocalCA, dovecot: Dovecot, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Nothing recorded, so the shared position must not move: the daemon still has to see them."""
+    monkeypatch.setenv("PW", SENDER_PASSWORD)
+    dovecot.deliver(SENDER, (MAIL / "qq_bounce.eml").read_bytes())
+    config = tmp_path / "watchers.yaml"
+    config.write_text(
+        f"state_dir: {tmp_path / 'state'}\nmail: {{from: {SENDER}, to: [a@example.com]}}\n"
+        f"smtp:\n  out: {{host: localhost, port: 1, security: ssl, username: {SENDER}, password_env: PW}}\n"
+        f"imap:\n  own: {{host: localhost, port: {dovecot.imaps}, username: {SENDER}, "
+        f"password_env: PW, ca_file: {tls_ca.ca_file}}}\nwatchers: []\n")
+    assert main(["bounces", "-c", str(config)]) == 0
+    out = capsys.readouterr().out
+    assert "bounce(s) in own since the last scan" in out  # (the session's Dovecot has others too)
+    assert "nothing was recorded" in out
+    assert not (tmp_path / "state" / "bounces.json").exists()
+    assert not (tmp_path / "state" / "state.db").exists()

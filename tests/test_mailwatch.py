@@ -21,7 +21,7 @@ import pytest
 from notifier import config, mailwatch
 from notifier.bounces import Bounce
 from notifier.config import Recipients
-from notifier.errors import ConfigError
+from notifier.errors import ConfigError, StateError
 from notifier.outbox import Sender
 from notifier.receipts import MailCheck
 from notifier.statedir import StateDir
@@ -310,5 +310,26 @@ def test_each_check_runs_one_period_after_its_last_run(tmp_path: Path, dovecot: 
         store.record_mail_check(MailCheck("out", "verify", now - 3600, "inbox", 0.4, "fine"))
         first = {s.key: s.first for s in mailwatch.scheduled(cfg, store, now)}
         assert first == {"verify:out": now - 3600 + 86400, "bounces:out": now}
+    finally:
+        store.close()
+
+
+def test_bounces_the_database_refused_are_seen_again_at_the_next_scan(
+        tmp_path: Path, dovecot: Dovecot, relay: DeliveringSmtpServer) -> None:
+    """The scan position moves on only once the bounces are recorded."""
+    path = _config(tmp_path, dovecot, _smtp("out", relay, ", watch_bounces: true"))
+    cfg, store = _open(path)
+    _send(cfg, store, mailwatch.DetourAlerts(cfg).error_about(None, "x", time.time(), None,
+                                                              Recipients((GONE,)), "change"))
+    store.close()  # the database refuses what the scan found
+    with pytest.raises(StateError):
+        mailwatch.watch_bounces(cfg, store, "out")
+    assert not (cfg.state_dir / mailwatch.POSITIONS).exists()
+    cfg, store = _open(path)
+    try:
+        mailwatch.watch_bounces(cfg, store, "out")
+        (bounce,) = store.bounces(0)
+        assert bounce.recipient == GONE
+        assert (cfg.state_dir / mailwatch.POSITIONS).exists()
     finally:
         store.close()
