@@ -6,10 +6,11 @@ import email
 import email.policy
 from email.utils import getaddresses
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from notifier.rewrite import CRLF, crlf, name_of, rewrite, split
+from notifier.rewrite import CRLF, crlf, name_of, rewrite, split, too_long
 
 LOGIN = "12345678@qq.com"
 
@@ -142,3 +143,12 @@ def test_a_message_with_short_lines_passes_untouched() -> None:
     out = rewrite(b"Subject: s\r\n" + body, "job@host1", LOGIN, "host1").data
     assert out.endswith(body)
     assert b"quoted-printable" not in out
+
+
+@pytest.mark.parametrize(("data", "long"), [
+    (b"", False), (b"x" * 998, False), (b"x" * 999, True), (b"a\r\n" + b"x" * 998 + b"\r\nb", False),
+    (b"a\r\n" + b"x" * 999 + b"\r\n", True), (b"x" * 500 + b"\r" + b"x" * 500, False),
+    (b"x" * 500 + b"\n" + b"x" * 500, False), (b"x" * 600 + b" " + b"x" * 600, True),
+])
+def test_a_line_is_too_long_past_998_octets_whichever_of_cr_or_lf_ends_it(data: bytes, long: bool) -> None:
+    assert too_long(data) is long
