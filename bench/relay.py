@@ -26,6 +26,8 @@ How it is measured:
 * Ten client threads each open one connection to the relay and send their share of the
   messages back to back. "accepted" ends at the last 250; "end to end" at the provider's
   acceptance of the last message, polled every 2 ms.
+* The daemon's CPU time from the first message to the last delivery is printed too: notifier's
+  own cost per message, the figure the machine's load moves least.
 * Every configuration is run `--runs` times, interleaved, each relay run with a fresh state
   directory; the medians are printed with the range and the load average before and after
   (the machine is shared: a figure taken under load says so).
@@ -121,8 +123,10 @@ def straight(smtp: SmtpChild, count: int, clients: int = CLIENTS, reuse: bool = 
     return wait_received(smtp, before + count, started)
 
 
-def relayed(smtp: SmtpChild, directory: Path, count: int, connections: int) -> tuple[float, float]:
-    """(seconds until the relay accepted all, seconds until the provider had all)."""
+def relayed(smtp: SmtpChild, directory: Path, count: int,
+            connections: int) -> tuple[float, float, float]:
+    """(seconds until the relay accepted all, seconds until the provider had all, CPU seconds
+    the daemon used meanwhile: notifier's own cost, which the machine's load barely moves)."""
     port = free_port()
     config = write_config(directory, smtp, port, connections)
     log = (directory / "daemon.log").open("wb")
@@ -137,14 +141,21 @@ def relayed(smtp: SmtpChild, directory: Path, count: int, connections: int) -> t
                 for n in numbers:
                     client.sendmail(f"job{n}@host1", ["ops@corp.example"], message(n, f"job{n}@host1"))
 
-        before = smtp.stats()[0]
+        before, cpu = smtp.stats()[0], cpu_seconds(daemon.pid)
         started = time.perf_counter()
         accepted = in_parallel(count, send)
-        return accepted, wait_received(smtp, before + count, started)
+        end_to_end = wait_received(smtp, before + count, started)
+        return accepted, end_to_end, cpu_seconds(daemon.pid) - cpu
     finally:
         daemon.terminate()
         daemon.wait(timeout=30)
         log.close()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU seconds a running process has used so far (Linux's /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _wait_listening(port: int) -> None:
@@ -178,8 +189,8 @@ RATIOS = (  # (floor, what it is): the relay's end-to-end time against each stra
 def measure(smtp: SmtpChild, directory: Path, count: int, connections: int) -> dict[str, float]:
     """One run of every configuration, in seconds."""
     smtp.ask("reset")  # the server child forgets the last run's messages: its memory stays flat
-    accepted, relayed_ = relayed(smtp, directory, count, connections)
-    return {"accepted": accepted, "relayed": relayed_, "direct": straight(smtp, count),
+    accepted, relayed_, cpu = relayed(smtp, directory, count, connections)
+    return {"accepted": accepted, "relayed": relayed_, "cpu": cpu, "direct": straight(smtp, count),
             "one": straight(smtp, count, clients=1), "fresh": straight(smtp, count, reuse=False)}
 
 
@@ -194,6 +205,8 @@ def report(runs: list[dict[str, float]], count: int, connections: int,
         low, high = min(run[key] for run in runs), max(run[key] for run in runs)
         print(f"  {label + ':':45} {median[key]:7.2f} s  {count / median[key]:6.0f} msg/s  "
               f"({low:.2f}-{high:.2f} s)")
+    cpu = statistics.median(run["cpu"] for run in runs)
+    print(f"  notifier's CPU while relaying: {cpu:.2f} s, {1000 * cpu / count:.2f} ms per message")
     for key, what in RATIOS:
         print(f"  end to end, relayed vs {what}: {100 * (median['relayed'] / median[key] - 1):+.0f} %")
 
