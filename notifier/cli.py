@@ -209,7 +209,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     cfg = load(args)
     selected = _select(cfg, args.names)
     send = args.send and not args.dry_run
-    store = StateDir(cfg.state_dir).open_store()
+    store = open_store(cfg, StateDir(cfg.state_dir))  # SQLite here, or the fleet's PostgreSQL
     color = use_color(sys.stdout)
     progress = Progress(len(selected))
     statuses: Counter[str] = Counter()  # counts only: 20,000 outcomes (and diffs) are not kept
@@ -494,6 +494,8 @@ def _print_daemon(state_dir: Path, config: Path, problems: Sequence[str]) -> Non
         return
     print(f"daemon: running (pid {run.pid}), configuration loaded {_when(run.loaded_at, time.time())}")
     print(holder.health_line())
+    if run.relay:
+        print(f"relay: {run.relay}")
     on_disk = runstate.digest(config)
     if on_disk == run.digest:
         print(f"config: the daemon runs {config} as it is on disk")
@@ -537,7 +539,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     if configured:
         raise UsageError(f"{', '.join(configured)} is still in {cfg.path}; remove it from there first "
                          f"(forgetting a configured watcher would silently re-baseline it).")
-    store = StateDir(cfg.state_dir).open_store()
+    store = open_store(cfg, StateDir(cfg.state_dir))  # SQLite here, or the fleet's PostgreSQL
     try:
         stored = list(store.states())
         for name in args.names:
@@ -554,7 +556,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
 def cmd_outbox(args: argparse.Namespace) -> int:
     cfg = load(args)
-    store = StateDir(cfg.state_dir).open_store()
+    store = open_store(cfg, StateDir(cfg.state_dir))  # SQLite here, or the fleet's PostgreSQL
     try:
         if args.action == "retry":
             print(f"{store.release(('held', 'dead'))} message(s) will be sent on the next round.")
@@ -579,7 +581,7 @@ def cmd_outbox(args: argparse.Namespace) -> int:
 
 def cmd_test_mail(args: argparse.Namespace) -> int:
     cfg = load(args)
-    store = StateDir(cfg.state_dir).open_store()
+    store = open_store(cfg, StateDir(cfg.state_dir))  # SQLite here, or the fleet's PostgreSQL
     try:
         queued = _alerter(cfg).test(time.time(), args.to)
         sender = _outbox_sender(cfg, store, args.debug_smtp)

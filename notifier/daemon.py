@@ -132,10 +132,13 @@ class Daemon:
         configure_kinds([w.watcher for w in self.cfg.watchers], self.cfg.shared)
         for wc in self.cfg.watchers:
             self._add(wc, startup=True)
-        if self.fleet is not None and self.cfg.store is not None:
-            self.fleet.listen(fleetmod.store_url(self.cfg.store), lambda: self._on_hup(signal.SIGHUP, None))
-            self.scheduler.add_job(self._fleet_round, IntervalTrigger(seconds=FLEET_POLL), id="fleet",
-                                   next_run_time=datetime.now(UTC))
+        if self.fleet is not None:
+            self.fleet.listen(lambda: self._on_hup(signal.SIGHUP, None))
+            # Each daemon on its own phase of the second: started together, they would all poll
+            # at once, and the first would take every due check each time.
+            phase = datetime.now(UTC) + timedelta(seconds=stable_fraction(self.fleet.id) * FLEET_POLL)
+            self.scheduler.add_job(self._fleet_round, IntervalTrigger(seconds=FLEET_POLL, start_date=phase),
+                                   id="fleet", next_run_time=datetime.now(UTC))
         self.scheduler.add_job(self._deliver, IntervalTrigger(seconds=OUTBOX_EVERY), id="outbox",
                                executor="outbox", next_run_time=datetime.now(UTC))
         self.scheduler.add_job(self._job, IntervalTrigger(seconds=DIGEST_POLL), args=[self._flush_digests],
@@ -145,6 +148,7 @@ class Daemon:
         self._schedule_mail_checks()
         self.scheduler.start()
         self.relay.apply()  # listening before READY=1, so what starts after us can send
+        self._note_relay()
         systemd.notify("READY=1", f"STATUS={self.status_line()}")
         try:
             while not self._stop:
@@ -282,7 +286,7 @@ class Daemon:
         assert self.fleet is not None
         names = [w.name for w in self.cfg.watchers]
         try:
-            self.fleet.heartbeat(self.health.summary().rstrip(" |"))
+            self.fleet.heartbeat(self.health.summary().rstrip(" |"), self.runstate.digest)
             self.fleet.renew()
             claimed = fleetmod.CLAIM_BATCH
             while claimed == fleetmod.CLAIM_BATCH and not self._stop:
@@ -395,6 +399,7 @@ class Daemon:
                 self.store.checkpoint()
         self._prune()
         self.relay.retry()
+        self._note_relay()
         fields = [f"STATUS={self.status_line()}"]
         if systemd.watchdog_interval():
             fields.append("WATCHDOG=1")
@@ -448,7 +453,7 @@ class Daemon:
 
     def _add(self, wc: WatcherConfig, startup: bool = False) -> None:
         if self.fleet is not None:  # the fleet's due table schedules it (see _fleet_round)
-            self.fleet.schedule(wc, time.time(), len(self.cfg.watchers))
+            self.fleet.schedule(wc)
             return
         kwargs: dict[str, Any] = {}
         state = self.store.state(wc.name) if startup else None
@@ -499,6 +504,14 @@ class Daemon:
                                 problems=tuple(problems))
         self._write_runstate()
 
+    def _note_relay(self) -> None:
+        """Tell `notifier status` (through running.json) whether the relay listens, when that
+        changed: systemd's STATUS= line alone is not where people look."""
+        said = self.relay.describe()
+        if said != self.runstate.relay:
+            self.runstate = replace(self.runstate, relay=said)
+            self._write_runstate()
+
     def _write_runstate(self) -> None:
         try:
             runstate.write(self.cfg.state_dir, self.runstate)
@@ -533,6 +546,7 @@ class Daemon:
         # After the removed jobs are gone: a kind whose last watcher went (browser) lets go now.
         configure_kinds([w.watcher for w in new.watchers], new.shared)
         self.relay.apply()
+        self._note_relay()
         self._schedule_mail_checks()
         log.info("reloaded %s: %d watcher(s), %d added or changed, %d removed", self.path,
                  len(new.watchers), changed, len(old.keys() - {w.name for w in new.watchers}))

@@ -605,6 +605,16 @@ class RelayService:
             server.stop()
         self.problem = None
 
+    def describe(self) -> str | None:
+        """The relay's line in `notifier status` (through the daemon's running.json): where it
+        listens, or why it cannot; None when no relay is configured."""
+        relay = self.config().relay
+        if self.problem is not None:
+            return f"NOT LISTENING: {self.problem} notifier tries again every minute."
+        if self.server is None or relay is None:
+            return None
+        return f"listening on {relay.host}:{self.server.port}"
+
     def status(self) -> str:
         """The relay's part of the daemon's status line."""
         if self.problem is not None:

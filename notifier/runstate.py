@@ -28,6 +28,7 @@ class RunState:
     refused_digest: str | None = None
     refused_at: float | None = None
     problems: tuple[str, ...] = field(default=())
+    relay: str | None = None  # "listening on HOST:PORT" or "NOT LISTENING: why"; None: no relay
 
 
 def digest(path: Path) -> str | None:

@@ -180,3 +180,24 @@ def _release_backoff(config: Path) -> None:
     with db:
         db.execute("UPDATE outbox SET not_before = 0")
     db.close()
+
+
+def _status(config: Path) -> str:
+    done = subprocess.run([sys.executable, "-m", "notifier.cli", "-c", str(config), "status"],
+                          capture_output=True, text=True, timeout=DEADLINE, check=False)
+    return done.stdout + done.stderr
+
+
+def test_status_says_whether_the_relay_listens(relay_config: Path, daemons: StartDaemon) -> None:  # noqa: F811
+    port = relay_port(relay_config)
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", port))
+        taken.listen()
+        daemon = daemons(relay_config)
+        daemon.wait_log("relay cannot listen|cannot listen")
+        poll(lambda: "relay: NOT LISTENING" in _status(relay_config), "status names the relay's problem")
+        assert f"cannot listen on 127.0.0.1:{port}" in _status(relay_config)
+    daemon.stop()
+    daemons(relay_config).wait_log(r"relay: listening on 127\.0\.0\.1")
+    poll(lambda: f"relay: listening on 127.0.0.1:{port}" in _status(relay_config),
+         "status says where the relay listens")
