@@ -579,6 +579,7 @@ class RelayService:
         relay = self.config().relay
         if relay is None:
             self.stop()
+            self.problem = None
             return
         if self.server is not None and self.server.serving == listening(relay):
             return
@@ -600,10 +601,11 @@ class RelayService:
             self.apply()
 
     def stop(self) -> None:
+        """Stop serving. A problem to listen is kept: the retry that fails the same way again
+        says nothing new, so it logs nothing."""
         server, self.server = self.server, None
         if server is not None:
             server.stop()
-        self.problem = None
 
     def describe(self) -> str | None:
         """The relay's line in `notifier status` (through the daemon's running.json): where it

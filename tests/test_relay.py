@@ -378,7 +378,8 @@ def test_rounds_reuse_one_connection_while_mail_keeps_coming(tmp_path: Path, smt
     store.close()
 
 
-def test_a_relay_that_cannot_listen_is_a_status_line_and_tries_again(tmp_path: Path) -> None:
+def test_a_relay_that_cannot_listen_is_a_status_line_and_tries_again(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -393,6 +394,9 @@ def test_a_relay_that_cannot_listen_is_a_status_line_and_tries_again(tmp_path: P
         assert "NOT LISTENING" in service.status()
         assert service.problem is not None
         assert f"127.0.0.1:{port}" in service.problem
+        service._next_try = 0.0  # a minute later, still taken: no second error line
+        service.retry()
+        assert len([r for r in caplog.records if "cannot listen" in r.getMessage()]) == 1
     service._next_try = 0.0  # the minute has passed
     service.retry()
     try:
