@@ -506,14 +506,14 @@ def _relay(col: _Collector, raw: Mapping[str, Any], spec: object, default_accoun
         col.add(line_of(spec, "account"), "relay.account",
                 f"names no account under smtp; known accounts: {', '.join(accounts) or 'none'}.")
     clients = _relay_clients(col, values["clients"], line_of(spec, "clients") or line, env)
-    certificate, key = (_beside(Path(col.file), values[k]) for k in ("certificate", "key"))
+    certificate = _beside(Path(col.file), values["certificate"])
+    key = _relay_key(col, spec, values, env)
     if bool(certificate) != bool(key):
         col.add(line_of(spec, "certificate" if certificate else "key"), "relay",
-                "needs both `certificate` and `key` for TLS; add the missing one.")
-    for name, file in (("certificate", certificate), ("key", key)):
-        if file and not os.access(file, os.R_OK):
-            col.add(line_of(spec, name), f"relay.{name}", f"{file} cannot be read; check the path "
-                    f"(relative to {Path(col.file).parent}) and its permissions.")
+                "needs both `certificate` and `key` (or `key_credential`) for TLS; add the missing one.")
+    if certificate and not os.access(certificate, os.R_OK):
+        col.add(line_of(spec, "certificate"), "relay.certificate", f"{certificate} cannot be read; "
+                f"check the path (relative to {Path(col.file).parent}) and its permissions.")
     loopback = _is_loopback_host(host)
     if not loopback and not (clients and certificate):
         col.add(line_of(spec, "listen") or line, "relay.listen", f"{host} is not a loopback address, "
@@ -528,6 +528,41 @@ def _relay(col: _Collector, raw: Mapping[str, Any], spec: object, default_accoun
         screen=Screen(**{**screen, "blocked_attachments": tuple(
             ext.lower().lstrip(".") for ext in screen["blocked_attachments"])}),
         loopback=loopback)
+
+
+def _relay_key(col: _Collector, spec: object, values: Mapping[str, Any],
+               env: Mapping[str, str]) -> str | None:
+    """The TLS key's path: `key` (relative to the config), or the file systemd puts in
+    $CREDENTIALS_DIRECTORY for `key_credential` — the one way a DynamicUser service reads a key
+    that nobody else can. A key file others can read is a warning: it is the server's identity."""
+    line = line_of(spec, "key_credential") or line_of(spec, "key")
+    if values["key"] and values["key_credential"]:
+        col.add(line, "relay", "has both `key` and `key_credential`; keep one.")
+    if values["key_credential"]:
+        directory = env.get("CREDENTIALS_DIRECTORY")
+        if not directory:
+            col.warnings.append(Problem(col.file, line, "relay.key_credential", "CREDENTIALS_DIRECTORY "
+                                        "is not set here, so the key cannot be checked; under the "
+                                        "unit, LoadCredential= provides it to the daemon."))
+            return str(Path("$CREDENTIALS_DIRECTORY") / values["key_credential"])
+        key: str | None = str(Path(directory) / values["key_credential"])
+    else:
+        key = _beside(Path(col.file), values["key"])
+    if key is None:
+        return None
+    try:
+        mode = os.stat(key).st_mode
+    except OSError:
+        col.add(line, "relay.key", f"{key} cannot be read; check the path (relative to "
+                f"{Path(col.file).parent}) and its permissions.")
+        return key
+    if not os.access(key, os.R_OK):
+        col.add(line, "relay.key", f"{key} cannot be read by notifier; check its permissions.")
+    elif mode & 0o077:
+        col.warnings.append(Problem(col.file, line, "relay.key", f"{key} can be read by others "
+                                    f"(mode {stat.filemode(mode)}); `chmod 600` it, or load it with "
+                                    "LoadCredential= and `key_credential`."))
+    return key
 
 
 def _listen(col: _Collector, spec: object, listen: str) -> tuple[str, int]:

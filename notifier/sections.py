@@ -182,7 +182,9 @@ RELAY_OPTIONS: tuple[Option, ...] = (
            "for a 421 and try again."),
     Option("timeout", Duration(), 60.0, "A client silent this long is disconnected, freeing its slot."),
     Option("certificate", Str(), None, "PEM certificate (chain) for STARTTLS."),
-    Option("key", Str(), None, "PEM private key of the certificate."),
+    Option("key", Str(), None, "PEM private key of the certificate (readable by notifier alone)."),
+    Option("key_credential", Str(), None, "systemd credential name (LoadCredential=) holding the "
+           "key, instead of `key`: the unit's dynamic user can read it, nobody else."),
     Option("rewrite_from", Bool(), True, "Make the envelope sender and From the account's login "
            "(163 and QQ refuse anything else), keeping the original From as Reply-To."),
     Option("clients", AnyValue(), None, "Named clients with their own login (see relay client options)."),

@@ -496,3 +496,39 @@ def test_a_line_over_998_characters_arrives_at_the_provider(tmp_path: Path, smtp
     arrived = email.message_from_bytes(got.content, policy=email.policy.default)
     assert isinstance(arrived, EmailMessage)
     assert arrived.get_content().replace("\r\n", "\n").startswith(f"{line}\nend\n")
+
+
+def test_the_tls_key_can_come_from_a_systemd_credential(relays: MakeRelay, tls_ca: LocalCA,
+                                                        tmp_path: Path) -> None:
+    """With DynamicUser the key cannot be a file only notifier reads, except through LoadCredential=."""
+    cert = tls_ca.issue_cert("localhost", "127.0.0.1")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "relay.pem"))
+    credentials = tmp_path / "credentials"
+    credentials.mkdir()
+    cert.private_key_pem.write_to_path(str(credentials / "relay.key"))
+    (credentials / "relay.key").chmod(0o600)
+    relay = relays("{certificate: relay.pem, key_credential: relay.key}",
+                   env={"CREDENTIALS_DIRECTORY": str(credentials)})
+    assert relay.cfg.relay is not None
+    assert relay.cfg.relay.key == str(credentials / "relay.key")
+    assert not relay.cfg.warnings
+    with relay.client() as client:
+        client.starttls(context=ssl.create_default_context(cafile=tls_ca.ca_file))
+        client.sendmail("a@host1", ["ops@corp.example"], b"Subject: tls\r\n\r\nx\r\n")
+    assert len(relay.queued()) == 1
+
+
+def test_a_key_others_can_read_is_a_warning(tmp_path: Path, tls_ca: LocalCA) -> None:
+    cert = tls_ca.issue_cert("localhost")
+    cert.cert_chain_pems[0].write_to_path(str(tmp_path / "relay.pem"))
+    cert.private_key_pem.write_to_path(str(tmp_path / "relay.key"))
+    (tmp_path / "relay.key").chmod(0o644)
+    path = tmp_path / "watchers.yaml"
+    path.write_text("relay: {certificate: relay.pem, key: relay.key}\nwatchers: []\n")
+    (warning,) = [str(w) for w in configmod.load(path, environ={}).warnings]
+    assert "relay.key" in warning
+    assert "can be read by others" in warning
+    assert "key_credential" in warning
+    path.write_text("relay: {certificate: relay.pem, key_credential: relay.key}\nwatchers: []\n")
+    (outside_the_unit,) = [str(w) for w in configmod.load(path, environ={}).warnings]
+    assert "CREDENTIALS_DIRECTORY is not set here" in outside_the_unit
