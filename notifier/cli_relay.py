@@ -30,7 +30,7 @@ from notifier import config as configmod
 from notifier import logs
 from notifier.cli_common import Register, existing_store, load
 from notifier.config import Config
-from notifier.errors import EXIT_OK, NotifierError, UsageError
+from notifier.errors import EXIT_OK, ConfigError, NotifierError, Problem, UsageError
 from notifier.relay import LOCAL, Intake
 from notifier.relaylog import Quarantined
 from notifier.rewrite import CRLF, crlf, name_of, split
@@ -127,7 +127,7 @@ def sendmail_main(inv: Invocation, stdin: BinaryIO | None = None, stdout: TextIO
     try:
         if inv.problem is not None:
             raise inv.problem
-        cfg = configmod.load(_config_path(inv), state_dir=inv.state_dir)
+        cfg = configmod.load(_existing(_config_path(inv)), state_dir=inv.state_dir)
         if cfg.relay is None:
             raise UsageError(f"{cfg.path} has no `relay:` section, so notifier does not relay mail; "
                              "add `relay: {}` to it (see the README's \"Local mail relay\").")
@@ -155,6 +155,17 @@ def _config_path(inv: Invocation) -> Path:
     if os.environ.get("NOTIFIER_CONFIG"):
         return Path(os.environ["NOTIFIER_CONFIG"])
     return SYSTEM_CONFIG if SYSTEM_CONFIG.exists() else Path("watchers.yaml")
+
+
+def _existing(path: Path) -> Path:
+    """`path`, when there is a file there. sendmail's callers (cron) pass no notifier options,
+    so the message names the ways sendmail itself has of finding the file."""
+    if not path.exists():
+        raise ConfigError([Problem(str(path), None, "", (
+            f"file not found, so the message was not queued. notifier sendmail reads -C FILE, else "
+            f"$NOTIFIER_CONFIG, else {SYSTEM_CONFIG}: put the config there (cron sets neither "
+            f"option nor variable, so for cron it must be {SYSTEM_CONFIG})."))])
+    return path
 
 
 def _local_sender() -> str:

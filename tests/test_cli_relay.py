@@ -218,3 +218,15 @@ def test_after_data_was_sent_the_message_is_never_queued_here_too(config: Path, 
         _relay_at(config, relay.port)
         assert run(config, "ops@corp.example", stdin=b"Subject: once\n\nx\n") == 75
     assert queued(config) == []
+
+
+def test_without_a_config_sendmail_says_how_sendmail_finds_one(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    found = sendmail_argv(["-C", str(tmp_path / "missing.yaml"), "root"], "/usr/sbin/sendmail")
+    assert found is not None
+    assert sendmail_main(found, io.BytesIO(b"Subject: x\n\nx\n"), io.StringIO()) == 75
+    problem = capsys.readouterr().err
+    assert "-C FILE" in problem
+    assert "$NOTIFIER_CONFIG" in problem
+    assert "/etc/notifier/watchers.yaml" in problem
+    assert "-c PATH" not in problem  # sendmail's own -c is not notifier's
