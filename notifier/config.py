@@ -497,6 +497,10 @@ def _relay(col: _Collector, raw: Mapping[str, Any], spec: object, default_accoun
     """`relay:`; listening beyond loopback is refused without logins and TLS, since the relay
     would otherwise send anyone's mail through the company account."""
     if spec is None:
+        if "relay" in raw:  # `relay:` with nothing under it: YAML's null, not the defaults
+            col.warnings.append(Problem(col.file, line_of(raw, "relay"), "relay", "is empty, so no relay "
+                                        "runs; write `relay: {}` for the defaults (127.0.0.1:8025), or "
+                                        "remove the line."))
         return None
     line = line_of(raw, "relay")
     values = col.options(spec, RELAY_OPTIONS, "relay", line)
@@ -644,6 +648,11 @@ def _check_receiving(col: _Collector, raw: object, account: SmtpAccount,
         col.add(line, f"{path}.watch_bounces", f"needs an imap: account that logs in as "
                 f"{account.username or 'this account'} (bounces come back to the sender's own "
                 f"mailbox); add one with the same username and password source.")
+    spec = raw.get(account.name) if isinstance(raw, dict) else None
+    if isinstance(spec, dict) and "bounce_every" in spec and not account.watch_bounces:
+        col.warnings.append(Problem(col.file, line_of(spec, "bounce_every") or line,
+                                    f"{path}.bounce_every", "does nothing without `watch_bounces: "
+                                    "true`; add that to scan for bounces, or remove bounce_every."))
 
 
 def _watchers(col: _Collector, raw: object, defaults: dict[str, Any], raw_defaults: object,

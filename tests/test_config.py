@@ -314,3 +314,12 @@ def test_state_dir_precedence(tmp_path: Path) -> None:
     assert config.load(path, {"STATE_DIRECTORY": "/var/lib/n"}, state_dir=tmp_path / "f").state_dir \
         == tmp_path / "f"
     assert config.load(write(tmp_path, "watchers: []\n"), {}).state_dir == tmp_path / "state"
+
+
+def test_settings_that_do_nothing_as_written_are_warnings(tmp_path: Path) -> None:
+    path = tmp_path / "watchers.yaml"
+    path.write_text("smtp:\n  out: {host: smtp.example.com, username: me@example.com, password_env: PW,\n"
+                    "        bounce_every: 10m}\nrelay:\nwatchers: []\n")
+    warnings = {w.key: str(w) for w in config.load(path, environ={"PW": "x"}).warnings}
+    assert "does nothing without `watch_bounces: true`" in warnings["smtp.out.bounce_every"]
+    assert "write `relay: {}` for the defaults" in warnings["relay"]
