@@ -31,7 +31,6 @@ from notifier import logs
 from notifier.cli_common import Register, existing_store, load
 from notifier.config import Config
 from notifier.errors import EXIT_OK, ConfigError, NotifierError, Problem, UsageError
-from notifier.relay import LOCAL, Intake
 from notifier.relaylog import Quarantined
 from notifier.rewrite import CRLF, crlf, name_of, split
 from notifier.secrets import redact
@@ -269,7 +268,11 @@ def _text(reply: bytes | str) -> str:
 
 
 def queue_here(cfg: Config, sender: str, recipients: Sequence[str], data: bytes) -> str:
-    """The relay's intake run in this process, into the outbox of the daemon's own store."""
+    """The relay's intake run in this process, into the outbox of the daemon's own store.
+    notifier.relay is imported here, not at the top: it brings aiosmtpd (~12 MB), which the
+    other commands never use."""
+    from notifier.relay import LOCAL, Intake  # noqa: PLC0415 - aiosmtpd only here
+
     store = existing_store(cfg, f"the message was not queued (no relay answered either). Set "
                            f"`state_dir:` in {cfg.path} to the daemon's state directory "
                            f"(/var/lib/notifier under the shipped unit), or start `notifier run`.")
@@ -353,13 +356,11 @@ def cmd_relay(args: argparse.Namespace) -> int:
     store = existing_store(cfg, f"there is no quarantine to look at. Set `state_dir:` in {cfg.path} "
                            f"to the daemon's state directory (/var/lib/notifier under the shipped unit).")
     try:
-        if args.action != "list" and not args.ids:
-            raise UsageError(f"name the messages to {args.action} by the numbers "
-                             "`notifier relay quarantine` lists.")
+        if args.action != "list":
+            _check_ids(store.quarantined(args.ids), args.ids, args.action)
         actions: dict[str, Callable[[], str]] = {
             "list": lambda: _listing(store.quarantined()),
-            "show": lambda: "\n".join(q.message.body.decode("utf-8", "replace")
-                                      for q in store.quarantined(args.ids)),
+            "show": lambda: "\n\n".join(_shown(q) for q in store.quarantined(args.ids)),
             "release": lambda: (f"released {len(store.quarantine_release(args.ids, time.time()))} "
                                 "message(s) into the outbox; the daemon sends them on its next round."),
             "delete": lambda: f"deleted {store.quarantine_delete(args.ids)} message(s).",
@@ -368,6 +369,25 @@ def cmd_relay(args: argparse.Namespace) -> int:
     finally:
         store.close()
     return EXIT_OK
+
+
+def _check_ids(found: Sequence[Quarantined], ids: Sequence[int], action: str) -> None:
+    """Every number given names a quarantined message: a typo must not pass for "done"."""
+    if not ids:
+        raise UsageError(f"name the messages to {action} by the numbers `notifier relay quarantine` lists.")
+    missing = sorted(set(ids) - {q.id for q in found})
+    if missing:
+        raise UsageError(f"the quarantine holds no message {', '.join(map(str, missing))}; "
+                         f"`notifier relay quarantine` lists the numbers it holds.")
+
+
+def _shown(q: Quarantined) -> str:
+    """One quarantined message: why it was refused, its envelope, then the message itself."""
+    m = q.message
+    return (f"message {q.id}, refused by rule {q.rule}: {q.reason}\n"
+            f"client {q.client}, {datetime.fromtimestamp(q.created):%Y-%m-%d %H:%M:%S}, account "
+            f"{m.account or '-'}\nenvelope: {m.sender or '<>'} → {', '.join(m.recipients)}\n\n"
+            + m.body.decode("utf-8", "replace"))
 
 
 def _listing(items: Sequence[Quarantined]) -> str:

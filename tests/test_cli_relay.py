@@ -121,7 +121,13 @@ def test_refused_mail_is_quarantined_and_released_by_command(
     assert "ops@corp.example" in listing
     number = listing.split()[0]
     assert cli.main(["-c", str(config), "relay", "quarantine", "show", number]) == 0
-    assert "forbidden words" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "forbidden words" in shown
+    assert "refused by rule body_patterns: the text matches a pattern" in shown
+    assert "→ ops@corp.example" in shown  # the envelope
+    for action in ("show", "release", "delete"):
+        assert cli.main(["-c", str(config), "relay", "quarantine", action, "999"]) != 0
+        assert "holds no message 999" in capsys.readouterr().err
     assert cli.main(["-c", str(config), "relay", "quarantine", "release", number]) == 0
     assert [row.recipients for row in queued(config)] == [("ops@corp.example",)]
     assert cli.main(["-c", str(config), "relay", "quarantine", "delete"]) == 64  # which ones?
