@@ -15,6 +15,7 @@ import argparse
 import contextlib
 import getpass
 import os
+import re
 import smtplib
 import socket
 import sys
@@ -44,6 +45,8 @@ NOT_TAKEN = (421, 530)  # relay too busy, or it wants a login: queue here (only 
 # notifier has no use for are accepted and ignored, as other sendmail replacements do.
 _WITH_VALUE = frozenset("fFrBCNRVXLhop")
 _FLAGS = frozenset("tivmnUGS")
+_REPLY = re.compile(r"^[2-5]\d\d ")  # an SMTP reply line: a code, a space, the text
+_CODE = re.compile(r"\b[2-5]\d\d\b")
 _GLOBAL = {"-c": "config", "--config": "config", "-s": "state_dir", "--state-dir": "state_dir"}
 
 
@@ -306,7 +309,7 @@ def _smtp_session(cfg: Config, stdin: BinaryIO, stdout: TextIO) -> int:
             say("250 2.1.5 OK")
         elif verb == "DATA" and sender is not None and recipients:
             say("354 End data with <CR><LF>.<CR><LF>")
-            say(hand_over(cfg, sender, recipients, _data(stdin)))
+            say(_handed_over(cfg, sender, recipients, _data(stdin)))
             sender, recipients = None, []
         elif verb in ("RSET", "NOOP"):
             sender, recipients = (None, []) if verb == "RSET" else (sender, recipients)
@@ -317,6 +320,19 @@ def _smtp_session(cfg: Config, stdin: BinaryIO, stdout: TextIO) -> int:
         else:
             say("503 5.5.1 Command out of sequence or not supported.")
     return EXIT_OK
+
+
+def _handed_over(cfg: Config, sender: str, recipients: Sequence[str], data: bytes) -> str:
+    """hand_over's answer as one valid SMTP reply line (-bs talks to a program that parses it):
+    a code first, the text on one line; a message that could not be queued is a 451."""
+    try:
+        reply = " ".join(hand_over(cfg, sender, recipients, data).split())
+    except NotifierError as exc:
+        reply = f"451 4.3.0 {' '.join(redact(str(exc)).split())}"
+    if _REPLY.match(reply):
+        return reply
+    code = _CODE.search(reply)  # "a@x: 550 ...": the first recipient's code leads
+    return f"{code.group() if code else '451'} {reply}"
 
 
 def _lines(stdin: BinaryIO) -> Iterator[str]:

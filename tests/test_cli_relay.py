@@ -4,6 +4,7 @@ quarantine commands; messages end up in a real state database (no daemon runs he
 from __future__ import annotations
 
 import io
+import re
 import smtplib
 import socket
 import time
@@ -236,3 +237,27 @@ def test_without_a_config_sendmail_says_how_sendmail_finds_one(
     assert "$NOTIFIER_CONFIG" in problem
     assert "/etc/notifier/watchers.yaml" in problem
     assert "-c PATH" not in problem  # sendmail's own -c is not notifier's
+
+
+def _bs(config: Path, dialogue: bytes) -> list[str]:
+    out = io.StringIO()
+    found = sendmail_argv(["-c", str(config), "sendmail", "-bs"], "notifier")
+    assert found is not None
+    assert sendmail_main(found, io.BytesIO(dialogue), out) == 0
+    return out.getvalue().splitlines()
+
+
+def test_smtp_on_stdin_answers_valid_replies_whatever_happens(config: Path, tls_ca: LocalCA) -> None:
+    """A refused recipient at the relay, or nowhere to queue: still one code-first line each."""
+    one = b"MAIL FROM:<job@host1>\r\nRCPT TO:<ops@corp.example>\r\nDATA\r\nSubject: x\r\n\r\nx\r\n.\r\n"
+    with SmtpServer("none", ca=tls_ca, require_auth=False) as relay:
+        relay.refuse_recipient("ops@corp.example")
+        _relay_at(config, relay.port)
+        replies = _bs(config, b"EHLO me\r\n" + one + b"QUIT\r\n")
+    assert replies[-2].startswith("550 ops@corp.example: 550")
+    config.write_text(config.read_text() + f"state_dir: {config.parent / 'nowhere'}\n")
+    replies = _bs(config, b"EHLO me\r\n" + one + b"QUIT\r\n")
+    assert replies[-2].startswith("451 4.3.0 ")
+    assert "holds no state database" in replies[-2]
+    assert replies[-1].startswith("221")
+    assert all(re.match(r"^[2-5]\d\d ", line) for line in replies)
