@@ -250,10 +250,16 @@ class GroupCommit:
             self._commit(batch)
 
     def _commit(self, batch: list[tuple[Relayed, Rates, Future[str | None]]]) -> None:
-        """One transaction for the batch (the rates are the same config's for all of it)."""
+        """One transaction for the batch (the rates are the same config's for all of it). Any
+        failure fails the batch as a StateError (each client gets a 451 and sends again): an
+        exception that escaped would end the writer and leave every client waiting for good."""
         try:
             rules = self.store.relay_accept([m for m, _, _ in batch], time.time(), batch[0][1])
-        except StateError as exc:
+        except Exception as exc:  # any: see the docstring
+            if not isinstance(exc, StateError):
+                log.error("relay: %d message(s) could not be stored (a bug: %s: %s); their clients "
+                          "are told to send again.", len(batch), type(exc).__name__, exc)
+                exc = StateError(f"the message could not be stored ({type(exc).__name__})")
             for _, _, done in batch:
                 done.set_exception(exc)
             return

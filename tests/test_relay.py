@@ -29,9 +29,10 @@ from aiosmtpd.smtp import SMTP
 
 from notifier import config as configmod
 from notifier.config import Config
-from notifier.errors import ConfigError
+from notifier.errors import ConfigError, StateError
 from notifier.outbox import BACKOFF_CAP, Sender
-from notifier.relay import Intake, RelayServer, RelayService, _RelaySMTP
+from notifier.relay import GroupCommit, Intake, RelayServer, RelayService, _RelaySMTP
+from notifier.relaylog import Relayed
 from notifier.store import Store
 from tests.servers.smtp import DROP, GARBAGE, PASSWORD, USERNAME, LocalCA, SmtpServer, smtp_yaml
 
@@ -532,3 +533,18 @@ def test_a_key_others_can_read_is_a_warning(tmp_path: Path, tls_ca: LocalCA) -> 
     path.write_text("relay: {certificate: relay.pem, key_credential: relay.key}\nwatchers: []\n")
     (outside_the_unit,) = [str(w) for w in configmod.load(path, environ={}).warnings]
     assert "CREDENTIALS_DIRECTORY is not set here" in outside_the_unit
+
+
+def test_a_batch_that_fails_in_any_way_is_a_state_error_and_the_writer_goes_on(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    commits = GroupCommit(store)
+    try:
+        unstorable = Relayed("local", "<a@host1>", None, "a@host1", (object(),), b"x")  # type: ignore[arg-type]
+        with pytest.raises(StateError):
+            commits.queue(unstorable, ()).result(timeout=DEADLINE)
+        fine = Relayed("local", "<b@host1>", None, "a@host1", ("ops@corp.example",), b"Subject: b\r\n\r\n")
+        assert commits.queue(fine, ()).result(timeout=DEADLINE) is None
+        assert len(store.outbox()) == 1
+    finally:
+        commits.close()
+        store.close()
