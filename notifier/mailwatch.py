@@ -27,6 +27,7 @@ from notifier.bounces import Bounce, scan_mailbox
 from notifier.config import Config, Recipients
 from notifier.errors import NotifierError, StateError
 from notifier.receipts import MailCheck, Sent
+from notifier.relaylog import KIND as RELAYED
 from notifier.render import AlertContext
 from notifier.store import Alert, Queued, Store
 from notifier.verify import Result, verify
@@ -172,13 +173,25 @@ def _bounce_alerts(cfg: Config, bounce: Bounce, original: Sent, new: list[str], 
         return []
     wc = cfg.watcher(original.watcher) if original.watcher else None
     who = wc.recipients if wc and wc.recipients.envelope() else cfg.recipients
-    error = (f"its {original.kind} alert \"{original.subject}\" to {', '.join(new)} bounced: "
-             f"{bounce.reason}. Correct the address in watchers.yaml if it is wrong, or ask the "
-             f"recipient's mail administrator why the mail was refused.")
+    error = f"{_what_bounced(original, new)} bounced: {bounce.reason}. {_what_to_fix(original)}"
     gone = {r.lower() for r in new}
     left = Recipients(*(tuple(a for a in part if a.lower() not in gone)
                         for part in (who.to, who.cc, who.bcc)))
     return [DetourAlerts(cfg).error_about(wc, error, now, original.account, left, BOUNCE_KIND)]
+
+
+def _what_bounced(original: Sent, recipients: list[str]) -> str:
+    what = "the relayed message" if original.kind == RELAYED else f"its {original.kind} alert"
+    return f"{what} \"{original.subject}\" to {', '.join(recipients)}"
+
+
+def _what_to_fix(original: Sent) -> str:
+    """Where the bad address came from: watchers.yaml for alerts; for relayed mail, the program
+    that handed it to the relay (a crontab's MAILTO, a script), which watchers.yaml cannot fix."""
+    source = ("the program that sent it through the relay (a crontab's MAILTO, a script's "
+              "recipient)" if original.kind == RELAYED else "watchers.yaml")
+    return (f"Correct the address in {source} if it is wrong, or ask the recipient's mail "
+            f"administrator why the mail was refused.")
 
 
 # -- alerts that avoid the failing account ---------------------------------------------------------

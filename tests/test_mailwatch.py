@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from email.message import EmailMessage
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from notifier.config import Recipients
 from notifier.errors import ConfigError, StateError
 from notifier.outbox import Sender
 from notifier.receipts import MailCheck
+from notifier.relaylog import Relayed
 from notifier.statedir import StateDir
 from notifier.store import Queued, Store
 from tests.messages import parse, plain_text
@@ -333,3 +335,30 @@ def test_bounces_the_database_refused_are_seen_again_at_the_next_scan(
         assert (cfg.state_dir / mailwatch.POSITIONS).exists()
     finally:
         store.close()
+
+
+def test_a_bounced_relayed_message_says_where_its_address_came_from(
+        tmp_path: Path, dovecot: Dovecot, relay: DeliveringSmtpServer) -> None:
+    """watchers.yaml did not name the recipient of cron's mail: the alert must not send the
+    admin there."""
+    path = _config(tmp_path, dovecot, _smtp("out", relay, ", watch_bounces: true"), to="admin@example.com")
+    cfg, store = _open(path)
+    try:
+        mailwatch.watch_bounces(cfg, store, "out")  # the mailbox as it is
+        relayed = Relayed("local", "<cron.1@host1>", "out", SENDER, (GONE,),
+                          f"From: {SENDER}\r\nSubject: Cron <root@host1> backup\r\n"
+                          "Message-ID: <cron.1@host1>\r\n\r\ndone\r\n".encode())
+        assert store.relay_accept([relayed], time.time()) == [None]
+        assert Sender(cfg, store).deliver().sent == 1
+        assert mailwatch.watch_bounces(cfg, store, "out") == 1
+        (alert,) = store.outbox()
+        message = email.message_from_bytes(alert.body, policy=email.policy.default)
+        assert isinstance(message, EmailMessage)
+        plain = message.get_body(("plain",))
+        assert plain is not None
+        text = " ".join(str(plain.get_content()).split())
+    finally:
+        store.close()
+    assert 'the relayed message "Cron <root@host1> backup"' in text
+    assert "the program that sent it through the relay" in text
+    assert "watchers.yaml" not in text
