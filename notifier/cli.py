@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 
 from notifier import cli_fleet, cli_history, cli_mailbox, cli_relay, logs, runstate, schema
 from notifier import config as configmod
-from notifier.cli_common import load
+from notifier.cli_common import load, open_store
 from notifier.config import Config, WatcherConfig
 from notifier.console import Progress, colored_diff, use_color
 from notifier.errors import (
@@ -36,7 +36,6 @@ from notifier.errors import (
     StateError,
     UsageError,
 )
-from notifier.fleet import open_store
 from notifier.kinds import Kind, configure_kinds, filter_kinds, watcher_kinds
 from notifier.pipeline import Outcome, check, filtered
 from notifier.safetext import visible

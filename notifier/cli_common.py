@@ -9,7 +9,6 @@ from collections.abc import Callable
 from notifier import config as configmod
 from notifier.config import Config
 from notifier.errors import StateError
-from notifier.fleet import open_store
 from notifier.statedir import StateDir
 from notifier.store import Store
 
@@ -24,6 +23,17 @@ def load(args: argparse.Namespace) -> Config:
     for warning in cfg.warnings:
         log.warning("%s", warning)
     return cfg
+
+
+def open_store(cfg: Config, state: StateDir, readonly: bool = False) -> Store:
+    """The configured store: SQLite in the state directory, or the fleet's PostgreSQL.
+    notifier.fleet is imported only for the latter: it brings psycopg (~20 MB, 0.1 s), which
+    no command on a single machine's SQLite state should pay for."""
+    if cfg.store is None:
+        return state.open_store()
+    from notifier import fleet  # noqa: PLC0415 - psycopg only with `store:`
+
+    return fleet.open_store(cfg, state, readonly=readonly)
 
 
 class NoState(StateError):

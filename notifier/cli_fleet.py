@@ -9,16 +9,17 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from notifier import snapshots
-from notifier.cli_common import load
+from notifier.cli_common import load, open_store
 from notifier.config import Config
 from notifier.errors import EXIT_OK, StateError, UsageError
-from notifier.fleet import members, open_store, request_reload
-from notifier.pgstore import PgStore
 from notifier.statedir import StateDir
 from notifier.store import Store
+
+if TYPE_CHECKING:  # imported where used: psycopg (~20 MB) only for a config with `store:`
+    from notifier.pgstore import PgStore
 
 Register = Callable[[str, Callable[[argparse.Namespace], int], str], argparse.ArgumentParser]
 
@@ -36,6 +37,8 @@ def add_commands(command: Register) -> None:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
+    from notifier import pgstore  # noqa: PLC0415 - psycopg only with `store:`
+
     cfg = load(args)
     source = _sqlite_path(args.source)
     if cfg.store is None:
@@ -47,7 +50,7 @@ def cmd_migrate(args: argparse.Namespace) -> int:
     try:
         Store(source).close()  # bring it up to this notifier's schema first, as a start would
         target = open_store(cfg, StateDir(cfg.state_dir))
-        assert isinstance(target, PgStore)
+        assert isinstance(target, pgstore.PgStore)
         try:
             copied = copy_state(source, target)
         finally:
@@ -115,8 +118,12 @@ def _rows(lite: sqlite3.Connection, table: str) -> tuple[list[str], list[Sequenc
 
 def fleet_lines(cfg: Config, store: Store) -> list[str]:
     """One line per daemon of the fleet, for `notifier status`."""
-    if not isinstance(store, PgStore):
+    if cfg.store is None:  # SQLite: one daemon, and no psycopg to import
         return []
+    from notifier.fleet import members  # noqa: PLC0415 - psycopg only with `store:`
+    from notifier.pgstore import PgStore  # noqa: PLC0415 - psycopg only with `store:`
+
+    assert isinstance(store, PgStore)
     now = time.time()
     fleet = members(store)
     prints = {m.fingerprint for m in fleet}
@@ -127,6 +134,9 @@ def fleet_lines(cfg: Config, store: Store) -> list[str]:
 
 def reload_fleet(cfg: Config) -> str:
     """Tell every daemon on the config's PostgreSQL store to reload (LISTEN/NOTIFY)."""
+    from notifier.fleet import members, request_reload  # noqa: PLC0415 - psycopg only with `store:`
+    from notifier.pgstore import PgStore  # noqa: PLC0415 - psycopg only with `store:`
+
     store = open_store(cfg, StateDir(cfg.state_dir), readonly=True)
     assert isinstance(store, PgStore)
     try:

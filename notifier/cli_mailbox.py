@@ -8,12 +8,11 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from notifier.cli_common import Register, load
+from notifier.cli_common import Register, load, open_store
 from notifier.errors import (
     EXIT_OK,
     UsageError,
 )
-from notifier.fleet import open_store
 from notifier.statedir import NoDaemon, StateDir
 
 

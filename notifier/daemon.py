@@ -19,14 +19,13 @@ from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from notifier import config as configmod
-from notifier import fleet as fleetmod
 from notifier import logs, mailwatch, runstate, systemd
 from notifier.alerts import Alerter
 from notifier.config import WatcherConfig
@@ -34,12 +33,14 @@ from notifier.errors import ConfigError, StateError
 from notifier.health import Health
 from notifier.kinds import configure_kinds, watcher_kinds
 from notifier.outbox import Sender
-from notifier.pgstore import PgStore
 from notifier.pipeline import check
 from notifier.relay import RelayService
 from notifier.schedule import stable_fraction
 from notifier.statedir import DAEMON, ONESHOT_WAIT, STARTING, StateDir
-from notifier.store import PRUNE_BATCH
+from notifier.store import PRUNE_BATCH, Store
+
+if TYPE_CHECKING:  # imported where a PostgreSQL store is configured: psycopg is ~20 MB
+    from notifier.fleet import Fleet
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +87,7 @@ class Daemon:
         self.runstate = runstate.RunState(os.getpid(), str(path), digest or "", time.time())
         self.statedir = StateDir(self.cfg.state_dir)
         self.lock = self.statedir.acquire(STARTING, wait=ONESHOT_WAIT)  # one daemon per state dir
-        self.store = fleetmod.open_store(self.cfg, self.statedir, reinit=reinit, locked=True)
-        self.fleet = fleetmod.Fleet.join(self.store, self.cfg)  # None: SQLite, this daemon alone
+        self.store, self.fleet = self._open_store(reinit)  # fleet None: SQLite, this daemon alone
         self.alerter = Alerter(self.cfg)
         self.sender = Sender(self.cfg, self.store, debug_smtp)
         self.health = Health(self, self.lock)
@@ -118,6 +118,17 @@ class Daemon:
 
     # -- lifecycle --------------------------------------------------------------------------
 
+
+    def _open_store(self, reinit: bool) -> tuple[Store, Fleet | None]:
+        """SQLite in the state directory, or the fleet's PostgreSQL and this daemon's place in
+        the fleet. notifier.fleet (and psycopg, ~20 MB of the daemon's memory) is imported only
+        for the latter."""
+        if self.cfg.store is None:
+            return self.statedir.open_store(reinit=reinit, locked=True), None
+        from notifier import fleet  # noqa: PLC0415 - psycopg only with `store:`
+
+        store = fleet.open_store(self.cfg, self.statedir, reinit=reinit, locked=True)
+        return store, fleet.Fleet.join(store, self.cfg)
     def run(self) -> int:
         limit_malloc_arenas()
         self._announce()
@@ -283,13 +294,16 @@ class Daemon:
         """PostgreSQL store: beat the heart, keep the claims of running checks, then claim the
         due checks this daemon has room for, batch after batch while whole batches are due, and
         run each under its claim (notifier.fleet); the claim fences the result."""
+        from notifier.fleet import CLAIM_BATCH  # noqa: PLC0415 - psycopg only with `store:`
+        from notifier.pgstore import PgStore  # noqa: PLC0415 - psycopg only with `store:`
+
         assert self.fleet is not None
         names = [w.name for w in self.cfg.watchers]
         try:
             self.fleet.heartbeat(self.health.summary().rstrip(" |"), self.runstate.digest)
             self.fleet.renew()
-            claimed = fleetmod.CLAIM_BATCH
-            while claimed == fleetmod.CLAIM_BATCH and not self._stop:
+            claimed = CLAIM_BATCH
+            while claimed == CLAIM_BATCH and not self._stop:
                 with self._idle:
                     room = self.cfg.workers - self._running["check"] - self._claimed
                 batch = self.fleet.claim(names, room)

@@ -223,3 +223,14 @@ def test_what_check_prints_cannot_drive_the_terminal(tmp_path: Path,
     assert "\x1b" not in out
     assert "\x07" not in out
     assert "+ok red" in out
+
+
+def test_a_single_machine_config_never_imports_postgresql_or_the_relay_server(tmp_path: Path) -> None:
+    """psycopg (~20 MB) and aiosmtpd (~12 MB) are for `store:` and `relay:` only: `validate` of a
+    config with neither, in a fresh interpreter, leaves both unimported."""
+    path = write(tmp_path, "watchers:\n  - {name: a, kind: url, url: 'http://127.0.0.1:1/'}\n")
+    script = ("import sys; from notifier.cli import main; code = main(['-c', sys.argv[1], 'validate']); "
+              "print(sorted({m.split('.')[0] for m in sys.modules} & {'psycopg', 'aiosmtpd'}), code)")
+    result = subprocess.run([sys.executable, "-c", script, str(path)], capture_output=True, text=True,
+                            check=True, timeout=60)
+    assert result.stdout.splitlines()[-1] == "[] 0"
