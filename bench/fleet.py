@@ -152,11 +152,14 @@ def fleet_run(args: argparse.Namespace, tmp: Path) -> None:
                     daemon_cpu[d.pid] = max(daemon_cpu.get(d.pid, 0.0), cpu_of(d.pid))
                 postgres_cpu(postmaster, seen)
                 if not killed_time and args.kill_at and time.time() >= kill_at:
-                    killed_claims = _claims_of(url, daemons[0].pid)
-                    daemons[0].send_signal(signal.SIGKILL)
+                    victim = _busiest(url, daemons)
+                    victim.send_signal(signal.SIGKILL)
                     killed_time = time.time()
+                    victim.wait()
+                    killed_claims = _claims_of(url, victim.pid)  # a dead daemon's claims stay
+                    daemons.remove(victim)
             pg_cpu = postgres_cpu(postmaster, seen) - pg_cpu0
-            for d in daemons[1:]:
+            for d in daemons:
                 d.send_signal(signal.SIGTERM)
             for d in daemons:
                 d.wait(60)
@@ -182,10 +185,23 @@ def fleet_run(args: argparse.Namespace, tmp: Path) -> None:
 
 
 def _claims_of(url: str, pid: int) -> list[str]:
+    """The checks daemon `pid` holds a claim on (its id is host:pid:random)."""
     with psycopg.connect(url) as db:
-        rows = db.execute("SELECT name FROM fleet_check WHERE claimed_by LIKE %s",
-                          (f"%:{pid}:%",)).fetchall()
-    return [r[0] for r in rows]
+        rows = db.execute("SELECT name, claimed_by FROM fleet_check WHERE claimed_by IS NOT NULL").fetchall()
+    return [r[0] for r in rows if r[1].split(":")[1] == str(pid)]
+
+
+def _busiest(url: str, daemons: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    """The daemon holding the most claims, looked for over up to 10 s: killing one that is
+    between rounds would show no takeover at all."""
+    deadline, best = time.monotonic() + 10, daemons[0]
+    while time.monotonic() < deadline:
+        held = {d.pid: len(_claims_of(url, d.pid)) for d in daemons}
+        best = max(daemons, key=lambda d: held[d.pid])
+        if held[best.pid]:
+            break
+        time.sleep(0.05)
+    return best
 
 
 def _print_periods(per_period: Counter[int], watchers: int) -> None:

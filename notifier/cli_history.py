@@ -9,7 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-from notifier.cli_common import Register, load
+from notifier.cli_common import Register, load, open_store
 from notifier.config import Config, WatcherConfig
 from notifier.console import colored_diff, use_color
 from notifier.errors import (
@@ -54,6 +54,8 @@ def add_commands(command: Register) -> None:
 def _looking_back(cfg: Config) -> Store:
     """The state database for the commands that look back, brought up to date if it is old."""
     state = StateDir(cfg.state_dir)
+    if cfg.store is not None:  # the fleet's PostgreSQL
+        return open_store(cfg, state)
     if not state.db.exists():
         raise NotifierError(f"no state yet in {cfg.state_dir}; run `notifier check --send` or start "
                             f"`notifier run` first.")

@@ -56,9 +56,12 @@ def store_url(store: StoreConfig) -> Secret:
     if isinstance(store.url, Secret):
         return store.url
     try:
-        return store.url.read()
+        url = store.url.read()
     except ValueError as exc:
         raise DatabaseRefused(f"The store URL cannot be read: {exc}.") from None
+    if store.url.env:  # read once: what this process starts (commands, Chromium) must not inherit it
+        os.environ.pop(store.url.env, None)
+    return url
 
 
 def open_store(cfg: Config, statedir: StateDir, reinit: bool = False, locked: bool = False,
@@ -112,6 +115,9 @@ class Fleet:
         self._next_heartbeat = 0.0
         self._stop = threading.Event()
         self._listener: threading.Thread | None = None
+        self._pending: list[WatcherConfig] = []  # scheduled, due rows not written yet
+        self._held: set[str] = set()  # claimed and not yet done: the claims `renew` keeps
+        self._pending_lock = threading.Lock()
 
     @classmethod
     def join(cls, store: Store, cfg: Config) -> Fleet | None:
@@ -124,13 +130,14 @@ class Fleet:
 
     # -- membership ------------------------------------------------------------------------------
 
-    def heartbeat(self, health: str = "") -> None:
-        """Say this daemon is alive (every HEARTBEAT_EVERY seconds at most) and compare configs."""
+    def heartbeat(self, health: str = "", fingerprint: str = "") -> None:
+        """Say this daemon is alive (every HEARTBEAT_EVERY seconds at most) and compare configs.
+        `fingerprint`: of the configuration running now (a refused edit on disk does not count)."""
         now = time.time()
         if now < self._next_heartbeat:
             return
         self._next_heartbeat = now + HEARTBEAT_EVERY
-        self.fingerprint = runstate.digest(self.config_path) or self.fingerprint
+        self.fingerprint = fingerprint or self.fingerprint
         with self.store.locked() as conn:
             conn.execute(
                 "INSERT INTO fleet_member (id, host, pid, version, fingerprint, started, heartbeat, "
@@ -170,25 +177,46 @@ class Fleet:
 
     # -- checks ----------------------------------------------------------------------------------
 
-    def schedule(self, wc: WatcherConfig, now: float, watchers: int) -> None:
-        """Give a watcher its due row if it has none: soon (spread) when never checked or overdue,
-        else its next grid point. An existing row is the fleet's and stays as it is."""
-        last = self.store.state(wc.name).last_check
-        if wc.schedule.overdue(last, now):
-            due = now + stable_fraction(wc.name) * min(STARTUP_SPREAD, wc.schedule.every,
-                                                       max(1.0, 0.03 * watchers))
-        else:
-            due = next_due(wc, now)
-        with self.store.locked() as conn:
-            conn.execute("INSERT INTO fleet_check (name, due) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                         (wc.name, due))
+    def schedule(self, wc: WatcherConfig) -> None:
+        """Give a watcher its due row if it has none, at the next round (see `_flush`)."""
+        with self._pending_lock:
+            self._pending.append(wc)
+
+    def _flush(self) -> None:
+        """Write the due rows of the watchers scheduled since the last round in one statement:
+        soon (spread) when never checked or overdue, else the next grid point; a row that exists
+        is the fleet's and stays. A daemon starting with 9,000 watchers asks twice, not 18,000
+        times, while the others are already checking."""
+        with self._pending_lock:
+            pending, self._pending = self._pending, []
+        if not pending:
+            return
+        try:
+            now, last = time.time(), {n: st.last_check for n, st in self.store.states().items()}
+            spread = max(1.0, 0.03 * len(pending))
+            dues = [now + stable_fraction(wc.name) * min(STARTUP_SPREAD, wc.schedule.every, spread)
+                    if wc.schedule.overdue(last.get(wc.name), now) else next_due(wc, now) for wc in pending]
+            with self.store.locked() as conn:
+                conn.execute("INSERT INTO fleet_check (name, due) SELECT * FROM unnest(%s::text[], "
+                             "%s::float8[]) ON CONFLICT DO NOTHING", ([wc.name for wc in pending], dues))
+        except StateError:
+            with self._pending_lock:
+                self._pending[:0] = pending  # the next round tries again
+            raise
 
     def renew(self) -> None:
-        """Extend the claims of the checks this daemon is running: a live daemon keeps them,
-        only a dead or cut-off one loses them."""
+        """Write the due rows scheduled since the last round, and extend the claims of the
+        checks this daemon is running: a live daemon keeps them, only a dead or cut-off one
+        loses them."""
+        self._flush()
+        with self._pending_lock:
+            held = sorted(self._held)
         with self.store.locked() as conn:
             conn.execute(f"UPDATE fleet_check SET claimed_until = {DB_NOW} + %s "  # noqa: S608
-                         f"WHERE claimed_by = %s", (self.lease, self.id))
+                         f"WHERE claimed_by = %s AND name = ANY(%s)", (self.lease, self.id, held))
+            # A claim whose release failed (the database was away then) is handed back now.
+            conn.execute("UPDATE fleet_check SET claimed_by = NULL, claimed_until = NULL "
+                         "WHERE claimed_by = %s AND NOT name = ANY(%s)", (self.id, held))
 
     def claim(self, names: Sequence[str], room: int) -> list[str]:
         """Claim up to `room` (at most CLAIM_BATCH) due checks, oldest due first. While every
@@ -203,11 +231,15 @@ class Fleet:
                 f"SELECT name FROM fleet_check WHERE due <= {DB_NOW} AND (claimed_until IS NULL OR "
                 f"claimed_until < {DB_NOW}) {only}ORDER BY due LIMIT %s "
                 f"FOR UPDATE SKIP LOCKED) AS d WHERE f.name = d.name RETURNING f.name", args).fetchall()
-        return [str(r[0]) for r in rows]
+        names = [str(r[0]) for r in rows]
+        with self._pending_lock:
+            self._held.update(names)
+        return names
 
     def unknown(self, name: str) -> None:
         """A claimed check this daemon's config does not have (another daemon's config is newer,
         or older): it goes back, due a little later, for a daemon that knows it."""
+        self._done(name)
         with self.store.locked() as conn:
             conn.execute("UPDATE fleet_check SET claimed_by = NULL, claimed_until = NULL, due = %s "
                          "WHERE name = %s AND claimed_by = %s",
@@ -222,23 +254,28 @@ class Fleet:
     def running(self, wc: WatcherConfig) -> Iterator[None]:
         """Run a claimed check: its result is fenced by the claim; the claim goes back after.
         A result that could not be recorded (the database was down) is tried again soon."""
-        fence = Fence(wc.name, self.id, next_due(wc, time.time()))
+        fence = Fence(wc.name, self.id, lambda now: next_due(wc, now))
         try:
             with self.store.fenced(fence):
                 yield
         finally:
+            self._done(wc.name)
             retry = time.time() + RETRY_UNRECORDED
             with contextlib.suppress(StateError), self.store.locked() as conn:
                 conn.execute("UPDATE fleet_check SET claimed_by = NULL, claimed_until = NULL, "
-                             "due = CASE WHEN due = %s THEN due ELSE GREATEST(due, %s) END "
+                             "due = CASE WHEN %s THEN due ELSE GREATEST(due, %s) END "
                              "WHERE name = %s AND claimed_by = %s",
-                             (fence.next_due, retry, wc.name, self.id))
+                             (fence.recorded, retry, wc.name, self.id))
+
+    def _done(self, name: str) -> None:
+        with self._pending_lock:
+            self._held.discard(name)
 
     # -- reload ----------------------------------------------------------------------------------
 
-    def listen(self, url: Secret, on_reload: Callable[[], None]) -> None:
+    def listen(self, on_reload: Callable[[], None]) -> None:
         """Call `on_reload` whenever another host's `notifier reload` sends RELOAD_CHANNEL."""
-        self._listener = threading.Thread(target=self._listen, args=(url, on_reload),
+        self._listener = threading.Thread(target=self._listen, args=(self.store.url, on_reload),
                                           name="fleet-listen", daemon=True)
         self._listener.start()
 

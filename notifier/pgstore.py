@@ -21,8 +21,9 @@ from __future__ import annotations
 import os
 import socket
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, contextmanager
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TypeVar
@@ -36,7 +37,7 @@ from notifier import sqldb
 from notifier.errors import EXIT_BUSY, EXIT_CONFIG, StateError
 from notifier.secrets import Secret
 from notifier.sqldb import Row
-from notifier.store import Alert, OutboxRow, Queued, StateTooNew, Store, _enqueue, _row
+from notifier.store import OutboxRow, Queued, StateTooNew, Store, _enqueue, _row
 
 _T = TypeVar("_T")
 
@@ -167,6 +168,9 @@ def password_of(url: str) -> str | None:
 def connect(url: Secret, name: str = "notifier") -> psycopg.Connection[PgRow]:
     """Open a connection in autocommit mode (the store opens its own transactions), or raise
     DatabaseUnreachable / DatabaseRefused with what to do."""
+    password = password_of(url.reveal())
+    if password:
+        Secret(password)  # known to the log filter on its own too, wherever a message quotes it
     try:
         conn = psycopg.connect(url.reveal(), autocommit=True, row_factory=_pg_rows,
                                connect_timeout=CONNECT_TIMEOUT,
@@ -212,14 +216,16 @@ class LeaseLost(StateError):
     was recorded: another daemon has the check now, so this result is dropped, not written."""
 
 
-@dataclass(frozen=True)
+@dataclass
 class Fence:
     """A claim the result of a check must still hold when it is recorded: `owner` holds watcher
-    `name`, and recording moves its due time on to `next_due`."""
+    `name`, and recording moves its due time on to `next_due(now)`, now being when the result
+    is recorded (a check that ran late serves the period it ran in). `recorded` says it was."""
 
     name: str
     owner: str
-    next_due: float
+    next_due: Callable[[float], float]
+    recorded: bool = False
 
 
 class PgStore(Store):
@@ -247,14 +253,16 @@ class PgStore(Store):
             self._db = PgDb(self._conn)
 
     @contextmanager
-    def _tx(self) -> Iterator[PgDb]:
+    def _tx(self, writes: bool = True) -> Iterator[PgDb]:
+        """One transaction. A writing one in a thread running a claimed check first checks the
+        check's fence (see `fenced`): every write a check makes is its result."""
         with self._lock:
             try:
                 self._reconnect()
                 with self._conn.transaction():
-                    armed = getattr(self._fence, "armed", None)
-                    if armed is not None:
-                        self._check_fence(self._db, armed)
+                    fence: Fence | None = getattr(self._fence, "value", None) if writes else None
+                    if fence is not None:
+                        self._check_fence(self._db, fence)
                     yield self._db
             except _Rollback:
                 return
@@ -262,11 +270,11 @@ class PgStore(Store):
                 raise classify(self.url, exc) from None
 
     def _query(self, sql: str, args: Sequence[Any] = ()) -> list[Row]:
-        with self._tx() as db:
+        with self._tx(writes=False) as db:
             return list(db.execute(sql, args).fetchall())
 
     def _read(self, reader: Callable[..., _T], *args: Any) -> _T:
-        with self._tx() as db:
+        with self._tx(writes=False) as db:
             return reader(db, *args)
 
     def close(self) -> None:
@@ -302,43 +310,27 @@ class PgStore(Store):
 
     # -- several daemons on one database ------------------------------------------------------
 
-    def fenced(self, fence: Fence) -> AbstractContextManager[None]:
-        """While a check runs in this thread: its results are recorded only if `fence` holds."""
-        return self._for_this_thread("value", fence)
-
     @contextmanager
-    def _for_this_thread(self, attr: str, value: object) -> Iterator[None]:
-        """Set one of the thread's fence values for the length of a block (checks run in a pool:
-        each thread has the fence of its own check)."""
-        setattr(self._fence, attr, value)
+    def fenced(self, fence: Fence) -> Iterator[None]:
+        """While a claimed check runs in this thread (checks run in a pool: each thread has its
+        own): whatever it writes is written only while `fence` holds."""
+        self._fence.value = fence
         try:
             yield
         finally:
-            setattr(self._fence, attr, None)
+            self._fence.value = None
 
-    def _check_fence(self, db: PgDb, name: str) -> None:
-        """In the transaction that records `name`'s result: the claim must still be this
+    def _check_fence(self, db: PgDb, fence: Fence) -> None:
+        """In the transaction that records the check's result: the claim must still be this
         daemon's and unexpired (by the database's clock), and the due time moves on with it."""
-        fence: Fence | None = getattr(self._fence, "value", None)
-        if fence is None or fence.name != name:
-            return
+        due = fence.next_due(time.time())
         held = db.execute(f"UPDATE fleet_check SET due = ? WHERE name = ? AND claimed_by = ? AND "  # noqa: S608
-                          f"claimed_until > {DB_NOW}", (fence.next_due, name, fence.owner)).rowcount
+                          f"claimed_until > {DB_NOW}", (due, fence.name, fence.owner)).rowcount
+        fence.recorded = fence.recorded or bool(held)
         if not held:
-            raise LeaseLost(f"watcher={name}: this daemon's claim expired before the result was "
+            raise LeaseLost(f"watcher={fence.name}: this daemon's claim expired before the result was "
                             f"recorded (paused or cut off from the database for longer than the "
                             f"lease); another daemon checks it, and this result was dropped.")
-
-    def record_success(self, name: str, now: float, meta: Mapping[str, str], content: str | None,
-                       history: int, alerts: Sequence[Alert] = ()) -> None:
-        """As Store.record_success, fenced (see `fenced`)."""
-        with self._for_this_thread("armed", name):  # the transaction that records it: see _tx
-            super().record_success(name, now, meta, content, history, alerts)
-
-    def record_failure(self, name: str, now: float, error: str, alerts: Sequence[Alert] = ()) -> None:
-        """As Store.record_failure, fenced (see `fenced`)."""
-        with self._for_this_thread("armed", name):
-            super().record_failure(name, now, error, alerts)
 
     def claim(self, owner: str, now: float, limit: int, lease: float = 600.0) -> list[OutboxRow]:
         """As Store.claim, but with row locks that other daemons skip (FOR UPDATE SKIP LOCKED)

@@ -10,6 +10,7 @@ served: two requests for one due time are a duplicate, a due time without one is
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -27,6 +28,7 @@ from notifier import config as configmod
 from notifier.config import WatcherConfig
 from notifier.errors import EXIT_BUSY, EXIT_CONFIG, ConfigError
 from notifier.fleet import Fleet as FleetMember
+from notifier.fleet import store_url
 from notifier.outbox import Sender
 from notifier.pgstore import LeaseLost, PgStore
 from notifier.secrets import Secret, SecretRef
@@ -383,6 +385,13 @@ def test_migrate_copies_a_single_machine_state_into_postgresql(tmp_path: Path, p
         store.enqueue([Queued("<new@x>", "change", "prices", None, "a@x", ("b@x",), b"x")])  # ids go on
     finally:
         store.close()
+    env = {"PATH": "/usr/bin:/bin", "NOTIFIER_STORE": pg_url, "STATE_DIRECTORY": str(tmp_path / "state")}
+    looks = (("log", "<m0@x>"), ("outbox", "<m1@x>"), ("history", "3 version(s) of prices kept"))
+    for command, shown in looks:
+        extra = ["prices"] if command == "history" else []
+        looked = subprocess.run([sys.executable, "-m", "notifier.cli", "-c", str(config), command, *extra],
+                                capture_output=True, text=True, check=False, env=env)
+        assert shown in looked.stdout, (command, looked.stdout, looked.stderr)  # the commands read it there
     again = subprocess.run(done.args, capture_output=True, text=True, check=False,
                            env={"PATH": "/usr/bin:/bin", "NOTIFIER_STORE": pg_url,
                                 "STATE_DIRECTORY": str(tmp_path / "state")})
@@ -405,8 +414,9 @@ def test_a_result_is_recorded_only_while_its_claim_holds(tmp_path: Path, pg_url:
         assert late is not None
         assert other is not None
         wc = cfg.watchers[0]
-        late.schedule(wc, time.time() - 10, 1)
-        assert late.claim(["a"], 10) == ["a"]
+        late.schedule(wc)
+        late.renew()  # writes the due row: never checked, so due within a second
+        poll(lambda: late.claim(["a"], 10) == ["a"], "the first check to fall due")
         assert other.claim(["a"], 10) == []  # claimed: skipped, not waited for
         with late.running(wc):
             poll(lambda: other.claim(["a"], 10) == ["a"], "the lease to expire and another daemon to claim")
@@ -443,3 +453,15 @@ def test_a_message_is_sent_only_while_its_claim_holds(tmp_path: Path, pg_url: st
         assert store.outbox() == []
     finally:
         store.close()
+
+
+def test_the_store_url_leaves_the_environment_once_read(tmp_path: Path, pg_url: str,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the daemon starts (command watchers, Chromium) must not inherit the password."""
+    monkeypatch.setenv("NOTIFIER_STORE", pg_url)
+    config = tmp_path / "watchers.yaml"
+    config.write_text("store_url_env: NOTIFIER_STORE\nwatchers:\n" + FILE_WATCHER.format(name="a"))
+    cfg = configmod.load(config)
+    assert cfg.store is not None
+    assert store_url(cfg.store).reveal() == pg_url
+    assert "NOTIFIER_STORE" not in os.environ
