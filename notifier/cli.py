@@ -221,8 +221,6 @@ def cmd_check(args: argparse.Namespace) -> int:
                                   lambda wc: check(wc, store, alerter, dry_run=not send)):
             statuses[outcome.status] += 1
             alerts += outcome.alerts
-            if send:  # counted for `notifier stats`, as the daemon counts its checks
-                store.record_duration(outcome.name, time.time(), outcome.seconds)
             progress.clear()
             _print_outcome(outcome, color)
             progress.advance()

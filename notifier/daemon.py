@@ -282,8 +282,6 @@ class Daemon:
         outcome = self._job(check, wc, self.store, self.alerter, key=f"watcher={name}")
         if outcome is None:
             return
-        with contextlib.suppress(StateError):  # the check's own write has reported a broken database
-            self.store.record_duration(name, time.time(), outcome.seconds)
         log.log(logging.WARNING if outcome.status == "failed" else logging.INFO, "%s", outcome.line())
         if outcome.retry_after is not None:
             self._come_back(name, outcome.retry_after)

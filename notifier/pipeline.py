@@ -130,11 +130,12 @@ def check(wc: WatcherConfig, store: Store, alerts: Alerts | None, dry_run: bool 
         if diff and alerts and not suppressed:
             add(alerts.change(wc, diff, state.content, text, state, now, fetched.attachments))
     error = _charge_template(wc, alerts, state, now, problems, queued)
+    seconds = time.monotonic() - started  # up to the record, so it is counted in the same commit
     if not dry_run:
-        store.record_success(wc.name, now, fetched.meta, store_text, wc.history, queued)
+        store.record_success(wc.name, now, fetched.meta, store_text, wc.history, queued, seconds)
         if error:
             store.record_failure(wc.name, now, error)
-    return Outcome(wc.name, wc.kind, "failed" if error else status, time.monotonic() - started,
+    return Outcome(wc.name, wc.kind, "failed" if error else status, seconds,
                    diff, error=error, alerts=len(queued), suppressed=suppressed)
 
 
@@ -189,10 +190,10 @@ def _failed(wc: WatcherConfig, store: Store, alerts: Alerts | None, state: Watch
         queued, problem = alerts.error(wc, error, state, now)
         if problem:  # the alert went out with the shipped templates; keep the reason in status
             error = f"{error}; also, {problem} (the error alert used the shipped templates)"
+    seconds = time.monotonic() - started
     if not dry_run:
-        store.record_failure(wc.name, now, error, queued)
-    return Outcome(wc.name, wc.kind, "failed", time.monotonic() - started, error=error,
-                   alerts=len(queued))
+        store.record_failure(wc.name, now, error, queued, seconds)
+    return Outcome(wc.name, wc.kind, "failed", seconds, error=error, alerts=len(queued))
 
 
 def _error_due(wc: WatcherConfig, state: WatcherState, failures: int, now: float) -> bool:

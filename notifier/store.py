@@ -465,22 +465,27 @@ class Store:
         return out
 
     def record_success(self, name: str, now: float, meta: Mapping[str, str],
-                       content: str | None, history: int, alerts: Sequence[Alert] = ()) -> None:
+                       content: str | None, history: int, alerts: Sequence[Alert] = (),
+                       seconds: float | None = None) -> None:
         """Record a successful check; `content` is None when nothing changed.
 
-        The snapshot, the trimmed history, the cleared failure count, the day's check count and
-        any alerts (a change, a recovery) commit together.
+        The snapshot, the trimmed history, the cleared failure count, the day's check count,
+        how long the check took (`seconds`, for `notifier stats`) and any alerts (a change, a
+        recovery) commit together: one transaction per check is most of what a check costs
+        the daemon once the page is fetched.
         """
         with self._tx() as db:
             _upsert(db, name)
             db.execute("UPDATE watcher SET last_check = ?, meta = ?, failures = 0, "
                        "error_alerted_at = NULL WHERE name = ?", (now, json.dumps(dict(meta)), name))
             changed = content is not None and _add_version(db, name, now, content, history)
-            ledger.count_check(db, name, now, change=changed)
+            ledger.count_check(db, name, now, change=changed, seconds=seconds)
             _enqueue(db, alerts)
 
-    def record_failure(self, name: str, now: float, error: str, alerts: Sequence[Alert] = ()) -> None:
-        """Count a failed check; with an error alert, remember when it was sent.
+    def record_failure(self, name: str, now: float, error: str, alerts: Sequence[Alert] = (),
+                       seconds: float | None = None) -> None:
+        """Count a failed check (and how long it took); with an error alert, remember when it
+        was sent.
 
         `last_error_at` is when the current streak began ("failing since"): set by the first
         failure after a success, kept by the ones after it. SET expressions see the row as it
@@ -496,14 +501,8 @@ class Store:
                        "failures = failures + 1 WHERE name = ?", (now, error, now, name))
             if alerts:
                 db.execute("UPDATE watcher SET error_alerted_at = ? WHERE name = ?", (now, name))
-            ledger.count_check(db, name, now, check=last_check != now, failure=True)
+            ledger.count_check(db, name, now, check=last_check != now, failure=True, seconds=seconds)
             _enqueue(db, alerts)
-
-    def record_duration(self, name: str, at: float, seconds: float) -> None:
-        """Count how long a recorded check took (its own small transaction: the check's result
-        is committed before its duration is known)."""
-        with self._tx() as db:
-            ledger.count_duration(db, name, at, seconds)
 
     def forget(self, names: Sequence[str]) -> None:
         """Drop the state, history and check counts of watchers no longer configured

@@ -216,8 +216,8 @@ def test_stats_counts_checks_and_deliveries(config: Path, capsys: pytest.Capture
     store = store_of(versions)
     try:
         for n in range(10):
-            store.record_success("doc", now - n, {}, f"v{n}" if n < 3 else None, history=10)
-            store.record_duration("doc", now, 0.1 if n < 9 else 10.0)
+            store.record_success("doc", now - n, {}, f"v{n}" if n < 3 else None, history=10,
+                                 seconds=0.1 if n < 9 else 10.0)
         store.record_failure("doc", now, "boom")
         _logged(store, 1, watcher="doc", account="qq", at=now, deferral="451")
         _logged(store, 2, watcher="doc", account="qq", at=now)

@@ -150,15 +150,13 @@ def test_checks_changes_and_failures_are_counted_per_day(tmp_path: Path) -> None
     store = Store(tmp_path / "state.db")
     day = 1_764_000_000.0
     try:
-        store.record_success("w", day, {}, "v1", history=5)  # the baseline is no change
-        store.record_success("w", day + 60, {}, None, history=5)
-        store.record_success("w", day + 120, {}, "v2", history=5)
-        store.record_failure("w", day + 180, "boom")
-        store.record_success("w", day + 240, {}, "v3", history=5)
+        store.record_success("w", day, {}, "v1", history=5, seconds=0.004)  # the baseline: no change
+        store.record_success("w", day + 60, {}, None, history=5, seconds=0.04)
+        store.record_success("w", day + 120, {}, "v2", history=5, seconds=0.04)
+        store.record_failure("w", day + 180, "boom", seconds=0.4)
+        store.record_success("w", day + 240, {}, "v3", history=5, seconds=400.0)
         store.record_failure("w", day + 240, "the template failed")  # same check: one more failure
         store.record_success("w", day + 86400, {}, None, history=5)
-        for seconds in (0.004, 0.04, 0.04, 0.4, 400.0):
-            store.record_duration("w", day, seconds)
         days = {d.day: d for d in store.check_days(day)}
     finally:
         store.close()
