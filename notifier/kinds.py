@@ -26,6 +26,8 @@ class Kind:
     down register themselves in it by the `kind` name users write in `watchers.yaml`.
     """
 
+    __slots__ = ()  # a subclass may keep its instances lean (20,000 url watchers stay loaded)
+
     kind: ClassVar[str] = ""
     options: ClassVar[tuple[Option, ...]] = ()
     registry: ClassVar[dict[str, type[Any]]]
@@ -74,6 +76,7 @@ class Shared:
 class Watcher(Kind):
     """Base of all watcher kinds. Subclasses parse their options in `__init__`."""
 
+    __slots__ = ("name",)
     registry: ClassVar[dict[str, type[Watcher]]]
 
     def __init__(self, name: str, options: Mapping[str, Any]) -> None:

@@ -85,6 +85,9 @@ class Url(Watcher, kind="url"):
     Cookie to another site.
     """
 
+    # No __dict__: ~50 bytes less for each of 20,000 watchers.
+    __slots__ = ("connect_timeout", "encoding", "max_bytes", "max_redirects", "method", "request",
+                 "timeout", "url")
     options: ClassVar[tuple[Option, ...]] = (
         Option("url", Str(), REQUIRED, "The http:// or https:// address to fetch."),
         Option("method", Choice("GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"),
