@@ -32,7 +32,7 @@ LAYERS: list[set[str]] = [
     {"statedir"},
     {"fleet"},
     {"render"},
-    {"message", "inbox", "rewrite", "screen"},
+    {"message", "inbox", "rewrite", "screen", "relaydata"},
     {"alerts"},
     {"transport", "receive"},
     {"outbox", "verify", "reading", "bounces", "relay"},
