@@ -44,6 +44,7 @@ _T = TypeVar("_T")
 CONNECT_TIMEOUT = 10  # seconds: an unreachable host is an error at start, not a hang
 MIGRATION_LOCK = 0x6E6F7469  # pg_advisory_xact_lock key ("noti") serialising schema upgrades
 UNREACHABLE = "cannot be reached"  # the words of classify()'s message for a database that is away
+LEASE_LOST = "claim expired before the result was recorded"  # the words of LeaseLost's message
 DB_NOW = "EXTRACT(EPOCH FROM clock_timestamp())"  # leases are timed by the database's one clock
 
 # The fleet's own tables (notifier.fleet), PostgreSQL only: which daemons run, and each watcher's
@@ -328,9 +329,9 @@ class PgStore(Store):
                           f"claimed_until > {DB_NOW}", (due, fence.name, fence.owner)).rowcount
         fence.recorded = fence.recorded or bool(held)
         if not held:
-            raise LeaseLost(f"watcher={fence.name}: this daemon's claim expired before the result was "
-                            f"recorded (paused or cut off from the database for longer than the "
-                            f"lease); another daemon checks it, and this result was dropped.")
+            raise LeaseLost(f"watcher={fence.name}: this daemon's {LEASE_LOST} (paused or cut off "
+                            f"from the database for longer than the lease); another daemon checks "
+                            f"it, and this result was dropped.")
 
     def claim(self, owner: str, now: float, limit: int, lease: float = 600.0) -> list[OutboxRow]:
         """As Store.claim, but with row locks that other daemons skip (FOR UPDATE SKIP LOCKED)
@@ -345,9 +346,10 @@ class PgStore(Store):
 
     @staticmethod
     def unreachable(reason: str) -> bool:
-        """Whether an error message is classify()'s "cannot be reached" (to end it once the
-        database answers again)."""
-        return UNREACHABLE in reason
+        """Whether an error message ends once the database answers again: classify()'s "cannot
+        be reached", or LeaseLost's refused result (the daemon was cut off or paused; when it
+        answers again, the check is another daemon's and may never be this one's again)."""
+        return UNREACHABLE in reason or LEASE_LOST in reason
 
     def renew_claim(self, row_id: int, owner: str, now: float) -> bool:
         """Fencing for sends: only while `owner`'s claim on the message holds, and then for a
