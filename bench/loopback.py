@@ -22,6 +22,7 @@ import random
 import re
 import selectors
 import socket
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -205,6 +206,13 @@ class PageServer(ThreadingHTTPServer):
                          (sock.getsockname() for sock in self._listeners)]
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+
+    def handle_error(self, request: socket.socket | tuple[bytes, socket.socket],
+                     client_address: tuple[str, int]) -> None:
+        """A client that hung up mid-answer (a killed daemon, a timed-out fetch) is part of the
+        benchmark, not an error worth a traceback among its figures; anything else still is."""
+        if not isinstance(sys.exc_info()[1], ConnectionError):
+            super().handle_error(request, client_address)
 
     @property
     def base_url(self) -> str:
