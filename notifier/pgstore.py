@@ -241,16 +241,29 @@ class PgStore(Store):
         self._lock = threading.Lock()
         self._conn = connect(url)
         try:
+            self._limit_idle(self._conn)
             self._db: PgDb = PgDb(self._conn)  # type: ignore[assignment]
             migrate(self._conn, url, readonly)
         except BaseException:
             self._conn.close()
             raise
 
+    def _limit_idle(self, conn: psycopg.Connection[PgRow]) -> None:
+        """Have the server end this session when a transaction of it sits idle for a lease. A
+        daemon cut off between a statement and its COMMIT leaves the transaction open on the
+        server, with the row locks it took (its claims, renewed); the others skip locked rows,
+        so without this its checks would wait until the kernel gives up on the path, hours on."""
+        try:
+            conn.execute("SELECT set_config('idle_in_transaction_session_timeout', %s, false)",
+                         (str(max(1, round(self.lease * 1000))),))
+        except psycopg.Error as exc:
+            raise classify(self.url, exc) from None
+
     def _reconnect(self) -> None:
         """Reopen a connection the server dropped (a restart), before the next statement."""
         if self._conn.broken or self._conn.closed:
             self._conn = connect(self.url)
+            self._limit_idle(self._conn)
             self._db = PgDb(self._conn)
 
     @contextmanager
