@@ -10,7 +10,9 @@ served: two requests for one due time are a duplicate, a due time without one is
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -26,7 +28,8 @@ import pytest
 
 from notifier import config as configmod
 from notifier.config import WatcherConfig
-from notifier.errors import EXIT_BUSY, EXIT_CONFIG, ConfigError
+from notifier.daemon import OUTBOX_EVERY
+from notifier.errors import EXIT_BUSY, EXIT_CONFIG, ConfigError, StateError
 from notifier.fleet import Fleet as FleetMember
 from notifier.fleet import store_url
 from notifier.outbox import Sender
@@ -38,6 +41,7 @@ from tests.servers.http import Handler, LocalHTTPServer
 from tests.servers.postgres import PASSWORD, Postgres
 from tests.servers.smtp import PASSWORD as SMTP_PASSWORD
 from tests.servers.smtp import SmtpServer, smtp_yaml
+from tests.servers.tcp_proxy import TcpProxy
 from tests.test_daemon import Daemon, poll
 
 EVERY = 2.0
@@ -82,11 +86,12 @@ class Fleet:
         self.tmp, self.url = tmp, url
         self.daemons: list[Daemon] = []
 
-    def start(self, config: Path) -> Daemon:
+    def start(self, config: Path, url: str | None = None) -> Daemon:
+        """`url`: this daemon's way to the database, when not the fleet's (through a proxy)."""
         home = self.tmp / f"d{len(self.daemons)}"
         home.mkdir()
         shutil.copy(config, home / "watchers.yaml")
-        daemon = Daemon(home / "watchers.yaml", {"NOTIFIER_STORE": self.url,
+        daemon = Daemon(home / "watchers.yaml", {"NOTIFIER_STORE": url or self.url,
                                                  "STATE_DIRECTORY": str(home / "state")}).start()
         self.daemons.append(daemon)
         return daemon
@@ -287,13 +292,124 @@ def _holder(url: str, name: str, daemons: list[Daemon], requests: Callable[[], i
     def running() -> bool:
         with psycopg.connect(url) as db:
             row = db.execute("SELECT claimed_by FROM fleet_check WHERE name = %s", (name,)).fetchone()
-        pid = int(row[0].split(":")[1]) if row and row[0] else 0
+        pid = _pid_of(row[0] if row else None)
         if pid in pids and requests() > 0:
             found.append(pids[pid])
         return bool(found)
 
     poll(running, f"a daemon in the middle of checking {name}")
     return found[0]
+
+
+def _pid_of(claimed_by: str | None) -> int:
+    """The pid in a claim's owner: host:pid (an outbox row) or host:pid:nonce (a check)."""
+    return int(claimed_by.split(":")[1]) if claimed_by else 0
+
+
+def _sending(url: str, daemons: list[Daemon]) -> tuple[str, Daemon]:
+    """The Message-ID of the one message in the outbox, and the daemon whose claim on it holds."""
+    with psycopg.connect(url) as db:
+        rows = db.execute("SELECT message_id, claimed_by FROM outbox").fetchall()
+    assert len(rows) == 1, rows
+    pids = {d.proc.pid: d for d in daemons if d.proc is not None}
+    return str(rows[0][0]), pids[_pid_of(rows[0][1])]
+
+
+def _baseline(url: str, name: str, page: Clocked) -> None:
+    """Wait until the first check of `name` is recorded: a change after it is alerted."""
+    poll(lambda: len(page.times) >= 1, f"a first check of {name}")  # (the schema exists by then)
+    poll(lambda: checks_recorded(url).get(name, 0) >= 1, f"the first check of {name} recorded")
+
+
+def _queued(url: str) -> list[str]:
+    """The kinds of the messages in the outbox."""
+    with psycopg.connect(url) as db:
+        return [str(r[0]) for r in db.execute("SELECT kind FROM outbox").fetchall()]
+
+
+def _change_alerts(smtp: SmtpServer, name: str) -> list[str]:
+    """The Message-IDs of the change alerts about `name` the provider stored, copies included."""
+    return [str(parse(r.content)["Message-ID"]) for r in smtp.received
+            if name.encode() in r.content and b"changed" in r.content]
+
+
+@pytest.mark.parametrize("stored", [False, True], ids=["before-the-provider-stores", "at-its-250"])
+def test_kill_9_mid_send_leaves_the_alert_to_another_daemon_after_the_lease(
+        stored: bool, tmp_path: Path, http_server: LocalHTTPServer, smtp_server: SmtpServer,
+        fleet: Fleet, pg_url: str) -> None:
+    """The daemon sending a change alert is killed while the provider holds its DATA. The claim
+    on the message runs out a lease later, and another daemon sends it: killed before the
+    provider stored it, the alert arrives once; killed at the 250, twice, with one Message-ID
+    (a copy no mail queue can avoid, and one that mail clients fold)."""
+    page = _pages(http_server, ["sent"])["sent"]
+    config = fleet_config(tmp_path / "watchers.yaml", http_server, smtp_server, ["sent"])
+    daemons = [fleet.start(config) for _ in range(3)]
+    _baseline(pg_url, "sent", page)
+    hold = smtp_server.hold(stored, match=b"changed")
+    try:
+        page.body = b"<p>v2</p>"
+        poll(hold.arrived.is_set, "the change alert held in the provider's DATA")
+        message_id, sender = _sending(pg_url, daemons)
+        assert sender.stop(signal.SIGKILL) == -signal.SIGKILL
+        poll(hold.abandoned.is_set, "the provider seeing the killed sender's session end")
+    finally:
+        hold.release()
+    assert _change_alerts(smtp_server, "sent") == ([message_id] if stored else [])
+    sent = re.escape(f"message={message_id} ") + ".*outcome=sent"
+    others = [d for d in daemons if d is not sender]
+    poll(lambda: any(d.count(sent) for d in others), "another daemon sending the alert after the lease",
+         timeout=LEASE + OUTBOX_EVERY + 10)
+    poll(lambda: not _queued(pg_url), "the outbox empty: nobody can send it again")
+    assert _change_alerts(smtp_server, "sent") == [message_id] * (2 if stored else 1)
+
+
+def test_a_partitioned_daemon_cannot_record_a_check_or_alert_after_its_lease(
+        tmp_path: Path, http_server: LocalHTTPServer, smtp_server: SmtpServer, fleet: Fleet,
+        postgres: Postgres, pg_url: str) -> None:
+    """One daemon reaches the database through a proxy that freezes its path mid-check: the
+    process runs on, its connection stays open, its statements get no answer. The other daemon
+    takes the check over a lease later and alerts the change; when the path comes back, the
+    cut-off daemon's result of the same change is refused (the fence is checked in the
+    transaction that would record it), so it neither enters the history nor alerts again."""
+    page = _pages(http_server, ["slow"], delay=2.0)["slow"]
+    config = fleet_config(tmp_path / "watchers.yaml", http_server, smtp_server, ["slow"])
+    with TcpProxy(postgres.port) as proxy:
+        cut = fleet.start(config, url=pg_url.replace(f":{postgres.port}/", f":{proxy.port}/"))
+        _baseline(pg_url, "slow", page)
+        page.body = b"<p>v2</p>"
+        changed = len(page.times)
+        holder = _holder(pg_url, "slow", [cut], lambda: len(page.times) - changed)
+        proxy.freeze()
+        try:
+            refused = len(page.times)  # the check running now is the one whose result must not count
+            assert checks_recorded(pg_url)["slow"] == refused - 1, "the changed page was checked already"
+            other = fleet.start(config)
+            poll(lambda: len(page.times) > refused, "the other daemon taking the check over",
+                 timeout=LEASE + 15)
+            poll(lambda: bool(_change_alerts(smtp_server, "slow")), "the change alert, from the other daemon")
+        finally:
+            page.delay = 2 * LEASE  # from now on no check of slow is recorded for a while...
+            proxy.thaw()
+        assert holder is cut
+        cut.wait_log("claim expired before the result was recorded")
+        # ...so only the database answering again can end this daemon's failure, as it does for
+        # "cannot be reached": the check is another daemon's now, and may never come back here.
+        poll(lambda: "recovered: the state database records results again" in cut.log(),
+             "the cut-off daemon healthy again once its database answers", timeout=LEASE)
+        page.delay = 0.0
+        for d in (cut, other):
+            assert d.stop() == 0
+    assert "change" not in _queued(pg_url)  # (the cut-off daemon's recovery alert may wait there)
+    assert len(_change_alerts(smtp_server, "slow")) == 1
+    recorded = [t for i, t in enumerate(page.times) if i != refused - 1]
+    assert checks_recorded(pg_url)["slow"] == len(recorded)  # all but the refused result
+    served = slots(watcher(config, "slow"), recorded)
+    assert len(served) == len(set(served)), f"a due time was recorded twice: {served}"
+    store = PgStore(Secret(pg_url))
+    try:
+        assert len(store.versions("slow")) == 2  # the baseline and the change, once
+    finally:
+        store.close()
 
 
 # -- the config and the database at start ----------------------------------------------------------
@@ -429,6 +545,41 @@ def test_a_result_is_recorded_only_while_its_claim_holds(tmp_path: Path, pg_url:
     finally:
         for s in stores:
             s.close()
+
+
+def test_a_daemon_cut_off_inside_a_transaction_does_not_keep_its_check_locked(
+        tmp_path: Path, postgres: Postgres, pg_url: str) -> None:
+    """Cut off between a statement and its COMMIT, a daemon leaves its transaction open on the
+    server with the row locks it took, and the others skip locked rows when they claim: the
+    check would wait until the kernel gives up on the dead path (hours). The server ends a
+    session idle in a transaction for longer than the lease, so the check is taken over."""
+    config = tmp_path / "watchers.yaml"
+    config.write_text("store_url_env: NOTIFIER_STORE\nfleet_lease: 1s\nwatchers:\n"
+                      + FILE_WATCHER.format(name="a"))
+    cfg = configmod.load(config, environ={"NOTIFIER_STORE": pg_url})
+    with TcpProxy(postgres.port) as proxy:
+        cut_url = pg_url.replace(f":{postgres.port}/", f":{proxy.port}/")
+        stores = [PgStore(Secret(cut_url), lease=1.0), PgStore(Secret(pg_url), lease=1.0)]
+        try:
+            cut, other = (FleetMember.join(s, cfg) for s in stores)
+            assert cut is not None
+            assert other is not None
+            cut.schedule(cfg.watchers[0])
+            cut.renew()
+            poll(lambda: cut.claim(["a"], 10) == ["a"], "the first check to fall due")
+
+            def renew_then_lose_the_path() -> None:  # as `renew` does, cut off before its COMMIT
+                with contextlib.suppress(StateError), stores[0].locked() as conn:
+                    conn.execute("UPDATE fleet_check SET claimed_until = claimed_until + 0")
+                    proxy.freeze()
+
+            stuck = threading.Thread(target=renew_then_lose_the_path, daemon=True)
+            stuck.start()
+            poll(lambda: other.claim(["a"], 10) == ["a"], "another daemon claiming the check", timeout=10)
+        finally:
+            proxy.thaw()
+            for s in stores:
+                s.close()
 
 
 def test_a_message_is_sent_only_while_its_claim_holds(tmp_path: Path, pg_url: str,

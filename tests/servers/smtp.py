@@ -9,6 +9,7 @@ Three modes, named like ``SmtpAccount.security``: "ssl" (implicit TLS), "starttl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import email
 import email.policy
 import socket
@@ -93,15 +94,58 @@ class _Handler:
                 bytes(envelope.original_content or b"")):
             return "554 5.7.1 From header must equal authorized user"
         if fault is MISSING:
-            self.owner._store(Received(str(envelope.mail_from), tuple(envelope.rcpt_tos),
-                                       bytes(envelope.original_content or b"")))
+            content = bytes(envelope.original_content or b"")
+            hold = self.owner._take_hold(content)
+            if hold is not None and not hold.stored:
+                await hold.wait(content)  # cancelled when the client goes away: nothing stored
+            self.owner._store(Received(str(envelope.mail_from), tuple(envelope.rcpt_tos), content))
             if self.owner.after_store is not None:  # a test's crash between storing and the 250
                 self.owner.after_store()
+            if hold is not None and hold.stored:
+                await hold.wait(content)
             return "250 2.0.0 Ok: queued"
         return fault
 
     async def handle_QUIT(self, server: SMTP, session: Session, envelope: Envelope) -> Any:
         return await self.owner._fault("QUIT", server)
+
+
+class Hold:
+    """The next message whose DATA contains `match`, held before the provider stores it or,
+    with `stored`, right after, before its 250: the client waits for the reply as it would on
+    a slow server, and the test learns who is sending (`arrived`) and can kill it right there.
+    Held until `release()` or until the client goes away; then the session ends as a real
+    server's does: a message not yet stored is dropped, and a dead client gets no 250.
+    Driven by events, not sleeps; the server's other sessions go on meanwhile."""
+
+    def __init__(self, stored: bool, match: bytes = b"") -> None:
+        self.stored, self.match = stored, match
+        self.arrived = threading.Event()  # a message is held now; its DATA is in `content`
+        self.abandoned = threading.Event()  # its client went away while it was held
+        self.content = b""
+        self._released = threading.Event()
+        self._wake: tuple[asyncio.AbstractEventLoop, asyncio.Event] | None = None
+
+    async def wait(self, content: bytes) -> None:
+        """In the server's event loop: hold this session until released or abandoned."""
+        wake = asyncio.Event()
+        self._wake, self.content = (asyncio.get_running_loop(), wake), content
+        self.arrived.set()
+        if self._released.is_set():  # released before the message even came
+            return
+        try:
+            await wake.wait()
+        except asyncio.CancelledError:  # aiosmtpd cancels the session when the client is gone
+            self.abandoned.set()
+            raise
+
+    def release(self) -> None:
+        """Let the held session go on (from the test's thread)."""
+        self._released.set()
+        if self._wake is not None:
+            loop, wake = self._wake
+            with contextlib.suppress(RuntimeError):  # the server stopped already
+                loop.call_soon_threadsafe(wake.set)
 
 
 class SmtpServer:
@@ -125,6 +169,7 @@ class SmtpServer:
         self.username, self.password, self.require_auth = username, password, require_auth
         self.from_must_match = from_must_match
         self.after_store: Callable[[], None] | None = None
+        self._hold: Hold | None = None
         self.port = 0
         self.received: list[Received] = []
         self.logins: list[str] = []  # one entry per successful AUTH, so per connection
@@ -178,6 +223,20 @@ class SmtpServer:
         """Take back every fault `fail()` switched on: the server behaves again."""
         with self._lock:
             self._faults.clear()
+
+    def hold(self, stored: bool, match: bytes = b"") -> Hold:
+        """Hold the next message containing `match` (see Hold); later ones pass."""
+        with self._lock:
+            self._hold = Hold(stored, match)
+            return self._hold
+
+    def _take_hold(self, content: bytes) -> Hold | None:
+        with self._lock:
+            hold = self._hold
+            if hold is None or hold.match not in content:
+                return None
+            self._hold = None
+            return hold
 
     def refuse_recipient(self, address: str, reply: str = "550 5.1.1 Mailbox unavailable") -> None:
         """Refuse RCPT TO for `address` with `reply`; other recipients are accepted."""
