@@ -188,6 +188,21 @@ class Daemon:
             log.warning("command watchers will run as root; run notifier as a dedicated user "
                         "(the shipped systemd unit does) unless that is intended.")
 
+    def _wait_for_jobs(self, deadline: float) -> None:
+        """Let the running jobs finish, until `deadline`. A fleet daemon keeps renewing the
+        claims of its running checks meanwhile (the paused scheduler no longer does): a lease
+        shorter than SHUTDOWN_TIMEOUT would otherwise lapse, another daemon would check them
+        again, and the results this one is finishing would be refused."""
+        step = FLEET_POLL if self.fleet is not None else SHUTDOWN_TIMEOUT
+        while True:
+            left = deadline - time.monotonic()
+            with self._idle:
+                done = self._idle.wait_for(lambda: not +self._running, max(0.0, min(left, step)))
+            if done or self.fleet is None or time.monotonic() >= deadline:
+                return
+            with contextlib.suppress(StateError):
+                self.fleet.renew()
+
     def _on_stop(self, signum: int, frame: FrameType | None) -> None:
         self._stop = True
         self._wake.set()
@@ -209,8 +224,7 @@ class Daemon:
         else:
             log.info("stopping")
         self.scheduler.pause()
-        with self._idle:
-            self._idle.wait_for(lambda: not +self._running, SHUTDOWN_TIMEOUT)
+        self._wait_for_jobs(time.monotonic() + SHUTDOWN_TIMEOUT)
         self.scheduler.shutdown(wait=False)
         if self.fleet is not None:
             self.fleet.leave()
