@@ -284,6 +284,24 @@ def test_a_paused_daemon_cannot_record_a_check_another_took_over(
     assert recorded == len(page.times) - 1  # every request but the refused one is in the history
 
 
+def test_a_stopping_daemon_keeps_the_claims_of_the_checks_it_lets_finish(
+        tmp_path: Path, http_server: LocalHTTPServer, smtp_server: SmtpServer, fleet: Fleet,
+        pg_url: str) -> None:
+    """SIGTERM lets running checks finish, for longer than a short lease: their claims are
+    renewed meanwhile, or another daemon would check them again and refuse these results."""
+    page = _pages(http_server, ["long"], delay=2 * LEASE)["long"]
+    config = fleet_config(tmp_path / "watchers.yaml", http_server, smtp_server, ["long"])
+    first = fleet.start(config)
+    poll(lambda: len(page.times) >= 1, "the first check")
+    second = fleet.start(config)
+    second.wait_log("started: ")
+    holder = _holder(pg_url, "long", [first, second], lambda: len(page.times))
+    running = len(page.times)
+    assert holder.stop() == 0
+    assert "claim expired" not in holder.log()
+    assert checks_recorded(pg_url)["long"] == running  # the check it finished is in the history
+
+
 def _holder(url: str, name: str, daemons: list[Daemon], requests: Callable[[], int]) -> Daemon:
     """The daemon whose check of `name` is running now (its request made, its claim held)."""
     pids: dict[int, Daemon] = {d.proc.pid: d for d in daemons if d.proc is not None}
