@@ -108,7 +108,9 @@ def test_failures_stay_isolated_at_a_hundred_in_flight() -> None:
         kind = kind_of.get(w, "normal")
         if kind == "normal":
             assert "version 0" in outcome
-            assert seconds < 0.5, f"{w.url} took {seconds:.2f}s next to the troublemakers"
+            # Before the first troublemaker's deadline, so never queued behind one; how much
+            # sooner depends on the 200 MB the oversize bodies stream meanwhile on a busy box.
+            assert seconds < TIMEOUT - 0.05, f"{w.url} took {seconds:.2f}s next to the troublemakers"
         elif kind in ("hang", "drip-body", "drip-headers"):
             assert "did not finish within 1 second" in outcome, (kind, outcome)
             assert TIMEOUT - 0.05 <= seconds < TIMEOUT + SLACK, f"{kind} failed after {seconds:.2f}s"

@@ -327,7 +327,9 @@ def test_drip_feed_watchers_do_not_hold_up_a_pass(http_server: LocalHTTPServer) 
             assert "did not finish within 1 second" in outcome
             turns = round(seconds / TIMEOUT)  # 1 for the first eight, 2 for those that waited
             assert turns in (1, 2), f"{w.url} failed after {seconds:.2f}s"
-            assert turns * TIMEOUT - 0.05 <= seconds < turns * (TIMEOUT + SLACK), \
+            # Never before its own timeout; the clock of the last items starts only when a pool
+            # worker frees up (after a normal page), so a second turn may end a little short of 2 s.
+            assert TIMEOUT - 0.05 <= seconds < turns * (TIMEOUT + SLACK), \
                 f"{w.url} failed after {seconds:.2f}s"
     assert elapsed < 3 * TIMEOUT, f"the pass took {elapsed:.2f}s"
 
