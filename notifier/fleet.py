@@ -223,13 +223,17 @@ class Fleet:
         daemon runs the same config any due check will do; else only those among `names`."""
         if self.refusing or room <= 0:
             return []
+        with self._pending_lock:  # never a check this daemon still runs (see below)
+            busy = sorted(self._held)
         only = "AND name = ANY(%s) " if self.differing else ""
-        args = (self.id, self.lease, *([list(names)] if self.differing else []), min(room, CLAIM_BATCH))
+        args = (self.id, self.lease, busy, *([list(names)] if self.differing else []), min(room, CLAIM_BATCH))
+        # The fence knows the daemon, not the claim: claiming again a check whose earlier run here
+        # lost its lease (a partition) and is still finishing would let that stale result through.
         with self.store.locked() as conn:
             rows = conn.execute(
                 f"UPDATE fleet_check f SET claimed_by = %s, claimed_until = {DB_NOW} + %s FROM ("  # noqa: S608
                 f"SELECT name FROM fleet_check WHERE due <= {DB_NOW} AND (claimed_until IS NULL OR "
-                f"claimed_until < {DB_NOW}) {only}ORDER BY due LIMIT %s "
+                f"claimed_until < {DB_NOW}) AND NOT name = ANY(%s) {only}ORDER BY due LIMIT %s "
                 f"FOR UPDATE SKIP LOCKED) AS d WHERE f.name = d.name RETURNING f.name", args).fetchall()
         names = [str(r[0]) for r in rows]
         with self._pending_lock:
