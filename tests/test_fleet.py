@@ -261,13 +261,8 @@ def test_a_paused_daemon_cannot_record_a_check_another_took_over(
         pg_url: str) -> None:
     """SIGSTOP mid-check stands for a partition: the stopped daemon renews nothing, the other
     takes the check over after the lease, and the late result is refused when it resumes."""
-    page = _pages(http_server, ["slow"], delay=1.0)["slow"]
-    config = fleet_config(tmp_path / "watchers.yaml", http_server, smtp_server, ["slow"])
-    first = fleet.start(config)
-    poll(lambda: len(page.times) >= 1, "the first check")
-    second = fleet.start(config)
-    second.wait_log("started: ")
-    holder = _holder(pg_url, "slow", [first, second], lambda: len(page.times))
+    page, (first, second), holder = _one_mid_check(tmp_path, http_server, smtp_server, fleet, pg_url,
+                                                   "slow", delay=1.0)
     assert holder.proc is not None
     holder.proc.send_signal(signal.SIGSTOP)
     try:
@@ -289,17 +284,25 @@ def test_a_stopping_daemon_keeps_the_claims_of_the_checks_it_lets_finish(
         pg_url: str) -> None:
     """SIGTERM lets running checks finish, for longer than a short lease: their claims are
     renewed meanwhile, or another daemon would check them again and refuse these results."""
-    page = _pages(http_server, ["long"], delay=2 * LEASE)["long"]
-    config = fleet_config(tmp_path / "watchers.yaml", http_server, smtp_server, ["long"])
-    first = fleet.start(config)
-    poll(lambda: len(page.times) >= 1, "the first check")
-    second = fleet.start(config)
-    second.wait_log("started: ")
-    holder = _holder(pg_url, "long", [first, second], lambda: len(page.times))
+    page, _, holder = _one_mid_check(tmp_path, http_server, smtp_server, fleet, pg_url, "long",
+                                     delay=2 * LEASE)
     running = len(page.times)
     assert holder.stop() == 0
     assert "claim expired" not in holder.log()
     assert checks_recorded(pg_url)["long"] == running  # the check it finished is in the history
+
+
+def _one_mid_check(tmp_path: Path, http: LocalHTTPServer, smtp: SmtpServer, fleet: Fleet, url: str,
+                   name: str, delay: float) -> tuple[Clocked, list[Daemon], Daemon]:
+    """Two daemons on one slow watcher, the second started once the first checks it: the
+    page, both daemons, and the one in the middle of a check now."""
+    page = _pages(http, [name], delay=delay)[name]
+    config = fleet_config(tmp_path / "watchers.yaml", http, smtp, [name])
+    first = fleet.start(config)
+    poll(lambda: len(page.times) >= 1, "the first check")
+    second = fleet.start(config)
+    second.wait_log("started: ")
+    return page, [first, second], _holder(url, name, [first, second], lambda: len(page.times))
 
 
 def _holder(url: str, name: str, daemons: list[Daemon], requests: Callable[[], int]) -> Daemon:
