@@ -20,7 +20,7 @@ import ssl
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Self, TypeVar
 
 from notifier.errors import EXIT_CONFIG, NotifierError
 from notifier.secrets import MASK, redact
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 
 _dialogue_log = logging.getLogger("notifier.imap")
 _T = TypeVar("_T")
+_C = TypeVar("_C", bound=imaplib.IMAP4 | poplib.POP3)  # the connection of a _Session
 MAX_MESSAGE = 25 * 1024 * 1024  # bigger messages are refused by size, never read into memory
 IDLE_RENEW = 25 * 60.0  # RFC 2177: re-issue IDLE before the server's 30-minute timeout
 JUNK_NAMES = ("垃圾邮件", "junk", "spam", "junk e-mail", "junk email", "bulk mail")
@@ -290,10 +291,35 @@ class _ImapSSL(_Dialogue, imaplib.IMAP4_SSL):
         self._wrap()
 
 
-class _Session:
-    """A mailbox session as a context manager: connected on enter, closed (politely) on exit."""
+class _Session(Generic[_C]):
+    """A mailbox session as a context manager: connected on enter, closed (politely) on exit.
+
+    `connect()` is the same for both protocols — refuse a cleartext password, open the
+    connection (`_open`), log in (`_login`) — with every failure classified by `_guard`."""
+
+    def __init__(self, box: Mailbox) -> None:
+        self.box = box
+        self._conn: _C | None = None
+
+    @property
+    def conn(self) -> _C:
+        if self._conn is None:
+            raise MailboxUnavailable(f"{describe(self.box)}: not connected.")
+        return self._conn
 
     def connect(self) -> None:
+        box = self.box
+        _check_cleartext(box)
+        context = tls_context(box)
+        self._conn = _guard(box, lambda: self._open(context))
+        if box.username:
+            password = box.password.reveal()
+            _guard(box, lambda: self._login(str(box.username), password), login=True)
+
+    def _open(self, context: ssl.SSLContext) -> _C:
+        raise NotImplementedError
+
+    def _login(self, username: str, password: str) -> object:
         raise NotImplementedError
 
     def close(self) -> None:
@@ -307,42 +333,33 @@ class _Session:
         self.close()
 
 
-class ImapClient(_Session):
+class ImapClient(_Session[_Imap | _ImapSSL]):
     """One IMAP connection: connect() logs in and sends ID when offered (163 refuses SELECT
     before it); then folders, UID searches and fetches of new messages only, and IDLE."""
 
     def __init__(self, box: Mailbox) -> None:
-        self.box = box
-        self._conn: _Imap | _ImapSSL | None = None
+        super().__init__(box)
         self.capabilities: frozenset[str] = frozenset()
         self.selected: str | None = None
 
-    @property
-    def conn(self) -> _Imap | _ImapSSL:
-        if self._conn is None:
-            raise MailboxUnavailable(f"{describe(self.box)}: not connected.")
-        return self._conn
+    def _open(self, context: ssl.SSLContext) -> _Imap | _ImapSSL:
+        box = self.box
+        if box.security == "ssl":
+            return _ImapSSL(box.host, box.port, ssl_context=context, timeout=box.timeout)
+        conn = _Imap(box.host, box.port, timeout=box.timeout)
+        if box.security == "starttls":
+            if "STARTTLS" not in conn.capabilities:
+                conn.shutdown()
+                raise MailboxRefused(f"{describe(box)} does not offer STARTTLS, so the password "
+                                     f"would travel unencrypted; use security: ssl.")
+            conn.starttls(context)
+        return conn
+
+    def _login(self, username: str, password: str) -> object:
+        return self.conn.login(username, password)
 
     def connect(self) -> None:
-        _check_cleartext(self.box)
-        context = tls_context(self.box)
-        box = self.box
-
-        def open_() -> _Imap | _ImapSSL:
-            if box.security == "ssl":
-                return _ImapSSL(box.host, box.port, ssl_context=context, timeout=box.timeout)
-            conn = _Imap(box.host, box.port, timeout=box.timeout)
-            if box.security == "starttls":
-                if "STARTTLS" not in conn.capabilities:
-                    conn.shutdown()
-                    raise MailboxRefused(f"{describe(box)} does not offer STARTTLS, so the password "
-                                         f"would travel unencrypted; use security: ssl.")
-                conn.starttls(context)
-            return conn
-        self._conn = _guard(box, open_)
-        if box.username:
-            password = box.password.reveal()
-            _guard(box, lambda: self.conn.login(str(box.username), password), login=True)
+        super().connect()
         self.capabilities = frozenset(c.upper() for c in self._caps())
         if "ID" in self.capabilities:
             self._ok(self.conn.xatom("ID", CLIENT_ID))
@@ -548,37 +565,22 @@ class _PopSSL(_PopDialogue, poplib.POP3_SSL):
     pass
 
 
-class Pop3Client(_Session):
+class Pop3Client(_Session[poplib.POP3]):
     """One POP3 session. POP3 shows the mailbox as it was at login, so a poller opens a new
     session each round; messages are told apart by UIDL."""
 
-    def __init__(self, box: Mailbox) -> None:
-        self.box = box
-        self._conn: poplib.POP3 | None = None
-
-    @property
-    def conn(self) -> poplib.POP3:
-        if self._conn is None:
-            raise MailboxUnavailable(f"{describe(self.box)}: not connected.")
-        return self._conn
-
-    def connect(self) -> None:
-        _check_cleartext(self.box)
-        context = tls_context(self.box)
+    def _open(self, context: ssl.SSLContext) -> poplib.POP3:
         box = self.box
+        if box.security == "ssl":
+            return _PopSSL(box.host, box.port, timeout=box.timeout, context=context)
+        conn = _Pop(box.host, box.port, timeout=box.timeout)
+        if box.security == "starttls":
+            conn.stls(context)
+        return conn
 
-        def open_() -> poplib.POP3:
-            if box.security == "ssl":
-                return _PopSSL(box.host, box.port, timeout=box.timeout, context=context)
-            conn = _Pop(box.host, box.port, timeout=box.timeout)
-            if box.security == "starttls":
-                conn.stls(context)
-            return conn
-        self._conn = _guard(box, open_)
-        if box.username:
-            password = box.password.reveal()
-            _guard(box, lambda: (self.conn.user(str(box.username)), self.conn.pass_(password)),
-                   login=True)
+    def _login(self, username: str, password: str) -> object:
+        self.conn.user(username)
+        return self.conn.pass_(password)
 
     def close(self) -> None:
         """QUIT, which is when a POP3 server really deletes what DELE marked."""
