@@ -56,7 +56,7 @@ class Alerter:
             others.append(Attachment("snapshot.txt", "text/plain", new.encode()))
         attachments, _ = fit([*images, *others])
         shown = [a for a in attachments if a.content_id]
-        ctx = AlertContext(kind="change", watcher=_info(wc), at=self._at(wc, now), diff=diff,
+        ctx = AlertContext(kind="change", watcher=watcher_info(wc), at=self._at(wc, now), diff=diff,
                            old=old, new=new, previous_at=self._time(wc, state.last_change),
                            subject_prefix=self.cfg.subject_prefix,
                            extra={"images": tuple(shown)} if shown else {})
@@ -65,7 +65,7 @@ class Alerter:
     def error(self, wc: WatcherConfig, error: str, state: WatcherState, now: float) -> Built:
         """The error alert for the failure being recorded now; `state` is from before it, so
         the streak ("failing since") began at `state.last_error_at`, or now if this is its first."""
-        ctx = AlertContext(kind="error", watcher=_info(wc), at=self._at(wc, now), error=error,
+        ctx = AlertContext(kind="error", watcher=watcher_info(wc), at=self._at(wc, now), error=error,
                            failures=state.failures + 1,
                            failing_since=self._time(wc, state.last_error_at if state.failures else now),
                            subject_prefix=self.cfg.subject_prefix)
@@ -78,7 +78,7 @@ class Alerter:
                      built.problem)
 
     def recovery(self, wc: WatcherConfig, state: WatcherState, now: float) -> Built:
-        ctx = AlertContext(kind="recovery", watcher=_info(wc), at=self._at(wc, now),
+        ctx = AlertContext(kind="recovery", watcher=watcher_info(wc), at=self._at(wc, now),
                            error=state.last_error, failures=state.failures,
                            failing_since=self._time(wc, state.last_error_at),
                            subject_prefix=self.cfg.subject_prefix)
@@ -102,7 +102,7 @@ class Alerter:
                              "cc": recipients.cc, "bcc": recipients.bcc, "every": wc.digest},
                             sort_keys=True)
         shown, _ = cap_diff(diff)
-        info = _info(wc)
+        info = watcher_info(wc)
         payload = json.dumps({"name": info.name, "kind": info.kind, "source": info.source,
                               "link": info.link, "at": now, "diff": shown.to_data()})
         return DigestEntry(bucket=bucket, watcher=wc.name, payload=payload,
@@ -183,7 +183,7 @@ class Alerter:
         return None if ts is None else self._at(wc, ts)
 
 
-def _info(wc: WatcherConfig) -> WatcherInfo:
+def watcher_info(wc: WatcherConfig) -> WatcherInfo:
     return WatcherInfo(name=wc.name, kind=wc.kind, source=wc.watcher.source(), link=wc.watcher.link())
 
 

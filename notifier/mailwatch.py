@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
 from notifier import config
-from notifier.alerts import Alerter, _info
+from notifier.alerts import Alerter, watcher_info
 from notifier.bounces import Bounce, scan_mailbox
 from notifier.config import Config, Recipients
 from notifier.errors import NotifierError, StateError
@@ -210,7 +210,7 @@ class DetourAlerts(Alerter):
     def error_about(self, wc: config.WatcherConfig | None, error: str, now: float, failing: str | None,
                     recipients: Recipients, kind: str) -> Queued:
         account = detour(self.cfg, failing, recipients)
-        ctx = AlertContext(kind="error", watcher=_info(wc) if wc else None, at=self._at(wc, now),
+        ctx = AlertContext(kind="error", watcher=watcher_info(wc) if wc else None, at=self._at(wc, now),
                            error=error, subject_prefix=self.cfg.subject_prefix)
         to = recipients if recipients.envelope() else self.cfg.recipients
         queued, _problem = self._build(ctx, account, to, self._renderer(wc), now, wc.name if wc else None, [])

@@ -37,7 +37,7 @@ from notifier import sqldb
 from notifier.errors import EXIT_BUSY, EXIT_CONFIG, StateError
 from notifier.secrets import Secret
 from notifier.sqldb import Row
-from notifier.store import OutboxRow, Queued, StateTooNew, Store, _enqueue, _row
+from notifier.store import OutboxRow, Queued, StateTooNew, Store, enqueue_alerts, outbox_row
 
 _T = TypeVar("_T")
 
@@ -355,7 +355,7 @@ class PgStore(Store):
                 "outbox WHERE state = 'pending' AND not_before <= ? AND (claimed_until IS NULL OR "
                 "claimed_until < ?) ORDER BY id LIMIT ? FOR UPDATE SKIP LOCKED) RETURNING *",
                 (owner, now + self.lease, now, now, limit)).fetchall()
-        return sorted((_row(r) for r in rows), key=lambda r: r.id)
+        return sorted((outbox_row(r) for r in rows), key=lambda r: r.id)
 
     @staticmethod
     def unreachable(reason: str) -> bool:
@@ -379,7 +379,7 @@ class PgStore(Store):
             gone = db.execute("DELETE FROM digest WHERE id = ANY(?)", (list(ids),)).rowcount
             if gone != len(ids):
                 raise _Rollback
-            _enqueue(db, [message])
+            enqueue_alerts(db, [message])
 
     def connection(self) -> psycopg.Connection[PgRow]:
         """The open connection, for the fleet's own tables (notifier.fleet); under `locked()`."""

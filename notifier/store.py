@@ -480,7 +480,7 @@ class Store:
                        "error_alerted_at = NULL WHERE name = ?", (now, json.dumps(dict(meta)), name))
             changed = content is not None and _add_version(db, name, now, content, history)
             ledger.count_check(db, name, now, change=changed, seconds=seconds)
-            _enqueue(db, alerts)
+            enqueue_alerts(db, alerts)
 
     def record_failure(self, name: str, now: float, error: str, alerts: Sequence[Alert] = (),
                        seconds: float | None = None) -> None:
@@ -502,7 +502,7 @@ class Store:
             if alerts:
                 db.execute("UPDATE watcher SET error_alerted_at = ? WHERE name = ?", (now, name))
             ledger.count_check(db, name, now, check=last_check != now, failure=True, seconds=seconds)
-            _enqueue(db, alerts)
+            enqueue_alerts(db, alerts)
 
     def forget(self, names: Sequence[str]) -> None:
         """Drop the state, history and check counts of watchers no longer configured
@@ -543,7 +543,7 @@ class Store:
 
     def enqueue(self, alerts: Sequence[Alert]) -> None:
         with self._tx() as db:
-            _enqueue(db, alerts)
+            enqueue_alerts(db, alerts)
 
     def due_digests(self, now: float) -> dict[str, list[tuple[int, str]]]:
         """Digest entries whose digest is due, by bucket: (id, payload), oldest first."""
@@ -557,7 +557,7 @@ class Store:
         """Replace digest entries by their digest mail, in one transaction."""
         with self._tx() as db:
             db.executemany("DELETE FROM digest WHERE id = ?", [(i,) for i in ids])
-            _enqueue(db, [message])
+            enqueue_alerts(db, [message])
 
     def claim(self, owner: str, now: float, limit: int, lease: float = 600.0) -> list[OutboxRow]:
         """Take up to `limit` due messages for `owner`, so two senders never send one twice.
@@ -572,7 +572,7 @@ class Store:
             cur = db.execute("SELECT * FROM outbox WHERE claimed_by = ? AND claimed_until > ? "
                              "ORDER BY id", (owner, now))
             cur.row_factory = sqlite3.Row
-            return [_row(r) for r in cur.fetchall()]
+            return [outbox_row(r) for r in cur.fetchall()]
 
     def renew_claim(self, row_id: int, owner: str, now: float) -> bool:
         """Whether `owner` still holds its claim on a message, asked just before sending it.
@@ -648,7 +648,7 @@ class Store:
             return cur.rowcount
 
     def outbox(self) -> list[OutboxRow]:
-        return [_row(r) for r in self._query("SELECT * FROM outbox ORDER BY id")]
+        return [outbox_row(r) for r in self._query("SELECT * FROM outbox ORDER BY id")]
 
     def outbox_counts(self) -> dict[str, int]:
         rows = self._query("SELECT state, COUNT(*) AS n FROM outbox GROUP BY state")
@@ -709,7 +709,7 @@ class Store:
             new = receipts.record_bounce(db, original, recipients, status, reason, at)
             if not new:
                 return None
-            _enqueue(db, alerts(original, new))
+            enqueue_alerts(db, alerts(original, new))
             return original
 
     def bounces(self, since: float, limit: int = 10) -> list[receipts.BounceRow]:
@@ -722,7 +722,7 @@ class Store:
         """Keep the latest result of a delivery check, and queue the alert about it with it."""
         with self._tx() as db:
             receipts.record_check(db, check)
-            _enqueue(db, alerts)
+            enqueue_alerts(db, alerts)
 
     def mail_checks(self) -> list[receipts.MailCheck]:
         return self._read(receipts.checks)
@@ -871,7 +871,7 @@ def _upsert(db: Db, name: str) -> None:
     db.execute("INSERT OR IGNORE INTO watcher (name) VALUES (?)", (name,))
 
 
-def _enqueue(db: Db, alerts: Sequence[Alert]) -> None:
+def enqueue_alerts(db: Db, alerts: Sequence[Alert]) -> None:
     now = time.time()
     for entry in (a for a in alerts if isinstance(a, DigestEntry)):
         db.execute("INSERT INTO digest (bucket, due, watcher, payload) VALUES (?, COALESCE("
@@ -897,7 +897,7 @@ def _state(r: Row) -> WatcherState:
     )
 
 
-def _row(r: Row) -> OutboxRow:
+def outbox_row(r: Row) -> OutboxRow:
     return OutboxRow(
         message_id=r["message_id"], kind=r["kind"], watcher=r["watcher"], account=r["account"],
         sender=r["sender"], recipients=tuple(json.loads(r["recipients"])), body=bytes(r["body"]),
