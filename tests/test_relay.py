@@ -324,13 +324,18 @@ def test_relayed_mail_meets_the_outbox_faults_like_alerts(
     store.close()
 
 
-def test_a_backlog_goes_out_over_the_accounts_connections(tmp_path: Path, smtp_163: SmtpServer) -> None:
+def _three_connections(tmp_path: Path, smtp_163: SmtpServer) -> tuple[Config, Store, Intake]:
+    """A relay whose one account may open 3 connections at once: its config, store and intake."""
     path = tmp_path / "watchers.yaml"
     account = smtp_yaml(smtp_163).replace("password_env: PW", "password_env: PW, connections: 3")
     path.write_text(f"{account}mail: {{to: [admin@example.com]}}\nrelay: {{}}\nwatchers: []\n")
     cfg = configmod.load(path, environ={"PW": PASSWORD})
     store = Store(tmp_path / "state.db")
-    intake = Intake(lambda: cfg, store, host="host1")
+    return cfg, store, Intake(lambda: cfg, store, host="host1")
+
+
+def test_a_backlog_goes_out_over_the_accounts_connections(tmp_path: Path, smtp_163: SmtpServer) -> None:
+    cfg, store, intake = _three_connections(tmp_path, smtp_163)
     for n in range(30):
         intake.submit("local", "job@host1", ["ops@corp.example"], f"Subject: {n}\r\n\r\nx\r\n".encode())
     report = Sender(cfg, store).deliver()
@@ -343,12 +348,7 @@ def test_a_backlog_goes_out_over_the_accounts_connections(tmp_path: Path, smtp_1
 
 
 def test_rounds_over_several_lanes_reuse_each_lanes_connection(tmp_path: Path, smtp_163: SmtpServer) -> None:
-    path = tmp_path / "watchers.yaml"
-    account = smtp_yaml(smtp_163).replace("password_env: PW", "password_env: PW, connections: 3")
-    path.write_text(f"{account}mail: {{to: [admin@example.com]}}\nrelay: {{}}\nwatchers: []\n")
-    cfg = configmod.load(path, environ={"PW": PASSWORD})
-    store = Store(tmp_path / "state.db")
-    intake = Intake(lambda: cfg, store, host="host1")
+    cfg, store, intake = _three_connections(tmp_path, smtp_163)
     sender = Sender(cfg, store)
     for round_ in range(3):
         for n in range(30):

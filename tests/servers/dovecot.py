@@ -32,6 +32,7 @@ import pytest
 from notifier.config import Mailbox
 from notifier.receive import encode_folder
 from notifier.secrets import Secret
+from tests.servers import stop_process
 from tests.servers.smtp import HOST, LocalCA, Received, SmtpServer
 
 DOVECOT = shutil.which("dovecot") or "/usr/sbin/dovecot"
@@ -223,15 +224,10 @@ class Dovecot:
 
     def stop(self, cleanup: bool = True) -> None:
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
+        if proc is not None:
             # The master leads its own process group (its PID is the group's id): the whole
             # group gets the signal at once, instead of the master ending its children one by one.
-            os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+            stop_process(proc, signal.SIGTERM, 10, group=True)
         if cleanup:
             shutil.rmtree(self.root, ignore_errors=True)
 

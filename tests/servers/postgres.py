@@ -26,6 +26,8 @@ from pathlib import Path
 import psycopg
 import pytest
 
+from tests.servers import stop_process
+
 BIN = Path("/usr/lib/postgresql/15/bin")
 HOST = "127.0.0.1"
 USER = "notifier"
@@ -139,13 +141,8 @@ class Postgres:
     def stop(self) -> None:
         """Fast shutdown by the postmaster's PID (SIGINT), SIGKILL past a deadline."""
         proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            os.kill(proc.pid, signal.SIGINT)
-            try:
-                proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+        if proc is not None:
+            stop_process(proc, signal.SIGINT, 15, group=False)
 
     def restart(self) -> None:
         self.stop()
