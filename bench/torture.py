@@ -61,7 +61,7 @@ class Mail:
 def parse(content: bytes) -> Mail:
     msg = email.message_from_bytes(content, policy=email.policy.default)
     body = msg.get_body(("plain",))
-    text = body.get_content() if body is not None else ""  # type: ignore[attr-defined]
+    text = body.get_content() if body is not None else ""
     return Mail(str(msg["Message-ID"]), str(msg["Subject"]), {int(n) for n in EDIT.findall(text)})
 
 
