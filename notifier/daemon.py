@@ -91,7 +91,7 @@ class Daemon:
         self.alerter = Alerter(self.cfg)
         self.sender = Sender(self.cfg, self.store, debug_smtp)
         self.health = Health(self, self.lock)
-        self.relay = RelayService(lambda: self.cfg, self.store, self.wake_outbox)
+        self.relay = RelayService(lambda: self.cfg, self.store, self.wake_outbox, self.health)
         self._poke = False  # SIGUSR1: a one-shot command queued mail for us to send
         self._claimed = 0  # fleet checks claimed and waiting for a worker
         self._next_checkpoint = 0.0

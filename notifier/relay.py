@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
@@ -41,6 +41,9 @@ from notifier.relaydata import TooBig, read_data
 from notifier.relaylog import HOUR, MINUTE, Quarantined, Relayed
 from notifier.rewrite import crlf, rewrite
 from notifier.store import Store
+
+if TYPE_CHECKING:
+    from notifier.health import Health
 
 log = logging.getLogger(__name__)
 
@@ -106,12 +109,14 @@ class Intake:
     """
 
     def __init__(self, config: Callable[[], Config], store: Store,
-                 on_accept: Callable[[], None] = lambda: None, host: str | None = None) -> None:
+                 on_accept: Callable[[], None] = lambda: None, host: str | None = None,
+                 health: Health | None = None) -> None:
         self.config = config
         self.store = store
         self.on_accept = on_accept
         self.host = host or socket.gethostname()
-        self.commits = GroupCommit(store)
+        self.health = health  # the daemon's: a write that fails is its health, not only a log line
+        self.commits = GroupCommit(store, health)
 
     def submit(self, client: str, sender: str, recipients: Sequence[str], data: bytes) -> str:
         """The whole decision, waiting for the commit (`notifier sendmail`, which has no loop)."""
@@ -174,6 +179,8 @@ class Intake:
             self.store.relay_refuse(client, with_rule.rule, time.time())
         except StateError as exc:
             log.error("relay client=%s: the refusal could not be counted: %s", client, exc)
+            if self.health is not None:
+                self.health.failed(RELAY_WRITER, exc)
         log.warning("relay client=%s outcome=refused rule=%s", client, with_rule.rule)
         return with_rule.reply().replace("550 5.7.1", "552 5.3.4", 1)
 
@@ -199,10 +206,13 @@ class Intake:
         except StateError as exc:
             log.error("relay client=%s: the refused message could not be quarantined: %s",
                       kept.client, exc)
+            if self.health is not None:
+                self.health.failed(RELAY_WRITER, exc)
 
 
 Rates = Sequence[tuple[str, float, int]]  # (rule, window in seconds, most messages)
 GROUP_MOST = 64  # messages committed in one transaction at most
+RELAY_WRITER = "relay"  # the relay's writes, as the daemon's health names their writer
 
 
 class GroupCommit:
@@ -210,8 +220,9 @@ class GroupCommit:
     250 only after the commit that holds its message, but ten clients cost one commit, not ten.
     One thread writes; it starts with the first message and ends with `close`."""
 
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, health: Health | None = None) -> None:
         self.store = store
+        self.health = health
         self._queue: queue.SimpleQueue[tuple[Relayed, Rates, Future[str | None]] | None] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
@@ -260,9 +271,13 @@ class GroupCommit:
                 log.error("relay: %d message(s) could not be stored (a bug: %s: %s); their clients "
                           "are told to send again.", len(batch), type(exc).__name__, exc)
                 exc = StateError(f"the message could not be stored ({type(exc).__name__})")
+            if self.health is not None:
+                self.health.failed(RELAY_WRITER, exc)
             for _, _, done in batch:
                 done.set_exception(exc)
             return
+        if self.health is not None:
+            self.health.succeeded(RELAY_WRITER)
         for (_, _, done), rule in zip(batch, rules, strict=True):
             done.set_result(rule)
 
@@ -572,10 +587,12 @@ class RelayService:
     socket settings change on reload, stopped at shutdown. A relay that cannot listen is an
     error line and a note in the daemon's status; checks go on, and it tries again every minute."""
 
-    def __init__(self, config: Callable[[], Config], store: Store, on_accept: Callable[[], None]) -> None:
+    def __init__(self, config: Callable[[], Config], store: Store, on_accept: Callable[[], None],
+                 health: Health | None = None) -> None:
         self.config = config
         self.store = store
         self.on_accept = on_accept
+        self.health = health
         self.server: RelayServer | None = None
         self.problem: str | None = None
         self._next_try = 0.0
@@ -590,7 +607,8 @@ class RelayService:
         if self.server is not None and self.server.serving == listening(relay):
             return
         self.stop()
-        server = RelayServer(Intake(self.config, self.store, self.on_accept))
+        server = RelayServer(Intake(self.config, self.store, self.on_accept,
+                                     health=self.health))
         self._next_try = time.monotonic() + RETRY_LISTEN
         try:
             server.start()

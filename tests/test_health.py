@@ -362,3 +362,37 @@ def test_a_flapping_disk_alerts_once_an_hour_and_recovers_in_step(
     finally:
         host.store.close()
         lock.release()
+
+
+class _Recorded:
+    """Stands in for the daemon's Health: what the relay's writer reported."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str]] = []
+
+    def failed(self, writer: str, exc: Exception) -> None:
+        self.calls.append(("failed", writer))
+
+    def succeeded(self, writer: str) -> None:
+        self.calls.append(("succeeded", writer))
+
+
+def test_a_relay_message_the_store_cannot_take_is_the_daemons_health_not_only_a_log_line(
+        tmp_path: Path) -> None:
+    from notifier.relay import RELAY_WRITER, GroupCommit  # noqa: PLC0415 - aiosmtpd only here
+    from notifier.relaylog import Relayed  # noqa: PLC0415
+
+    store = Store(tmp_path / "state.db")
+    health = _Recorded()
+    commits = GroupCommit(store, health)  # type: ignore[arg-type]
+    try:
+        unstorable = Relayed("local", "<a@host1>", None, "a@host1", (object(),), b"x")  # type: ignore[arg-type]
+        with pytest.raises(StateError):
+            commits.queue(unstorable, ()).result(timeout=DEADLINE)
+        assert health.calls == [("failed", RELAY_WRITER)]
+        fine = Relayed("local", "<b@host1>", None, "a@host1", ("ops@corp.example",), b"Subject: b\r\n\r\n")
+        assert commits.queue(fine, ()).result(timeout=DEADLINE) is None
+        assert health.calls[-1] == ("succeeded", RELAY_WRITER)
+    finally:
+        commits.close()
+        store.close()
