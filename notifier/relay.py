@@ -159,6 +159,8 @@ class Intake:
     def deferred(self, checked: Checked, exc: StateError) -> str:
         """The reply when the database could not take the message: the client tries again."""
         log.error("relay client=%s outcome=deferred: %s", checked.relayed.client, exc)
+        if self.health is not None:  # the commit's failure is reported once (Health dedupes)
+            self.health.failed(RELAY_WRITER, exc)
         return "451 4.3.0 The message could not be stored; try again later."
 
     def decided(self, checked: Checked, rule: str | None) -> str:
@@ -181,6 +183,9 @@ class Intake:
             log.error("relay client=%s: the refusal could not be counted: %s", client, exc)
             if self.health is not None:
                 self.health.failed(RELAY_WRITER, exc)
+        else:
+            if self.health is not None:
+                self.health.succeeded(RELAY_WRITER)
         log.warning("relay client=%s outcome=refused rule=%s", client, with_rule.rule)
         return with_rule.reply().replace("550 5.7.1", "552 5.3.4", 1)
 
@@ -208,6 +213,9 @@ class Intake:
                       kept.client, exc)
             if self.health is not None:
                 self.health.failed(RELAY_WRITER, exc)
+        else:
+            if self.health is not None:
+                self.health.succeeded(RELAY_WRITER)
 
 
 Rates = Sequence[tuple[str, float, int]]  # (rule, window in seconds, most messages)
