@@ -33,7 +33,7 @@ def open_store(cfg: Config, state: StateDir, readonly: bool = False) -> Store:
         return state.open_store()
     from notifier import fleet  # noqa: PLC0415 - psycopg only with `store:`
 
-    return fleet.open_store(cfg, state, readonly=readonly)
+    return fleet.open_store(cfg.store, readonly=readonly)
 
 
 class NoState(StateError):

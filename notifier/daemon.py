@@ -127,7 +127,7 @@ class Daemon:
             return self.statedir.open_store(reinit=reinit, locked=True), None
         from notifier import fleet  # noqa: PLC0415 - psycopg only with `store:`
 
-        store = fleet.open_store(self.cfg, self.statedir, reinit=reinit, locked=True)
+        store = fleet.open_store(self.cfg.store)
         return store, fleet.Fleet.join(store, self.cfg)
     def run(self) -> int:
         limit_malloc_arenas()

@@ -37,7 +37,6 @@ from notifier.errors import StateError
 from notifier.pgstore import DB_NOW, DatabaseRefused, Fence, PgStore, connect
 from notifier.schedule import stable_fraction
 from notifier.secrets import Secret
-from notifier.statedir import StateDir
 from notifier.store import Store
 
 log = logging.getLogger(__name__)
@@ -64,13 +63,10 @@ def store_url(store: StoreConfig) -> Secret:
     return url
 
 
-def open_store(cfg: Config, statedir: StateDir, reinit: bool = False, locked: bool = False,
-               readonly: bool = False) -> Store:
-    """The configured store: SQLite in the state directory (its identity checked, see
-    notifier.statedir), or the shared PostgreSQL database."""
-    if cfg.store is None:
-        return statedir.open_store(reinit=reinit, locked=locked)
-    return PgStore(store_url(cfg.store), readonly=readonly, lease=cfg.store.lease)
+def open_store(store: StoreConfig, readonly: bool = False) -> PgStore:
+    """The fleet's shared PostgreSQL database (SQLite stays with notifier.statedir: callers
+    choose, so that a single machine never imports this module and psycopg)."""
+    return PgStore(store_url(store), readonly=readonly, lease=store.lease)
 
 
 def notifier_version() -> str:
