@@ -29,7 +29,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple, Protocol
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session, syntax
@@ -42,10 +42,30 @@ from notifier.relaylog import HOUR, MINUTE, Quarantined, Relayed
 from notifier.rewrite import crlf, rewrite
 from notifier.store import Store
 
-if TYPE_CHECKING:
-    from notifier.health import Health
-
 log = logging.getLogger(__name__)
+
+RELAY_WRITER = "relay"  # the relay's writes, as the daemon's health names their writer
+
+
+class Writes(Protocol):
+    """Who hears how the relay's writes go: the daemon's Health (notifier.health: a failure is
+    UNHEALTHY in `notifier status` and an alert, the next success ends it), or nobody."""
+
+    def failed(self, writer: str, exc: Exception) -> None: ...
+    def succeeded(self, writer: str) -> None: ...
+
+
+class _Nobody:
+    """`notifier sendmail` queueing by itself: its exit code and message tell the failure."""
+
+    def failed(self, writer: str, exc: Exception) -> None:
+        """Nobody to tell: the caller reports the failure itself."""
+
+    def succeeded(self, writer: str) -> None:
+        """Nothing to end."""
+
+
+NOBODY = _Nobody()
 
 LOCAL = "local"  # the client name of unauthenticated connections from this machine
 RCPT_CAP = 10_000  # recipients one transaction may collect before screening counts them
@@ -110,7 +130,7 @@ class Intake:
 
     def __init__(self, config: Callable[[], Config], store: Store,
                  on_accept: Callable[[], None] = lambda: None, host: str | None = None,
-                 health: Health | None = None) -> None:
+                 health: Writes = NOBODY) -> None:
         self.config = config
         self.store = store
         self.on_accept = on_accept
@@ -159,8 +179,7 @@ class Intake:
     def deferred(self, checked: Checked, exc: StateError) -> str:
         """The reply when the database could not take the message: the client tries again."""
         log.error("relay client=%s outcome=deferred: %s", checked.relayed.client, exc)
-        if self.health is not None:  # the commit's failure is reported once (Health dedupes)
-            self.health.failed(RELAY_WRITER, exc)
+        self.health.failed(RELAY_WRITER, exc)
         return "451 4.3.0 The message could not be stored; try again later."
 
     def decided(self, checked: Checked, rule: str | None) -> str:
@@ -181,11 +200,9 @@ class Intake:
             self.store.relay_refuse(client, with_rule.rule, time.time())
         except StateError as exc:
             log.error("relay client=%s: the refusal could not be counted: %s", client, exc)
-            if self.health is not None:
-                self.health.failed(RELAY_WRITER, exc)
+            self.health.failed(RELAY_WRITER, exc)
         else:
-            if self.health is not None:
-                self.health.succeeded(RELAY_WRITER)
+            self.health.succeeded(RELAY_WRITER)
         log.warning("relay client=%s outcome=refused rule=%s", client, with_rule.rule)
         return with_rule.reply().replace("550 5.7.1", "552 5.3.4", 1)
 
@@ -211,16 +228,13 @@ class Intake:
         except StateError as exc:
             log.error("relay client=%s: the refused message could not be quarantined: %s",
                       kept.client, exc)
-            if self.health is not None:
-                self.health.failed(RELAY_WRITER, exc)
+            self.health.failed(RELAY_WRITER, exc)
         else:
-            if self.health is not None:
-                self.health.succeeded(RELAY_WRITER)
+            self.health.succeeded(RELAY_WRITER)
 
 
 Rates = Sequence[tuple[str, float, int]]  # (rule, window in seconds, most messages)
 GROUP_MOST = 64  # messages committed in one transaction at most
-RELAY_WRITER = "relay"  # the relay's writes, as the daemon's health names their writer
 
 
 class GroupCommit:
@@ -228,7 +242,7 @@ class GroupCommit:
     250 only after the commit that holds its message, but ten clients cost one commit, not ten.
     One thread writes; it starts with the first message and ends with `close`."""
 
-    def __init__(self, store: Store, health: Health | None = None) -> None:
+    def __init__(self, store: Store, health: Writes = NOBODY) -> None:
         self.store = store
         self.health = health
         self._queue: queue.SimpleQueue[tuple[Relayed, Rates, Future[str | None]] | None] = queue.SimpleQueue()
@@ -279,13 +293,11 @@ class GroupCommit:
                 log.error("relay: %d message(s) could not be stored (a bug: %s: %s); their clients "
                           "are told to send again.", len(batch), type(exc).__name__, exc)
                 exc = StateError(f"the message could not be stored ({type(exc).__name__})")
-            if self.health is not None:
-                self.health.failed(RELAY_WRITER, exc)
+            self.health.failed(RELAY_WRITER, exc)
             for _, _, done in batch:
                 done.set_exception(exc)
             return
-        if self.health is not None:
-            self.health.succeeded(RELAY_WRITER)
+        self.health.succeeded(RELAY_WRITER)
         for (_, _, done), rule in zip(batch, rules, strict=True):
             done.set_result(rule)
 
@@ -596,7 +608,7 @@ class RelayService:
     error line and a note in the daemon's status; checks go on, and it tries again every minute."""
 
     def __init__(self, config: Callable[[], Config], store: Store, on_accept: Callable[[], None],
-                 health: Health | None = None) -> None:
+                 health: Writes = NOBODY) -> None:
         self.config = config
         self.store = store
         self.on_accept = on_accept

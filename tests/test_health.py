@@ -384,7 +384,7 @@ def test_a_relay_message_the_store_cannot_take_is_the_daemons_health_not_only_a_
 
     store = Store(tmp_path / "state.db")
     health = _Recorded()
-    commits = GroupCommit(store, health)  # type: ignore[arg-type]
+    commits = GroupCommit(store, health)
     try:
         unstorable = Relayed("local", "<a@host1>", None, "a@host1", (object(),), b"x")  # type: ignore[arg-type]
         with pytest.raises(StateError):
