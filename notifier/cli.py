@@ -7,13 +7,11 @@ import contextlib
 import difflib
 import logging
 import os
-import queue
 import signal
 import sys
-import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -37,7 +35,8 @@ from notifier.errors import (
     UsageError,
 )
 from notifier.kinds import Kind, configure_kinds, filter_kinds, watcher_kinds
-from notifier.pipeline import Outcome, check, filtered
+from notifier.passes import run_pass
+from notifier.pipeline import Outcome, filtered
 from notifier.safetext import visible
 from notifier.secrets import redact
 from notifier.statedir import MARKER_NAME, ONESHOT_WAIT, NoDaemon, StateDir, StateDirBusy
@@ -217,8 +216,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     configure_kinds([w.watcher for w in selected], cfg.shared)
     try:
         alerter = _alerter(cfg) if send else None
-        for outcome in run_checks(selected, cfg.workers,
-                                  lambda wc: check(wc, store, alerter, dry_run=not send)):
+        for outcome in run_pass(selected, cfg.workers, store, alerter, dry_run=not send):
             statuses[outcome.status] += 1
             alerts += outcome.alerts
             progress.clear()
@@ -242,50 +240,6 @@ def _check_summary(statuses: Counter[str], alerts: int, seconds: float, sent: bo
               "preview: nothing recorded or sent, use --send to record and alert")
     return (f"checked {statuses.total()}, changed {statuses['changed']}, failed "
             f"{statuses['failed']}, took {seconds:.1f}s; {effect}.")
-
-
-def run_checks(selected: Sequence[WatcherConfig], workers: int,
-               run: Callable[[WatcherConfig], Outcome]) -> Iterator[Outcome]:
-    """Yield outcomes as checks finish, `workers` of them at a time.
-
-    Each of `workers` threads takes the next watcher itself and hands its outcome back through
-    one queue: nothing is queued ahead, so memory stays flat however many watchers there are,
-    and the caller wakes once per outcome (waiting on a set of futures costs a pass over the
-    set each time). A check that raises (a broken state database) stops the threads from
-    starting more; the checks still running finish, then it is re-raised here.
-    """
-    todo = iter(selected)
-    taking = threading.Lock()
-    stop = threading.Event()
-    results: queue.SimpleQueue[Outcome | BaseException | None] = queue.SimpleQueue()
-
-    def work() -> None:
-        try:
-            while not stop.is_set():
-                with taking:
-                    wc = next(todo, None)
-                if wc is None:
-                    return
-                results.put(run(wc))
-        except BaseException as exc:  # handed to the caller, who re-raises it
-            results.put(exc)
-        finally:
-            results.put(None)  # this thread is done
-
-    threads = [threading.Thread(target=work, name=f"check-{n}", daemon=True)
-               for n in range(min(workers, len(selected)))]
-    for thread in threads:
-        thread.start()
-    try:
-        for _ in threads:
-            while (item := results.get()) is not None:
-                if isinstance(item, BaseException):
-                    raise item
-                yield item
-    finally:
-        stop.set()
-        for thread in threads:
-            thread.join()
 
 
 def _alerter(cfg: Config) -> Alerter:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -64,6 +64,16 @@ class Fetched:
     attachments: tuple[Attachment, ...] = ()
 
 
+@dataclass(frozen=True, slots=True)
+class Received:
+    """What `Watcher.receive` got: `finish()` does the rest of the fetch (decoding) and gives
+    what `fetch` would, or raises as it would; `size` (bytes received) tells a pass whether
+    that and the filters are quick enough to run on the event loop itself."""
+
+    finish: Callable[[], Fetched]
+    size: int
+
+
 @dataclass(frozen=True)
 class Shared:
     """Top-level settings for what a kind shares between its watchers (one browser)."""
@@ -96,6 +106,14 @@ class Watcher(Kind):
 
         Raises WatchError with a user-facing message for anything expected to go wrong.
         """
+        raise NotImplementedError
+
+    # Whether `receive` works: the kind waits on the network, and a pass runs its fetches on
+    # one event loop (notifier.passes) instead of a thread each.
+    asynchronous: ClassVar[bool] = False
+
+    async def receive(self, previous: Mapping[str, str]) -> Received:
+        """The waiting part of `fetch`, run on the event loop; the rest is `Received.finish`."""
         raise NotImplementedError
 
     @classmethod

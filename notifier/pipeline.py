@@ -22,12 +22,14 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Literal, Protocol
 
 from notifier.attachments import Attachment
 from notifier.config import WatcherConfig
 from notifier.diff import Diff, compute
 from notifier.errors import NotifierError, StateError, WatchError
+from notifier.kinds import Fetched
 from notifier.store import Alert, Store, WatcherState
 
 log = logging.getLogger(__name__)
@@ -85,6 +87,15 @@ def filtered(wc: WatcherConfig, text: str, step: Callable[[str, str], None] | No
     return text
 
 
+@dataclass(frozen=True, slots=True)
+class Begun:
+    """A check under way: what was stored before it, and when it started."""
+
+    state: WatcherState
+    now: float  # wall clock, for the record and the alerts
+    started: float  # monotonic, for the check's duration
+
+
 def check(wc: WatcherConfig, store: Store, alerts: Alerts | None, dry_run: bool = False,
           clock: Callable[[], float] = time.time) -> Outcome:
     """Check one watcher once and record the result (unless `dry_run`).
@@ -92,11 +103,24 @@ def check(wc: WatcherConfig, store: Store, alerts: Alerts | None, dry_run: bool 
     Never raises for a watcher's own failure; only a broken state database propagates,
     since no other check could succeed either.
     """
+    begun = begin(wc, store, clock)
+    return conclude(wc, store, alerts, begun, partial(wc.watcher.fetch, begun.state.meta), dry_run)
+
+
+def begin(wc: WatcherConfig, store: Store, clock: Callable[[], float] = time.time) -> Begun:
+    """The first stage of a check: read the stored state (its meta goes with the fetch)."""
     started = time.monotonic()
-    state = store.state(wc.name)
-    now = clock()
+    return Begun(store.state(wc.name), clock(), started)
+
+
+def conclude(wc: WatcherConfig, store: Store, alerts: Alerts | None, begun: Begun,
+             fetch: Callable[[], Fetched], dry_run: bool = False) -> Outcome:
+    """The rest of a check once `fetch` gives what was fetched (or raises what went wrong):
+    filters, diff, alerts, record. `check` passes the watcher's own fetch; a pass the result
+    of a fetch already made on the event loop (see notifier.passes)."""
+    state, now, started = begun.state, begun.now, begun.started
     try:
-        fetched = wc.watcher.fetch(state.meta)
+        fetched = fetch()
         text = None if fetched.unchanged else filtered(wc, fetched.text)
     except StateError:
         raise

@@ -38,7 +38,7 @@ LAYERS: list[set[str]] = [
     {"outbox", "verify", "reading", "bounces", "relay"},
     {"health"},
     {"pipeline", "mailwatch"},
-    {"daemon"},
+    {"passes", "daemon"},
     {"lookback", "versions"},
     {"cli_common"},
     {"cli_history", "cli_mailbox", "cli_fleet", "cli_relay"},

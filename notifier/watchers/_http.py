@@ -1,257 +1,148 @@
-"""HTTP for the url kind: urllib3 pools shared by every url watcher, a total deadline on each
-fetch, and a limit on the fetches in flight to one host.
+"""HTTP for the url kind: where each request goes, on which connection, and how many at once.
 
-urllib3 is used directly. requests prepared every request from scratch (merging session
-settings, reading the environment, cookie jars, hooks), which cost more CPU than the request
-itself on a pass over thousands of pages; here everything that does not change between
-fetches is worked out once: the TLS context per (verify, CA bundle), the proxy and .netrc
-login per site, the pool per host (kept between passes, so the daemon reuses connections).
+Every url fetch in the process runs on one asyncio event loop (`_loop`), so a pass keeps a
+hundred requests in flight without a hundred threads; one exchange on a connection is
+`_wire`'s. What does not change between fetches is worked out once: the request line and
+headers per watcher (`Request`), the TLS context per (verify, CA bundle), the proxy and .netrc
+login per site. Idle connections are kept per route (the site, or the proxy and the site) for
+the next fetch, in this pass or the daemon's next one, up to `MAX_IDLE` in all.
 
-Deadlines: urllib3 only knows per-operation timeouts, and a server that drips one byte a
-second (in the body, in endless headers, or in the TLS handshake) never trips them. So every
-fetch runs inside a `Deadline`, and the connections urllib3 opens or reuses for it report
-their sockets to it. When the deadline passes, the watchdog thread shuts those sockets down,
-which wakes the blocked read at once; the fetch then sees `fired` and reports a timeout.
-Connecting is bounded as well: each connect gets at most the time left. A connection that
-goes back to the pool leaves its fetch's deadline first, so one fetch's deadline can never
-cut a connection another fetch is using.
+The caller holds the deadline: one asyncio.timeout around the whole fetch (connect, TLS,
+proxy hand-shake, headers, body, every redirect hop), which cancels whatever is waiting when
+it passes, however slowly the server drips. A connection cut that way is closed, never
+reused. `connect_timeout` bounds each connection's opening on its own.
 
-Redirects are followed here (see `notifier.watchers._redirects`), hop by hop through the
-same pools, so each hop is under the same deadline.
+Proxies: http:// and https:// proxies get http URLs in absolute form and https URLs through
+a CONNECT tunnel; socks4/4a/5/5h proxies are spoken to directly (the "a" and "h" variants let
+the proxy resolve the name). The environment's HTTP_PROXY, HTTPS_PROXY, ALL_PROXY and
+NO_PROXY apply when a watcher names no proxy.
 """
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import contextlib
+import ipaddress
 import os
 import re
 import socket
 import ssl
-import threading
-import time
-from collections.abc import Iterator, Mapping
-from contextvars import ContextVar
+from collections import OrderedDict, deque
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
-from urllib.parse import unquote, urlsplit
+from urllib.parse import SplitResult, unquote, urlsplit
 
-import urllib3
-from urllib3.connection import HTTPConnection, HTTPSConnection
-from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
-from urllib3.exceptions import ClosedPoolError, LocationParseError
-from urllib3.poolmanager import PoolManager, ProxyManager
-from urllib3.response import BaseHTTPResponse
-from urllib3.util import make_headers, parse_url
-from urllib3.util.ssl_ import create_urllib3_context
-
-from notifier.watchers._watchdog import watchdog
+from notifier.watchers import _loop
+from notifier.watchers._wire import FetchError, Hangup, Response, exchange, read_head
 
 USER_AGENT = "notifier/0.1 (change monitor)"
 # Sent with every request unless the watcher's own headers name them (in any letter case).
 DEFAULT_HEADERS: Mapping[str, str] = {
     "User-Agent": USER_AGENT,
-    "Accept-Encoding": make_headers(accept_encoding=True)["accept-encoding"],  # what urllib3 decodes
+    "Accept-Encoding": "gzip, deflate",  # what notifier.watchers._wire decodes
     "Accept": "*/*",
 }
 PER_HOST = 8  # fetches in flight to one host (scheme, host, port), unless configured
-MAX_POOLS = 128  # hosts whose idle connections are kept; the least recently used go first
-PROXY_POOL_SIZE = 128  # connections kept to one proxy, which carries every site behind it
-DRAIN_MAX = 64 * 1024  # a body left unread up to this size is read so its connection is reused
+MAX_IDLE = 512  # idle connections kept in all; the least recently used route's go first
+PROXY_IDLE = 128  # idle connections kept to one forwarding proxy, which carries every site
+_IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+_SOCKS5_REPLIES = {1: "general failure", 2: "not allowed by its rules", 3: "network unreachable",
+                   4: "host unreachable", 5: "connection refused", 6: "TTL expired",
+                   7: "command not supported", 8: "address type not supported"}
 
-Site = tuple[str, str, int]  # scheme, host, port: what a connection pool and the host limit serve
-
-_current: ContextVar[Deadline | None] = ContextVar("notifier_http_deadline", default=None)
-
-
-class Deadline:
-    """The total time one fetch may take, enforced on every socket the fetch uses.
-
-    Use as a context manager around the request and the body reads. Sockets are watched
-    through duplicates of their file descriptors: a duplicate stays valid however urllib3
-    wraps (TLS) or closes the original, so shutting it down can never hit a reused fd.
-    """
-
-    def __init__(self, seconds: float) -> None:
-        self.at = time.monotonic() + seconds
-        self.fired = False
-        self._lock = threading.Lock()
-        self._watched: dict[HTTPConnection, tuple[socket.socket, socket.socket]] = {}  # (used, dup)
-        self._over = False
-
-    def remaining(self) -> float:
-        return self.at - time.monotonic()
-
-    def passed(self) -> bool:
-        return self.fired or self.remaining() <= 0
-
-    def __enter__(self) -> Deadline:
-        self._token = _current.set(self)
-        self._alarm = watchdog.arm(self.at, self._fire)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.finish()
-        _current.reset(self._token)
-
-    def finish(self) -> bool:
-        """Stop watching (the work is over) and say whether the deadline cut it short."""
-        self._alarm.cancel()
-        with self._lock:
-            self._over = True
-            for _, dup in self._watched.values():
-                dup.close()
-            self._watched.clear()
-            return self.fired
-
-    def watch(self, conn: HTTPConnection, sock: socket.socket) -> None:
-        """Cut `sock` at the deadline. A connection has one socket at a time: a new one (a
-        reconnect, or the TLS socket wrapping the raw one) replaces the old."""
-        with self._lock:
-            if self._over:
-                return
-            old = self._watched.get(conn)
-            if old is not None:
-                if old[0] is sock:
-                    return
-                old[1].close()
-            dup = socket.socket(sock.family, sock.type, sock.proto, fileno=os.dup(sock.fileno()))
-            self._watched[conn] = (sock, dup)
-            if self.fired:  # the deadline passed while this connection was being opened
-                _shut(dup)
-
-    def release(self, conn: HTTPConnection) -> None:
-        with self._lock:
-            watched = self._watched.pop(conn, None)
-            if watched is not None:
-                watched[1].close()
-
-    def _fire(self) -> None:
-        """On the watchdog thread: wake every blocked read of this fetch with EOF."""
-        with self._lock:
-            if self._over:
-                return
-            self.fired = True
-            for _, dup in self._watched.values():
-                _shut(dup)
+Site = tuple[str, str, int]  # scheme, host, port: what the host limit and a direct route serve
+# How a connection is made: (proxy or None, the site or None for a forwarding proxy, verify, CA).
+Route = tuple[str | None, Site | None, bool, str | None]
+_Conn = tuple[asyncio.StreamReader, asyncio.StreamWriter]
 
 
-def _shut(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):  # not connected yet, or the peer already closed it
-        sock.shutdown(socket.SHUT_RDWR)
+class ConnectFailed(FetchError):
+    """No connection could be made (refused, unreachable, the name does not resolve)."""
 
 
-class _Connection(HTTPConnection):
-    """An urllib3 connection that reports its socket to the current fetch's Deadline."""
-
-    _deadline: Deadline | None = None
-
-    def _new_conn(self) -> socket.socket:
-        deadline = _current.get()
-        if deadline is not None and isinstance(self.timeout, int | float):
-            self.timeout = max(min(self.timeout, deadline.remaining()), 0.001)
-        sock = super()._new_conn()
-        self._watch_by(deadline, sock)
-        return sock
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        if self.sock is not None:  # a kept-alive connection from the pool
-            self._watch_by(_current.get(), self.sock)
-        super().request(*args, **kwargs)
-
-    def _watch_by(self, deadline: Deadline | None, sock: socket.socket) -> None:
-        if deadline is not self._deadline:
-            self.leave_deadline()
-        if deadline is not None:
-            self._deadline = deadline
-            deadline.watch(self, sock)
-
-    def leave_deadline(self) -> None:
-        if self._deadline is not None:
-            self._deadline.release(self)
-            self._deadline = None
+class ConnectTimedOut(FetchError):
+    """Opening the connection (TCP, proxy, TLS) took longer than `connect_timeout`."""
 
 
-class _TLSConnection(_Connection, HTTPSConnection):
-    """The https variant; its TLS handshake is covered, since the raw socket is watched."""
+class TLSFailed(FetchError):
+    """The TLS handshake failed, usually the certificate check."""
 
 
-class _Pool(HTTPConnectionPool):
-    ConnectionCls = _Connection
-
-    def _put_conn(self, conn: Any) -> None:
-        if isinstance(conn, _Connection):
-            conn.leave_deadline()
-        super()._put_conn(conn)
-
-
-class _TLSPool(HTTPSConnectionPool):
-    ConnectionCls = _TLSConnection
-
-    def _put_conn(self, conn: Any) -> None:
-        if isinstance(conn, _Connection):
-            conn.leave_deadline()
-        super()._put_conn(conn)
-
-
-_POOLS: dict[str, type[HTTPConnectionPool]] = {"http": _Pool, "https": _TLSPool}
+class ProxyFailed(FetchError):
+    """The proxy could not be reached or would not carry the request."""
 
 
 class HostLimit:
     """At most `per_host` fetches in flight to each site; the others wait their turn, in order.
 
-    One lock for all sites, one condition per site with waiters, and no entry at all for an
-    idle site, so 20,000 hosts cost nothing once their fetches are done.
+    Used on the event loop only. No entry at all for an idle site, so 20,000 hosts cost
+    nothing once their fetches are done.
     """
 
     def __init__(self, per_host: int = PER_HOST) -> None:
         self.per_host = per_host
-        self._lock = threading.Lock()
         self._busy: dict[Site, int] = {}
-        self._queues: dict[Site, tuple[threading.Condition, list[int]]] = {}  # (turns, [waiting])
+        self._waiting: dict[Site, deque[asyncio.Future[None]]] = {}
 
-    @contextlib.contextmanager
-    def slot(self, site: Site) -> Iterator[None]:
-        """Hold one of the site's slots for the duration of the `with` block."""
-        self.acquire(site)
+    @contextlib.asynccontextmanager
+    async def slot(self, site: Site) -> AsyncIterator[None]:
+        """Hold one of the site's slots for the duration of the `async with` block."""
+        await self.acquire(site)
         try:
             yield
         finally:
             self.release(site)
 
-    def acquire(self, site: Site) -> None:
-        with self._lock:
-            if self._busy.get(site, 0) >= self.per_host:
-                turns, waiting = self._queues.get(site) or self._queues.setdefault(
-                    site, (threading.Condition(self._lock), [0]))
-                waiting[0] += 1
-                while self._busy.get(site, 0) >= self.per_host:
-                    turns.wait()
-                waiting[0] -= 1
-                if not waiting[0]:
-                    del self._queues[site]
-            self._busy[site] = self._busy.get(site, 0) + 1
+    async def acquire(self, site: Site) -> None:
+        busy = self._busy.get(site, 0)
+        if busy < self.per_host and site not in self._waiting:
+            self._busy[site] = busy + 1
+            return
+        turn: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(site, deque()).append(turn)
+        try:
+            await turn  # `release` hands its slot over: the count stays as it is
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():
+                self.release(site)  # the slot came just as this fetch was cancelled: pass it on
+            else:
+                self._forget(site, turn)
+            raise
 
     def release(self, site: Site) -> None:
-        with self._lock:
-            busy = self._busy.pop(site) - 1
-            if busy:
-                self._busy[site] = busy
-            queue = self._queues.get(site)
-            if queue is not None:
-                queue[0].notify()
+        queue = self._waiting.get(site)
+        while queue:
+            turn = queue.popleft()
+            if not queue:
+                del self._waiting[site]
+            if not turn.done():
+                turn.set_result(None)
+                return
+        busy = self._busy.pop(site) - 1
+        if busy:
+            self._busy[site] = busy
+
+    def _forget(self, site: Site, turn: asyncio.Future[None]) -> None:
+        queue = self._waiting.get(site)
+        if queue is not None:
+            with contextlib.suppress(ValueError):
+                queue.remove(turn)
+            if not queue:
+                del self._waiting[site]
 
     def in_flight(self, site: Site) -> int:
-        with self._lock:
-            return self._busy.get(site, 0)
+        return self._busy.get(site, 0)
 
 
 limits = HostLimit()
 
 
 def configure(per_host: int) -> None:
-    """Set the per-host limit (the config's `per_host`); pools made from now on keep as many
-    idle connections per host."""
+    """Set the per-host limit (the config's `per_host`), which is also how many idle
+    connections are kept per site."""
     if per_host != limits.per_host:
         limits.per_host = per_host
         close_pools()
@@ -259,91 +150,26 @@ def configure(per_host: int) -> None:
 
 @lru_cache(maxsize=16)
 def tls_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
-    """One verifying TLS context per CA bundle, shared by every pool that uses it (loading
-    a bundle costs milliseconds; urllib3 would do it for every new connection).
+    """One verifying TLS context per CA bundle, shared by every connection that uses it
+    (loading a bundle costs milliseconds).
 
     Without ca_file the bundle is $REQUESTS_CA_BUNDLE or $CURL_CA_BUNDLE (requests' variables,
     still honoured), else certifi's, as requests used, else the system's. Raises OSError
     (ssl.SSLError included) when the bundle cannot be read or parsed.
     """
-    context = create_urllib3_context()
     if not verify:
+        context = ssl.create_default_context()
         context.check_hostname = False
         context.verify_mode = ssl.CERT_NONE
         return context
     if ca_file is None:
         ca_file = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
     if ca_file is None:
-        try:
-            import certifi  # noqa: PLC0415 - optional: requests brings it, a bare install may not
+        with contextlib.suppress(ImportError):  # requests brings certifi; a bare install may not
+            import certifi  # noqa: PLC0415 - read once per context
 
             ca_file = certifi.where()
-        except ImportError:
-            context.load_default_certs()
-            return context
-    context.load_verify_locations(cafile=ca_file)
-    return context
-
-
-class _Pools:
-    """A PoolManager, and a short way to its pool for a site: urllib3's own lookup (copying
-    its settings and normalising a 30-field key) costs a tenth of a fetch."""
-
-    def __init__(self, manager: PoolManager) -> None:
-        self.manager = manager
-        self._by_site: dict[Site, HTTPConnectionPool] = {}
-
-    def pool(self, site: Site) -> HTTPConnectionPool:
-        found = self._by_site.get(site)
-        if found is None or found.pool is None:  # new, or closed: the manager's LRU let it go
-            if len(self._by_site) >= 2 * MAX_POOLS:
-                self._by_site.clear()  # forget closed pools of sites not seen for a while
-            found = self._by_site[site] = self.manager.connection_from_host(site[1], site[2], site[0])
-        return found
-
-
-_managers: dict[tuple[str | None, bool, str | None], _Pools] = {}
-_managers_lock = threading.Lock()
-
-
-def manager(proxy: str | None, verify: bool, ca_file: str | None) -> _Pools:
-    """The pools for a proxy (None: direct) and TLS settings, made on first use."""
-    key = (proxy, verify, ca_file)
-    found = _managers.get(key)  # a dict read is atomic; lock only to create
-    if found is None:
-        with _managers_lock:
-            found = _managers.get(key) or _Pools(_new_manager(proxy, verify, ca_file))
-            _managers[key] = found
-    return found
-
-
-def _new_manager(proxy: str | None, verify: bool, ca_file: str | None) -> PoolManager:
-    context = tls_context(verify, ca_file)
-    tls: dict[str, Any] = {"ssl_context": context, "cert_reqs": "CERT_REQUIRED" if verify else "CERT_NONE"}
-    if not verify:  # the user chose this; a warning on every request would only flood logs
-        tls["assert_hostname"] = False
-        urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
-    if proxy is None:
-        made = PoolManager(num_pools=MAX_POOLS, maxsize=limits.per_host, block=False, retries=False,
-                           **tls)
-        made.pool_classes_by_scheme = _POOLS
-        return made
-    login = parse_url(proxy).auth
-    headers = make_headers(proxy_basic_auth=unquote(login)) if login else None
-    if proxy.lower().startswith("socks"):
-        # SOCKS pools are urllib3's own: there the deadline is checked between reads only.
-        try:
-            from urllib3.contrib.socks import SOCKSProxyManager  # noqa: PLC0415 - needs PySocks
-        except ImportError:
-            raise OSError("a SOCKS proxy needs PySocks; install it (pip install pysocks) or use an "
-                          "http:// proxy") from None
-
-        return SOCKSProxyManager(proxy, num_pools=MAX_POOLS, maxsize=limits.per_host, block=False,
-                                 retries=False, **tls)
-    made = ProxyManager(proxy, num_pools=MAX_POOLS, maxsize=PROXY_POOL_SIZE, block=False,
-                        retries=False, proxy_headers=headers, proxy_ssl_context=context, **tls)
-    made.pool_classes_by_scheme = _POOLS
-    return made
+    return ssl.create_default_context(cafile=ca_file)  # the system's certificates when None
 
 
 @dataclass(frozen=True, slots=True)
@@ -373,15 +199,17 @@ class Request:
             if port <= 65535:
                 return cls(method, url, _site(scheme, host.lower(), port),
                            (path or "/") + (query or ""), headers, **fields)
+        from urllib3.util import parse_url  # noqa: PLC0415 - only for URLs the pattern cannot take apart
+
         try:
             parts = parse_url(url)
-        except LocationParseError:
+        except ValueError:  # urllib3's LocationParseError
             raise ValueError(f"url {url!r} {_unparsable(url)}") from None
         if parts.scheme not in ("http", "https") or not parts.host:
             raise ValueError(f"url {url!r} must be a full http:// or https:// address")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         if parts.auth and not _named(headers, "Authorization"):  # http://user:password@host/
-            headers = {**headers, **make_headers(basic_auth=unquote(parts.auth))}
+            headers = {**headers, "Authorization": basic(unquote(parts.auth))}
         return cls(method, url, _site(parts.scheme, parts.host, port), parts.request_uri, headers,
                    **fields)
 
@@ -414,49 +242,288 @@ def _site(scheme: str, host: str, port: int) -> Site:
     return _sites.setdefault(site, site)
 
 
-def send(request: Request, timeout: urllib3.Timeout) -> BaseHTTPResponse:
-    """One request, no redirects followed; the response's body is left to read.
 
-    Read the body or hand the response to `discard`, so its connection goes back to the
-    pool (or is closed).
+
+def basic(login: str) -> str:
+    """An Authorization (or Proxy-Authorization) value for "user:password"."""
+    return "Basic " + base64.b64encode(login.encode()).decode("ascii")
+
+
+async def send(request: Request, connect_timeout: float | None, max_bytes: int) -> Response:
+    """One request, no redirects followed, on a kept-alive connection or a new one.
+
+    Run on the event loop, under the caller's deadline. A kept-alive connection the server
+    had just closed is replaced once, for methods that may be repeated.
     """
     proxy = request.proxy if request.proxy is not None else environ_proxy(request.site)
-    headers = request.headers
-    if (login := netrc_login(request.site[1])) and not _named(headers, "Authorization"):
-        headers = {**headers, "Authorization": login}
-    kwargs: dict[str, Any] = {"headers": headers, "body": request.body, "timeout": timeout,
-                              "retries": False, "redirect": False, "preload_content": False}
-    pools = manager(proxy, request.verify, request.ca_file)
-    if proxy is None:
-        for _ in range(2):
-            try:
-                return pools.pool(request.site).urlopen(request.method, request.path,
-                                                        assert_same_host=False, **kwargs)
-            except ClosedPoolError:  # another thread's new host pushed this pool out; take a fresh one
-                continue
-    return pools.manager.urlopen(request.method, request.url, **kwargs)
+    forward = proxy is not None and request.site[0] == "http" and not _is_socks(proxy)
+    route: Route = (proxy, None if forward else request.site, request.verify, request.ca_file)
+    head = _head(request, proxy if forward else None)
+    keep = PROXY_IDLE if forward else limits.per_host
+    kept = _idle.take(route)
+    if kept is not None:
+        try:
+            return await _exchange(kept, route, keep, head, request, max_bytes)
+        except (Hangup, ConnectionError) as exc:
+            if request.method not in _IDEMPOTENT:
+                raise _broken(exc) from exc
+    conn = await _open(route, request.site, connect_timeout)
+    try:
+        return await _exchange(conn, route, keep, head, request, max_bytes)
+    except (Hangup, ConnectionError) as exc:
+        raise _broken(exc) from exc
 
 
-def discard(response: BaseHTTPResponse) -> None:
-    """Done with a response: read a small unread rest so the connection is reused, else close it."""
-    left = getattr(response, "length_remaining", None)
-    if left is not None and left <= DRAIN_MAX:
-        response.drain_conn()  # reading to the end hands the connection back to its pool
+async def _exchange(conn: _Conn, route: Route, keep: int, head: bytes, request: Request,
+                    max_bytes: int) -> Response:
+    """One exchange on `conn`, which goes back to the idle ones if it may carry another."""
+    reader, writer = conn
+    try:
+        response = await exchange(reader, writer, head, request.body, request.method, max_bytes)
+    except BaseException:  # the deadline, a broken or oversize response: never reused
+        writer.transport.abort()
+        raise
+    if response.reusable:
+        _idle.put(route, conn, keep)
     else:
-        response.close()
-    response.release_conn()
+        writer.transport.abort()
+    return response
+
+
+def _broken(exc: Hangup | ConnectionError) -> FetchError:
+    return exc if isinstance(exc, FetchError) else FetchError(_why(exc))
+
+
+def _head(request: Request, forward_to: str | None) -> bytes:
+    """The request line and header fields, as sent."""
+    scheme, host, port = request.site
+    authority = f"[{host}]" if ":" in host else host
+    if port != (443 if scheme == "https" else 80):
+        authority = f"{authority}:{port}"
+    target = f"{scheme}://{authority}{request.path}" if forward_to else request.path
+    lines = [f"{request.method} {target} HTTP/1.1"]
+    named = {key.lower() for key in request.headers}
+    if "host" not in named:
+        lines.append(f"Host: {authority}")
+    lines.extend(f"{key}: {value}" for key, value in request.headers.items())
+    if (login := netrc_login(host)) and "authorization" not in named:
+        lines.append(f"Authorization: {login}")
+    if request.body is not None and "content-length" not in named:
+        lines.append(f"Content-Length: {len(request.body)}")
+    if forward_to and (auth := _proxy_login(urlsplit(forward_to))):
+        lines.append(f"Proxy-Authorization: {auth}")
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("latin-1")
+
+
+class _Idle:
+    """Idle connections by route, least recently used route first; at most `MAX_IDLE` in all."""
+
+    def __init__(self) -> None:
+        self._by_route: OrderedDict[Route, list[_Conn]] = OrderedDict()
+        self.count = 0
+
+    def take(self, route: Route) -> _Conn | None:
+        conns = self._by_route.get(route)
+        while conns:
+            conn = conns.pop()
+            self.count -= 1
+            if not conns:
+                del self._by_route[route]
+            if not conn[0].at_eof() and not conn[1].is_closing():
+                return conn
+            conn[1].transport.abort()  # the server closed it while it was idle
+        return None
+
+    def put(self, route: Route, conn: _Conn, per_route: int) -> None:
+        conns = self._by_route.get(route)
+        if conns is None:
+            conns = self._by_route[route] = []
+        else:
+            self._by_route.move_to_end(route)
+        if len(conns) >= per_route:
+            conn[1].transport.abort()
+            return
+        conns.append(conn)
+        self.count += 1
+        while self.count > MAX_IDLE:
+            oldest = next(iter(self._by_route))
+            self.take(oldest)
+            for gone in self._by_route.pop(oldest, []):
+                gone[1].transport.abort()
+                self.count -= 1
+
+    def close(self) -> None:
+        for conns in self._by_route.values():
+            for _, writer in conns:
+                writer.transport.abort()
+        self._by_route.clear()
+        self.count = 0
+
+
+_idle = _Idle()
+
+
+async def _open(route: Route, site: Site, connect_timeout: float | None) -> _Conn:
+    """A new connection along `route`, ready for requests to `site` (TLS and tunnel done)."""
+    try:
+        if connect_timeout is None:
+            return await _open_now(route, site)
+        async with asyncio.timeout(connect_timeout):
+            return await _open_now(route, site)
+    except TimeoutError:
+        raise ConnectTimedOut("connecting took too long") from None
+
+
+async def _open_now(route: Route, site: Site) -> _Conn:
+    proxy, tunnel_to, verify, ca_file = route
+    scheme, host, port = site
+    context = tls_context(verify, ca_file) if scheme == "https" or (proxy or "").startswith("https:") \
+        else None
+    if proxy is None:
+        return await _connect(host, port, context if scheme == "https" else None)
+    parts = urlsplit(proxy)
+    via = parts.scheme.lower()
+    default_port = {"http": 80, "https": 443}.get(via, 1080)
+    try:
+        reader, writer = await _connect(parts.hostname or "", parts.port or default_port,
+                                        context if via == "https" else None)
+    except ConnectFailed as exc:
+        raise ProxyFailed(f"the proxy {parts.hostname} could not be reached: {exc}") from None
+    try:
+        if _is_socks(proxy):
+            await _socks(reader, writer, parts, host, port)
+        elif tunnel_to is not None:
+            await _tunnel(reader, writer, parts, host, port)
+        if tunnel_to is not None and scheme == "https":
+            assert context is not None
+            try:
+                await writer.start_tls(context, server_hostname=host)
+            except ssl.SSLError as exc:
+                raise _tls_failed(exc) from None
+    except BaseException:
+        writer.transport.abort()
+        raise
+    return reader, writer
+
+
+async def _connect(host: str, port: int, context: ssl.SSLContext | None) -> _Conn:
+    try:
+        return await asyncio.open_connection(host, port, ssl=context,
+                                             server_hostname=host if context else None)
+    except ssl.SSLError as exc:
+        raise _tls_failed(exc) from None
+    except OSError as exc:  # refused, unreachable, a name that does not resolve
+        raise ConnectFailed(_why(exc)) from None
+
+
+def _tls_failed(exc: ssl.SSLError) -> TLSFailed:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return TLSFailed(f"certificate verify failed: {exc.verify_message}")
+    return TLSFailed(exc.reason or str(exc))
+
+
+async def _tunnel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proxy: SplitResult,
+                  host: str, port: int) -> None:
+    """Ask an HTTP proxy for a tunnel to host:port (CONNECT)."""
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    lines = [f"CONNECT {authority} HTTP/1.1", f"Host: {authority}", f"User-Agent: {USER_AGENT}"]
+    if auth := _proxy_login(proxy):
+        lines.append(f"Proxy-Authorization: {auth}")
+    writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
+    status, reason, _, _ = await read_head(reader)
+    if not 200 <= status < 300:
+        raise ProxyFailed(f"the proxy answered {status} {reason} when asked for a tunnel to {authority}")
+
+
+async def _socks(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proxy: SplitResult,
+                 host: str, port: int) -> None:
+    """Ask a SOCKS proxy to connect to host:port (RFC 1928 and 1929; SOCKS4 and 4a)."""
+    via = proxy.scheme.lower()
+    remote = via in ("socks5h", "socks4a")  # the proxy resolves the name
+    address = host if remote else await _resolve(host, port, socket.AF_INET if via == "socks4" else 0)
+    try:
+        if via.startswith("socks5"):
+            await _socks5(reader, writer, proxy, address, port)
+        else:
+            user = unquote(proxy.username or "").encode()
+            if remote:
+                packed, name = b"\0\0\0\x01", host.encode("idna") + b"\0"
+            else:
+                packed, name = socket.inet_aton(address), b""
+            writer.write(b"\x04\x01" + port.to_bytes(2, "big") + packed + user + b"\0" + name)
+            if (await reader.readexactly(8))[1] != 0x5A:
+                raise ProxyFailed(f"the SOCKS proxy refused the connection to {host}:{port}")
+    except asyncio.IncompleteReadError:
+        raise ProxyFailed("the SOCKS proxy closed the connection during its hand-shake") from None
+
+
+async def _socks5(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proxy: SplitResult,
+                  address: str, port: int) -> None:
+    login = proxy.username is not None
+    writer.write(b"\x05\x02\x00\x02" if login else b"\x05\x01\x00")
+    version, method = await reader.readexactly(2)
+    if version != 5 or method not in ((0, 2) if login else (0,)):
+        raise ProxyFailed("the SOCKS proxy accepts none of the login methods notifier offers; "
+                          "check the user and password in the proxy URL")
+    if method == 2:
+        user, password = (unquote(v or "").encode() for v in (proxy.username, proxy.password))
+        writer.write(b"\x01" + bytes([len(user)]) + user + bytes([len(password)]) + password)
+        if (await reader.readexactly(2))[1] != 0:
+            raise ProxyFailed("the SOCKS proxy refused the user and password in the proxy URL")
+    try:
+        ip = ipaddress.ip_address(address)
+        target = (b"\x01" if ip.version == 4 else b"\x04") + ip.packed
+    except ValueError:  # a name for the proxy to resolve
+        name = address.encode("idna")
+        target = b"\x03" + bytes([len(name)]) + name
+    writer.write(b"\x05\x01\x00" + target + port.to_bytes(2, "big"))
+    _, reply, _, kind = await reader.readexactly(4)
+    if reply != 0:
+        raise ProxyFailed(f"the SOCKS proxy could not connect to {address}:{port} "
+                          f"({_SOCKS5_REPLIES.get(reply, f'error {reply}')})")
+    size = {1: 4, 4: 16}.get(kind) or (await reader.readexactly(1))[0]
+    await reader.readexactly(size + 2)  # the address the proxy bound: of no use here
+
+
+async def _resolve(host: str, port: int, family: int) -> str:
+    try:
+        found = await asyncio.get_running_loop().getaddrinfo(host, port, family=family,
+                                                             type=socket.SOCK_STREAM)
+    except OSError as exc:
+        raise ConnectFailed(_why(exc)) from None
+    return str(found[0][4][0])
+
+
+def _why(exc: OSError) -> str:
+    """"Connection refused", not asyncio's "Connect call failed ('127.0.0.1', 80)"."""
+    if isinstance(exc, socket.gaierror) or not exc.errno:
+        return exc.strerror or str(exc) or type(exc).__name__
+    return os.strerror(exc.errno)
+
+
+def _is_socks(proxy: str) -> bool:
+    return proxy[:5].lower() == "socks"
+
+
+def _proxy_login(proxy: SplitResult) -> str | None:
+    if proxy.username is None:
+        return None
+    return basic(f"{unquote(proxy.username)}:{unquote(proxy.password or '')}")
 
 
 def close_pools() -> None:
-    """Close every pooled connection; call at shutdown (watchers may still fetch afterwards)."""
-    with _managers_lock:
-        managers = list(_managers.values())
-        _managers.clear()
-    for each in managers:
-        each.manager.clear()
+    """Close every idle connection and forget what was read once (proxies, .netrc, CA
+    bundles); call at shutdown. Fetches may still run afterwards."""
+    if _loop.running():
+        _loop.run(_close_idle())
     environ_proxy.cache_clear()
     netrc_login.cache_clear()
-    tls_context.cache_clear()  # the environment's CA bundle is read again
+    tls_context.cache_clear()
+
+
+async def _close_idle() -> None:
+    _idle.close()
 
 
 @lru_cache(maxsize=4096)
@@ -508,4 +575,4 @@ def netrc_login(host: str) -> str | None:
     if not found:
         return None
     login, _, password = found
-    return make_headers(basic_auth=f"{login}:{password or ''}")["authorization"]
+    return basic(f"{login}:{password or ''}")

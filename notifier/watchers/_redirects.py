@@ -1,7 +1,7 @@
 """Follow a request's redirects the way browsers (and requests) do, hop by hop.
 
-Each hop goes through `_http.send`, so it uses the pools and stays under the fetch's
-deadline. A 303 (and a 301/302 after a POST) turns into a GET without a body; 307 and 308
+Each hop goes through `_http.send`, so it uses the kept-alive connections and stays under
+the fetch's deadline. A 303 (and a 301/302 after a POST) turns into a GET without a body; 307 and 308
 repeat the request as it was. Credentials the watcher sends (Authorization, Cookie) never
 follow a redirect to another host. Cookies a site sets while redirecting are sent back
 within the same chain, so "set a cookie and reload" pages work; none are kept afterwards.
@@ -14,12 +14,9 @@ from dataclasses import replace
 from typing import Any
 from urllib.parse import quote, urljoin
 
-import urllib3
-from urllib3.response import BaseHTTPResponse
+from notifier.watchers._http import Request, send
+from notifier.watchers._wire import REDIRECTS, Response
 
-from notifier.watchers._http import Request, discard, send
-
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 _PRIVATE = frozenset({"authorization", "cookie", "proxy-authorization"})
 _BODY_HEADERS = frozenset({"content-length", "content-type", "transfer-encoding"})
 _SAFE = "!#$%&'()*+,/:;=?@[]~"  # left as they are when a Location is percent-encoded
@@ -33,18 +30,18 @@ class BadRedirect(Exception):
     """A redirect to somewhere notifier cannot follow (another scheme, a broken address)."""
 
 
-def follow(request: Request, timeout: urllib3.Timeout, max_redirects: int) -> BaseHTTPResponse:
-    """Send `request`, following up to `max_redirects` redirects; the final response, body unread."""
+async def follow(request: Request, connect_timeout: float | None, max_bytes: int,
+                 max_redirects: int) -> Response:
+    """Send `request`, following up to `max_redirects` redirects; the final response."""
     cookies: _Cookies | None = None
     for hop in range(max_redirects + 1):
-        response = send(request, timeout)
-        location = response.headers.get("Location") if response.status in _REDIRECTS else None
+        response = await send(request, connect_timeout, max_bytes)
+        location = response.headers.get("Location") if response.status in REDIRECTS else None
         if not location:
             return response
         if "Set-Cookie" in response.headers:
             cookies = cookies or _Cookies()
             cookies.remember(request.url, response)
-        discard(response)
         if hop == max_redirects:
             break
         request = _next(request, response.status, location)
@@ -89,7 +86,7 @@ class _Cookies:
 
         self.jar = CookieJar()
 
-    def remember(self, url: str, response: BaseHTTPResponse) -> None:
+    def remember(self, url: str, response: Response) -> None:
         from urllib.request import Request as UrlRequest  # noqa: PLC0415 - see __init__
 
         self.jar.extract_cookies(_Reply(response), UrlRequest(url))  # type: ignore[arg-type]  # noqa: S310 - http(s) only
@@ -111,7 +108,7 @@ class _Cookies:
 class _Reply:
     """What http.cookiejar reads from a response: `info().get_all(name, default)`."""
 
-    def __init__(self, response: BaseHTTPResponse) -> None:
+    def __init__(self, response: Response) -> None:
         self._headers = response.headers
 
     def info(self) -> _Reply:

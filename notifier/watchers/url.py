@@ -1,55 +1,47 @@
 """The `url` kind: watch a web page or HTTP API.
 
-Built for thousands of watchers per pass with a hundred fetches in flight: connections are
-pooled per host by urllib3 and shared by every url watcher in the process, at most
-`per_host` fetches go to one host at a time (see `_http`), bodies are streamed under a size
-cap and a total deadline, and decoded by notifier.charset. What stays the same between
-checks (the request line, headers, TLS and proxy settings) is worked out when the config
-is loaded.
+Built for thousands of watchers per pass with a hundred fetches in flight: every fetch runs
+on one event loop (`_loop`), connections are kept alive and shared by every url watcher in
+the process, at most `per_host` fetches go to one host at a time (see `_http`), bodies are
+read under a size cap and a total deadline, and decoded by notifier.charset on the caller's
+thread. What stays the same between checks (the request line, headers, TLS and proxy
+settings) is worked out when the config is loaded.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from datetime import UTC
 from email.utils import parsedate_to_datetime
+from functools import partial
 from http import HTTPStatus
 from typing import Any, ClassVar
-
-import urllib3
-from urllib3.exceptions import (
-    ConnectTimeoutError,
-    NewConnectionError,
-    ProtocolError,
-    ProxyError,
-    ReadTimeoutError,
-    SSLError,
-)
-from urllib3.response import BaseHTTPResponse
 
 from notifier.binary import binary_type, summary
 from notifier.charset import codec_name, decode_text
 from notifier.errors import WatchError
-from notifier.kinds import Fetched, Shared, Watcher
+from notifier.kinds import Fetched, Received, Shared, Watcher
 from notifier.options import REQUIRED, Bool, Choice, Duration, Int, MapOf, Option, Str
+from notifier.watchers import _loop
 from notifier.watchers._http import (
     DEFAULT_HEADERS,
-    Deadline,
+    ConnectTimedOut,
+    ProxyFailed,
     Request,
+    TLSFailed,
     close_pools,
     configure,
-    discard,
     limits,
 )
 from notifier.watchers._redirects import BadRedirect, TooManyRedirects, follow
+from notifier.watchers._wire import FetchError, Response, TooBig
 
 MiB = 1024 * 1024
-CHUNK = 64 * 1024
 MAX_RETRY_AFTER = 86400.0  # a site asking for a week's pause still gets a look every day
 
 _PROXY_SCHEMES = ("http://", "https://", "socks4://", "socks4a://", "socks5://", "socks5h://")
@@ -145,7 +137,14 @@ class Url(Watcher, kind="url"):
     def configured(cls, watchers: Sequence[Watcher], shared: Shared) -> None:
         configure(shared.per_host)
 
+    asynchronous: ClassVar[bool] = True
+
     def fetch(self, previous: Mapping[str, str]) -> Fetched:
+        return _loop.run(self.receive(previous)).finish()
+
+    async def receive(self, previous: Mapping[str, str]) -> Received:
+        """The network part of `fetch`, on the event loop: request, redirects, body. The rest
+        (status, charset, binary detection) is left to `finish`, wherever it is called."""
         request = self.request
         conditional = {}
         if self.method in ("GET", "HEAD"):
@@ -155,33 +154,25 @@ class Url(Watcher, kind="url"):
                 conditional["If-Modified-Since"] = previous["last_modified"]
             if conditional:  # the watcher's own headers win, as they always did
                 request = replace(request, headers={**conditional, **request.headers})
-        timeout = urllib3.Timeout(connect=self.connect_timeout, read=self.timeout)
-        with limits.slot(request.site), Deadline(self.timeout) as deadline:
-            # The deadline starts once a slot is free: waiting for one's turn is not the site's
-            # slowness.
-            try:
-                response = follow(request, timeout, self.max_redirects)
-                try:
-                    fetched = self._read(response, previous, bool(conditional), deadline)
-                finally:
-                    discard(response)
-            except WatchError:
-                if deadline.finish():  # e.g. a status line read before headers were cut off
-                    raise self._too_slow() from None
-                raise
-            except (urllib3.exceptions.HTTPError, TooManyRedirects, BadRedirect) as exc:
-                raise self._explain(exc, deadline) from exc
-            except OSError as exc:  # e.g. an unreadable ca_file
-                if deadline.passed():
-                    raise self._too_slow() from exc
-                raise WatchError(f"{self.method} {self.url} failed: {exc}; check the watcher's "
-                                 f"files and settings.") from exc
-            if deadline.finish():  # the watchdog cut the connection: what came may be partial
-                raise self._too_slow()
-        return fetched
+        connect = self.connect_timeout if self.connect_timeout < self.timeout else None
+        try:
+            async with limits.slot(request.site):
+                # The deadline starts once a slot is free: waiting for one's turn is not the
+                # site's slowness.
+                async with asyncio.timeout(self.timeout):
+                    response = await follow(request, connect, self.max_bytes, self.max_redirects)
+        except TimeoutError:
+            raise self._too_slow() from None
+        except TooBig:
+            raise self._too_big() from None
+        except (FetchError, TooManyRedirects, BadRedirect) as exc:
+            raise self._explain(exc) from None
+        except OSError as exc:  # e.g. an unreadable ca_file
+            raise WatchError(f"{self.method} {self.url} failed: {exc}; check the watcher's "
+                             f"files and settings.") from None
+        return Received(partial(self._read, response, previous, bool(conditional)), len(response.body))
 
-    def _read(self, response: BaseHTTPResponse, previous: Mapping[str, str],
-              conditional: bool, deadline: Deadline) -> Fetched:
+    def _read(self, response: Response, previous: Mapping[str, str], conditional: bool) -> Fetched:
         status = response.status
         if status == 304:
             if not conditional:
@@ -191,26 +182,8 @@ class Url(Watcher, kind="url"):
             return Fetched(text="", unchanged=True, meta={**previous, **_validators(response)})
         if status >= 400:
             raise self._status_error(response)
-        body = self._body(response, deadline)
-        return Fetched(text=self._text(body, response.headers.get("Content-Type", "")),
+        return Fetched(text=self._text(response.body, response.headers.get("Content-Type") or ""),
                        meta=_validators(response))
-
-    def _body(self, response: BaseHTTPResponse, deadline: Deadline) -> bytes:
-        """Read at most max_bytes (after gzip), so a huge or endless body costs no memory."""
-        length = response.headers.get("Content-Length", "")
-        if length.isdigit() and int(length) > self.max_bytes:
-            raise self._too_big()
-        if length.isdigit() and "Content-Encoding" not in response.headers:
-            return response.read()  # exactly the length, which is within max_bytes: one read
-        chunks, size = [], 0
-        for chunk in response.stream(CHUNK):
-            if deadline.passed():
-                raise self._too_slow()
-            size += len(chunk)
-            if size > self.max_bytes:
-                raise self._too_big()
-            chunks.append(chunk)
-        return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def _too_big(self) -> WatchError:
         return WatchError(f"{self.method} {self.url} sent more than {self.max_bytes:,} bytes, "
@@ -228,7 +201,7 @@ class Url(Watcher, kind="url"):
         what = f"binary content ({mime})" if mime else "binary content"
         return summary(what, len(body), hashlib.sha256(body).hexdigest())
 
-    def _status_error(self, response: BaseHTTPResponse) -> WatchError:
+    def _status_error(self, response: Response) -> WatchError:
         status = response.status
         try:
             reason = HTTPStatus(status).phrase
@@ -253,14 +226,9 @@ class Url(Watcher, kind="url"):
                           f"(connecting, headers and body together); the site is slow or stalled, "
                           f"raise timeout if it needs longer.")
 
-    def _explain(self, exc: Exception, deadline: Deadline) -> WatchError:
+    def _explain(self, exc: Exception) -> WatchError:
         what = f"{self.method} {self.url}"
-        if deadline.passed():
-            return self._too_slow()
-        if isinstance(exc, ReadTimeoutError | ConnectTimeoutError) and not isinstance(
-                exc, NewConnectionError):
-            # Reads may take the whole timeout, so one that timed out early was connecting
-            # (the TLS handshake runs under connect_timeout).
+        if isinstance(exc, ConnectTimedOut):
             text = (f"{what} could not connect within {_seconds(self.connect_timeout)}; the site "
                     f"may be down or blocked, or connect_timeout too short.")
         elif isinstance(exc, TooManyRedirects):
@@ -268,15 +236,15 @@ class Url(Watcher, kind="url"):
                     f"open the url in a browser to check it, or raise max_redirects.")
         elif isinstance(exc, BadRedirect):
             text = f"{what} {exc}; check the url."
-        elif isinstance(exc, SSLError):
-            text = (f"{what} failed the TLS certificate check ({_reason(exc)}); set ca_file to the "
+        elif isinstance(exc, TLSFailed) and "certificate" in str(exc):
+            text = (f"{what} failed the TLS certificate check ({exc}); set ca_file to the "
                     f"CA bundle that signed the site's certificate.")
-        elif isinstance(exc, ProxyError):
-            text = f"{what} could not go through the proxy ({_reason(exc)}); check the proxy option."
-        elif isinstance(exc, NewConnectionError | ProtocolError):
-            text = f"{what} failed: {_reason(exc)}; check the url and the network."
+        elif isinstance(exc, TLSFailed):
+            text = f"{what} failed the TLS handshake ({exc}); check that the url's port speaks https."
+        elif isinstance(exc, ProxyFailed):
+            text = f"{what} could not go through the proxy ({exc}); check the proxy option."
         else:
-            text = f"{what} failed: {_reason(exc)}; check the watcher's url and options."
+            text = f"{what} failed: {exc}; check the url and the network."
         return WatchError(text)
 
 
@@ -321,7 +289,7 @@ def _duration(seconds: float) -> str:
     return f"{count} second{'s' if count != 1 else ''}"
 
 
-def _validators(response: BaseHTTPResponse) -> dict[str, str]:
+def _validators(response: Response) -> dict[str, str]:
     """The ETag and Last-Modified to send back next time, only those the server gave."""
     meta = {}
     if etag := response.headers.get("ETag"):
@@ -329,10 +297,3 @@ def _validators(response: BaseHTTPResponse) -> dict[str, str]:
     if modified := response.headers.get("Last-Modified"):
         meta["last_modified"] = modified
     return meta
-
-
-def _reason(exc: Exception) -> str:
-    """The useful tail of a urllib3 error ("Connection refused"), without the wrapping."""
-    text = str(exc)
-    found = re.findall(r"\[(?:Errno -?\d+|SSL: \w+)\] ([^'\"()\[]+)", text)
-    return found[-1].strip().rstrip(":") if found else (text or type(exc).__name__)
