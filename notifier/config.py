@@ -7,16 +7,17 @@ options their classes declare.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import ipaddress
 import os
 import re
 import stat
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import InitVar, dataclass, field, fields, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Generic, TypeVar
 from zoneinfo import ZoneInfo
 
 from notifier.errors import ConfigError, Problem
@@ -140,17 +141,17 @@ class Recipients:
 
 
 @dataclass(frozen=True, slots=True)
-class WatcherConfig:
-    """A watcher with everything needed to run, schedule and alert on it.
+class WatcherSettings:
+    """Everything about a watcher but its name, its built watcher and where it is written:
+    what it shares with most others. Equal ones are one object (`_Collector.same`), since
+    20,000 watchers usually hold a handful; a WatcherConfig reads them as its own attributes.
 
     A field named like an option in `sections.WATCHER_OPTIONS` is filled from it by name, so a
     new plain option is one declaration there and one field here; the derived fields
-    (`schedule`, `recipients`, the built `watcher` and `filters`) are made in `_watcher`.
+    (`schedule`, `recipients`, the built `filters`) are made in `_watcher`.
     """
 
-    name: str
     kind: str
-    watcher: Watcher
     filters: tuple[Filter, ...]
     schedule: Schedule
     timezone: ZoneInfo | None
@@ -169,12 +170,107 @@ class WatcherConfig:
     remind_every: float | None
     digest: float | None
     attach_snapshot: bool
-    line: int | None
+
+
+class _Setting(Generic[_T]):
+    """A WatcherConfig attribute read from its shared WatcherSettings."""
+
+    __slots__ = ("name",)
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: _SettingsView | None, owner: type | None = None) -> _T:
+        if obj is None:
+            raise AttributeError(self.name)
+        value: _T = getattr(obj.settings, self.name)
+        return value
+
+
+class _SettingsView:
+    """WatcherSettings' fields as attributes of the WatcherConfig that holds them."""
+
+    __slots__ = ()
+    settings: WatcherSettings
+
+    kind = _Setting[str]()
+    filters = _Setting[tuple[Filter, ...]]()
+    schedule = _Setting[Schedule]()
+    timezone = _Setting[ZoneInfo | None]()
+    quiet_hours = _Setting[Window | None]()
+    history = _Setting[int]()
+    context_lines = _Setting[int]()
+    additions_only = _Setting[bool]()
+    deletions_only = _Setting[bool]()
+    compared_versions = _Setting[int]()
+    trigger = _Setting[tuple[re.Pattern[str], ...]]()
+    trigger_invert = _Setting[tuple[re.Pattern[str], ...]]()
+    recipients = _Setting[Recipients]()
+    account = _Setting[str | None]()
+    templates = _Setting[str | None]()
+    error_after = _Setting[int]()
+    remind_every = _Setting[float | None]()
+    digest = _Setting[float | None]()
+    attach_snapshot = _Setting[bool]()
+
+
+_GIVEN: Any = object()  # a setting not passed to WatcherConfig(...)
+
+
+@dataclass(frozen=True, slots=True)
+class WatcherConfig(_SettingsView):
+    """A watcher with everything needed to run, schedule and alert on it.
+
+    Four slots of its own and its `settings`, shared with the watchers that have the same
+    (20,000 url watchers: 150 bytes less each than a slot per setting). The settings read as
+    its own attributes (`wc.schedule`), and `WatcherConfig(...)` and `dataclasses.replace`
+    take them one by one too: each is an init-only field here, so that `replace(wc,
+    history=5)` makes new settings.
+    """
+
+    name: str
+    watcher: Watcher
+    settings: WatcherSettings = _GIVEN  # else made from the settings passed one by one
+    line: int | None = None
     fingerprint: bytes = field(compare=False, default=b"")
+    kind: InitVar[str] = _GIVEN
+    filters: InitVar[tuple[Filter, ...]] = _GIVEN
+    schedule: InitVar[Schedule] = _GIVEN
+    timezone: InitVar[ZoneInfo | None] = _GIVEN
+    quiet_hours: InitVar[Window | None] = _GIVEN
+    history: InitVar[int] = _GIVEN
+    context_lines: InitVar[int] = _GIVEN
+    additions_only: InitVar[bool] = _GIVEN
+    deletions_only: InitVar[bool] = _GIVEN
+    compared_versions: InitVar[int] = _GIVEN
+    trigger: InitVar[tuple[re.Pattern[str], ...]] = _GIVEN
+    trigger_invert: InitVar[tuple[re.Pattern[str], ...]] = _GIVEN
+    recipients: InitVar[Recipients] = _GIVEN
+    account: InitVar[str | None] = _GIVEN
+    templates: InitVar[str | None] = _GIVEN
+    error_after: InitVar[int] = _GIVEN
+    remind_every: InitVar[float | None] = _GIVEN
+    digest: InitVar[float | None] = _GIVEN
+    attach_snapshot: InitVar[bool] = _GIVEN
+
+    def __post_init__(self, *each: Any) -> None:
+        given = {name: value for name, value in zip(_SETTING_NAMES, each, strict=True)
+                 if value is not _GIVEN}
+        if self.settings is _GIVEN:
+            object.__setattr__(self, "settings", WatcherSettings(**given))
+        elif given:
+            object.__setattr__(self, "settings", replace(self.settings, **given))
 
 
-# WatcherConfig fields filled straight from the option of the same name.
-_OPTION_FIELDS = tuple(f.name for f in fields(WatcherConfig) if f.name in {o.name for o in WATCHER_OPTIONS})
+# The init-only fields, in the order __post_init__ is given them.
+_SETTING_NAMES = tuple(name for name in WatcherConfig.__dataclass_fields__
+                       if name not in {f.name for f in fields(WatcherConfig)})
+for _name in _SETTING_NAMES:  # the class attribute the dataclass left for each init-only field
+    delattr(WatcherConfig, _name)  # hid the base's reader of it
+
+
+# WatcherSettings fields filled straight from the option of the same name.
+_OPTION_FIELDS = tuple(f.name for f in fields(WatcherSettings) if f.name in {o.name for o in WATCHER_OPTIONS})
 
 
 @dataclass(frozen=True)
@@ -264,9 +360,17 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None,
     """
     path = Path(path)
     env = os.environ if environ is None else environ
-    raw, problems = load_yaml(path, env)
+    try:
+        return _load(path, env, state_dir, stream=True)
+    except _Restart:  # a key after `watchers:` changes how they read: build them from the whole file
+        return _load(path, env, state_dir, stream=False)
+
+
+def _load(path: Path, env: Mapping[str, str], state_dir: str | Path | None, stream: bool) -> Config:
     col = _Collector(str(path))
-    col.problems.extend(problems)
+    built = _Watchers(col)
+    raw, problems = load_yaml(path, env, built if stream else None)
+    col.problems[:0] = problems  # ahead of those found while the watchers streamed by, as ever
     if raw is None:
         col.add(None, "", "is empty; add a `watchers:` list (the shipped watchers.yaml is an example).")
         raise ConfigError(col.problems)
@@ -276,11 +380,10 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None,
         raise ConfigError(col.problems)
     top = col.options(raw, TOP_OPTIONS, "")
     top["templates"] = _beside(path, top["templates"])
-    raw_mail, raw_defaults = _section(col, raw, "mail"), _section(col, raw, "defaults")
+    raw_mail = _section(col, raw, "mail")
     mail = col.options(raw_mail, MAIL_OPTIONS, "mail")
-    defaults = col.options(raw_defaults, DEFAULTS_OPTIONS, "defaults")
-    if top["timezone"] and "timezone" not in raw_defaults:
-        defaults["timezone"] = top["timezone"]
+    if not built.streamed:
+        built.prepare(raw)
     accounts = _accounts(col, top["smtp"], env, line_of(raw, "smtp"))
     mailboxes = _mailboxes(col, raw, top, env)
     for account in accounts.values():
@@ -288,7 +391,7 @@ def load(path: str | Path, environ: Mapping[str, str] | None = None,
             col.add(line_of(raw.get("smtp"), account.name), f"smtp.{account.name}.verify_with",
                     f"names no account under imap or pop3; known: {', '.join(mailboxes) or 'none'}.")
         _check_receiving(col, raw.get("smtp"), account, mailboxes)
-    watchers = _watchers(col, top["watchers"], defaults, raw_defaults, line_of(raw, "watchers"))
+    watchers = built.out if built.streamed else built.all(top["watchers"], line_of(raw, "watchers"))
     default_account = mail["account"] or next(iter(accounts), None)
     if default_account and default_account not in accounts:
         col.add(line_of(raw_mail, "account"), "mail.account",
@@ -655,34 +758,81 @@ def _check_receiving(col: _Collector, raw: object, account: SmtpAccount,
                                     "true`; add that to scan for bounces, or remove bounce_every."))
 
 
-def _watchers(col: _Collector, raw: object, defaults: dict[str, Any], raw_defaults: object,
-              line: int | None) -> list[WatcherConfig]:
-    if raw is None:  # missing: already reported as required
-        return []
-    if not isinstance(raw, list):
-        col.add(line, "watchers", "must be a list of watchers, each starting with `- name:`.")
-        return []
-    seen: dict[str, int | None] = {}
-    out = []
-    defaults_key = repr(raw_defaults)
-    for index, spec in enumerate(raw):
-        # Each spec is let go once its watcher is built, so the raw file and the built
-        # watchers are never held in memory together (20,000 watchers: 50 MB less at the peak).
-        raw[index] = None
+class _Restart(Exception):
+    """The watchers were streamed, but a key after them changes how they read."""
+
+
+# Top-level keys that change how a watcher reads (`<<` may bring either).
+_SETTINGS_KEYS = frozenset({"defaults", "timezone", "watchers", "<<"})
+
+
+class _Watchers:
+    """Builds the watchers one by one. As a yamlload.Stream it is handed each one's mapping as
+    soon as the parser has finished it, so each mapping is let go once its watcher is built
+    and the raw file and the built watchers are never in memory together (20,000 watchers:
+    the 20 MB of parsed mappings were the peak)."""
+
+    def __init__(self, col: _Collector) -> None:
+        self.col = col
+        self.out: list[WatcherConfig] = []
+        self.seen: dict[str, int | None] = {}
+        self.index = 0
+        self.streamed = False
+        self.defaults: dict[str, Any] = {}
+        self.defaults_key = ""
+
+    def prepare(self, top: Mapping[str, Any]) -> None:
+        """Read `defaults:` (and the top-level timezone, the default's default) from `top`."""
+        col = self.col
+        raw_defaults = _section(col, top, "defaults")
+        self.defaults = col.options(raw_defaults, DEFAULTS_OPTIONS, "defaults")
+        if "timezone" not in raw_defaults and top.get("timezone") is not None:
+            timezone = next(o for o in TOP_OPTIONS if o.name == "timezone")
+            with contextlib.suppress(ValueError):  # reported when the top level is read
+                self.defaults["timezone"] = timezone.type.parse(top["timezone"])
+        self.defaults_key = repr(raw_defaults)
+
+    def begin(self, key: object, top: LineDict) -> bool:
+        if key != "watchers":
+            return False
+        if self.streamed:  # `watchers:` twice; the second one wins, as in a plain load
+            raise _Restart
+        self.prepare(top)
+        self.streamed = True
+        return True
+
+    def after(self, key: object) -> None:
+        if key in _SETTINGS_KEYS:
+            raise _Restart
+
+    def all(self, raw: object, line: int | None) -> list[WatcherConfig]:
+        """The watchers of a list loaded whole."""
+        if raw is None:  # missing: already reported as required
+            return []
+        if not isinstance(raw, list):
+            self.col.add(line, "watchers", "must be a list of watchers, each starting with `- name:`.")
+            return []
+        for index, spec in enumerate(raw):
+            raw[index] = None  # let each spec go once its watcher is built, as a stream does
+            self.item(spec, raw.lines[index] if isinstance(raw, LineList) else None)
+        return self.out
+
+    def item(self, spec: Any, line: int | None) -> None:
+        """Build the next watcher of the list, from its mapping and the line it starts on."""
+        col, index = self.col, self.index
+        self.index += 1
         name = spec.get("name") if isinstance(spec, dict) else None
         clean = isinstance(name, str) and name.isprintable() and name.strip() == name != ""
         path = f"watchers.{name}" if clean else f"watchers[{index}]"
-        if isinstance(name, str) and name in seen:
+        if isinstance(name, str) and name in self.seen:
             col.add(line_of(spec, "name"), f"{path}.name",
-                    f"{name!r} is already used on line {seen[name]}; names must be unique.")
-            continue
+                    f"{name!r} is already used on line {self.seen[name]}; names must be unique.")
+            return
         if isinstance(name, str):
-            seen[name] = line_of(spec, "name")
-        item_line = raw.lines[index] if isinstance(raw, LineList) else None
-        built = _watcher(col, spec, path, defaults, defaults_key, item_line)
+            self.seen[name] = line_of(spec, "name")
+        built = _watcher(col, spec, path, self.defaults, self.defaults_key, line)
         if built is not None:
-            out.append(built)
-    return out
+            self.out.append(built)
 
 
 def _watcher(col: _Collector, spec: object, path: str, defaults: dict[str, Any],
@@ -728,13 +878,13 @@ def _watcher(col: _Collector, spec: object, path: str, defaults: dict[str, Any],
     # What the daemon compares on reload; a digest, not the text: 20,000 of them stay loaded.
     fingerprint = hashlib.blake2b(f"{spec!r}{defaults_key}".encode(), digest_size=16).digest()
     by_name = {name: values[name] for name in _OPTION_FIELDS}
-    return WatcherConfig(**{
-        **by_name, "watcher": watcher, "filters": col.same(tuple(filters)),
+    settings = WatcherSettings(**{
+        **by_name, "kind": cls.kind, "filters": col.same(tuple(filters)),
         "schedule": col.same(Schedule(values["every"], values["cron"], values["timezone"])),
         "recipients": col.same(Recipients(values["to"], values["cc"], values["bcc"])),
         "templates": _beside(Path(col.file), values["templates"]) if values["templates"] else None,
-        "line": line_of(spec), "fingerprint": fingerprint,
     })
+    return WatcherConfig(name, watcher, col.same(settings), line_of(spec), fingerprint)
 
 
 def _filters(col: _Collector, raw: object, path: str, line: int | None) -> list[Filter]:

@@ -8,6 +8,11 @@ graph and constructor: for 20,000 watchers that graph held 124 MB and took 1.8 s
 walk, while the events give the same values and lines for a fraction of both. Aliases share
 the anchored value, as PyYAML does, and the size they expand to is counted on the way, so an
 alias bomb is refused before anything walks it.
+
+The items of the top-level list a `Stream` asks for (`watchers:`) are handed to it one by
+one as each is complete, so the caller can build each watcher and let its mapping go: the
+whole file's mappings are never in memory at once. The file itself is parsed as it is read,
+not held as text.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 from types import GeneratorType
-from typing import Any
+from typing import Any, BinaryIO, Protocol
 
 import yaml
 from yaml.events import AliasEvent, MappingStartEvent, ScalarEvent, SequenceStartEvent, StreamEndEvent
@@ -27,7 +32,7 @@ from notifier.errors import ConfigError, Problem
 
 MAX_NODES = 1_000_000  # values after alias expansion; 20,000 watchers need about 300,000
 MAX_DEPTH = 200  # nested collections; a config needs five or six
-_INTERNED = 32  # longest text shared between equal values (keys, kinds, filter names)
+_INTERNED = 32  # longest key shared between mappings
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 _STR, _MAP, _SEQ = "tag:yaml.org,2002:str", "tag:yaml.org,2002:map", "tag:yaml.org,2002:seq"
 _MERGE = "tag:yaml.org,2002:merge"
@@ -69,10 +74,28 @@ def _implicit_tag(value: str) -> str:
     return _STR
 
 
-class _Collection:
-    """A mapping or list being built: its value, the key waiting for a value, merges (`<<`)."""
+class Stream(Protocol):
+    """Takes the items of one list of the top-level mapping as they are parsed (see the
+    module doc). Its methods may raise to stop loading (config.load then loads again without
+    a stream, when something after the list changes how its items read)."""
 
-    __slots__ = ("anchor", "key", "key_line", "line", "merges", "size", "value")
+    def begin(self, key: object, top: LineDict) -> bool:
+        """The list under `key` of the top-level mapping starts; `top` holds the keys before
+        it. True: hand its items to `item` rather than keep them."""
+
+    def item(self, value: Any, line: int) -> None:
+        """One item of the list, complete, and the line it starts on."""
+
+    def after(self, key: object) -> None:
+        """A key of the top-level mapping written after a list that was streamed (`<<` for
+        a merge)."""
+
+
+class _Collection:
+    """A mapping or list being built: its value, the key waiting for a value, merges (`<<`);
+    `stream` when its items go to the Stream instead of into it."""
+
+    __slots__ = ("anchor", "key", "key_line", "line", "merges", "size", "stream", "value")
 
     def __init__(self, value: LineDict | LineList, line: int, anchor: str | None) -> None:
         self.value, self.line, self.anchor = value, line, anchor
@@ -80,6 +103,7 @@ class _Collection:
         self.key: object = _NO_KEY
         self.key_line = line
         self.merges: list[tuple[object, int]] = []  # (what `<<` names, its line)
+        self.stream = False
 
 
 _NO_KEY = object()
@@ -88,10 +112,14 @@ _NO_KEY = object()
 class _Builder:
     """Turns the parser's events into LineDicts, LineLists and scalars; see the module doc."""
 
-    def __init__(self, text: str, filename: str, environ: Mapping[str, str]) -> None:
-        self.parser: Any = _Loader(text)  # only its parser part is used: get_event()
+    def __init__(self, source: BinaryIO, filename: str, environ: Mapping[str, str],
+                 stream: Stream | None = None) -> None:
+        self.parser: Any = _Loader(source)  # only its parser part is used: get_event()
         self.filename = filename
         self.environ = environ
+        self.stream = stream
+        self.streamed = False  # a list went to the stream: later top-level keys are told to it
+        self.top: _Collection | None = None  # the outermost collection
         self.problems: list[Problem] = []
         self.anchors: dict[str, tuple[Any, int, int]] = {}  # name: (value, size, line)
         self.open: set[str] = set()  # anchors on collections still being built
@@ -126,6 +154,10 @@ class _Builder:
                 line = event.start_mark.line + 1
             elif kind is MappingStartEvent or kind is SequenceStartEvent:
                 stack.append(self.start(event, len(stack)))
+                if len(stack) == 1:
+                    self.top = stack[0]
+                elif len(stack) == 2 and self.stream is not None and kind is SequenceStartEvent:
+                    self.begin(stack[0], stack[1])
                 continue
             else:  # the end of the innermost collection
                 done = stack.pop()
@@ -155,6 +187,16 @@ class _Builder:
             self.open.add(event.anchor)
         return _Collection(value, line, event.anchor)
 
+    def begin(self, top: _Collection, started: _Collection) -> None:
+        """Offer the list just started under a key of the top-level mapping to the stream;
+        not while merges into that mapping are pending, which could change what it holds,
+        nor an anchored list, whose aliases must see its items."""
+        assert self.stream is not None
+        if isinstance(top.value, LineDict) and top.key is not _NO_KEY and not top.merges \
+                and started.anchor is None:
+            started.stream = self.stream.begin(top.key, top.value)
+            self.streamed = self.streamed or started.stream
+
     def add(self, parent: _Collection, value: Any, size: int, line: int) -> None:
         """Put a finished value into the collection being built: an item, a key or a value."""
         parent.size += size
@@ -163,11 +205,21 @@ class _Builder:
                          f"through aliases (&anchor / *alias); a config never needs that many, so "
                          f"this looks like an alias bomb. Write the values out instead.")
         target = parent.value
-        if isinstance(target, LineList):
+        if parent.stream:
+            assert self.stream is not None
+            self.stream.item(value, line)
+        elif isinstance(target, LineList):
             target.append(value)
             target.lines.append(line)
         elif parent.key is _NO_KEY:
+            # Keys come thousands of times: one string each, not one per watcher. Values are
+            # not interned; those kept (kinds, settings) are shared by config, after checking.
+            if type(value) is str and len(value) <= _INTERNED:
+                value = sys.intern(value)
             parent.key, parent.key_line = value, line
+            if self.streamed and parent is self.top:
+                assert self.stream is not None
+                self.stream.after("<<" if value is _MERGE_KEY else value)
         else:
             key, parent.key = parent.key, _NO_KEY
             self.put(target, key, value, parent.key_line, parent)
@@ -210,8 +262,7 @@ class _Builder:
         if tag == _STR:
             if "${" in text:
                 return self.expand(text, _line(event))
-            # Keys and kinds come thousands of times; one string each, not one per watcher.
-            return sys.intern(text) if len(text) <= _INTERNED else text
+            return text
         if tag == _MERGE:
             return _MERGE_KEY
         node = yaml.ScalarNode(tag, text, event.start_mark, event.end_mark, event.style)  # !!int, !!timestamp
@@ -267,32 +318,47 @@ def _line(event: Event) -> int:
     return int(event.start_mark.line) + 1
 
 
-def load_yaml(path: Path, environ: Mapping[str, str] | None = None) -> tuple[Any, list[Problem]]:
-    """Parse `path`; return the data and the problems found while building it.
+def load_yaml(path: Path, environ: Mapping[str, str] | None = None,
+              stream: Stream | None = None) -> tuple[Any, list[Problem]]:
+    """Parse `path`; return the data and the problems found while building it. The items of a
+    top-level list `stream` takes are not in the data: they went to it.
 
     Unreadable files and syntax errors raise ConfigError right away: nothing else can be
     checked in a file that does not parse.
     """
     name = str(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            _check_utf8(name, file.read())  # the whole text, but only for a moment
+            file.seek(0)
+            return _parse(name, file, os.environ if environ is None else environ, stream, path)
     except FileNotFoundError:
         raise _error(name, None, "file not found; create it or pass -c PATH.") from None
+    except OSError as exc:
+        raise _error(name, None, f"cannot be read ({exc.strerror or exc}); check its permissions.") from None
+
+
+def _check_utf8(name: str, raw: bytes) -> None:
+    try:
+        raw.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raw = path.read_bytes()
         line = raw.count(b"\n", 0, exc.start) + 1
         raise _error(name, line, f"is not UTF-8 text (byte {raw[exc.start]:#04x} at offset "
                      f"{exc.start}); save the file as UTF-8.") from None
-    except OSError as exc:
-        raise _error(name, None, f"cannot be read ({exc.strerror or exc}); check its permissions.") from None
-    builder = _Builder(text, name, os.environ if environ is None else environ)
+
+
+def _parse(name: str, file: BinaryIO, environ: Mapping[str, str], stream: Stream | None,
+           path: Path) -> tuple[Any, list[Problem]]:
+    """Build the document from the file as libyaml reads it, in pieces."""
+    builder = _Builder(file, name, environ, stream)
     try:
         data = builder.document()
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark
         col = f", column {mark.column + 1}" if mark else ""
         raise _error(name, mark.line + 1 if mark else None,
-                     f"is not valid YAML{col}: {exc.problem}; {_syntax_hint(text, mark)}") from None
+                     f"is not valid YAML{col}: {exc.problem}; "
+                     f"{_syntax_hint(path.read_text(encoding='utf-8'), mark)}") from None
     except yaml.YAMLError as exc:
         raise _error(name, None, f"is not valid YAML: {exc}.") from None
     finally:

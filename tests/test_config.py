@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -323,3 +324,36 @@ def test_settings_that_do_nothing_as_written_are_warnings(tmp_path: Path) -> Non
     warnings = {w.key: str(w) for w in config.load(path, environ={"PW": "x"}).warnings}
     assert "does nothing without `watch_bounces: true`" in warnings["smtp.out.bounce_every"]
     assert "write `relay: {}` for the defaults" in warnings["relay"]
+
+
+@pytest.mark.parametrize("text", [
+    # each watcher is built as the parser finishes it; what comes after the list reads the same
+    "defaults: {every: 1h, history: 3}\ntimezone: Asia/Shanghai\nwatchers:\nLIST",
+    "watchers:\nLISTdefaults: {every: 1h, history: 3}\ntimezone: Asia/Shanghai\n",
+    "watchers:\nLIST<<: {defaults: {every: 1h, history: 3}, timezone: Asia/Shanghai}\n",
+    "watchers: &all\nLISTdefaults: {every: 1h, history: 3}\ntimezone: Asia/Shanghai\n",
+])
+def test_where_defaults_are_written_does_not_matter(tmp_path: Path, text: str) -> None:
+    listed = "  - {name: a, kind: file, path: /a}\n  - {name: b, kind: file, path: /b, history: 5}\n"
+    cfg = config.load(write(tmp_path, text.replace("LIST", listed)), {})
+    assert [(w.name, w.schedule.every, w.history, str(w.timezone)) for w in cfg.watchers] == [
+        ("a", 3600, 3, "Asia/Shanghai"), ("b", 3600, 5, "Asia/Shanghai")]
+
+
+def test_watchers_written_twice_is_one_problem_and_the_second_list_counts(tmp_path: Path) -> None:
+    path = write(tmp_path, "watchers:\n  - {name: a, kind: file, path: /a}\n"
+                           "watchers:\n  - {name: a, kind: file, path: /a}\n")
+    assert problems(path) == [f"{path}:3: watchers: appears twice in one mapping (first on line 1); "
+                              f"keep one."]
+
+
+def test_watchers_share_equal_settings_and_replace_makes_new_ones(tmp_path: Path) -> None:
+    path = write(tmp_path, "defaults: {every: 1h}\nwatchers:\n" + "".join(
+        f"  - {{name: w{i}, kind: file, path: /w{i}}}\n" for i in range(3)))
+    first, second, third = config.load(path, {}).watchers
+    assert first.settings is second.settings is third.settings
+    assert (first.kind, first.history, first.filters) == ("file", 10, ())
+    changed = replace(first, history=5)
+    assert (changed.history, changed.name, changed.schedule) == (5, "w0", first.schedule)
+    assert first.history == 10
+    assert changed != first

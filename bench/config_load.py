@@ -1,0 +1,97 @@
+"""Time `notifier validate` (start-up plus loading the config) on url-watcher configs.
+
+Issue 10's targets for loading: `notifier validate` of 20,000 url watchers within 1 s, and
+peak RSS at most 50 MiB at 1,000 and 60 MiB at 20,000 watchers, nearly flat in N (at most
+0.5 KB per watcher beyond a fixed base). The configs are the ones bench/check_pass.py
+writes (its `write_config`: one url watcher per page, pages spread over 50 loopback sites,
+the same filter chain on each), so the figures match that bench's `validate` line; no
+server is started, since validating fetches nothing.
+
+Each run is a fresh `notifier validate -c FILE` under `/usr/bin/time -v`, so the figures are
+the kernel's for that one process: CPU (user + system), wall time, and the peak resident set.
+The per-watcher cost is the slope of peak RSS between the smallest and the largest N; the
+base is the RSS of an empty config (one watcher). Nothing is asserted; the figures are
+printed for a person to judge.
+
+    .venv/bin/python bench/config_load.py                        # 1, 1,000 and 20,000; 5 runs
+    .venv/bin/python bench/config_load.py --sizes 20000 --runs 9 --variant css
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from check_pass import VARIANTS, write_config  # bench scripts run as files, not as a package
+
+VENV_BIN = Path(sys.executable).parent
+
+
+class _Origins:
+    """Stands in for check_pass's PageServer: only `url(i)` is asked of it."""
+
+    def __init__(self, hosts: int) -> None:
+        self.origins = [f"http://127.0.0.{k + 1}:{40000 + k}" for k in range(hosts)]
+
+    def url(self, index: int) -> str:
+        return f"{self.origins[index % len(self.origins)]}/page/{index}"
+
+
+def measure(config: Path, command: str) -> tuple[float, float, float]:
+    """(CPU seconds, wall seconds, peak RSS MiB) of one `notifier COMMAND -c config`."""
+    done = subprocess.run(["/usr/bin/time", "-v", str(VENV_BIN / "notifier"), command, "-c", str(config)],
+                          capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"notifier {command} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
+
+    def field(name: str) -> str:
+        match = re.search(rf"^\s*{re.escape(name)}: (.+)$", done.stderr, re.M)
+        if match is None:
+            raise SystemExit(f"/usr/bin/time printed no {name!r}:\n{done.stderr}")
+        return match.group(1).strip()
+
+    cpu = float(field("User time (seconds)")) + float(field("System time (seconds)"))
+    wall = sum(float(part) * 60 ** n for n, part in
+               enumerate(reversed(field("Elapsed (wall clock) time (h:mm:ss or m:ss)").split(":"))))
+    return cpu, wall, int(field("Maximum resident set size (kbytes)")) / 1024
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--sizes", default="1,1000,20000", help="watcher counts (1,1000,20000)")
+    parser.add_argument("--runs", type=int, default=5, help="runs per size (5)")
+    parser.add_argument("--hosts", type=int, default=50, help="sites the urls are spread over (50)")
+    parser.add_argument("--variant", default="strip", choices=list(VARIANTS),
+                        help="the filter chain every watcher has (strip)")
+    parser.add_argument("--command", default="validate", help="the notifier command (validate)")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    peaks: dict[int, float] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        print(f"notifier {args.command}, filters {VARIANTS[args.variant]}, {args.runs} runs each")
+        print(f"{'watchers':>9} {'cpu med':>8} {'cpu min':>8} {'wall med':>8} {'rss med':>8} {'rss max':>8}")
+        for n in sizes:
+            config = Path(tmp) / f"watchers-{n}.yaml"
+            write_config(config, Path(tmp) / "state", _Origins(args.hosts), n, None,  # type: ignore[arg-type]
+                         VARIANTS[args.variant])
+            runs = [measure(config, args.command) for _ in range(args.runs)]
+            cpus, walls, rss = zip(*runs, strict=True)
+            peaks[n] = statistics.median(rss)
+            print(f"{n:>9,} {statistics.median(cpus):>7.2f}s {min(cpus):>7.2f}s "
+                  f"{statistics.median(walls):>7.2f}s {peaks[n]:>5.1f}MiB {max(rss):>5.1f}MiB")
+    if len(sizes) > 1:
+        low, high = min(sizes), max(sizes)
+        slope = (peaks[high] - peaks[low]) * 1024 * 1024 / (high - low)
+        print(f"peak RSS per watcher between {low:,} and {high:,}: {slope:,.0f} bytes "
+              f"(base {peaks[low]:.1f} MiB)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
