@@ -346,12 +346,11 @@ class _Idle:
             return
         conns.append(conn)
         self.count += 1
-        while self.count > MAX_IDLE:
-            oldest = next(iter(self._by_route))
-            self.take(oldest)
-            for gone in self._by_route.pop(oldest, []):
-                gone[1].transport.abort()
-                self.count -= 1
+        while self.count > MAX_IDLE:  # every connection of the least recently used route goes
+            _, gone = self._by_route.popitem(last=False)
+            for _, writer in gone:
+                writer.transport.abort()
+            self.count -= len(gone)
 
     def close(self) -> None:
         for conns in self._by_route.values():
