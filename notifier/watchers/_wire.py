@@ -15,6 +15,7 @@ Nothing here knows about time: the caller bounds the whole exchange with one dea
 from __future__ import annotations
 
 import asyncio
+import re
 import zlib
 from collections.abc import Iterator
 
@@ -24,6 +25,7 @@ DRAIN_MAX = 64 * 1024  # an unwanted body up to this size is read so its connect
 READ_SIZE = 64 * 1024
 _NO_BODY = frozenset({204, 304})
 REDIRECTS = frozenset({301, 302, 303, 307, 308})  # followed when they name a Location
+_HEX = re.compile(rb"[0-9a-fA-F]{1,16}")
 _DECODED = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
 
 
@@ -104,24 +106,28 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, h
 
 
 async def read_head(reader: asyncio.StreamReader) -> tuple[int, str, Headers, bool]:
-    """A response's status line and header fields; whether the connection stays open after it."""
-    try:
-        raw = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError as exc:
-        if not exc.partial:
-            raise Hangup("the server closed the connection without answering") from exc
-        raise BrokenResponse("the server closed the connection without a complete response") from exc
-    except asyncio.LimitOverrunError as exc:
-        raise BrokenResponse(f"the server sent more than {HEAD_MAX // 1024} KB of headers") from exc
-    lines = raw.decode("latin-1").split("\r\n")
-    version, _, rest = lines[0].partition(" ")
+    """A response's status line and header fields; whether the connection stays open after it.
+
+    Read line by line, the status line checked first: a server that is not HTTP (an SMTP or
+    FTP banner, then waiting) fails at once instead of at the fetch's deadline."""
+    status_line = (await _head_line(reader, first=True)).decode("latin-1")
+    version, _, rest = status_line.partition(" ")
     code, _, reason = rest.partition(" ")
-    if not version.startswith("HTTP/1.") or len(code) != 3 or not code.isdigit():
-        raise BrokenResponse(f"the server did not answer in HTTP/1.x (it sent {lines[0][:60]!r})")
+    if not version.startswith("HTTP/1.") or len(code) != 3 or not (code.isascii() and code.isdigit()):
+        raise BrokenResponse(f"the server did not answer in HTTP/1.x (it sent {status_line[:60]!r})")
+    size = len(status_line)
+    lines: list[str] = []
+    while line := (await _head_line(reader)).decode("latin-1"):
+        size += len(line) + 2
+        if size > HEAD_MAX:
+            raise BrokenResponse(f"the server sent more than {HEAD_MAX // 1024} KB of headers")
+        if len(lines) == MAX_FIELDS:
+            raise BrokenResponse(f"the server sent more than {MAX_FIELDS} header fields")
+        lines.append(line)
     fields: dict[str, str] = {}
     cookies: list[str] = []
     name = ""
-    for line in lines[1:-2]:
+    for line in lines:
         if line[:1] in (" ", "\t") and name:  # obsolete line folding: part of the field above
             fields[name] += " " + line.strip()
             continue
@@ -133,11 +139,24 @@ async def read_head(reader: asyncio.StreamReader) -> tuple[int, str, Headers, bo
         if name == "set-cookie":
             cookies.append(value)
         fields[name] = f"{fields[name]}, {value}" if name in fields else value
-    if len(lines) - 3 > MAX_FIELDS:
-        raise BrokenResponse(f"the server sent more than {MAX_FIELDS} header fields")
     connection = fields.get("connection", "").lower()
     keep_alive = "close" not in connection and (version != "HTTP/1.0" or "keep-alive" in connection)
     return int(code), reason.strip(), Headers(fields, cookies), keep_alive
+
+
+async def _head_line(reader: asyncio.StreamReader, *, first: bool = False) -> bytes:
+    """One line of a response's head, without its CRLF."""
+    try:
+        return (await reader.readuntil(b"\r\n"))[:-2]
+    except asyncio.IncompleteReadError as exc:
+        if first and not exc.partial:
+            raise Hangup("the server closed the connection without answering") from exc
+        if first and not exc.partial.startswith(b"HTTP/"[:len(exc.partial)]):
+            text = exc.partial.decode("latin-1")
+            raise BrokenResponse(f"the server did not answer in HTTP/1.x (it sent {text[:60]!r})") from exc
+        raise BrokenResponse("the server closed the connection without a complete response") from exc
+    except asyncio.LimitOverrunError as exc:
+        raise BrokenResponse(f"the server sent more than {HEAD_MAX // 1024} KB of headers") from exc
 
 
 async def _read_body(reader: asyncio.StreamReader, status: int, reason: str, headers: Headers,
@@ -166,7 +185,7 @@ async def _read_body(reader: asyncio.StreamReader, status: int, reason: str, hea
 
 def _length(text: str) -> int:
     values = {v.strip() for v in text.split(",")}  # a repeated field must repeat the same number
-    if len(values) != 1 or not (value := values.pop()).isdigit():
+    if len(values) != 1 or not ((value := values.pop()).isascii() and value.isdigit()):
         raise BrokenResponse(f"the server sent an invalid Content-Length ({text[:40]!r})")
     return int(value)
 
@@ -186,10 +205,9 @@ async def _read_chunks(reader: asyncio.StreamReader, body: _Body) -> None:
         except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
             raise BrokenResponse("the server broke off a chunked body") from exc
         size_text = line.split(b";", 1)[0].strip()
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise BrokenResponse(f"the server sent an invalid chunk size ({size_text[:20]!r})") from None
+        if not _HEX.fullmatch(size_text):  # int() would take "-5", "0x10" and "1_0" too
+            raise BrokenResponse(f"the server sent an invalid chunk size ({size_text[:20]!r})")
+        size = int(size_text, 16)
         if size == 0:
             break
         body.add((await _exactly(reader, size + 2))[:-2])
@@ -207,7 +225,7 @@ async def _trailer_line(reader: asyncio.StreamReader) -> bytes:
 class _Body:
     """A body as it arrives: decoded (gzip, deflate) and capped at `limit` bytes after decoding."""
 
-    __slots__ = ("_decoder", "_deflate", "_parts", "_size", "limit")
+    __slots__ = ("_decoder", "_deflate", "_parts", "_seen", "_size", "limit")
 
     def __init__(self, limit: int, encoding: str | None) -> None:
         self.limit = limit
@@ -216,19 +234,27 @@ class _Body:
         wbits = _DECODED.get((encoding or "").strip().lower())
         self._decoder = zlib.decompressobj(wbits) if wbits else None
         self._deflate = wbits == zlib.MAX_WBITS  # "deflate" is sometimes raw deflate, no zlib header
+        self._seen = b""  # "deflate" input before any output: replayed if it turns out raw
 
     def add(self, data: bytes) -> None:
         self._keep(data if self._decoder is None else self._decode(data))
 
     def _decode(self, data: bytes) -> bytes:
         assert self._decoder is not None
+        if self._deflate:
+            self._seen += data
         try:
             out = self._decoder.decompress(data, self.limit - self._size + 1)
         except zlib.error as exc:
             if not (self._deflate and not self._size):
                 raise BrokenResponse(f"the body could not be decompressed ({exc})") from None
+            # zlib checks the header only once it has two bytes, which may have come in
+            # two pieces: decode everything seen so far, not just this piece.
+            seen, self._seen = self._seen, b""
             self._decoder, self._deflate = zlib.decompressobj(-zlib.MAX_WBITS), False
-            return self._decode(data)
+            return self._decode(seen)
+        if self._deflate and (out or len(self._seen) >= 2):
+            self._deflate, self._seen = False, b""  # the zlib header passed: no raw deflate
         if self._decoder.unconsumed_tail:  # more output than the cap allows
             raise TooBig("too large after decompression")
         return out
