@@ -26,21 +26,26 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from notifier import config as configmod
-from notifier import logs, mailwatch, runstate, systemd
-from notifier.alerts import Alerter
+from notifier import logs, runstate, systemd
 from notifier.config import WatcherConfig
 from notifier.errors import ConfigError, StateError
 from notifier.health import Health
 from notifier.kinds import configure_kinds, watcher_kinds
 from notifier.outbox import Sender
 from notifier.pipeline import check
-from notifier.relay import RelayService
 from notifier.schedule import stable_fraction
 from notifier.statedir import DAEMON, ONESHOT_WAIT, STARTING, StateDir
 from notifier.store import PRUNE_BATCH, Store
 
 if TYPE_CHECKING:  # imported where a PostgreSQL store is configured: psycopg is ~20 MB
+    from collections.abc import Sequence
+
+    from notifier.alerts import Alerter, Built
+    from notifier.attachments import Attachment
+    from notifier.diff import Diff
     from notifier.fleet import Fleet
+    from notifier.relay import RelayService
+    from notifier.store import Queued, WatcherState
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +77,69 @@ def limit_malloc_arenas(arenas: int = 2) -> None:
         ctypes.CDLL("libc.so.6").mallopt(M_ARENA_MAX, arenas)
 
 
+class LazyAlerts:
+    """The daemon's pipeline.Alerts: notifier.alerts (Jinja and the MIME code, ~2 MiB of a
+    daemon's memory) is imported at the first alert, not at start, since most checks alert
+    nobody. Two checks racing to the first alert may each build an Alerter; one is kept."""
+
+    def __init__(self, cfg: configmod.Config) -> None:
+        self.cfg = cfg
+        self._alerter: Alerter | None = None
+
+    def get(self) -> Alerter:
+        if self._alerter is None:
+            from notifier.alerts import Alerter  # noqa: PLC0415 - jinja2 only once an alert is due
+
+            self._alerter = Alerter(self.cfg)
+        return self._alerter
+
+    def change(self, wc: WatcherConfig, diff: Diff, old: str, new: str,
+               state: WatcherState, now: float, files: Sequence[Attachment] = ()) -> Built:
+        return self.get().change(wc, diff, old, new, state, now, files)
+
+    def error(self, wc: WatcherConfig, error: str, state: WatcherState, now: float) -> Built:
+        return self.get().error(wc, error, state, now)
+
+    def recovery(self, wc: WatcherConfig, state: WatcherState, now: float) -> Built:
+        return self.get().recovery(wc, state, now)
+
+    def digest(self, bucket: str, payloads: Sequence[str], now: float) -> Queued:
+        return self.get().digest(bucket, payloads, now)
+
+
+class LazyRelay:
+    """The daemon's relay.RelayService, created (importing aiosmtpd, ~1.2 MiB) only once a
+    config has `relay:`; until then it listens nowhere and says nothing."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self.daemon = daemon
+        self.service: RelayService | None = None
+
+    def apply(self) -> None:
+        if self.service is None:
+            if self.daemon.cfg.relay is None:
+                return
+            from notifier.relay import RelayService  # noqa: PLC0415 - aiosmtpd only with `relay:`
+
+            d = self.daemon
+            self.service = RelayService(lambda: d.cfg, d.store, d.wake_outbox, d.health)
+        self.service.apply()
+
+    def retry(self) -> None:
+        if self.service is not None:
+            self.service.retry()
+
+    def stop(self) -> None:
+        if self.service is not None:
+            self.service.stop()
+
+    def describe(self) -> str | None:
+        return self.service.describe() if self.service is not None else None
+
+    def status(self) -> str:
+        return self.service.status() if self.service is not None else ""
+
+
 class Daemon:
     """Owns the scheduler, the store and the current config; swaps configs on reload."""
 
@@ -88,10 +156,10 @@ class Daemon:
         self.statedir = StateDir(self.cfg.state_dir)
         self.lock = self.statedir.acquire(STARTING, wait=ONESHOT_WAIT)  # one daemon per state dir
         self.store, self.fleet = self._open_store(reinit)  # fleet None: SQLite, this daemon alone
-        self.alerter = Alerter(self.cfg)
+        self.alerter = LazyAlerts(self.cfg)
         self.sender = Sender(self.cfg, self.store, debug_smtp)
         self.health = Health(self, self.lock)
-        self.relay = RelayService(lambda: self.cfg, self.store, self.wake_outbox, self.health)
+        self.relay = LazyRelay(self)
         self._poke = False  # SIGUSR1: a one-shot command queued mail for us to send
         self._claimed = 0  # fleet checks claimed and waiting for a worker
         self._next_checkpoint = 0.0
@@ -388,7 +456,11 @@ class Daemon:
     def _schedule_mail_checks(self) -> None:
         """verify_every and watch_bounces, as the current config asks (see notifier.mailwatch).
         A reload keeps the jobs whose period did not change, so it never sends an extra probe."""
-        wanted = {due.key: due for due in mailwatch.scheduled(self.cfg, self.store, time.time())}
+        wanted = {}
+        if any(a.verify_every or a.watch_bounces for a in self.cfg.accounts.values()):
+            from notifier import mailwatch  # noqa: PLC0415 - IMAP, POP3 and bounces only when asked for
+
+            wanted = {due.key: due for due in mailwatch.scheduled(self.cfg, self.store, time.time())}
         for job in self.scheduler.get_jobs():
             if job.executor != "receiving":
                 continue
@@ -405,6 +477,8 @@ class Daemon:
     def _mail_check(self, account: str, job: str) -> None:
         if self._stop or account not in self.cfg.accounts:
             return
+        from notifier import mailwatch  # noqa: PLC0415 - imported when the job was scheduled
+
         if mailwatch.run(self.cfg, self.store, account, job):
             self.wake_outbox()
 
@@ -552,7 +626,7 @@ class Daemon:
         old = {w.name: w for w in self.cfg.watchers}
         self._config_sig = self._signature()
         self.cfg = new
-        self.alerter = Alerter(new)
+        self.alerter = LazyAlerts(new)
         self.sender = Sender(new, self.store, self.debug_smtp)
         removed = old.keys() - {w.name for w in new.watchers}
         for name in removed:

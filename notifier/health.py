@@ -20,14 +20,15 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from notifier.alerts import Alerter
 from notifier.config import Config
 from notifier.outbox import Sender
-from notifier.render import AlertContext, AlertKind
 from notifier.statedir import Lock
 from notifier.store import Queued, StateGoneError, Store
+
+if TYPE_CHECKING:
+    from notifier.render import AlertKind
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +47,21 @@ class Host(Protocol):
     def wake_outbox(self) -> None: ...
 
 
-class DaemonAlerts(Alerter):
-    """Error and recovery mails about notifier itself (no watcher in them: "notifier is failing")."""
+def about_notifier(cfg: Config, kind: AlertKind, reason: str, since: float, now: float) -> Queued:
+    """An error or recovery mail about notifier itself (no watcher in it: "notifier is failing").
 
-    def about_notifier(self, kind: AlertKind, reason: str, since: float, now: float) -> Queued:
-        ctx = AlertContext(kind=kind, watcher=None, at=self._at(None, now), error=reason,
-                           failing_since=self._at(None, since), subject_prefix=self.cfg.subject_prefix)
-        queued, _problem = self._build(ctx, self.cfg.default_account, self.cfg.recipients,
-                                       self._renderer(None), now, None, [])
-        return queued  # a template problem is in the mail itself; there is no watcher to charge
+    notifier.alerts (Jinja and the MIME code, ~2 MiB of a daemon's memory) is imported here, when
+    such a mail is written, not when the daemon starts: a healthy daemon never needs it.
+    """
+    from notifier.alerts import Alerter  # noqa: PLC0415 - jinja2 only once an alert is written
+    from notifier.render import AlertContext  # noqa: PLC0415 - the same
+
+    alerter = Alerter(cfg)  # its building blocks, with no watcher: the default account and recipients
+    ctx = AlertContext(kind=kind, watcher=None, at=alerter._at(None, now), error=reason,
+                       failing_since=alerter._at(None, since), subject_prefix=cfg.subject_prefix)
+    queued, _problem = alerter._build(ctx, cfg.default_account, cfg.recipients,
+                                      alerter._renderer(None), now, None, [])
+    return queued  # a template problem is in the mail itself; there is no watcher to charge
 
 
 class Health:
@@ -197,7 +204,7 @@ class Health:
     # -- alerts ----------------------------------------------------------------------------------
 
     def _message(self, kind: AlertKind, reason: str, since: float, now: float) -> Queued:
-        return DaemonAlerts(self.host.cfg).about_notifier(kind, reason, since, now)
+        return about_notifier(self.host.cfg, kind, reason, since, now)
 
     def _raise(self, reason: str, since: float, now: float) -> None:
         """Alert through the outbox if it can be written, else straight through the transport."""
