@@ -36,7 +36,7 @@ from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from notifier.watchers import _loop
-from notifier.watchers._wire import FetchError, Hangup, Response, exchange, read_head
+from notifier.watchers._wire import BrokenResponse, FetchError, Hangup, Response, exchange, read_head
 
 USER_AGENT = "notifier/0.1 (change monitor)"
 # Sent with every request unless the watcher's own headers name them (in any letter case).
@@ -390,10 +390,15 @@ async def _open_now(route: Route, site: Site) -> _Conn:
     except ConnectFailed as exc:
         raise ProxyFailed(f"the proxy {parts.hostname} could not be reached: {exc}") from None
     try:
-        if _is_socks(proxy):
-            await _socks(reader, writer, parts, host, port)
-        elif tunnel_to is not None:
-            await _tunnel(reader, writer, parts, host, port)
+        try:
+            if _is_socks(proxy):
+                await _socks(reader, writer, parts, host, port)
+            elif tunnel_to is not None:
+                await _tunnel(reader, writer, parts, host, port)
+        except BrokenResponse as exc:  # "the server closed the connection without answering"
+            raise ProxyFailed(str(exc).replace("the server", f"the proxy {parts.hostname}", 1)) from None
+        except ConnectionError as exc:
+            raise ProxyFailed(f"the proxy {parts.hostname} broke off the connection: {_why(exc)}") from None
         if tunnel_to is not None and scheme == "https":
             assert context is not None
             try:

@@ -1,0 +1,169 @@
+"""The url kind through real proxies on 127.0.0.1: https through an HTTP proxy's CONNECT tunnel
+(the site's certificate still checked), SOCKS5/5h and SOCKS4/4a with names resolved where the
+scheme says, proxy logins taken from the proxy URL, and every way a proxy can fail ending in
+a WatchError that names the proxy."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from notifier.errors import WatchError
+from notifier.options import parse_options
+from notifier.watchers._http import close_pools
+from notifier.watchers.url import Url
+from tests.servers.http import LocalHTTPServer, server_context
+from tests.servers.proxy import HttpProxy, SocksProxy
+from tests.servers.smtp import LocalCA
+
+SITE = {"site.test": "127.0.0.1"}  # a name only the test proxies can resolve
+
+
+@pytest.fixture(autouse=True)
+def _hermetic_pools(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No developer proxy from the environment, and fresh pools before and after."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    close_pools()
+    yield
+    close_pools()
+
+
+def watcher(url: str, **raw: Any) -> Url:
+    values, problems = parse_options({"url": url, "timeout": "5s", **raw}, Url.options,
+                                     "watchers.yaml", "watchers.w")
+    assert not problems, problems
+    return Url("w", values)
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on (bound, then released)."""
+    with socket.create_server(("127.0.0.1", 0)) as sock:
+        port: int = sock.getsockname()[1]
+    return port
+
+
+def test_https_through_a_connect_tunnel_with_the_login_from_the_proxy_url(tls_ca: LocalCA) -> None:
+    with LocalHTTPServer(tls=server_context(tls_ca)) as site, HttpProxy("user:p@ss") as proxy:
+        port = site.server_address[1]
+        w = watcher(site.url("/"), proxy=f"http://user:p%40ss@127.0.0.1:{proxy.port}",
+                    ca_file=tls_ca.ca_file)
+        assert w.fetch({}).text == "hello"
+        assert w.fetch({}).text == "hello"
+        assert proxy.connections == 1, "the tunnel was not kept alive for the second fetch"
+        [asked] = proxy.asked
+        assert asked.target == f"127.0.0.1:{port}"
+        assert asked.authorization == "Basic " + base64.b64encode(b"user:p@ss").decode()
+        assert "proxy-authorization" not in site.requests("/")[0].headers, "the login leaked"
+
+
+def test_the_tunnelled_site_certificate_is_still_checked(tls_ca: LocalCA) -> None:
+    with LocalHTTPServer(tls=server_context(tls_ca)) as site, HttpProxy() as proxy:
+        w = watcher(site.url("/"), proxy=f"http://127.0.0.1:{proxy.port}")  # no ca_file
+        with pytest.raises(WatchError, match="failed the TLS certificate check"):
+            w.fetch({})
+        assert len(proxy.asked) == 1
+
+
+def test_a_proxy_refusing_the_tunnel_is_a_watch_error(tls_ca: LocalCA) -> None:
+    with LocalHTTPServer(tls=server_context(tls_ca)) as site, HttpProxy("user:right") as proxy:
+        port = site.server_address[1]
+        w = watcher(site.url("/"), proxy=f"http://user:wrong@127.0.0.1:{proxy.port}",
+                    ca_file=tls_ca.ca_file)
+        with pytest.raises(WatchError) as caught:
+            w.fetch({})
+        assert str(caught.value) == (
+            f"GET {site.url('/')} could not go through the proxy (the proxy answered 407 Proxy "
+            f"Authentication Required when asked for a tunnel to 127.0.0.1:{port}); check the "
+            f"proxy option.")
+        assert site.count("/") == 0
+
+
+@pytest.mark.parametrize(("how", "reason"), [
+    ("hang_up", "the proxy 127.0.0.1 closed the connection without answering"),
+    ("reset", "the proxy 127.0.0.1 broke off the connection: Connection reset by peer"),
+])
+def test_a_proxy_hanging_up_on_connect_is_a_watch_error_about_the_proxy(
+        tls_ca: LocalCA, how: str, reason: str) -> None:
+    with (LocalHTTPServer(tls=server_context(tls_ca)) as site,
+          HttpProxy(hang_up=how == "hang_up", reset=how == "reset") as proxy):
+        w = watcher(site.url("/"), proxy=f"http://127.0.0.1:{proxy.port}", ca_file=tls_ca.ca_file)
+        with pytest.raises(WatchError) as caught:
+            w.fetch({})
+        assert str(caught.value) == (f"GET {site.url('/')} could not go through the proxy "
+                                     f"({reason}); check the proxy option.")
+
+
+def test_socks5h_lets_the_proxy_resolve_the_name_and_logs_in(http_server: LocalHTTPServer) -> None:
+    port = http_server.server_address[1]
+    with SocksProxy("alice:s3cret", hosts=SITE) as proxy:
+        w = watcher(f"http://site.test:{port}/", proxy=f"socks5h://alice:s3cret@127.0.0.1:{proxy.port}")
+        assert w.fetch({}).text == "hello"
+        [asked] = proxy.asked
+        assert (asked.target, asked.name_given) == (f"site.test:{port}", True)
+        assert (asked.user, asked.password) == ("alice", "s3cret")
+        assert 2 in asked.methods
+    assert http_server.requests("/")[0].headers["host"] == f"site.test:{port}"
+
+
+def test_socks5_resolves_the_name_itself(http_server: LocalHTTPServer) -> None:
+    port = http_server.server_address[1]
+    with SocksProxy() as proxy:
+        w = watcher(f"http://localhost:{port}/", proxy=f"socks5://127.0.0.1:{proxy.port}")
+        assert w.fetch({}).text == "hello"
+        [asked] = proxy.asked
+        assert (asked.target, asked.name_given) == (f"127.0.0.1:{port}", False)
+        assert asked.methods == b"\x00"  # no login in the URL: none offered
+
+
+@pytest.mark.parametrize(("scheme", "host", "target", "name_given"), [
+    ("socks4a", "site.test", "site.test", True),
+    ("socks4", "localhost", "127.0.0.1", False),
+])
+def test_socks4_and_4a(http_server: LocalHTTPServer, scheme: str, host: str, target: str,
+                       name_given: bool) -> None:
+    port = http_server.server_address[1]
+    with SocksProxy(hosts=SITE) as proxy:
+        w = watcher(f"http://{host}:{port}/", proxy=f"{scheme}://bob@127.0.0.1:{proxy.port}")
+        assert w.fetch({}).text == "hello"
+        [asked] = proxy.asked
+        assert (asked.target, asked.name_given, asked.user) == (f"{target}:{port}", name_given, "bob")
+
+
+def test_a_socks5_proxy_refusing_the_login_is_a_watch_error(http_server: LocalHTTPServer) -> None:
+    with SocksProxy("alice:right", hosts=SITE) as proxy:
+        w = watcher(http_server.url("/"), proxy=f"socks5h://alice:wrong@127.0.0.1:{proxy.port}")
+        with pytest.raises(WatchError, match=r"could not go through the proxy \(the SOCKS proxy refused "
+                                             r"the user and password in the proxy URL\)"):
+            w.fetch({})
+        no_login = watcher(http_server.url("/"), proxy=f"socks5h://127.0.0.1:{proxy.port}")
+        with pytest.raises(WatchError, match=r"could not go through the proxy \(the SOCKS proxy "
+                                             r"accepts none of the login methods"):
+            no_login.fetch({})
+    assert http_server.count("/") == 0
+
+
+def test_a_socks_proxy_that_cannot_reach_the_site_is_a_watch_error() -> None:
+    port = free_port()
+    with SocksProxy(hosts=SITE) as proxy:
+        w = watcher(f"http://site.test:{port}/", proxy=f"socks5h://127.0.0.1:{proxy.port}")
+        with pytest.raises(WatchError, match=rf"could not go through the proxy \(the SOCKS proxy could "
+                                             rf"not connect to site.test:{port} \(host unreachable\)\)"):
+            w.fetch({})
+
+
+@pytest.mark.parametrize("scheme", ["http", "socks5", "socks5h", "socks4a"])
+def test_a_proxy_that_is_not_listening_is_a_watch_error(scheme: str) -> None:
+    port = free_port()
+    w = watcher("https://example.invalid/", proxy=f"{scheme}://127.0.0.1:{port}")
+    started = time.monotonic()
+    with pytest.raises(WatchError) as caught:
+        w.fetch({})
+    assert time.monotonic() - started < 4
+    message = str(caught.value)
+    assert "could not go through the proxy (the proxy 127.0.0.1 could not be reached: " in message
+    assert "refused" in message.lower()
