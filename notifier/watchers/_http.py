@@ -196,7 +196,7 @@ class Request:
             scheme, host, port_text, path, query = plain.groups()
             scheme = scheme.lower()
             port = int(port_text) if port_text else (443 if scheme == "https" else 80)
-            if port <= 65535:
+            if port <= 65535 and not _bad_name(host):
                 return cls(method, url, _site(scheme, host.lower(), port),
                            (path or "/") + (query or ""), headers, **fields)
         from urllib3.util import parse_url  # noqa: PLC0415 - only for URLs the pattern cannot take apart
@@ -207,10 +207,14 @@ class Request:
             raise ValueError(f"url {url!r} {_unparsable(url)}") from None
         if parts.scheme not in ("http", "https") or not parts.host:
             raise ValueError(f"url {url!r} must be a full http:// or https:// address")
+        if _bad_name(parts.host):
+            raise ValueError(f"url {url!r} has an invalid host name (an empty part between dots, "
+                             f"or a part over 63 characters)")
         port = parts.port or (443 if parts.scheme == "https" else 80)
         if parts.auth and not _named(headers, "Authorization"):  # http://user:password@host/
             headers = {**headers, "Authorization": basic(unquote(parts.auth))}
-        return cls(method, url, _site(parts.scheme, parts.host, port), parts.request_uri, headers,
+        host = parts.host[1:-1] if parts.host.startswith("[") else parts.host  # [::1] is ::1
+        return cls(method, url, _site(parts.scheme, host, port), parts.request_uri, headers,
                    **fields)
 
 
@@ -218,6 +222,16 @@ class Request:
 # characters that need no percent-encoding: most watchers' URLs, taken apart without urllib3.
 _PLAIN_URL = re.compile(r"(?i)(https?)://([a-z0-9][a-z0-9.-]*)(?::([0-9]{1,5}))?"
                         r"(/[a-z0-9._~!$&'()*+,;=:@/-]*)?(\?[a-z0-9._~!$&'()*+,;=:@/?-]*)?")
+
+
+def _bad_name(host: str) -> bool:
+    """Whether a host name has an empty label or one over 63 characters, or is over 253 in
+    all: the resolver refuses those with UnicodeError (not OSError) before asking DNS, and
+    SOCKS cannot carry them."""
+    if host.startswith("["):  # an IPv6 literal
+        return False
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    return len(host) > 253 or any(not 0 < len(label) <= 63 for label in labels)
 
 
 def _unparsable(url: str) -> str:
@@ -472,6 +486,9 @@ async def _socks5(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pr
                           "check the user and password in the proxy URL")
     if method == 2:
         user, password = (unquote(v or "").encode() for v in (proxy.username, proxy.password))
+        if len(user) > 255 or len(password) > 255:
+            raise ProxyFailed("the user or password in the proxy URL is longer than SOCKS5 "
+                              "allows (255 bytes)")
         writer.write(b"\x01" + bytes([len(user)]) + user + bytes([len(password)]) + password)
         if (await reader.readexactly(2))[1] != 0:
             raise ProxyFailed("the SOCKS proxy refused the user and password in the proxy URL")

@@ -1,4 +1,4 @@
-"""A loopback TCP server that answers each HTTP request with exactly the bytes a test gives.
+"""A loopback TCP server (127.0.0.1, or ::1) answering each HTTP request with the bytes given.
 
 For the parts of a response no well-behaved server sends: bodies cut at odd places, broken
 status lines, folded headers, chunk extensions. Each request (read up to its blank line; the
@@ -44,11 +44,13 @@ HANGUP = Reply(b"", close=True)
 class RawServer:
     """Answer requests on 127.0.0.1 with given bytes; see the module's docstring."""
 
-    def __init__(self, *replies: Reply) -> None:
+    def __init__(self, *replies: Reply, host: str = HOST) -> None:
         self.replies: list[Reply] = list(replies) or [Reply(b"HTTP/1.1 204 No Content\r\n\r\n")]
         self.requests: list[bytes] = []  # each request's head, as received
         self.connections = 0
-        self._listener = socket.create_server((HOST, 0))
+        self.host = host
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        self._listener = socket.create_server((host, 0), family=family)
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
         self._stopped = threading.Event()
@@ -65,7 +67,8 @@ class RawServer:
         self.stop()
 
     def url(self, path: str = "/") -> str:
-        return f"http://{HOST}:{self.port}{path}"
+        authority = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{authority}:{self.port}{path}"
 
     @property
     def open_connections(self) -> int:

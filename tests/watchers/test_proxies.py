@@ -167,3 +167,14 @@ def test_a_proxy_that_is_not_listening_is_a_watch_error(scheme: str) -> None:
     message = str(caught.value)
     assert "could not go through the proxy (the proxy 127.0.0.1 could not be reached: " in message
     assert "refused" in message.lower()
+
+
+def test_a_socks5_login_longer_than_the_protocol_allows_is_a_watch_error(
+        http_server: LocalHTTPServer) -> None:
+    """RFC 1929 gives the user and password one length byte each: a longer one is the
+    proxy option's mistake, said as such (it was a ValueError traceback from bytes())."""
+    with SocksProxy("alice:right") as proxy:
+        w = watcher(http_server.url("/"), proxy=f"socks5://{'u' * 256}:pw@127.0.0.1:{proxy.port}")
+        with pytest.raises(WatchError, match=r"could not go through the proxy \(the user or password "
+                                             r"in the proxy URL is longer than SOCKS5 allows"):
+            w.fetch({})

@@ -240,3 +240,25 @@ def test_idle_connections_over_the_limit_are_closed(monkeypatch: pytest.MonkeyPa
             time.sleep(0.01)
         assert first.open_connections == 0, "the evicted connection was left open"
         assert second.open_connections == 1
+
+
+def test_an_ipv6_literal_url_is_fetched() -> None:
+    """http://[::1]:port/ connects to ::1 and sends Host: [::1]:port (not [[::1]])."""
+    try:
+        server = RawServer(KEPT, host="::1")
+    except OSError:
+        pytest.skip("no IPv6 loopback here")
+    with server:
+        assert watcher(server.url("/v6")).fetch({}).text == "hello"
+        assert b"\r\nHost: [::1]:%d\r\n" % server.port in server.requests[0]
+
+
+@pytest.mark.parametrize("host", ["a..example.com", ".example.com", "x" * 64 + ".example.com",
+                                  "a." * 127 + "com"])
+def test_a_host_name_the_resolver_would_refuse_is_a_config_error(host: str) -> None:
+    """Python's resolver raises UnicodeError (not OSError) for these, which escaped the
+    watcher as a traceback at every check; now the config says what is wrong."""
+    with pytest.raises(ValueError, match="has an invalid host name"):
+        watcher(f"http://{host}/")
+    with pytest.raises(ValueError, match="has an invalid host name"):
+        watcher(f"https://{host}/a path needing urllib3")
