@@ -254,6 +254,8 @@ class WatcherConfig(_SettingsView):
     attach_snapshot: InitVar[bool] = _GIVEN
 
     def __post_init__(self, *each: Any) -> None:
+        if each.count(_GIVEN) == len(each):  # as config builds them: settings whole
+            return
         given = {name: value for name, value in zip(_SETTING_NAMES, each, strict=True)
                  if value is not _GIVEN}
         if self.settings is _GIVEN:
@@ -271,6 +273,9 @@ for _name in _SETTING_NAMES:  # the class attribute the dataclass left for each 
 
 # WatcherSettings fields filled straight from the option of the same name.
 _OPTION_FIELDS = tuple(f.name for f in fields(WatcherSettings) if f.name in {o.name for o in WATCHER_OPTIONS})
+# The options WatcherSettings are made from (with the kind and the filters).
+_SETTINGS_OPTIONS = (*(n for n in _OPTION_FIELDS if n not in ("kind", "filters")),
+                     "every", "cron", "to", "cc", "bcc")
 
 
 @dataclass(frozen=True)
@@ -330,6 +335,7 @@ class _Collector:
         self.warnings: list[Problem] = []
         self.filters: dict[str, Filter] = {}  # built filters by spec: identical ones are shared
         self.values: dict[Any, Any] = {}  # equal frozen values, kept once (see `same`)
+        self.settings: dict[tuple[Any, ...], WatcherSettings] = {}  # by the options they are made of
 
     def same(self, value: _T) -> _T:
         """One object for equal frozen values (schedules, recipients, filter chains): 20,000
@@ -397,7 +403,7 @@ def _load(path: Path, env: Mapping[str, str], state_dir: str | Path | None, stre
         col.add(line_of(raw_mail, "account"), "mail.account",
                 f"names no account under smtp; known accounts: {', '.join(accounts) or 'none'}.")
     for w in watchers:
-        if w.account and w.account not in accounts:
+        if w.settings.account and w.account not in accounts:
             col.add(w.line, f"watchers.{w.name}.account", "names no account under smtp.")
     _check_mail_from(col, raw_mail, mail["from"], accounts)
     relay = _relay(col, raw, top["relay"], default_account, accounts, env)
@@ -847,14 +853,13 @@ def _watcher(col: _Collector, spec: object, path: str, defaults: dict[str, Any],
     cls = registry.get(raw_kind) if isinstance(raw_kind, str) else None
     # Unknown keys are reported once, against the common keys plus the kind's own ones (when the
     # kind is known), so a misspelt `nmae:` gets its did-you-mean even though name is missing.
-    kind_names = [o.name for o in cls.options] if cls else []
     values = col.options(spec, WATCHER_OPTIONS, path, defaults=defaults,
-                         ignore=kind_names if cls else [k for k in spec if k not in _COMMON_KEYS])
+                         ignore=cls.option_names if cls else [k for k in spec if k not in _COMMON_KEYS])
     name, kind = values["name"], values["kind"]
     if kind is not None and cls is None:
         col.add(line_of(spec, "kind"), f"{path}.kind",
                 f"unknown kind {kind!r}; known kinds are {', '.join(sorted(registry))}.")
-    kind_values = col.options(spec, cls.options, path, ignore=list(spec)) if cls else None
+    kind_values = col.options(spec, cls.options, path, ignore=spec) if cls else None
     if values["additions_only"] and values["deletions_only"]:
         col.add(line_of(spec, "deletions_only"), f"{path}.deletions_only",
                 "cannot be combined with additions_only; keep one.")
@@ -877,14 +882,23 @@ def _watcher(col: _Collector, spec: object, path: str, defaults: dict[str, Any],
         return None
     # What the daemon compares on reload; a digest, not the text: 20,000 of them stay loaded.
     fingerprint = hashlib.blake2b(f"{spec!r}{defaults_key}".encode(), digest_size=16).digest()
-    by_name = {name: values[name] for name in _OPTION_FIELDS}
-    settings = WatcherSettings(**{
-        **by_name, "kind": cls.kind, "filters": col.same(tuple(filters)),
-        "schedule": col.same(Schedule(values["every"], values["cron"], values["timezone"])),
-        "recipients": col.same(Recipients(values["to"], values["cc"], values["bcc"])),
-        "templates": _beside(Path(col.file), values["templates"]) if values["templates"] else None,
-    })
-    return WatcherConfig(name, watcher, col.same(settings), line_of(spec), fingerprint)
+    return WatcherConfig(name, watcher, _settings(col, cls, values, filters), line_of(spec), fingerprint)
+
+
+def _settings(col: _Collector, cls: type[Watcher], values: dict[str, Any],
+              filters: list[Filter]) -> WatcherSettings:
+    """The watcher's settings, made once for all the watchers whose options read the same."""
+    key = (cls, *filters, None, *map(values.__getitem__, _SETTINGS_OPTIONS))
+    settings: WatcherSettings | None = col.settings.get(key)
+    if settings is None:
+        settings = col.settings[key] = WatcherSettings(**{
+            **{name: values[name] for name in _OPTION_FIELDS}, "kind": cls.kind,
+            "filters": col.same(tuple(filters)),
+            "schedule": col.same(Schedule(values["every"], values["cron"], values["timezone"])),
+            "recipients": col.same(Recipients(values["to"], values["cc"], values["bcc"])),
+            "templates": _beside(Path(col.file), values["templates"]) if values["templates"] else None,
+        })
+    return settings
 
 
 def _filters(col: _Collector, raw: object, path: str, line: int | None) -> list[Filter]:
@@ -982,8 +996,8 @@ def _check_templates(col: _Collector, path: Path, top: str | None, raw: Mapping[
     if top:
         dirs[top] = line_of(raw, "templates")
     for w in watchers:
-        if w.templates:
-            dirs.setdefault(w.templates, w.line)
+        if w.settings.templates:
+            dirs.setdefault(w.settings.templates, w.line)
     if not dirs:
         return
     import jinja2  # noqa: PLC0415 - only configs with their own templates pay for jinja2 here
@@ -1011,15 +1025,18 @@ def _check_templates(col: _Collector, path: Path, top: str | None, raw: Mapping[
 def _check_kinds(col: _Collector, watchers: list[WatcherConfig], shared: Shared) -> None:
     """Each kind's own warnings about its watchers (a browser watcher without a browser),
     placed at the first such watcher."""
+    by_kind: dict[str, list[WatcherConfig]] = {}
+    for w in watchers:
+        by_kind.setdefault(w.settings.kind, []).append(w)
     for kind, cls in watcher_kinds().items():
-        mine = [w for w in watchers if w.kind == kind]
+        mine = by_kind.get(kind, [])
         for message in cls.warnings([w.watcher for w in mine], shared) if mine else ():
             col.warnings.append(Problem(col.file, mine[0].line, f"watchers.{mine[0].name}", message))
 
 
 def _check_command_permissions(col: _Collector, path: Path, watchers: list[WatcherConfig]) -> None:
     """Refuse command watchers when someone else could rewrite the commands we run."""
-    if not any(w.kind == "command" for w in watchers):
+    if not any(w.settings.kind == "command" for w in watchers):
         return
     for target in (path, path.resolve().parent):
         try:

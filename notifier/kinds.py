@@ -30,10 +30,12 @@ class Kind:
 
     kind: ClassVar[str] = ""
     options: ClassVar[tuple[Option, ...]] = ()
+    option_names: ClassVar[frozenset[str]] = frozenset()  # of `options`, for membership tests
     registry: ClassVar[dict[str, type[Any]]]
 
     def __init_subclass__(cls, kind: str = "", **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        cls.option_names = frozenset(o.name for o in cls.options)
         if Kind in cls.__bases__:
             cls.registry = {}
         if kind:

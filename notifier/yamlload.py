@@ -140,13 +140,17 @@ class _Builder:
 
     def value(self) -> Any:
         """Build the next value, collections included, without recursion."""
-        get = self.parser.get_event
+        get, add, resolvers = self.parser.get_event, self.add, _RESOLVERS
         stack: list[_Collection] = []
         while True:
             event = get()
             kind = type(event)
             if kind is ScalarEvent:
-                value, size, line = self.scalar(event), 1, event.start_mark.line + 1
+                value, size, line = event.value, 1, event.start_mark.line + 1
+                # Text no implicit tag can claim (`url`, `page-00001`) or quoted: as it is.
+                if event.tag is not None or "${" in value or (
+                        event.implicit[0] and value[:1] in resolvers):
+                    value = self.scalar(event)
                 if event.anchor is not None:
                     self.anchor(event.anchor, value, size, line)
             elif kind is AliasEvent:
@@ -168,7 +172,7 @@ class _Builder:
                     self.anchors[done.anchor] = (value, size, self.anchors[done.anchor][2])
             if not stack:
                 return value
-            self.add(stack[-1], value, size, line)
+            add(stack[-1], value, size, line)
 
     def start(self, event: Event, depth: int) -> _Collection:
         """A new mapping or list; only YAML's own tags are understood on them."""
@@ -228,7 +232,7 @@ class _Builder:
         """One key and its value; a key that is not a plain word, or comes twice, is a problem."""
         if key is _MERGE_KEY:
             parent.merges.append((value, line))
-        elif not isinstance(key, _PLAIN_KEY):
+        elif type(key) is not str and not isinstance(key, _PLAIN_KEY):
             self.problems.append(Problem(self.filename, line, "",
                                          "a key must be a plain word, not a list or mapping; "
                                          "check the indentation and the `?` there."))
