@@ -218,6 +218,6 @@ def test_requests_go_where_urllib3_would_send_them(url: str) -> None:
 
     request = _http.Request.to(url)
     parts = parse_url(url)
-    host = parts.host.strip("[]")  # as urllib3's pools connect: ::1, not [::1]
+    host = (parts.host or "").strip("[]")  # as urllib3's pools connect: ::1, not [::1]
     assert request.site == (parts.scheme, host, parts.port or (443 if parts.scheme == "https" else 80))
     assert request.path == parts.request_uri
