@@ -48,7 +48,9 @@ _PROXY_SCHEMES = ("http://", "https://", "socks4://", "socks4a://", "socks5://",
 _DENIED = "the site refused access; check the headers (cookies, tokens) the watcher sends"
 _GONE = "the page is gone or has moved; check the url"
 _STATUS_HINTS = {401: _DENIED, 403: _DENIED, 404: _GONE, 410: _GONE,
-                 429: "the site limits requests; a longer `every` helps"}
+                 429: "the site limits requests; a longer `every` helps",
+                 407: "the proxy asks for a login; put user:password in the proxy option's URL "
+                      "(http://user:password@proxy:3128)"}
 _COME_BACK_HINTS = {
     429: "the site limits requests and asked notifier to come back in {when}; a longer `every` helps",
     503: "the site is unavailable (maintenance or overload) and asked notifier to come back in {when}",

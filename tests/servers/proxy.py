@@ -1,10 +1,10 @@
 """Small real proxies on 127.0.0.1 for the url kind's tests: an HTTP proxy that opens CONNECT
-tunnels, and a SOCKS server speaking SOCKS5 (RFC 1928, user/password login per RFC 1929) and
-SOCKS4/4a. Each records what it was asked (`Asked`: the target as the client named it, the
-login it sent), resolves names only through its own `hosts` table (so a test can reach a
-local server by a name no resolver knows, and prove the client did not resolve it), and
-relays bytes both ways. Threaded; `stop()` (or leaving the `with` block) closes the listener
-and every connection and joins every thread.
+tunnels and forwards http:// requests, and a SOCKS server speaking SOCKS5 (RFC 1928, with
+user/password login per RFC 1929) and SOCKS4/4a. Each records what it was asked (`Asked`:
+the target as the client named it, the login it sent), resolves names only through its own
+`hosts` table (so a test can reach a local server by a name no resolver knows, and prove the
+client did not resolve it), and relays bytes both ways. Threaded; `stop()` (or leaving the
+`with` block) closes the listener and every connection and joins every thread.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass
+from urllib.parse import urlsplit
 
 HOST = "127.0.0.1"
 
@@ -154,9 +155,11 @@ def _exactly(conn: socket.socket, size: int) -> bytes:
 
 
 class HttpProxy(_Proxy):
-    """CONNECT tunnels. `login` ("user:password") makes the proxy answer 407 to a CONNECT
-    without that Basic Proxy-Authorization; `hang_up` makes it close instead of answering,
-    `reset` makes it reset the connection (RST) instead."""
+    """CONNECT tunnels, and http:// requests in absolute form (sent on with Connection:
+    close, without Proxy-Authorization; the connection closes after the answer). `login`
+    ("user:password") makes the proxy answer 407 to a request without that Basic
+    Proxy-Authorization; `hang_up` makes it close instead of answering, `reset` makes it
+    reset the connection (RST) instead."""
 
     def __init__(self, login: str | None = None, *, hang_up: bool = False, reset: bool = False,
                  hosts: dict[str, str] | None = None) -> None:
@@ -167,7 +170,7 @@ class HttpProxy(_Proxy):
 
     def _handle(self, conn: socket.socket) -> socket.socket | None:
         head = _read_until(conn, b"\r\n\r\n").decode("latin-1").split("\r\n")
-        method, target, _ = head[0].split(" ", 2)
+        method, target, version = head[0].split(" ", 2)
         fields = {}
         for line in head[1:]:
             name, _, value = line.partition(":")
@@ -180,20 +183,34 @@ class HttpProxy(_Proxy):
             return None
         if self.hang_up:
             return None
-        if method != "CONNECT":
-            conn.sendall(b"HTTP/1.1 405 Method Not Allowed\r\nContent-Length: 0\r\n\r\n")
-            return None
         if self.login is not None and authorization != "Basic " + base64.b64encode(
                 self.login.encode()).decode():
             conn.sendall(b"HTTP/1.1 407 Proxy Authentication Required\r\n"
                          b"Proxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n\r\n")
             return None
+        if method != "CONNECT":
+            return self._forward(conn, method, target, version, head[1:])
         host, _, port = target.rpartition(":")
         upstream = self._open(host.strip("[]"), int(port))
         if upstream is None:
             conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
             return None
         conn.sendall(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        return upstream
+
+
+    def _forward(self, conn: socket.socket, method: str, target: str, version: str,
+                 lines: list[str]) -> socket.socket | None:
+        parts = urlsplit(target)
+        upstream = self._open(parts.hostname or "", parts.port or 80) if parts.scheme == "http" else None
+        if upstream is None:
+            conn.sendall(b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n")
+            return None
+        kept = [line for line in lines
+                if line and not line.lower().startswith(("proxy-authorization:", "connection:"))]
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        request = [f"{method} {path} {version}", *kept, "Connection: close", "", ""]
+        upstream.sendall("\r\n".join(request).encode("latin-1"))
         return upstream
 
 

@@ -178,3 +178,17 @@ def test_a_socks5_login_longer_than_the_protocol_allows_is_a_watch_error(
         with pytest.raises(WatchError, match=r"could not go through the proxy \(the user or password "
                                              r"in the proxy URL is longer than SOCKS5 allows"):
             w.fetch({})
+
+
+def test_http_urls_go_to_an_http_proxy_in_absolute_form(http_server: LocalHTTPServer) -> None:
+    with HttpProxy("user:pw") as proxy:
+        w = watcher(http_server.url("/"), proxy=f"http://user:pw@127.0.0.1:{proxy.port}")
+        assert w.fetch({}).text == "hello"
+        [asked] = proxy.asked
+        assert asked.target == http_server.url("/")
+        assert asked.authorization == "Basic " + base64.b64encode(b"user:pw").decode()
+        wrong = watcher(http_server.url("/"), proxy=f"http://user:nope@127.0.0.1:{proxy.port}")
+        with pytest.raises(WatchError, match=r"returned HTTP 407 Proxy Authentication Required; the "
+                                             r"proxy asks for a login"):
+            wrong.fetch({})
+    assert http_server.count("/") == 1

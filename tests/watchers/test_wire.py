@@ -262,3 +262,12 @@ def test_a_host_name_the_resolver_would_refuse_is_a_config_error(host: str) -> N
         watcher(f"http://{host}/")
     with pytest.raises(ValueError, match="has an invalid host name"):
         watcher(f"https://{host}/a path needing urllib3")
+
+
+def test_a_redirect_to_a_host_name_the_resolver_would_refuse_is_a_watch_error(
+        raw_server: RawServer) -> None:
+    raw_server.serve(Reply(b"HTTP/1.1 302 Found\r\nLocation: http://a..example.com/\r\n"
+                           b"Content-Length: 0\r\n\r\n"))
+    with pytest.raises(WatchError, match=r"redirected to http://a\.\.example\.com/, which notifier "
+                                         r"cannot follow \(.*invalid host name"):
+        watcher(raw_server.url()).fetch({})
