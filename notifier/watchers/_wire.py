@@ -210,7 +210,15 @@ async def _read_chunks(reader: asyncio.StreamReader, body: _Body) -> None:
         size = int(size_text, 16)
         if size == 0:
             break
-        body.add((await _exactly(reader, size + 2))[:-2])
+        while size > READ_SIZE:  # a big chunk: decoded and capped as its bytes arrive
+            if not (data := await reader.read(READ_SIZE)):
+                raise BrokenResponse("the server broke off a chunked body")
+            body.add(data)
+            size -= len(data)
+        data = await _exactly(reader, size + 2)
+        if data[-2:] != b"\r\n":  # else a wrong size would shift the framing, silently
+            raise BrokenResponse("the server sent a chunk that does not match its declared size")
+        body.add(data[:-2])
     while (await _trailer_line(reader)) != b"\r\n":  # trailer fields are read and ignored
         pass
 

@@ -161,6 +161,8 @@ def failure(server: RawServer, data: bytes, *, close: bool = True, hold: bool = 
      r"closed the connection after 5 of 18 bytes"),
     (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n",
      r"broke off a chunked body"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nab\r\n0\r\n\r\n",
+     r"a chunk that does not match its declared size"),
     (b"HTTP/1.1 200 OK\r\nContent-Type: text/pl", r"closed the connection without a complete response"),
     (b"", r"closed the connection without answering"),
     (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 9\r\n\r\nnot gzip!",
@@ -271,3 +273,19 @@ def test_a_redirect_to_a_host_name_the_resolver_would_refuse_is_a_watch_error(
     with pytest.raises(WatchError, match=r"redirected to http://a\.\.example\.com/, which notifier "
                                          r"cannot follow \(.*invalid host name"):
         watcher(raw_server.url()).fetch({})
+
+
+@pytest.mark.parametrize("coding", ["identity", "gzip"])
+def test_a_huge_chunk_is_capped_as_it_arrives(raw_server: RawServer, coding: str) -> None:
+    """A chunk declaring 1 GiB is refused once max_bytes have arrived (decoded), not
+    buffered whole first: the server below never sends the rest, so only a cap applied
+    as the bytes arrive ends the fetch before its deadline."""
+    payload = encode(b"x" * 300_000, coding)
+    header = b"Content-Encoding: gzip\r\n" if coding == "gzip" else b""
+    raw_server.serve(Reply(OK_HEAD + header + b"Transfer-Encoding: chunked\r\n\r\n40000000\r\n"
+                           + payload, hold=True))
+    w = watcher(raw_server.url(), max_bytes=100_000, timeout="3s")
+    started = time.monotonic()
+    with pytest.raises(WatchError, match=r"sent more than 100,000 bytes, so notifier stopped reading"):
+        w.fetch({})
+    assert time.monotonic() - started < 2
