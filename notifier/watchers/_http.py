@@ -419,6 +419,8 @@ async def _open_now(route: Route, site: Site) -> _Conn:
                 await writer.start_tls(context, server_hostname=host)
             except ssl.SSLError as exc:
                 raise _tls_failed(exc) from None
+            except ConnectionError:  # a reset, as a port that is not TLS may do (asyncio's
+                raise TLSFailed("the site broke off the connection") from None  # has no errno)
     except BaseException:
         writer.transport.abort()
         raise

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import socket
+import struct
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -192,3 +194,30 @@ def test_http_urls_go_to_an_http_proxy_in_absolute_form(http_server: LocalHTTPSe
                                              r"proxy asks for a login"):
             wrong.fetch({})
     assert http_server.count("/") == 1
+
+
+def test_a_site_resetting_the_tls_handshake_in_a_tunnel_is_a_tls_failure() -> None:
+    """Behind a CONNECT tunnel the site resets the connection on the TLS ClientHello: a
+    failed handshake, said as such (it was an OSError without a message, reported as
+    "failed: ; check the watcher's files and settings")."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    port = listener.getsockname()[1]
+
+    def reset_on_hello() -> None:
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(1)
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+    resetter = threading.Thread(target=reset_on_hello, daemon=True)
+    resetter.start()
+    try:
+        with HttpProxy() as proxy:
+            w = watcher(f"https://127.0.0.1:{port}/", proxy=f"http://127.0.0.1:{proxy.port}")
+            with pytest.raises(WatchError) as caught:
+                w.fetch({})
+    finally:
+        resetter.join(5)
+        listener.close()
+    assert str(caught.value) == (f"GET https://127.0.0.1:{port}/ failed the TLS handshake (the site "
+                                 f"broke off the connection); check that the url's port speaks https.")
