@@ -22,7 +22,7 @@ from zoneinfo import ZoneInfo
 
 from notifier.errors import ConfigError, Problem
 from notifier.kinds import Filter, Shared, Watcher, filter_kinds, watcher_kinds
-from notifier.options import Option, line_of, parse_options, unknown_key_hint
+from notifier.options import Option, line_of, parse_options, unknown_key_hint, with_defaults
 from notifier.schedule import Schedule, Window
 from notifier.secrets import Secret, SecretRef
 from notifier.sections import (
@@ -784,19 +784,20 @@ class _Watchers:
         self.seen: dict[str, int | None] = {}
         self.index = 0
         self.streamed = False
-        self.defaults: dict[str, Any] = {}
         self.defaults_key = ""
+        self.start: dict[str, Any] = {}  # each watcher option's value unless written: defaults merged
 
     def prepare(self, top: Mapping[str, Any]) -> None:
         """Read `defaults:` (and the top-level timezone, the default's default) from `top`."""
         col = self.col
         raw_defaults = _section(col, top, "defaults")
-        self.defaults = col.options(raw_defaults, DEFAULTS_OPTIONS, "defaults")
+        defaults = col.options(raw_defaults, DEFAULTS_OPTIONS, "defaults")
         if "timezone" not in raw_defaults and top.get("timezone") is not None:
             timezone = next(o for o in TOP_OPTIONS if o.name == "timezone")
             with contextlib.suppress(ValueError):  # reported when the top level is read
-                self.defaults["timezone"] = timezone.type.parse(top["timezone"])
+                defaults["timezone"] = timezone.type.parse(top["timezone"])
         self.defaults_key = repr(raw_defaults)
+        self.start = with_defaults(WATCHER_OPTIONS, defaults)
 
     def begin(self, key: object, top: LineDict) -> bool:
         if key != "watchers":
@@ -836,14 +837,15 @@ class _Watchers:
             return
         if isinstance(name, str):
             self.seen[name] = line_of(spec, "name")
-        built = _watcher(col, spec, path, self.defaults, self.defaults_key, line)
+        built = _watcher(col, spec, path, self.start, self.defaults_key, line)
         if built is not None:
             self.out.append(built)
 
 
-def _watcher(col: _Collector, spec: object, path: str, defaults: dict[str, Any],
+def _watcher(col: _Collector, spec: object, path: str, start: dict[str, Any],
              defaults_key: str, line: int | None) -> WatcherConfig | None:
-    """Build one watcher; None (with problems recorded) when it is unusable or disabled."""
+    """Build one watcher; None (with problems recorded) when it is unusable or disabled.
+    `start` holds each option's value unless the watcher writes it (`with_defaults`)."""
     if not isinstance(spec, dict):
         col.add(line_of(spec) or line, path, "must be a mapping that starts with `- name:` and `kind:`.")
         return None
@@ -853,7 +855,7 @@ def _watcher(col: _Collector, spec: object, path: str, defaults: dict[str, Any],
     cls = registry.get(raw_kind) if isinstance(raw_kind, str) else None
     # Unknown keys are reported once, against the common keys plus the kind's own ones (when the
     # kind is known), so a misspelt `nmae:` gets its did-you-mean even though name is missing.
-    values = col.options(spec, WATCHER_OPTIONS, path, defaults=defaults,
+    values = col.options(spec, WATCHER_OPTIONS, path, start=start,
                          ignore=cls.option_names if cls else [k for k in spec if k not in _COMMON_KEYS])
     name, kind = values["name"], values["kind"]
     if kind is not None and cls is None:

@@ -336,11 +336,13 @@ def parse_options(
     path: str,
     defaults: Mapping[str, Any] | None = None,
     ignore: Collection[str] = (),
+    start: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[Problem]]:
     """Check `raw` against `options`; return parsed values and every problem found.
 
     `defaults` are already-parsed values (from the config's `defaults:` section) that take the
-    place of an option's own default. Keys in `ignore` belong to the caller.
+    place of an option's own default; `start`, from `with_defaults`, is the same merged once
+    for many mappings. Keys in `ignore` belong to the caller.
 
     Every declared key gets a value, even after a problem, so that callers can go on checking
     the rest of the file and report every problem at once. The work is per key written, not
@@ -357,7 +359,7 @@ def parse_options(
         elif key not in ignore:
             hint = unknown_key_hint(key, [*known, *ignore])
             problems.append(Problem(file, line_of(raw, key), _join(path, key), hint))
-    values = dict(plan.fallbacks)
+    values = dict(plan.fallbacks if start is None else start)
     if defaults:
         values.update(defaults if defaults.keys() <= known.keys() else
                       {key: value for key, value in defaults.items() if key in known})
@@ -366,7 +368,8 @@ def parse_options(
             opt = known[name]
             problems.append(Problem(file, line_of(raw), _join(path, name),
                                     f"is required ({opt.doc or opt.type.name}); add it."))
-    written.sort(key=plan.order.__getitem__)  # in the order of the declarations, as the problems always were
+    if len(written) > 1:  # in the order of the declarations, as the problems always were
+        written.sort(key=plan.order.__getitem__)
     for name in written:
         given = raw[name]
         if given is None:  # written empty (`key:`): not set
@@ -376,6 +379,13 @@ def parse_options(
         except ValueError as exc:
             problems.append(Problem(file, line_of(raw, name), _join(path, name), f"{exc}."))
     return values, problems
+
+
+def with_defaults(options: Sequence[Option], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """Every option's value before a mapping is read: its own default, or the one in
+    `defaults`. Pass it to parse_options as `start` to merge the defaults once for many."""
+    plan = _plan(options)
+    return {**plan.fallbacks, **{key: value for key, value in defaults.items() if key in plan.known}}
 
 
 @dataclass(frozen=True)

@@ -102,7 +102,7 @@ class _Collection:
         self.size = 1
         self.key: object = _NO_KEY
         self.key_line = line
-        self.merges: list[tuple[object, int]] = []  # (what `<<` names, its line)
+        self.merges: list[tuple[object, int]] | None = None  # (what `<<` names, its line)
         self.stream = False
 
 
@@ -165,7 +165,8 @@ class _Builder:
                 continue
             else:  # the end of the innermost collection
                 done = stack.pop()
-                self.merge(done)
+                if done.merges:
+                    self.merge(done, done.merges)
                 value, size, line = done.value, done.size, done.line
                 if done.anchor is not None:  # aliases to it may be used now, at its full size
                     self.open.discard(done.anchor)
@@ -226,12 +227,16 @@ class _Builder:
                 self.stream.after("<<" if value is _MERGE_KEY else value)
         else:
             key, parent.key = parent.key, _NO_KEY
-            self.put(target, key, value, parent.key_line, parent)
+            if type(key) is str and key not in target:  # as nearly every key is: put() in short
+                target[key] = value
+                target.lines[key] = parent.key_line
+            else:
+                self.put(target, key, value, parent.key_line, parent)
 
     def put(self, target: LineDict, key: object, value: Any, line: int, parent: _Collection) -> None:
         """One key and its value; a key that is not a plain word, or comes twice, is a problem."""
         if key is _MERGE_KEY:
-            parent.merges.append((value, line))
+            parent.merges = [*(parent.merges or ()), (value, line)]
         elif type(key) is not str and not isinstance(key, _PLAIN_KEY):
             self.problems.append(Problem(self.filename, line, "",
                                          "a key must be a plain word, not a list or mapping; "
@@ -244,11 +249,11 @@ class _Builder:
             target[key] = value
             target.lines[key] = line
 
-    def merge(self, done: _Collection) -> None:
+    def merge(self, done: _Collection, merges: list[tuple[object, int]]) -> None:
         """Apply `<<: *base` (or a list of them): keys written in the mapping win, then earlier
         merged mappings over later ones, as YAML's merge key says."""
         target = done.value
-        for source, line in done.merges:
+        for source, line in merges:
             for each in source if isinstance(source, list) else [source]:
                 if not isinstance(each, dict) or not isinstance(target, LineDict):
                     raise _error(self.filename, line, "`<<` merges mappings: write `<<: *name` or "
