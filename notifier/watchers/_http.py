@@ -294,6 +294,9 @@ async def _exchange(conn: _Conn, route: Route, keep: int, head: bytes, request: 
     reader, writer = conn
     try:
         response = await exchange(reader, writer, head, request.body, request.method, max_bytes)
+    except ssl.SSLError as exc:  # the TLS layer broke mid-response (a bad record, a cut stream)
+        writer.transport.abort()
+        raise FetchError(f"the TLS connection broke off ({exc.reason or exc})") from None
     except BaseException:  # the deadline, a broken or oversize response: never reused
         writer.transport.abort()
         raise
