@@ -1,14 +1,17 @@
 """`notifier run`: the long-running process that checks on schedule and delivers the outbox.
 
-Threads: APScheduler runs checks in a bounded pool of their own, the outbox sender in a
-one-thread pool, and housekeeping (heartbeat, config-file watch) in another, so slow
-watchers can never starve delivery. The main thread only waits for signals and reloads.
+Threads: checks run from a timetable of their own (notifier.schedule.Timetable: one timer
+thread and a bounded pool of workers, each watcher on its own schedule); APScheduler runs the
+outbox sender in a one-thread pool, housekeeping (heartbeat, config-file watch) in another and
+delivery probes in a third, so slow watchers can never starve delivery. The main thread only
+waits for signals and reloads.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import logging
 import os
 import signal
@@ -33,7 +36,7 @@ from notifier.health import Health
 from notifier.kinds import configure_kinds, watcher_kinds
 from notifier.outbox import Sender
 from notifier.pipeline import check
-from notifier.schedule import stable_fraction
+from notifier.schedule import Timetable, stable_fraction
 from notifier.statedir import DAEMON, ONESHOT_WAIT, STARTING, StateDir
 from notifier.store import PRUNE_BATCH, Store
 
@@ -175,14 +178,14 @@ class Daemon:
         self._config_sig = self._signature()
         self._config_seen = (self._config_sig, time.monotonic())
         self.scheduler = BackgroundScheduler(
-            executors={"checks": ThreadPoolExecutor(self.cfg.workers),
-                       "outbox": ThreadPoolExecutor(1), "default": ThreadPoolExecutor(1),
+            executors={"outbox": ThreadPoolExecutor(1), "default": ThreadPoolExecutor(1),
                        # Delivery probes wait minutes for their mail: never in the checks' pool.
                        "receiving": ThreadPoolExecutor(RECEIVING_WORKERS)},
             # A late check still runs (once: coalesce); the 1 s library default would drop it.
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
         )
+        self.checks = Timetable(self._check, self.cfg.workers)  # each watcher's checks
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -226,6 +229,7 @@ class Daemon:
                                id="housekeeping", next_run_time=datetime.now(UTC))
         self._schedule_mail_checks()
         self.scheduler.start()
+        self.checks.start()
         self.relay.apply()  # listening before READY=1, so what starts after us can send
         self._note_relay()
         systemd.notify("READY=1", f"STATUS={self.status_line()}")
@@ -292,8 +296,10 @@ class Daemon:
         else:
             log.info("stopping")
         self.scheduler.pause()
+        self.checks.pause()
         self._wait_for_jobs(time.monotonic() + SHUTDOWN_TIMEOUT)
         self.scheduler.shutdown(wait=False)
+        self.checks.shutdown()
         if self.fleet is not None:
             self.fleet.leave()
         runstate.remove(self.cfg.state_dir)
@@ -400,8 +406,7 @@ class Daemon:
         for name in names:
             with self._idle:
                 self._claimed += 1
-            self.scheduler.add_job(self._fleet_check, args=[name], executor="checks",
-                                   id=f"check:{name}", replace_existing=True)
+            self.checks.submit(functools.partial(self._fleet_check, name))
 
     def _fleet_check(self, name: str) -> None:
         with self._idle:
@@ -418,12 +423,10 @@ class Daemon:
     def _come_back(self, name: str, seconds: float) -> None:
         """Honour a site's Retry-After: the next check is then, not at the next grid point
         (later grid points follow as usual). Sooner than the schedule is never asked for."""
-        job = self.scheduler.get_job(f"check:{name}")
-        when = datetime.now(UTC) + timedelta(seconds=seconds)
-        if job is not None and job.next_run_time is not None and when > job.next_run_time:
-            job.modify(next_run_time=when)
+        when = time.time() + seconds
+        if self.checks.later(name, when):
             log.info("watcher=%s: the site asked to come back in %.0f s; next check at %s", name,
-                     seconds, when.astimezone().strftime("%H:%M:%S"))
+                     seconds, time.strftime("%H:%M:%S", time.localtime(when)))
 
     def wake_outbox(self) -> None:
         """Deliver now rather than at the next outbox round (change-to-inbox latency).
@@ -539,9 +542,8 @@ class Daemon:
             counts = self.store.outbox_counts()
         except StateError:
             counts = None
-        nxt = [j.next_run_time for j in self.scheduler.get_jobs()
-               if j.executor == "checks" and j.next_run_time]
-        due = f", next check in {max(0, (min(nxt) - datetime.now(UTC)).total_seconds()):.0f} s" if nxt else ""
+        nxt = self.checks.next_due()
+        due = f", next check in {max(0.0, nxt - time.time()):.0f} s" if nxt is not None else ""
         if counts is None:
             outbox = "outbox unreadable"
         else:
@@ -555,17 +557,14 @@ class Daemon:
         if self.fleet is not None:  # the fleet's due table schedules it (see _fleet_round)
             self.fleet.schedule(wc)
             return
-        kwargs: dict[str, Any] = {}
+        first = None  # the schedule's next time
         state = self.store.state(wc.name) if startup else None
         if state is None or wc.schedule.overdue(state.last_check, time.time()):
             # New or overdue: run soon, spread out so a restart is not a thundering herd.
             spread = min(STARTUP_SPREAD, wc.schedule.every,
                          max(1.0, SPREAD_PER_WATCHER * len(self.cfg.watchers)))
-            delay = stable_fraction(wc.name) * spread
-            kwargs["next_run_time"] = datetime.now(UTC) + timedelta(seconds=delay)
-        self.scheduler.add_job(self._check, wc.schedule.trigger(wc.name), args=[wc.name],
-                               id=f"check:{wc.name}", name=wc.name, executor="checks",
-                               replace_existing=True, **kwargs)
+            first = time.time() + stable_fraction(wc.name) * spread
+        self.checks.set(wc.name, wc.schedule.next_time(wc.name), first)
 
     def reload(self) -> bool:
         """Load the config again; apply only what changed. A bad config changes nothing.
@@ -630,8 +629,8 @@ class Daemon:
         self.sender = Sender(new, self.store, self.debug_smtp)
         removed = old.keys() - {w.name for w in new.watchers}
         for name in removed:
-            if self.scheduler.get_job(f"check:{name}") is not None:  # a fleet's may not have one now
-                self.scheduler.remove_job(f"check:{name}")
+            self.checks.remove(name)
+        self.checks.workers = new.workers
         if self.fleet is not None and removed:
             self.fleet.forget(sorted(removed))
         changed = 0

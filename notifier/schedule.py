@@ -1,4 +1,5 @@
-"""When things happen: a watcher's schedule, its quiet hours, and the overdue rule.
+"""When things happen: a watcher's schedule, its quiet hours, the overdue rule, and the
+daemon's timetable of checks.
 
 Parsed once from the config into these values; the daemon, `notifier status` and the alerts
 ask them, so each rule about time has this one home.
@@ -6,7 +7,16 @@ ask them, so each rule about time has this one home.
 
 from __future__ import annotations
 
+import collections
+import functools
+import heapq
+import itertools
+import logging
+import math
+import threading
+import time as clock
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
 
@@ -15,6 +25,12 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 _GRID_START = datetime(2020, 1, 1, tzinfo=UTC)  # interval grids count from here
+AFTER = 1e-3  # the next time after a check that fired at t is looked for from t + AFTER on
+
+NextTime = Callable[[float], float | None]
+"""A schedule as a function of Unix times: the first fire time at or after a moment (None: never)."""
+
+log = logging.getLogger(__name__)
 
 
 def stable_fraction(name: str) -> float:
@@ -73,6 +89,23 @@ class Schedule:
         anchor = _GRID_START + timedelta(seconds=stable_fraction(name) * self.every)
         return PhasedInterval(seconds=self.every, start_date=anchor, timezone=UTC)
 
+    def next_time(self, name: str) -> NextTime:
+        """`trigger(name)`'s times as plain numbers, for the daemon's Timetable: an interval grid
+        is arithmetic (no datetimes and time zones at every check), a cron asks its trigger."""
+        if self.cron is not None:
+            trigger = self.cron.trigger(self.zone)
+
+            def cron_time(after: float) -> float | None:
+                fire = trigger.get_next_fire_time(None, datetime.fromtimestamp(after, UTC))
+                return None if fire is None else float(fire.timestamp())
+            return cron_time
+        every = self.every
+        anchor = _GRID_START.timestamp() + stable_fraction(name) * every
+
+        def grid_time(after: float) -> float:
+            return anchor + max(0, math.ceil((after - anchor) / every)) * every
+        return grid_time
+
     def overdue(self, last_check: float | None, now: float) -> bool:
         """Never checked, or an interval has passed since the last check: run it at once.
 
@@ -103,3 +136,211 @@ class Window:
             if local >= start:
                 end += timedelta(days=1)
         return end.timestamp() if inside else now
+
+
+class _Entry:
+    """One scheduled name: when it is next due (None while it runs or once it is removed)."""
+
+    __slots__ = ("fired", "name", "next_time", "not_before", "when")
+
+    def __init__(self, name: str, next_time: NextTime) -> None:
+        self.name = name
+        self.next_time = next_time
+        self.when: float | None = None
+        self.fired = 0.0  # when its current or last run was due
+        self.not_before = 0.0  # Retry-After: no run before this
+
+
+class _Worker:
+    """A worker thread's hand-over slot: the job it is given, and the lock it waits on for it."""
+
+    __slots__ = ("job", "wake")
+
+    def __init__(self, job: Callable[[], None] | None) -> None:
+        self.job = job
+        self.wake = threading.Lock()
+        self.wake.acquire()  # released by a hand-over
+
+
+class Timetable:
+    """Runs `run(name)` for every name on its own schedule, in at most `workers` threads.
+
+    The daemon's checks: a thousand watchers as a thousand scheduler jobs cost a thousand jobs'
+    bookkeeping (datetimes, events, futures) at every check; here a check is a heap entry of
+    plain Unix times, one wait of one thread, and a hand-over to a worker. The rules are those
+    of the jobs they replace: a name never runs twice at once (a run still going when its next
+    time comes skips that time), a late run still runs, once, and the next time is the first of
+    the schedule after the run was due, so a late or early run never moves a grid's phase.
+
+    Worker threads start when a run finds none idle and end after IDLE_END seconds without
+    work, so a burst (the first pass at start-up) leaves no threads behind: the worker idle the
+    shortest time gets the next run, so the others really are idle (a shared queue would hand
+    runs round the whole pool and keep every thread alive).
+    """
+
+    IDLE_END = 60.0  # seconds an idle worker waits for work before it ends
+    LONGEST_WAIT = 10.0  # the timer looks again at least this often (a wall clock that jumped)
+
+    def __init__(self, run: Callable[[str], None], workers: int,
+                 now: Callable[[], float] = clock.time) -> None:
+        self.run = run
+        self.workers = workers
+        self.now = now
+        self._cond = threading.Condition()
+        self._heap: list[tuple[float, int, _Entry]] = []
+        self._entries: dict[str, _Entry] = {}
+        self._running: set[str] = set()
+        self._seq = itertools.count()
+        self._idle: list[_Worker] = []  # the last one to finish is the first to get work
+        self._waiting: collections.deque[Callable[[], None]] = collections.deque()  # no worker free
+        self._threads = 0
+        self._paused = False
+        self._stopped = False
+        self._timer: threading.Thread | None = None
+
+    # -- the schedule ----------------------------------------------------------------------------
+
+    def set(self, name: str, next_time: NextTime, first: float | None = None) -> None:
+        """Schedule `name` (again, replacing what it had): first at `first`, else its next time."""
+        entry = _Entry(name, next_time)
+        with self._cond:
+            self._entries[name] = entry
+            self._push(entry, first if first is not None else next_time(self.now()))
+
+    def remove(self, name: str) -> None:
+        """Unschedule `name`; a run going on finishes but schedules nothing after it."""
+        with self._cond:
+            entry = self._entries.pop(name, None)
+            if entry is not None:
+                entry.when = None
+
+    def later(self, name: str, when: float) -> bool:
+        """Retry-After: no run of `name` before `when`. True if that moved its next run (later
+        grid times follow as usual); sooner than the schedule is never asked for."""
+        with self._cond:
+            entry = self._entries.get(name)
+            if entry is None:
+                return False
+            scheduled = entry.when
+            if scheduled is None:  # running: its next time is worked out when the run ends
+                scheduled = entry.next_time(max(self.now(), entry.fired + AFTER))
+            if scheduled is None or when <= scheduled:
+                return False
+            entry.not_before = when
+            if entry.when is not None:
+                self._push(entry, when)
+            return True
+
+    def next_due(self) -> float | None:
+        """The earliest time any name is due, or None."""
+        with self._cond:
+            while self._heap and self._stale(self._heap[0][0], self._heap[0][2]):
+                heapq.heappop(self._heap)
+            return self._heap[0][0] if self._heap else None
+
+    def _push(self, entry: _Entry, when: float | None) -> None:
+        entry.when = when
+        if when is not None:
+            heapq.heappush(self._heap, (when, next(self._seq), entry))
+            if self._heap[0][2] is entry:  # sooner than the timer waits for: wake it
+                self._cond.notify()
+
+    def _stale(self, when: float, entry: _Entry) -> bool:
+        return entry.when != when or self._entries.get(entry.name) is not entry
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._timer = threading.Thread(target=self._timer_loop, name="timetable", daemon=True)
+        self._timer.start()
+
+    def pause(self) -> None:
+        """Start no more runs (shutdown: the running ones finish)."""
+        with self._cond:
+            self._paused = True
+
+    def shutdown(self) -> None:
+        """Stop the timer and the idle workers, without waiting for running ones."""
+        with self._cond:
+            self._paused = self._stopped = True
+            self._cond.notify_all()
+            self._waiting.clear()
+            for worker in self._idle:
+                worker.wake.release()  # with no job: it ends
+            self._idle.clear()
+
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run `job` once, now, in a worker (a fleet's claimed check)."""
+        with self._cond:
+            self._hand_over(job)
+
+    def _timer_loop(self) -> None:
+        with self._cond:
+            while not self._stopped:
+                if self._paused or not self._heap:
+                    self._cond.wait(self.LONGEST_WAIT)
+                    continue
+                when, _, entry = self._heap[0]
+                wait = when - self.now()
+                if wait > 0:
+                    self._cond.wait(min(wait, self.LONGEST_WAIT))
+                    continue
+                heapq.heappop(self._heap)
+                if self._stale(when, entry):
+                    continue
+                entry.fired, entry.when = when, None
+                if entry.name in self._running:  # its previous run goes on: skip this time
+                    self._push(entry, entry.next_time(max(self.now(), when + AFTER)))
+                    continue
+                self._running.add(entry.name)
+                self._hand_over(functools.partial(self._fire, entry))
+
+    def _fire(self, entry: _Entry) -> None:
+        try:
+            self.run(entry.name)
+        finally:
+            with self._cond:
+                self._running.discard(entry.name)
+                if self._entries.get(entry.name) is entry:  # not removed or replaced meanwhile
+                    nxt = entry.next_time(max(self.now(), entry.fired + AFTER))
+                    if nxt is not None and entry.not_before > nxt:
+                        nxt = entry.not_before
+                    self._push(entry, nxt)
+
+    def _hand_over(self, job: Callable[[], None]) -> None:
+        """With the lock held: give `job` to the worker idle the shortest time, or to a new one
+        if there is room, or else to the first worker that finishes."""
+        if self._idle:
+            worker = self._idle.pop()
+            worker.job = job
+            worker.wake.release()
+        elif self._threads < self.workers:
+            self._threads += 1
+            threading.Thread(target=self._work, args=(_Worker(job),), name=f"check-{self._threads}",
+                             daemon=True).start()
+        else:
+            self._waiting.append(job)
+
+    def _work(self, me: _Worker) -> None:
+        while True:
+            job, me.job = me.job, None
+            if job is None:  # shutdown
+                return
+            try:
+                job()
+            except Exception:  # the daemon's jobs catch their own; this is a last guard
+                log.exception("a scheduled run failed")
+            with self._cond:
+                if self._waiting:
+                    me.job = self._waiting.popleft()
+                    continue
+                if self._stopped:
+                    return
+                self._idle.append(me)
+            if not me.wake.acquire(timeout=self.IDLE_END):
+                with self._cond:
+                    if me in self._idle:  # no hand-over came: end
+                        self._idle.remove(me)
+                        self._threads -= 1
+                        return
+                me.wake.acquire()  # a hand-over came as the wait ended: its release is done

@@ -1,15 +1,21 @@
 """notifier.schedule: stable phases that survive late and early runs, cron in the watcher's
-zone, quiet hours that wrap midnight, and the overdue rule the daemon and `status` share."""
+zone, quiet hours that wrap midnight, the overdue rule the daemon and `status` share, and the
+daemon's timetable of checks (real threads; every wait is an event or a poll with a deadline)."""
 
 from __future__ import annotations
 
+import threading
+import time as clock
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import pytest
+
 from notifier import config
 from notifier.config import WatcherConfig
-from notifier.schedule import CronExpr, Schedule, Window, stable_fraction
+from notifier.schedule import AFTER, CronExpr, Schedule, Timetable, Window, stable_fraction
 
 
 def watcher(tmp_path: Path, name: str, schedule: str = "every: 60s") -> WatcherConfig:
@@ -69,3 +75,130 @@ def test_quiet_hours_hold_until_window_ends() -> None:
     assert window.until(day, zone) == day
     assert Window(time(12), time(13)).until(datetime(2026, 1, 1, 12, 30, tzinfo=UTC).timestamp(), UTC) == \
         datetime(2026, 1, 1, 13, 0, tzinfo=UTC).timestamp()
+
+
+def test_next_time_is_the_triggers_time_as_a_number(tmp_path: Path) -> None:
+    """The daemon's timetable and `notifier status` (the trigger) agree on every time."""
+    cron = "cron: '0 9 * * *', timezone: Asia/Shanghai"
+    for wc in (watcher(tmp_path, "prices"), watcher(tmp_path, "morning", cron)):
+        trigger, next_time = wc.schedule.trigger(wc.name), wc.schedule.next_time(wc.name)
+        for now in (datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC),
+                    datetime(2026, 11, 24, 10, 0, 7, 300000, tzinfo=UTC)):
+            fire = trigger.get_next_fire_time(None, now)
+            assert next_time(now.timestamp()) == pytest.approx(fire.timestamp(), abs=1e-6)
+            again = trigger.get_next_fire_time(fire, fire)  # what follows a run at `fire`
+            assert next_time(fire.timestamp() + AFTER) == pytest.approx(again.timestamp(), abs=1e-6)
+
+
+def poll(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    end = clock.monotonic() + timeout
+    while not condition():
+        assert clock.monotonic() < end, f"timed out waiting for {what}"
+        clock.sleep(0.005)
+
+
+def every(seconds: float) -> Callable[[float], float]:
+    """A schedule on a grid of `seconds` from the epoch."""
+    return lambda after: -(-after // seconds) * seconds
+
+
+class Runs:
+    """The `run` of a Timetable under test: counts runs per name, notes overlaps, and holds
+    the names in `hold` until `release` is set."""
+
+    def __init__(self) -> None:
+        self.count: dict[str, int] = {}
+        self.active: set[str] = set()
+        self.overlaps: list[str] = []
+        self.most = 0
+        self.hold: set[str] = set()
+        self.release = threading.Event()
+        self.lock = threading.Lock()
+
+    def __call__(self, name: str) -> None:
+        with self.lock:
+            if name in self.active:
+                self.overlaps.append(name)
+            self.active.add(name)
+            self.most = max(self.most, len(self.active))
+        if name in self.hold:
+            self.release.wait(10)
+        with self.lock:
+            self.active.discard(name)
+            self.count[name] = self.count.get(name, 0) + 1
+
+    def n(self, name: str) -> int:
+        with self.lock:
+            return self.count.get(name, 0)
+
+
+@pytest.fixture
+def runs() -> Iterator[Runs]:
+    """A Runs whose held names are let go at the end of the test, whatever happened."""
+    made = Runs()
+    yield made
+    made.release.set()
+
+
+def test_timetable_runs_each_name_on_its_schedule_never_twice_at_once(runs: Runs) -> None:
+    table = Timetable(runs, workers=4)
+    runs.hold.add("slow")
+    table.set("fast", every(0.02))
+    table.set("slow", every(0.02), first=clock.time())
+    table.start()
+    try:
+        poll(lambda: runs.n("fast") >= 10, "10 runs of a 20 ms schedule")
+        assert runs.n("slow") == 0  # still in its first run: its later times were skipped
+        assert table.next_due() is not None
+        runs.release.set()
+        poll(lambda: runs.n("slow") >= 3, "the held name running on schedule again")
+        table.remove("fast")
+        done = runs.n("fast")
+        poll(lambda: runs.n("slow") >= 6, "more runs of the other name")
+        assert runs.n("fast") <= done + 1  # one run may have been under way
+        assert runs.overlaps == []
+    finally:
+        table.shutdown()
+
+
+def test_timetable_keeps_to_its_workers_and_ends_idle_ones(runs: Runs) -> None:
+    table = Timetable(runs, workers=2)
+    table.IDLE_END = 0.05
+    runs.hold |= {"a", "b", "c"}
+    start = clock.time()
+    for name in ("a", "b", "c"):
+        table.set(name, lambda after: None, first=start)  # one run each, then never again
+    table.start()
+    try:
+        poll(lambda: len(runs.active) == 2, "two runs at once")
+        assert sum(runs.n(x) for x in "abc") == 0  # the third waits for a worker
+        runs.release.set()
+        poll(lambda: sum(runs.n(x) for x in "abc") == 3, "the third run, once a worker is free")
+        assert runs.most == 2
+        poll(lambda: not any(t.name.startswith("check-") for t in threading.enumerate()),
+             "idle workers to end")
+        assert table.next_due() is None
+    finally:
+        table.shutdown()
+
+
+def test_timetable_later_defers_the_next_run_only(runs: Runs) -> None:
+    """Retry-After: the next run waits; sooner than the schedule is refused."""
+    table = Timetable(runs, workers=1)
+    runs.hold.add("site")
+    table.set("site", every(0.02))
+    table.start()
+    try:
+        poll(lambda: "site" in runs.active, "a first run")  # the daemon asks from inside the run
+        assert not table.later("site", clock.time() - 1)  # sooner than planned: no change
+        assert not table.later("other", clock.time() + 60)  # not scheduled here
+        assert table.later("site", clock.time() + 60)
+        runs.release.set()
+        poll(lambda: table.next_due() is not None, "the run to end")
+        assert (table.next_due() or 0) > clock.time() + 59
+        assert runs.n("site") == 1
+        count = runs.n("site")
+        table.set("site", every(0.02))  # a reload replaces the entry, and its deferral with it
+        poll(lambda: runs.n("site") > count, "the replaced entry running on its schedule")
+    finally:
+        table.shutdown()
