@@ -403,7 +403,7 @@ def _load(path: Path, env: Mapping[str, str], state_dir: str | Path | None, stre
         col.add(line_of(raw_mail, "account"), "mail.account",
                 f"names no account under smtp; known accounts: {', '.join(accounts) or 'none'}.")
     for w in watchers:
-        if w.settings.account and w.account not in accounts:
+        if w.settings.account and w.settings.account not in accounts:
             col.add(w.line, f"watchers.{w.name}.account", "names no account under smtp.")
     _check_mail_from(col, raw_mail, mail["from"], accounts)
     relay = _relay(col, raw, top["relay"], default_account, accounts, env)
