@@ -334,6 +334,7 @@ class _Collector:
         self.problems: list[Problem] = []
         self.warnings: list[Problem] = []
         self.filters: dict[str, Filter] = {}  # built filters by spec: identical ones are shared
+        self.chains: dict[str, tuple[Filter, ...]] = {}  # built filter lists, likewise
         self.values: dict[Any, Any] = {}  # equal frozen values, kept once (see `same`)
         self.settings: dict[tuple[Any, ...], WatcherSettings] = {}  # by the options they are made of
 
@@ -889,14 +890,14 @@ def _watcher(col: _Collector, spec: object, path: str, start: dict[str, Any],
 
 
 def _settings(col: _Collector, cls: type[Watcher], values: dict[str, Any],
-              filters: list[Filter]) -> WatcherSettings:
+              filters: tuple[Filter, ...]) -> WatcherSettings:
     """The watcher's settings, made once for all the watchers whose options read the same."""
     key = (cls, *filters, None, *map(values.__getitem__, _SETTINGS_OPTIONS))
     settings: WatcherSettings | None = col.settings.get(key)
     if settings is None:
         settings = col.settings[key] = WatcherSettings(**{
             **{name: values[name] for name in _OPTION_FIELDS}, "kind": cls.kind,
-            "filters": col.same(tuple(filters)),
+            "filters": col.same(filters),
             "schedule": col.same(Schedule(values["every"], values["cron"], values["timezone"])),
             "recipients": col.same(Recipients(values["to"], values["cc"], values["bcc"])),
             "templates": _beside(Path(col.file), values["templates"]) if values["templates"] else None,
@@ -904,20 +905,28 @@ def _settings(col: _Collector, cls: type[Watcher], values: dict[str, Any],
     return settings
 
 
-def _filters(col: _Collector, raw: object, path: str, line: int | None) -> list[Filter]:
-    """Build the filter chain; each entry is ``kind``, ``{kind: shorthand}`` or ``{kind: {..}}``."""
+def _filters(col: _Collector, raw: object, path: str, line: int | None) -> tuple[Filter, ...]:
+    """Build the filter chain; each entry is ``kind``, ``{kind: shorthand}`` or ``{kind: {..}}``.
+    The same spec makes the same filters: a chain written alike by many watchers is built once."""
     if raw in ((), None):
-        return []
+        return ()
     if not isinstance(raw, list):
         col.add(line, f"{path}.filters", "must be a list, each item starting with `- `.")
-        return []
+        return ()
+    key = repr(raw)
+    chain = col.chains.get(key)
+    if chain is not None:
+        return chain
     built = []
     for index, item in enumerate(raw):
         line = raw.lines[index] if isinstance(raw, LineList) else None
         flt = _filter(col, item, f"{path}.filters[{index}]", line)
         if flt is not None:
             built.append(flt)
-    return built
+    if len(built) < len(raw):  # with problems, reported here: not to be taken as built
+        return tuple(built)
+    chain = col.chains[key] = col.same(tuple(built))
+    return chain
 
 
 def _filter(col: _Collector, item: object, where: str, line: int | None) -> Filter | None:

@@ -357,3 +357,16 @@ def test_watchers_share_equal_settings_and_replace_makes_new_ones(tmp_path: Path
     assert (changed.history, changed.name, changed.schedule) == (5, "w0", first.schedule)
     assert first.history == 10
     assert changed != first
+
+
+def test_a_filter_chain_written_alike_is_built_once_and_its_problems_said_for_each_watcher(
+        tmp_path: Path) -> None:
+    good = write(tmp_path, "watchers:\n" + "".join(
+        f"  - {{name: w{i}, kind: file, path: /w{i}, filters: [{{css: main}}, strip]}}\n" for i in range(2)))
+    first, second = config.load(good, {}).watchers
+    assert first.filters is second.filters
+    assert [f.kind for f in first.filters] == ["css", "strip"]
+    bad = write(tmp_path, "watchers:\n" + "".join(
+        f"  - {{name: w{i}, kind: file, path: /w{i}, filters: [strip, {{css: '['}}]}}\n" for i in range(2)))
+    found = problems(bad)
+    assert [p.split(": ", 2)[1] for p in found] == ["watchers.w0.filters[1]", "watchers.w1.filters[1]"], found
