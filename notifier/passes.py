@@ -28,6 +28,7 @@ from notifier.store import Store
 from notifier.watchers import _loop
 
 INLINE_MAX = 256 * 1024  # bytes: up to this, decoding and any filter take milliseconds at most
+FLUSH_EVERY = 0.01  # seconds an outcome may wait to be printed with the ones after it
 
 # Outcomes that finished in one turn of the loop, what stopped the pass, or the end.
 _Item = list[Outcome] | BaseException | None
@@ -58,8 +59,9 @@ async def _drive(selected: Sequence[WatcherConfig], workers: int, pool: ThreadPo
                  report: Callable[[_Item], None]) -> None:
     """Start checks while fewer than `workers` are under way; report the outcomes, then None.
 
-    Outcomes are reported once per turn of the loop, all those that finished in it together:
-    waking the reading thread for each one cost a fifth of the pass's time in GIL hand-overs.
+    Outcomes are reported in batches, at most FLUSH_EVERY after the first of them finished:
+    waking the reading thread for each one cost a fifth of the pass's time in GIL hand-overs
+    (and, at 50 ms a page, 0.47 against 0.39-0.43 ms of CPU a page when batched per loop turn).
     """
     room = asyncio.Semaphore(workers)
     failed: list[BaseException] = []
@@ -75,7 +77,7 @@ async def _drive(selected: Sequence[WatcherConfig], workers: int, pool: ThreadPo
         try:
             outcome = await _check(wc, pool, store, alerts, dry_run)
             if not done:
-                asyncio.get_running_loop().call_soon(flush)
+                asyncio.get_running_loop().call_later(FLUSH_EVERY, flush)
             done.append(outcome)
         except Exception as exc:  # the state database broke: no other check can succeed
             failed.append(exc)
