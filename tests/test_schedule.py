@@ -111,12 +111,14 @@ class Runs:
         self.active: set[str] = set()
         self.overlaps: list[str] = []
         self.most = 0
+        self.started: dict[str, float] = {}
         self.hold: set[str] = set()
         self.release = threading.Event()
         self.lock = threading.Lock()
 
     def __call__(self, name: str) -> None:
         with self.lock:
+            self.started.setdefault(name, clock.time())
             if name in self.active:
                 self.overlaps.append(name)
             self.active.add(name)
@@ -142,6 +144,7 @@ def runs() -> Iterator[Runs]:
 
 def test_timetable_runs_each_name_on_its_schedule_never_twice_at_once(runs: Runs) -> None:
     table = Timetable(runs, workers=4)
+    table.TICK = 0.005  # many runs quickly; the tick has a test of its own
     runs.hold.add("slow")
     table.set("fast", every(0.02))
     table.set("slow", every(0.02), first=clock.time())
@@ -200,5 +203,21 @@ def test_timetable_later_defers_the_next_run_only(runs: Runs) -> None:
         count = runs.n("site")
         table.set("site", every(0.02))  # a reload replaces the entry, and its deferral with it
         poll(lambda: runs.n("site") > count, "the replaced entry running on its schedule")
+    finally:
+        table.shutdown()
+
+
+def test_timetable_starts_what_is_due_at_most_a_tick_late_never_early(runs: Runs) -> None:
+    table = Timetable(runs, workers=4)
+    table.TICK = 0.2
+    due = {f"w{i}": clock.time() + 0.3 + i * 0.03 for i in range(10)}  # ten runs within 0.3 s
+    for name, when in due.items():
+        table.set(name, lambda after: None, first=when)
+    table.start()
+    try:
+        poll(lambda: len(runs.started) == 10, "every run")
+        late = {name: runs.started[name] - when for name, when in due.items()}
+        assert min(late.values()) >= 0, late
+        assert max(late.values()) < table.TICK + 0.5, late  # the 0.5 s: a loaded test machine
     finally:
         table.shutdown()
