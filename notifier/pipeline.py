@@ -18,9 +18,12 @@ queues no change alert; the outcome stays "changed" and its log line says
 
 from __future__ import annotations
 
+import functools
+import hashlib
+import importlib.metadata
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Literal, Protocol
@@ -121,7 +124,7 @@ def conclude(wc: WatcherConfig, store: Store, alerts: Alerts | None, begun: Begu
     state, now, started = begun.state, begun.now, begun.started
     try:
         fetched = fetch()
-        text = None if fetched.unchanged else filtered(wc, fetched.text)
+        text, meta = (None, fetched.meta) if fetched.unchanged else _filtered_anew(wc, fetched, state)
     except StateError:
         raise
     except NotifierError as exc:
@@ -156,11 +159,43 @@ def conclude(wc: WatcherConfig, store: Store, alerts: Alerts | None, begun: Begu
     error = _charge_template(wc, alerts, state, now, problems, queued)
     seconds = time.monotonic() - started  # up to the record, so it is counted in the same commit
     if not dry_run:
-        store.record_success(wc.name, now, fetched.meta, store_text, wc.history, queued, seconds)
+        store.record_success(wc.name, now, meta, store_text, wc.history, queued, seconds)
         if error:
             store.record_failure(wc.name, now, error)
     return Outcome(wc.name, wc.kind, "failed" if error else status, seconds,
                    diff, error=error, alerts=len(queued), suppressed=suppressed)
+
+
+SOURCE_DIGEST = "source_digest"  # the state's meta key: what the stored content was filtered from
+
+
+def _filtered_anew(wc: WatcherConfig, fetched: Fetched,
+                   state: WatcherState) -> tuple[str | None, Mapping[str, str]]:
+    """The filtered text, or None when the filters would only give the stored content again;
+    and the meta to record.
+
+    As changedetection.io does, a watcher with filters remembers a digest of what it fetched
+    (keyed by its configuration and notifier's version): when the next fetch is the same
+    text, the filters (an lxml parse for css, the costliest part of most checks) are skipped
+    and the check is "unchanged". The digest is recorded in the meta, with the content.
+    """
+    if not wc.filters:
+        return fetched.text, fetched.meta
+    digest = hashlib.blake2b(fetched.text.encode("utf-8", "surrogatepass"), digest_size=16,
+                             key=wc.fingerprint + _release().encode()).hexdigest()
+    meta = {**fetched.meta, SOURCE_DIGEST: digest}
+    if state.content is not None and state.meta.get(SOURCE_DIGEST) == digest:
+        return None, meta
+    return filtered(wc, fetched.text), meta
+
+
+@functools.cache
+def _release() -> str:
+    """notifier's version: a new release may filter the same page differently."""
+    try:
+        return importlib.metadata.version("notifier")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _suppressed(wc: WatcherConfig, store: Store, diff: Diff, new: str) -> Suppressed | None:

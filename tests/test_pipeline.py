@@ -303,3 +303,20 @@ def test_trigger_and_trigger_invert_together_on_additions_only(page: Callable[[s
                 p.visit("a\nprice: 3\nnote\n")]  # an addition, but not a price
     assert seen(outcomes) == [("changed", 0, "trigger_invert"), ("changed", 1, None),
                               ("unchanged", 0, None), ("changed", 0, "trigger")]
+
+
+def test_the_same_fetched_text_is_not_filtered_again(setup: Setup, tmp_path: Path) -> None:
+    """The digest of what was fetched is recorded with the content; the same text again is
+    "unchanged" without running the filters (planted here: a content the filters would never
+    give), and a new configuration (another fingerprint) filters it anew."""
+    wc, store, rec, path = setup
+    path.write_text("price 1\nnoise\n")
+    assert check(wc, store, rec).status == "baseline"
+    recorded = store.state("w")
+    assert recorded.meta.get("source_digest")
+    store.record_success("w", 1.0, recorded.meta, "planted\n", wc.history)
+    assert check(wc, store, rec).status == "unchanged"
+    assert store.state("w").content == "planted\n"
+    reconfigured = replace(wc, fingerprint=b"another")
+    assert check(reconfigured, store, rec).status == "changed"
+    assert store.state("w").content == "price 1\n"
