@@ -108,22 +108,19 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, h
 async def read_head(reader: asyncio.StreamReader) -> tuple[int, str, Headers, bool]:
     """A response's status line and header fields; whether the connection stays open after it.
 
-    Read line by line, the status line checked first: a server that is not HTTP (an SMTP or
-    FTP banner, then waiting) fails at once instead of at the fetch's deadline."""
-    status_line = (await _head_line(reader, first=True)).decode("latin-1")
+    The status line is read and checked first: a server that is not HTTP (an SMTP or FTP
+    banner, then waiting) fails at once instead of at the fetch's deadline. The fields are
+    then read in one piece, not line by line (a await per line cost a tenth of a fetch)."""
+    status_line = (await _status_line(reader)).decode("latin-1")
     version, _, rest = status_line.partition(" ")
     code, _, reason = rest.partition(" ")
     if not version.startswith("HTTP/1.") or len(code) != 3 or not (code.isascii() and code.isdigit()):
         raise BrokenResponse(f"the server did not answer in HTTP/1.x (it sent {status_line[:60]!r})")
-    size = len(status_line)
-    lines: list[str] = []
-    while line := (await _head_line(reader)).decode("latin-1"):
-        size += len(line) + 2
-        if size > HEAD_MAX:
-            raise BrokenResponse(f"the server sent more than {HEAD_MAX // 1024} KB of headers")
-        if len(lines) == MAX_FIELDS:
-            raise BrokenResponse(f"the server sent more than {MAX_FIELDS} header fields")
-        lines.append(line)
+    lines = (await _fields(reader)).decode("latin-1").split("\r\n")[:-2]
+    if len(status_line) + sum(len(line) + 2 for line in lines) > HEAD_MAX:
+        raise BrokenResponse(f"the server sent more than {HEAD_MAX // 1024} KB of headers")
+    if len(lines) > MAX_FIELDS:
+        raise BrokenResponse(f"the server sent more than {MAX_FIELDS} header fields")
     fields: dict[str, str] = {}
     cookies: list[str] = []
     name = ""
@@ -144,14 +141,30 @@ async def read_head(reader: asyncio.StreamReader) -> tuple[int, str, Headers, bo
     return int(code), reason.strip(), Headers(fields, cookies), keep_alive
 
 
-async def _head_line(reader: asyncio.StreamReader, *, first: bool = False) -> bytes:
-    """One line of a response's head, without its CRLF."""
+async def _fields(reader: asyncio.StreamReader) -> bytes:
+    """The header fields after the status line, up to and with the empty line that ends them.
+
+    The end is the first LF CR LF; the two bytes read first tell an empty field section
+    ("\\r\\n" at once), whose end has no LF before it once the status line is read."""
+    try:
+        start = await reader.readexactly(2)
+        if start == b"\r\n":
+            return start
+        return start + await reader.readuntil(b"\n\r\n")
+    except asyncio.IncompleteReadError as exc:
+        raise BrokenResponse("the server closed the connection without a complete response") from exc
+    except asyncio.LimitOverrunError as exc:
+        raise BrokenResponse(f"the server sent more than {HEAD_MAX // 1024} KB of headers") from exc
+
+
+async def _status_line(reader: asyncio.StreamReader) -> bytes:
+    """A response's first line, without its CRLF."""
     try:
         return (await reader.readuntil(b"\r\n"))[:-2]
     except asyncio.IncompleteReadError as exc:
-        if first and not exc.partial:
+        if not exc.partial:
             raise Hangup("the server closed the connection without answering") from exc
-        if first and not exc.partial.startswith(b"HTTP/"[:len(exc.partial)]):
+        if not exc.partial.startswith(b"HTTP/"[:len(exc.partial)]):
             text = exc.partial.decode("latin-1")
             raise BrokenResponse(f"the server did not answer in HTTP/1.x (it sent {text[:60]!r})") from exc
         raise BrokenResponse("the server closed the connection without a complete response") from exc
