@@ -292,19 +292,27 @@ def test_without_jit_memory_chromium_runs_jitless(monkeypatch: pytest.MonkeyPatc
 
 
 class Counting:
-    """A route that takes `hold` seconds to answer and remembers how many requests it served
-    at the same time, at most."""
+    """A route that remembers how many requests it served at the same time, at most. Each
+    request is held until `together` were in flight at once (or `hold` seconds passed), then
+    answers `linger` seconds later (a slow page): on a loaded machine the pages still overlap
+    as far as the limit lets them, and a broken limit lets more in meanwhile."""
 
-    def __init__(self, hold: float = 0.3) -> None:
+    def __init__(self, together: int = 2, hold: float = 5.0, linger: float = 0.3) -> None:
+        self.together = together
         self.hold = hold
+        self.linger = linger
         self.now = self.most = 0
         self.lock = threading.Lock()
+        self.met = threading.Event()
 
     def serve(self, handler: Handler, path: str) -> None:
         with self.lock:
             self.now += 1
             self.most = max(self.most, self.now)
-        time.sleep(self.hold)
+            if self.now >= self.together:
+                self.met.set()
+        self.met.wait(self.hold)
+        time.sleep(self.linger)
         with self.lock:
             self.now -= 1
         handler.reply(200, {"Content-Type": "text/html"}, b"<p>slow</p>")
