@@ -18,6 +18,7 @@ import signal
 import threading
 import time
 from collections import Counter
+from concurrent.futures import Future
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -35,10 +36,11 @@ from notifier.errors import ConfigError, StateError
 from notifier.health import Health
 from notifier.kinds import configure_kinds, watcher_kinds
 from notifier.outbox import Sender
-from notifier.pipeline import check
+from notifier.pipeline import Outcome, check, check_on_loop
 from notifier.schedule import Timetable, stable_fraction
 from notifier.statedir import DAEMON, ONESHOT_WAIT, STARTING, StateDir
 from notifier.store import PRUNE_BATCH, Store
+from notifier.watchers import _loop
 
 if TYPE_CHECKING:  # imported where a PostgreSQL store is configured: psycopg is ~20 MB
     from collections.abc import Sequence
@@ -185,7 +187,7 @@ class Daemon:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
         )
-        self.checks = Timetable(self._check, self.cfg.workers)  # each watcher's checks
+        self.checks = Timetable(self._check, self.cfg.workers, launch=self._launch)  # each watcher's checks
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -341,38 +343,73 @@ class Daemon:
         "watcher=prices" or "outbox"): one log line with the reason, no traceback. While the
         database file is gone, jobs do not run at all.
         """
-        if self.health.paused:
+        if not self._job_starts(kind):
             return None
-        with self._idle:
-            self._running[kind] += 1
+        failed: Exception | None = None
         try:
-            result = func(*args)
-        except StateError as exc:
-            self.health.failed(key or kind, exc)
-            return None
-        except Exception as exc:  # a bug: shown as the daemon's health, like a failed write
-            log.debug("job %s raised", key or kind, exc_info=True)
-            self.health.failed(key or kind, RuntimeError(
-                f"the {key or kind} job failed unexpectedly ({type(exc).__name__}: {exc}); it runs "
-                f"again on schedule. This is a bug: run with --debug and report it"))
+            return func(*args)
+        except Exception as exc:
+            failed = exc
             return None
         finally:
-            with self._idle:
-                self._running[kind] -= 1
-                self._idle.notify_all()
-        self.health.succeeded(key or kind)
-        return result
+            self._job_ends(kind, key, failed)
+
+    def _job_starts(self, kind: str) -> bool:
+        if self.health.paused:
+            return False
+        with self._idle:
+            self._running[kind] += 1
+        return True
+
+    def _job_ends(self, kind: str, key: str | None, failed: Exception | None) -> None:
+        if failed is None:
+            self.health.succeeded(key or kind)
+        elif isinstance(failed, StateError):
+            self.health.failed(key or kind, failed)
+        else:  # a bug: shown as the daemon's health, like a failed write
+            log.debug("job %s raised", key or kind, exc_info=failed)
+            self.health.failed(key or kind, RuntimeError(
+                f"the {key or kind} job failed unexpectedly ({type(failed).__name__}: {failed}); it "
+                f"runs again on schedule. This is a bug: run with --debug and report it"))
+        with self._idle:
+            self._running[kind] -= 1
+            self._idle.notify_all()
 
     def _check(self, name: str) -> None:
         wc = self.cfg.watcher(name)
         if wc is None or self._stop:
             return
         outcome = self._job(check, wc, self.store, self.alerter, key=f"watcher={name}")
-        if outcome is None:
-            return
+        if outcome is not None:
+            self._checked(outcome)
+
+    def _launch(self, name: str) -> Future[None] | None:
+        """Start a url check on the event loop that carries its fetch, so no worker thread
+        waits for it (a thread each cost 200 KiB and two hand-overs a check); None for what
+        runs on a worker: other kinds, a fleet's checks (their claims), a paused daemon."""
+        wc = self.cfg.watcher(name)
+        if wc is None or self._stop or self.fleet is not None or not wc.watcher.asynchronous:
+            return None
+        if not self._job_starts("check"):
+            return None
+        return _loop.start(self._check_on_loop(wc))
+
+    async def _check_on_loop(self, wc: WatcherConfig) -> None:
+        failed: Exception | None = None
+        try:
+            outcome = await check_on_loop(wc, self.store, self.alerter)
+        except Exception as exc:
+            failed = exc
+        finally:
+            self._job_ends("check", f"watcher={wc.name}", failed)
+        if failed is None:
+            self._checked(outcome)
+
+    def _checked(self, outcome: Outcome) -> None:
+        """After a check: its log line, the site's Retry-After, and the outbox woken for alerts."""
         log.log(logging.WARNING if outcome.status == "failed" else logging.INFO, "%s", outcome.line())
         if outcome.retry_after is not None:
-            self._come_back(name, outcome.retry_after)
+            self._come_back(outcome.name, outcome.retry_after)
         if outcome.alerts:
             self.wake_outbox()
 

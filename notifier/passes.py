@@ -5,7 +5,7 @@ A check of a url watcher spends nearly all its time waiting for the network, so 
 (notifier.watchers._loop). The rest of such a check — the stored state, decoding, filters,
 diff, the record — runs on the loop too, between fetches: handing each check to a thread and
 back cost twice the check itself (measured: 0.63 against 0.23 ms of CPU per page). Only a
-large body (over `INLINE_MAX`) goes to a thread, so a 10 MB page's filters never hold up the
+large body (over pipeline.INLINE_MAX) goes to a thread, so a 10 MB page's filters never hold up the
 other fetches or their deadlines. Kinds that block (a command, a file, the browser) fetch on
 those threads as well; the pool grows to `workers` threads only if that many block at once.
 
@@ -22,12 +22,10 @@ from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 
 from notifier.config import WatcherConfig
-from notifier.kinds import Fetched, Received
-from notifier.pipeline import Alerts, Outcome, begin, conclude
+from notifier.pipeline import Alerts, Outcome, begin, check_on_loop, conclude
 from notifier.store import Store
 from notifier.watchers import _loop
 
-INLINE_MAX = 256 * 1024  # bytes: up to this, decoding and any filter take milliseconds at most
 FLUSH_EVERY = 0.01  # seconds an outcome may wait to be printed with the ones after it
 
 # Outcomes that finished in one turn of the loop, what stopped the pass, or the end.
@@ -103,20 +101,9 @@ async def _drive(selected: Sequence[WatcherConfig], workers: int, pool: ThreadPo
 
 async def _check(wc: WatcherConfig, pool: ThreadPoolExecutor, store: Store, alerts: Alerts | None,
                  dry_run: bool) -> Outcome:
+    if wc.watcher.asynchronous:
+        return await check_on_loop(wc, store, alerts, dry_run, pool)
     begun = begin(wc, store)  # one indexed read
-    loop = asyncio.get_running_loop()
-    if not wc.watcher.asynchronous:
-        fetch = partial(wc.watcher.fetch, begun.state.meta)
-        return await loop.run_in_executor(pool, conclude, wc, store, alerts, begun, fetch, dry_run)
-    try:
-        received = await wc.watcher.receive(begun.state.meta)
-    except Exception as exc:  # a WatchError, or a bug: `conclude` tells them apart
-        received = Received(partial(_raise, exc), 0)
-    if received.size > INLINE_MAX:
-        return await loop.run_in_executor(pool, conclude, wc, store, alerts, begun, received.finish,
-                                          dry_run)
-    return conclude(wc, store, alerts, begun, received.finish, dry_run)
-
-
-def _raise(exc: Exception) -> Fetched:
-    raise exc
+    fetch = partial(wc.watcher.fetch, begun.state.meta)
+    return await asyncio.get_running_loop().run_in_executor(pool, conclude, wc, store, alerts, begun,
+                                                            fetch, dry_run)

@@ -18,12 +18,14 @@ queues no change alert; the outcome stays "changed" and its log line says
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import importlib.metadata
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Literal, Protocol
@@ -32,10 +34,12 @@ from notifier.attachments import Attachment
 from notifier.config import WatcherConfig
 from notifier.diff import Diff, compute
 from notifier.errors import NotifierError, StateError, WatchError
-from notifier.kinds import Fetched
+from notifier.kinds import Fetched, Received
 from notifier.store import Alert, Store, WatcherState
 
 log = logging.getLogger(__name__)
+
+INLINE_MAX = 256 * 1024  # bytes: up to this, decoding and any filter take milliseconds at most
 
 Status = Literal["baseline", "unchanged", "changed", "failed"]
 # Why a change was recorded without an alert: every changed line matched `trigger_invert`, none
@@ -114,6 +118,31 @@ def begin(wc: WatcherConfig, store: Store, clock: Callable[[], float] = time.tim
     """The first stage of a check: read the stored state (its meta goes with the fetch)."""
     started = time.monotonic()
     return Begun(store.state(wc.name), clock(), started)
+
+
+async def check_on_loop(wc: WatcherConfig, store: Store, alerts: Alerts | None, dry_run: bool = False,
+                        pool: Executor | None = None) -> Outcome:
+    """`check` for a kind that waits on the network (`Watcher.asynchronous`), run on the event
+    loop that carries its fetch, so no thread waits for it.
+
+    The stored state is read and the check concluded on the loop itself, between fetches (a
+    hand-over to a thread and back cost more than the check: see notifier.passes); only a
+    body over INLINE_MAX is concluded on a thread of `pool` (None: the loop's default), so a
+    large page's filters never hold up other fetches or their deadlines.
+    """
+    begun = begin(wc, store)
+    try:
+        received = await wc.watcher.receive(begun.state.meta)
+    except Exception as exc:  # a WatchError, or a bug: `conclude` tells them apart
+        received = Received(partial(_raise, exc), 0)
+    if received.size > INLINE_MAX:
+        return await asyncio.get_running_loop().run_in_executor(
+            pool, conclude, wc, store, alerts, begun, received.finish, dry_run)
+    return conclude(wc, store, alerts, begun, received.finish, dry_run)
+
+
+def _raise(exc: Exception) -> Fetched:
+    raise exc
 
 
 def conclude(wc: WatcherConfig, store: Store, alerts: Alerts | None, begun: Begun,

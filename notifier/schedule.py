@@ -17,6 +17,7 @@ import threading
 import time as clock
 import zlib
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
 
@@ -190,8 +191,12 @@ class Timetable:
     LONGEST_WAIT = 10.0  # the timer looks again at least this often (a wall clock that jumped)
 
     def __init__(self, run: Callable[[str], None], workers: int,
-                 now: Callable[[], float] = clock.time) -> None:
+                 now: Callable[[], float] = clock.time,
+                 launch: Callable[[str], Future[None] | None] | None = None) -> None:
         self.run = run
+        # Runs a name elsewhere (the daemon: a url check on the event loop, which needs no
+        # thread while it waits) and returns its future; None: run it on a worker as usual.
+        self.launch = launch
         self.workers = workers
         self.now = now
         self._cond = threading.Condition()
@@ -303,19 +308,28 @@ class Timetable:
                     self._push(entry, entry.next_time(max(self.now(), when + AFTER)))
                     continue
                 self._running.add(entry.name)
-                self._hand_over(functools.partial(self._fire, entry))
+                launched = self.launch(entry.name) if self.launch is not None else None
+                if launched is None:
+                    self._hand_over(functools.partial(self._fire, entry))
+                else:
+                    launched.add_done_callback(functools.partial(self._finished, entry))
 
     def _fire(self, entry: _Entry) -> None:
         try:
             self.run(entry.name)
         finally:
-            with self._cond:
-                self._running.discard(entry.name)
-                if self._entries.get(entry.name) is entry:  # not removed or replaced meanwhile
-                    nxt = entry.next_time(max(self.now(), entry.fired + AFTER))
-                    if nxt is not None and entry.not_before > nxt:
-                        nxt = entry.not_before
-                    self._push(entry, nxt)
+            self._finished(entry)
+
+    def _finished(self, entry: _Entry, _: object = None) -> None:
+        """A run of `entry` ended: its next one is the first of its schedule after this one was
+        due (or when its site asked to be left alone until)."""
+        with self._cond:
+            self._running.discard(entry.name)
+            if self._entries.get(entry.name) is entry:  # not removed or replaced meanwhile
+                nxt = entry.next_time(max(self.now(), entry.fired + AFTER))
+                if nxt is not None and entry.not_before > nxt:
+                    nxt = entry.not_before
+                self._push(entry, nxt)
 
     def _hand_over(self, job: Callable[[], None]) -> None:
         """With the lock held: give `job` to the worker idle the shortest time, or to a new one

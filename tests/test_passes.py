@@ -14,8 +14,8 @@ from notifier import config
 from notifier.config import Config
 from notifier.errors import StateError
 from notifier.kinds import configure_kinds
-from notifier.passes import INLINE_MAX, run_pass
-from notifier.pipeline import Outcome
+from notifier.passes import run_pass
+from notifier.pipeline import INLINE_MAX, Outcome
 from notifier.store import Store
 from notifier.watchers._http import PER_HOST, close_pools, configure
 from tests.servers.http import LocalHTTPServer
