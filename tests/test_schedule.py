@@ -7,6 +7,7 @@ from __future__ import annotations
 import threading
 import time as clock
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -220,4 +221,39 @@ def test_timetable_starts_what_is_due_at_most_a_tick_late_never_early(runs: Runs
         assert min(late.values()) >= 0, late
         assert max(late.values()) < table.TICK + 0.5, late  # the 0.5 s: a loaded test machine
     finally:
+        table.shutdown()
+
+
+def test_timetable_launched_runs_hold_their_name_until_their_future_is_done(runs: Runs) -> None:
+    """A name `launch` takes elsewhere (the daemon: a url check on the event loop) uses no
+    worker, is not started again while its future is pending, and is rescheduled once it is
+    done; names `launch` declines run on the workers as usual."""
+    pending: list[Future[None]] = []
+    lock = threading.Lock()
+
+    def launch(name: str) -> Future[None] | None:
+        if name != "elsewhere":
+            return None
+        future: Future[None] = Future()
+        with lock:
+            pending.append(future)
+        return future
+
+    table = Timetable(runs, workers=1, launch=launch)
+    table.TICK = 0.005
+    table.set("elsewhere", every(0.02), first=clock.time())
+    table.set("here", every(0.02))
+    table.start()
+    try:
+        poll(lambda: runs.n("here") >= 5, "5 runs of the name on the workers")
+        with lock:
+            assert len(pending) == 1  # its later times were skipped while it was pending
+            pending[0].set_result(None)
+        poll(lambda: len(pending) >= 2, "the launched name started again after its run ended")
+        assert "elsewhere" not in runs.count  # never run on a worker
+    finally:
+        with lock:
+            for future in pending:
+                if not future.done():
+                    future.set_result(None)
         table.shutdown()
