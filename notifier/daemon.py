@@ -1,7 +1,8 @@
 """`notifier run`: the long-running process that checks on schedule and delivers the outbox.
 
 Threads: checks run from a timetable of their own (notifier.schedule.Timetable: one timer
-thread and a bounded pool of workers, each watcher on its own schedule); APScheduler runs the
+thread and a bounded pool of workers, each watcher on its own schedule; a url check runs on
+the event loop that carries its fetch instead, so no worker waits for it); APScheduler runs the
 outbox sender in a one-thread pool, housekeeping (heartbeat, config-file watch) in another and
 delivery probes in a third, so slow watchers can never starve delivery. The main thread only
 waits for signals and reloads.
