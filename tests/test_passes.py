@@ -4,7 +4,7 @@ per-host limit, sends large bodies and blocking kinds to threads, and stops on a
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import ExitStack
 from pathlib import Path
 
@@ -17,17 +17,10 @@ from notifier.kinds import configure_kinds
 from notifier.passes import run_pass
 from notifier.pipeline import INLINE_MAX, Outcome
 from notifier.store import Store
-from notifier.watchers._http import PER_HOST, close_pools, configure
+from notifier.watchers._http import PER_HOST
 from tests.servers.http import LocalHTTPServer
 
-
-@pytest.fixture(autouse=True)
-def _hermetic_pools(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    close_pools()
-    yield
-    configure(PER_HOST)
-    close_pools()
+pytestmark = pytest.mark.usefixtures("hermetic_http")
 
 
 def load(tmp_path: Path, watchers: Sequence[str], top: str = "") -> Config:

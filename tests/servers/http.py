@@ -382,3 +382,17 @@ def http_server() -> Iterator[LocalHTTPServer]:
     """A running LocalHTTPServer with the default routes, stopped after the test."""
     with LocalHTTPServer() as server:
         yield server
+
+
+@pytest.fixture
+def hermetic_http(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The url kind's shared state kept out of a test's way: no developer proxy from the
+    environment (it is read once per site), no pooled connection or per-host limit left over
+    from another test before, and none left open or changed after."""
+    from notifier.watchers._http import PER_HOST, close_pools, configure  # noqa: PLC0415
+
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    close_pools()
+    yield
+    configure(PER_HOST)
+    close_pools()

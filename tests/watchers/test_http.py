@@ -4,7 +4,6 @@ a hundred fetches in flight, pools reused across passes, and redirects hop by ho
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
@@ -25,14 +24,7 @@ TIMEOUT = 1.0
 SLACK = 0.5  # scheduling noise on a loaded machine; a per-read timeout would never fire at all
 
 
-@pytest.fixture(autouse=True)
-def _hermetic_pools(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No developer proxy, fresh pools, and the default per-host limit after each test."""
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    close_pools()
-    yield
-    configure(PER_HOST)
-    close_pools()
+pytestmark = pytest.mark.usefixtures("hermetic_http")
 
 
 def watcher(url: str, **raw: Any) -> Url:

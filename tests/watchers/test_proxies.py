@@ -10,14 +10,12 @@ import socket
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
 from notifier.errors import WatchError
 from notifier.options import parse_options
-from notifier.watchers._http import close_pools
 from notifier.watchers.url import Url
 from tests.servers.http import LocalHTTPServer, server_context
 from tests.servers.proxy import HttpProxy, SocksProxy
@@ -26,13 +24,7 @@ from tests.servers.smtp import LocalCA
 SITE = {"site.test": "127.0.0.1"}  # a name only the test proxies can resolve
 
 
-@pytest.fixture(autouse=True)
-def _hermetic_pools(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No developer proxy from the environment, and fresh pools before and after."""
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    close_pools()
-    yield
-    close_pools()
+pytestmark = pytest.mark.usefixtures("hermetic_http")
 
 
 def watcher(url: str, **raw: Any) -> Url:

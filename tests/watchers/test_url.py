@@ -7,7 +7,6 @@ import gzip
 import hashlib
 import socket
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from typing import Any
@@ -18,7 +17,6 @@ from notifier.binary import describe_change
 from notifier.errors import WatchError
 from notifier.options import parse_options
 from notifier.watchers import _http
-from notifier.watchers._http import close_pools
 from notifier.watchers.url import Url
 from tests.servers.http import (
     CHINESE_PROSE,
@@ -35,14 +33,7 @@ from tests.watchers._timing import timed
 LAST_MODIFIED = "Wed, 21 Oct 2015 07:28:00 GMT"
 
 
-@pytest.fixture(autouse=True)
-def _hermetic_pools(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """Keep a developer's proxy away from the local server, and close the shared pools
-    (which outlive a test) so no socket is garbage-collected open."""
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    close_pools()  # the environment is read once per site: forget what other tests saw
-    yield
-    close_pools()
+pytestmark = pytest.mark.usefixtures("hermetic_http")
 
 
 def watcher(**raw: Any) -> Url:

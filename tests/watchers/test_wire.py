@@ -19,20 +19,13 @@ from hypothesis import strategies as st
 from notifier.errors import WatchError
 from notifier.options import parse_options
 from notifier.watchers import _http
-from notifier.watchers._http import close_pools
 from notifier.watchers.url import Url
 from tests.servers.raw import HANGUP, RawServer, Reply
 
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
 
 
-@pytest.fixture(autouse=True)
-def _hermetic_pools(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """No developer proxy, and fresh pools before and after (they outlive a test)."""
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-    close_pools()
-    yield
-    close_pools()
+pytestmark = pytest.mark.usefixtures("hermetic_http")
 
 
 @pytest.fixture
