@@ -334,15 +334,14 @@ def parse_options(
     options: Sequence[Option],
     file: str,
     path: str,
-    defaults: Mapping[str, Any] | None = None,
     ignore: Collection[str] = (),
     start: Mapping[str, Any] | None = None,
 ) -> tuple[dict[str, Any], list[Problem]]:
     """Check `raw` against `options`; return parsed values and every problem found.
 
-    `defaults` are already-parsed values (from the config's `defaults:` section) that take the
-    place of an option's own default; `start`, from `with_defaults`, is the same merged once
-    for many mappings. Keys in `ignore` belong to the caller.
+    `start`, from `with_defaults`, holds each option's value unless `raw` writes it: the
+    already-parsed values of the config's `defaults:` section in place of an option's own
+    default, merged once for many mappings. Keys in `ignore` belong to the caller.
 
     Every declared key gets a value, even after a problem, so that callers can go on checking
     the rest of the file and report every problem at once. The work is per key written, not
@@ -360,9 +359,6 @@ def parse_options(
             hint = unknown_key_hint(key, [*known, *ignore])
             problems.append(Problem(file, line_of(raw, key), _join(path, key), hint))
     values = dict(plan.fallbacks if start is None else start)
-    if defaults:
-        values.update(defaults if defaults.keys() <= known.keys() else
-                      {key: value for key, value in defaults.items() if key in known})
     for name in plan.required:
         if raw.get(name) is None and values[name] is None:
             opt = known[name]
