@@ -340,7 +340,7 @@ def load_yaml(path: Path, environ: Mapping[str, str] | None = None,
         with path.open("rb") as file:
             _check_utf8(name, file.read())  # the whole text, but only for a moment
             file.seek(0)
-            return _parse(name, file, os.environ if environ is None else environ, stream, path)
+            return _parse(path, file, os.environ if environ is None else environ, stream)
     except FileNotFoundError:
         raise _error(name, None, "file not found; create it or pass -c PATH.") from None
     except OSError as exc:
@@ -356,9 +356,10 @@ def _check_utf8(name: str, raw: bytes) -> None:
                      f"{exc.start}); save the file as UTF-8.") from None
 
 
-def _parse(name: str, file: BinaryIO, environ: Mapping[str, str], stream: Stream | None,
-           path: Path) -> tuple[Any, list[Problem]]:
+def _parse(path: Path, file: BinaryIO, environ: Mapping[str, str],
+           stream: Stream | None) -> tuple[Any, list[Problem]]:
     """Build the document from the file as libyaml reads it, in pieces."""
+    name = str(path)
     builder = _Builder(file, name, environ, stream)
     try:
         data = builder.document()
