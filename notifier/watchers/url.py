@@ -175,32 +175,12 @@ class Url(Watcher, kind="url"):
         path = self.url[self._path:] if isinstance(self._path, int) else self._path
         return self.settings.request(self.url, self.site, path)
 
-    @property
-    def method(self) -> str:
-        return self.settings.method
-
-    @property
-    def timeout(self) -> float:
-        return self.settings.timeout
-
-    @property
-    def connect_timeout(self) -> float:
-        return self.settings.connect_timeout
-
-    @property
-    def max_bytes(self) -> int:
-        return self.settings.max_bytes
-
-    @property
-    def max_redirects(self) -> int:
-        return self.settings.max_redirects
-
-    @property
-    def encoding(self) -> str | None:
-        return self.settings.encoding
+    def _what(self) -> str:
+        """The request as messages name it: "GET https://example.com/"."""
+        return f"{self.settings.method} {self.url}"
 
     def source(self) -> str:
-        return self.url if self.method == "GET" else f"{self.method} {self.url}"
+        return self.url if self.settings.method == "GET" else self._what()
 
     def link(self) -> str:
         return self.url
@@ -223,20 +203,21 @@ class Url(Watcher, kind="url"):
         (status, charset, binary detection) is left to `finish`, wherever it is called."""
         request = self.request
         conditional = {}
-        if self.method in ("GET", "HEAD"):
+        if self.settings.method in ("GET", "HEAD"):
             if previous.get("etag"):
                 conditional["If-None-Match"] = previous["etag"]
             if previous.get("last_modified"):
                 conditional["If-Modified-Since"] = previous["last_modified"]
             if conditional:  # the watcher's own headers win, as they always did
                 request = replace(request, headers={**conditional, **request.headers})
-        connect = self.connect_timeout if self.connect_timeout < self.timeout else None
+        settings = self.settings
+        connect = settings.connect_timeout if settings.connect_timeout < settings.timeout else None
         try:
             async with limits.slot(request.site):
                 # The deadline starts once a slot is free: waiting for one's turn is not the
                 # site's slowness.
-                async with asyncio.timeout(self.timeout):
-                    response = await follow(request, connect, self.max_bytes, self.max_redirects)
+                async with asyncio.timeout(settings.timeout):
+                    response = await follow(request, connect, settings.max_bytes, settings.max_redirects)
         except TimeoutError:
             raise self._too_slow() from None
         except TooBig:
@@ -244,7 +225,7 @@ class Url(Watcher, kind="url"):
         except (FetchError, TooManyRedirects, BadRedirect) as exc:
             raise self._explain(exc) from None
         except OSError as exc:  # e.g. an unreadable ca_file
-            raise WatchError(f"{self.method} {self.url} failed: {exc}; check the watcher's "
+            raise WatchError(f"{self._what()} failed: {exc}; check the watcher's "
                              f"files and settings.") from None
         return Received(partial(self._read, response, previous, bool(conditional)), len(response.body))
 
@@ -252,7 +233,7 @@ class Url(Watcher, kind="url"):
         status = response.status
         if status == 304:
             if not conditional:
-                raise WatchError(f"{self.method} {self.url} returned 304 Not Modified to a request "
+                raise WatchError(f"{self._what()} returned 304 Not Modified to a request "
                                  f"that was not conditional; remove If-None-Match or "
                                  f"If-Modified-Since from the watcher's headers.")
             return Fetched(text="", unchanged=True, meta={**previous, **_validators(response)})
@@ -262,15 +243,15 @@ class Url(Watcher, kind="url"):
                        meta=_validators(response))
 
     def _too_big(self) -> WatchError:
-        return WatchError(f"{self.method} {self.url} sent more than {self.max_bytes:,} bytes, "
+        return WatchError(f"{self._what()} sent more than {self.settings.max_bytes:,} bytes, "
                           f"so notifier stopped reading; raise max_bytes if that is expected.")
 
     def _text(self, body: bytes, content_type: str) -> str:
         """The page's text, or a one-line summary of a binary body: no NUL reaches filters."""
         if not body:
             return ""
-        declared_binary = binary_type(content_type) and not self.encoding
-        text = None if declared_binary else decode_text(body, content_type, self.encoding)
+        declared_binary = binary_type(content_type) and not self.settings.encoding
+        text = None if declared_binary else decode_text(body, content_type, self.settings.encoding)
         if text is not None:
             return text
         mime = content_type.partition(";")[0].strip().lower()
@@ -294,21 +275,21 @@ class Url(Watcher, kind="url"):
             hint = _STATUS_HINTS.get(status) or (
                 "the site may be down or overloaded; it is usually temporary" if status >= 500
                 else "check the watcher's url, method, headers and data")
-        return WatchError(f"{self.method} {self.url} returned HTTP {status} {reason}; {hint}.",
+        return WatchError(f"{self._what()} returned HTTP {status} {reason}; {hint}.",
                           retry_after=None if asked is None else min(asked, MAX_RETRY_AFTER))
 
     def _too_slow(self) -> WatchError:
-        return WatchError(f"{self.method} {self.url} did not finish within {_seconds(self.timeout)} "
+        return WatchError(f"{self._what()} did not finish within {_seconds(self.settings.timeout)} "
                           f"(connecting, headers and body together); the site is slow or stalled, "
                           f"raise timeout if it needs longer.")
 
     def _explain(self, exc: Exception) -> WatchError:
-        what = f"{self.method} {self.url}"
+        what = self._what()
         if isinstance(exc, ConnectTimedOut):
-            text = (f"{what} could not connect within {_seconds(self.connect_timeout)}; the site "
+            text = (f"{what} could not connect within {_seconds(self.settings.connect_timeout)}; the site "
                     f"may be down or blocked, or connect_timeout too short.")
         elif isinstance(exc, TooManyRedirects):
-            text = (f"{what} redirected more than {self.max_redirects} times, probably in a loop; "
+            text = (f"{what} redirected more than {self.settings.max_redirects} times, probably in a loop; "
                     f"open the url in a browser to check it, or raise max_redirects.")
         elif isinstance(exc, BadRedirect):
             text = f"{what} {exc}; check the url."
