@@ -897,7 +897,7 @@ def _settings(col: _Collector, cls: type[Watcher], values: dict[str, Any],
     if settings is None:
         settings = col.settings[key] = WatcherSettings(**{
             **{name: values[name] for name in _OPTION_FIELDS}, "kind": cls.kind,
-            "filters": col.same(filters),
+            "filters": filters,  # shared already: _filters keeps one of each chain
             "schedule": col.same(Schedule(values["every"], values["cron"], values["timezone"])),
             "recipients": col.same(Recipients(values["to"], values["cc"], values["bcc"])),
             "templates": _beside(Path(col.file), values["templates"]) if values["templates"] else None,
