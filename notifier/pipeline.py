@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
-import importlib.metadata
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -221,9 +220,11 @@ def _filtered_anew(wc: WatcherConfig, fetched: Fetched,
 @functools.cache
 def _release() -> str:
     """notifier's version: a new release may filter the same page differently."""
+    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 - filtered watchers only
+
     try:
-        return importlib.metadata.version("notifier")
-    except importlib.metadata.PackageNotFoundError:
+        return version("notifier")
+    except PackageNotFoundError:
         return "unknown"
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import re
 import zlib
-from collections.abc import Iterator
 
 HEAD_MAX = 64 * 1024  # status line and header fields together (http.client allows 100 x 64 KB)
 MAX_FIELDS = 100  # header fields in one response, as http.client counts them
@@ -56,8 +55,8 @@ class Headers:
         self._fields = fields
         self._cookies = cookies
 
-    def get(self, name: str, default: str | None = None) -> str | None:
-        return self._fields.get(name.lower(), default)
+    def get(self, name: str) -> str | None:
+        return self._fields.get(name.lower())
 
     def __contains__(self, name: object) -> bool:
         return isinstance(name, str) and name.lower() in self._fields
@@ -67,9 +66,6 @@ class Headers:
             return list(self._cookies)
         found = self._fields.get(name.lower())
         return [] if found is None else [found]
-
-    def __iter__(self) -> Iterator[str]:
-        return iter(self._fields)
 
 
 class Response:
