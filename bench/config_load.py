@@ -7,8 +7,8 @@ writes (its `write_config`: one url watcher per page, pages spread over 50 loopb
 the same filter chain on each), so the figures match that bench's `validate` line; no
 server is started, since validating fetches nothing.
 
-Each run is a fresh `notifier validate -c FILE` under `/usr/bin/time -v`, so the figures are
-the kernel's for that one process: CPU (user + system), wall time, and the peak resident set.
+Each run is a fresh `notifier -c FILE validate` under check_pass's `measure`, so the figures
+are the kernel's for that one process: CPU (user + system), wall time, and the peak resident set.
 The per-watcher cost is the slope of peak RSS between the smallest and the largest N; the
 base is the RSS of an empty config (one watcher). Nothing is asserted; the figures are
 printed for a person to judge.
@@ -20,17 +20,16 @@ printed for a person to judge.
 from __future__ import annotations
 
 import argparse
-import re
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_pass import VARIANTS, write_config  # bench scripts run as files, not as a package
+from check_pass import VARIANTS, measure, write_config  # bench scripts run as files, not as a package
 
 VENV_BIN = Path(sys.executable).parent
+TIMEOUT = 600.0  # seconds a run may take before it is killed
 
 
 class _Origins:
@@ -43,23 +42,12 @@ class _Origins:
         return f"{self.origins[index % len(self.origins)]}/page/{index}"
 
 
-def measure(config: Path, command: str) -> tuple[float, float, float]:
-    """(CPU seconds, wall seconds, peak RSS MiB) of one `notifier COMMAND -c config`."""
-    done = subprocess.run(["/usr/bin/time", "-v", str(VENV_BIN / "notifier"), command, "-c", str(config)],
-                          capture_output=True, text=True, check=False)
+def run(config: Path, command: str) -> tuple[float, float, float]:
+    """(CPU seconds, wall seconds, peak RSS MiB) of one `notifier -c config COMMAND`."""
+    done = measure([str(VENV_BIN / "notifier"), "-c", str(config), command], TIMEOUT)
     if done.returncode != 0:
-        raise SystemExit(f"notifier {command} failed ({done.returncode}):\n{done.stdout}{done.stderr}")
-
-    def field(name: str) -> str:
-        match = re.search(rf"^\s*{re.escape(name)}: (.+)$", done.stderr, re.M)
-        if match is None:
-            raise SystemExit(f"/usr/bin/time printed no {name!r}:\n{done.stderr}")
-        return match.group(1).strip()
-
-    cpu = float(field("User time (seconds)")) + float(field("System time (seconds)"))
-    wall = sum(float(part) * 60 ** n for n, part in
-               enumerate(reversed(field("Elapsed (wall clock) time (h:mm:ss or m:ss)").split(":"))))
-    return cpu, wall, int(field("Maximum resident set size (kbytes)")) / 1024
+        raise SystemExit(f"notifier {command} failed ({done.returncode}):\n{done.stdout}")
+    return done.cpu, done.seconds, done.maxrss_mib
 
 
 def main() -> int:
@@ -80,7 +68,7 @@ def main() -> int:
             config = Path(tmp) / f"watchers-{n}.yaml"
             write_config(config, Path(tmp) / "state", _Origins(args.hosts), n, None,  # type: ignore[arg-type]
                          VARIANTS[args.variant])
-            runs = [measure(config, args.command) for _ in range(args.runs)]
+            runs = [run(config, args.command) for _ in range(args.runs)]
             cpus, walls, rss = zip(*runs, strict=True)
             peaks[n] = statistics.median(rss)
             print(f"{n:>9,} {statistics.median(cpus):>7.2f}s {min(cpus):>7.2f}s "
