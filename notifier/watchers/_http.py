@@ -383,9 +383,7 @@ _idle = _Idle()
 async def _open(route: Route, site: Site, connect_timeout: float | None) -> _Conn:
     """A new connection along `route`, ready for requests to `site` (TLS and tunnel done)."""
     try:
-        if connect_timeout is None:
-            return await _open_now(route, site)
-        async with asyncio.timeout(connect_timeout):
+        async with asyncio.timeout(connect_timeout):  # None: only the fetch's own deadline
             return await _open_now(route, site)
     except TimeoutError:
         raise ConnectTimedOut("connecting took too long") from None
@@ -394,40 +392,53 @@ async def _open(route: Route, site: Site, connect_timeout: float | None) -> _Con
 async def _open_now(route: Route, site: Site) -> _Conn:
     proxy, tunnel_to, verify, ca_file = route
     scheme, host, port = site
-    context = tls_context(verify, ca_file) if scheme == "https" or (proxy or "").startswith("https:") \
-        else None
     if proxy is None:
-        return await _connect(host, port, context if scheme == "https" else None)
+        return await _connect(host, port, tls_context(verify, ca_file) if scheme == "https" else None)
     parts = urlsplit(proxy)
-    via = parts.scheme.lower()
-    default_port = {"http": 80, "https": 443}.get(via, 1080)
+    reader, writer = await _reach_proxy(parts, verify, ca_file)
     try:
-        reader, writer = await _connect(parts.hostname or "", parts.port or default_port,
-                                        context if via == "https" else None)
-    except ConnectFailed as exc:
-        raise ProxyFailed(f"the proxy {parts.hostname} could not be reached: {exc}") from None
-    try:
-        try:
-            if _is_socks(proxy):
-                await _socks(reader, writer, parts, host, port)
-            elif tunnel_to is not None:
-                await _tunnel(reader, writer, parts, host, port)
-        except BrokenResponse as exc:  # "the server closed the connection without answering"
-            raise ProxyFailed(str(exc).replace("the server", f"the proxy {parts.hostname}", 1)) from None
-        except ConnectionError as exc:
-            raise ProxyFailed(f"the proxy {parts.hostname} broke off the connection: {_why(exc)}") from None
+        await _through_proxy(reader, writer, parts, host, port, tunnel=tunnel_to is not None)
         if tunnel_to is not None and scheme == "https":
-            assert context is not None
-            try:
-                await writer.start_tls(context, server_hostname=host)
-            except ssl.SSLError as exc:
-                raise _tls_failed(exc) from None
-            except ConnectionError:  # a reset, as a port that is not TLS may do (asyncio's
-                raise TLSFailed("the site broke off the connection") from None  # has no errno)
+            await _start_tls(writer, tls_context(verify, ca_file), host)
     except BaseException:
         writer.transport.abort()
         raise
     return reader, writer
+
+
+async def _reach_proxy(proxy: SplitResult, verify: bool, ca_file: str | None) -> _Conn:
+    via = proxy.scheme.lower()
+    default_port = {"http": 80, "https": 443}.get(via, 1080)
+    context = tls_context(verify, ca_file) if via == "https" else None
+    try:
+        return await _connect(proxy.hostname or "", proxy.port or default_port, context)
+    except ConnectFailed as exc:
+        raise ProxyFailed(f"the proxy {proxy.hostname} could not be reached: {exc}") from None
+
+
+async def _through_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                         proxy: SplitResult, host: str, port: int, tunnel: bool) -> None:
+    """The proxy's hand-shake for host:port (SOCKS, or an HTTP tunnel); a forwarding HTTP
+    proxy needs none. What goes wrong on the way is the proxy's failure."""
+    try:
+        if _is_socks(proxy.scheme):
+            await _socks(reader, writer, proxy, host, port)
+        elif tunnel:
+            await _tunnel(reader, writer, proxy, host, port)
+    except BrokenResponse as exc:  # "the server closed the connection without answering"
+        raise ProxyFailed(str(exc).replace("the server", f"the proxy {proxy.hostname}", 1)) from None
+    except ConnectionError as exc:
+        raise ProxyFailed(f"the proxy {proxy.hostname} broke off the connection: {_why(exc)}") from None
+
+
+async def _start_tls(writer: asyncio.StreamWriter, context: ssl.SSLContext, host: str) -> None:
+    """TLS with the site, inside a tunnel the proxy opened."""
+    try:
+        await writer.start_tls(context, server_hostname=host)
+    except ssl.SSLError as exc:
+        raise _tls_failed(exc) from None
+    except ConnectionError:  # a reset, as a port that is not TLS may do (asyncio's has no errno)
+        raise TLSFailed("the site broke off the connection") from None
 
 
 async def _connect(host: str, port: int, context: ssl.SSLContext | None) -> _Conn:
