@@ -166,7 +166,7 @@ class _Builder:
             else:  # the end of the innermost collection
                 done = stack.pop()
                 if done.merges:
-                    self.merge(done, done.merges)
+                    self.merge(done)
                 value, size, line = done.value, done.size, done.line
                 if done.anchor is not None:  # aliases to it may be used now, at its full size
                     self.open.discard(done.anchor)
@@ -249,11 +249,11 @@ class _Builder:
             target[key] = value
             target.lines[key] = line
 
-    def merge(self, done: _Collection, merges: list[tuple[object, int]]) -> None:
+    def merge(self, done: _Collection) -> None:
         """Apply `<<: *base` (or a list of them): keys written in the mapping win, then earlier
         merged mappings over later ones, as YAML's merge key says."""
         target = done.value
-        for source, line in merges:
+        for source, line in done.merges or ():
             for each in source if isinstance(source, list) else [source]:
                 if not isinstance(each, dict) or not isinstance(target, LineDict):
                     raise _error(self.filename, line, "`<<` merges mappings: write `<<: *name` or "
