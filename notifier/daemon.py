@@ -188,7 +188,9 @@ class Daemon:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
         )
-        self.checks = Timetable(self._check, self.cfg.workers, launch=self._launch)  # each watcher's checks
+        # Each watcher's checks; what escapes a run (a bug) is the daemon's health.
+        self.checks = Timetable(self._check, self.cfg.workers, launch=self._launch,
+                                failed=functools.partial(self._job_failed, "check"))
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -365,16 +367,21 @@ class Daemon:
     def _job_ends(self, kind: str, key: str | None, failed: Exception | None) -> None:
         if failed is None:
             self.health.succeeded(key or kind)
-        elif isinstance(failed, StateError):
-            self.health.failed(key or kind, failed)
-        else:  # a bug: shown as the daemon's health, like a failed write
-            log.debug("job %s raised", key or kind, exc_info=failed)
-            self.health.failed(key or kind, RuntimeError(
-                f"the {key or kind} job failed unexpectedly ({type(failed).__name__}: {failed}); it "
-                f"runs again on schedule. This is a bug: run with --debug and report it"))
+        else:
+            self._job_failed(key or kind, failed)
         with self._idle:
             self._running[kind] -= 1
             self._idle.notify_all()
+
+    def _job_failed(self, writer: str, failed: Exception) -> None:
+        """A job's failure as the daemon's health: a write the database refused, or a bug."""
+        if isinstance(failed, StateError):
+            self.health.failed(writer, failed)
+            return
+        log.debug("job %s raised", writer, exc_info=failed)
+        self.health.failed(writer, RuntimeError(
+            f"the {writer} job failed unexpectedly ({type(failed).__name__}: {failed}); it "
+            f"runs again on schedule. This is a bug: run with --debug and report it"))
 
     def _check(self, name: str) -> None:
         wc = self.cfg.watcher(name)

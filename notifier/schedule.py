@@ -192,8 +192,12 @@ class Timetable:
 
     def __init__(self, run: Callable[[str], None], workers: int,
                  now: Callable[[], float] = clock.time,
-                 launch: Callable[[str], Future[None] | None] | None = None) -> None:
+                 launch: Callable[[str], Future[None] | None] | None = None,
+                 failed: Callable[[Exception], None] | None = None) -> None:
         self.run = run
+        # Told what a run raised (the daemon: its health, a `status` line); a run is meant to
+        # catch its own failures, so this is a last guard, never only a log line.
+        self.failed = failed
         # Runs a name elsewhere (the daemon: a url check on the event loop, which needs no
         # thread while it waits) and returns its future; None: run it on a worker as usual.
         self.launch = launch
@@ -352,8 +356,11 @@ class Timetable:
                 return
             try:
                 job()
-            except Exception:  # the daemon's jobs catch their own; this is a last guard
-                log.exception("a scheduled run failed")
+            except Exception as exc:  # the daemon's jobs catch their own; this is a last guard
+                if self.failed is None:
+                    log.exception("a scheduled run failed")
+                else:
+                    self.failed(exc)
             with self._cond:
                 if self._waiting:
                     me.job = self._waiting.popleft()

@@ -257,3 +257,26 @@ def test_timetable_launched_runs_hold_their_name_until_their_future_is_done(runs
                 if not future.done():
                     future.set_result(None)
         table.shutdown()
+
+
+def test_timetable_hands_what_escapes_a_run_to_its_failed_callback() -> None:
+    """A run is meant to catch its own failures; one that does not reaches `failed` (the
+    daemon's health), and the name keeps its schedule."""
+    seen: list[Exception] = []
+    calls = threading.Semaphore(0)
+
+    def run(name: str) -> None:
+        calls.release()
+        raise ValueError(f"{name} broke")
+
+    table = Timetable(run, workers=1, failed=seen.append)
+    table.TICK = 0.005
+    table.set("x", every(0.02), first=clock.time())
+    table.start()
+    try:
+        for _ in range(2):
+            assert calls.acquire(timeout=5), "the name was not run again after a failure"
+        poll(lambda: len(seen) >= 2, "both failures handed over")
+        assert str(seen[0]) == "x broke"
+    finally:
+        table.shutdown()
