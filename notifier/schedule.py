@@ -179,15 +179,17 @@ class Timetable:
     runs round the whole pool and keep every thread alive).
 
     The timer wakes at most every TICK seconds and starts everything due by then: a run may
-    start up to TICK late, never early, and runs due close together share a wake-up (with its
-    hand-over of the GIL, most of a run's cost here). A longer tick would start more runs at
-    once, and each run going on at once keeps a worker thread (~200 KiB): at 1,000 watchers a
-    minute, a 0.25 s tick kept 20 workers through the first minute and 46 MiB of RSS, 0.05 s
-    keeps 5 and 43 MiB.
+    start up to TICK late, never early (as systemd coalesces timers within their accuracy).
+    Runs due close together share a wake-up, and the event loop then carries their fetches
+    together, so the cost of waking the process is paid once for several runs: at 1,000
+    watchers a minute (bench/daemon_idle.py), the daemon used 2.0 % of a core with a 0.05 s
+    tick, 1.0 % with 0.5 s and 0.8 % with 1 s. Half a second late is nothing beside a minute's
+    interval; a longer tick would also start more worker runs (command, file) at once, each
+    holding a thread (~200 KiB).
     """
 
     IDLE_END = 60.0  # seconds an idle worker waits for work before it ends
-    TICK = 0.05  # the timer wakes at most this often, and starts what is due at each wake-up
+    TICK = 0.5  # the timer wakes at most this often, and starts what is due at each wake-up
     LONGEST_WAIT = 10.0  # the timer looks again at least this often (a wall clock that jumped)
 
     def __init__(self, run: Callable[[str], None], workers: int,
