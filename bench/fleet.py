@@ -38,13 +38,13 @@ import tempfile
 import time
 from collections import Counter, defaultdict
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
 
 from notifier import config as configmod
 from notifier.config import WatcherConfig
+from notifier.schedule import NextTime
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -110,11 +110,11 @@ def slot_map(watchers: Sequence[WatcherConfig], requests: list[tuple[float, floa
     every = watchers[0].schedule.every if watchers else 60.0
     until = since + every * int((until - since) // every)  # whole periods only
     for i, wc in enumerate(watchers):
-        trigger = wc.schedule.trigger(wc.name)
-        served = [_slot(trigger, t, every) for t in by_page.get(i, [])]
+        next_time = wc.schedule.next_time(wc.name)
+        served = [_slot(next_time, t, every) for t in by_page.get(i, [])]
         inside = [s for s in served if since <= s < until]
         duplicates += [wc.name] * (len(inside) - len(set(inside)))
-        due = _slot(trigger, since + every, every)
+        due = _slot(next_time, since + every, every)
         while due < until - every:
             if due not in inside:
                 missed.append((wc.name, due))
@@ -124,9 +124,11 @@ def slot_map(watchers: Sequence[WatcherConfig], requests: list[tuple[float, floa
     return per_period, duplicates, missed
 
 
-def _slot(trigger: object, at: float, every: float) -> float:
-    fire = trigger.get_next_fire_time(None, datetime.fromtimestamp(at - every, UTC))  # type: ignore[attr-defined]
-    return float(fire.timestamp())
+def _slot(next_time: NextTime, at: float, every: float) -> float:
+    """The due time a request at `at` served: the latest grid point at or before it."""
+    fire = next_time(at - every)
+    assert fire is not None  # an interval grid never ends
+    return fire
 
 
 def fleet_run(args: argparse.Namespace, tmp: Path) -> None:

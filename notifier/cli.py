@@ -12,7 +12,6 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -462,11 +461,10 @@ def _print_daemon(state_dir: Path, config: Path, problems: Sequence[str]) -> Non
 
 def next_run(wc: WatcherConfig, st: WatcherState | None) -> float | None:
     """When the daemon will check next, derived from the schedule and the last check."""
-    now = datetime.now(UTC)
-    if st is None or wc.schedule.overdue(st.last_check, now.timestamp()):
-        return now.timestamp()  # new or overdue: the daemon runs it at once
-    fire = wc.schedule.trigger(wc.name).get_next_fire_time(None, now)
-    return fire.timestamp() if fire else None
+    now = time.time()
+    if st is None or wc.schedule.overdue(st.last_check, now):
+        return now  # new or overdue: the daemon runs it at once
+    return wc.schedule.next_time(wc.name)(now)
 
 
 def _when(ts: float | None, now: float) -> str:

@@ -19,16 +19,12 @@ import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
-
-from apscheduler.executors.pool import ThreadPoolExecutor
-from apscheduler.schedulers.background import BackgroundScheduler
-from apscheduler.triggers.interval import IntervalTrigger
 
 from notifier import config as configmod
 from notifier import logs, runstate, systemd
@@ -38,7 +34,7 @@ from notifier.health import Health
 from notifier.kinds import configure_kinds, watcher_kinds
 from notifier.outbox import Sender
 from notifier.pipeline import Outcome, check, check_on_loop
-from notifier.schedule import Timetable, stable_fraction
+from notifier.schedule import Grid, Timetable, stable_fraction
 from notifier.statedir import DAEMON, ONESHOT_WAIT, STARTING, StateDir
 from notifier.store import PRUNE_BATCH, Store
 from notifier.watchers import _loop
@@ -180,17 +176,19 @@ class Daemon:
         self._idle = threading.Condition()  # notified whenever a job finishes
         self._config_sig = self._signature()
         self._config_seen = (self._config_sig, time.monotonic())
-        self.scheduler = BackgroundScheduler(
-            executors={"outbox": ThreadPoolExecutor(1), "default": ThreadPoolExecutor(1),
-                       # Delivery probes wait minutes for their mail: never in the checks' pool.
-                       "receiving": ThreadPoolExecutor(RECEIVING_WORKERS)},
-            # A late check still runs (once: coalesce); the 1 s library default would drop it.
-            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
-            timezone=UTC,
-        )
         # Each watcher's checks; what escapes a run (a bug) is the daemon's health.
         self.checks = Timetable(self._check, self.cfg.workers, launch=self._launch,
-                                failed=functools.partial(self._job_failed, "check"))
+                                failed=lambda name, exc: self._job_failed(f"watcher={name}", exc))
+        # The daemon's own rounds, by name, in three lanes so none waits behind another: the
+        # outbox; digests, housekeeping and a fleet's claims (one at a time); delivery probes
+        # and bounce scans, which wait minutes for mail. (APScheduler's BackgroundScheduler
+        # did this with three executors, and cost 4 MiB of imports: multiprocessing, pickle,
+        # importlib.metadata; it still reads and fires `cron:` schedules.)
+        self._rounds: dict[str, Callable[[], object]] = {}
+        self.outbox = Timetable(self._round, 1, failed=self._job_failed)
+        self.housework = Timetable(self._round, 1, failed=self._job_failed)
+        self.receiving = Timetable(self._round, RECEIVING_WORKERS, failed=self._job_failed)
+        self._mail_every: dict[str, float] = {}  # the receiving rounds scheduled: key -> period
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -219,22 +217,21 @@ class Daemon:
         configure_kinds([w.watcher for w in self.cfg.watchers], self.cfg.shared)
         for wc in self.cfg.watchers:
             self._add(wc, startup=True)
+        now = time.time()
         if self.fleet is not None:
             self.fleet.listen(lambda: self._on_hup(signal.SIGHUP, None))
             # Each daemon on its own phase of the second: started together, they would all poll
             # at once, and the first would take every due check each time.
-            phase = datetime.now(UTC) + timedelta(seconds=stable_fraction(self.fleet.id) * FLEET_POLL)
-            self.scheduler.add_job(self._fleet_round, IntervalTrigger(seconds=FLEET_POLL, start_date=phase),
-                                   id="fleet", next_run_time=datetime.now(UTC))
-        self.scheduler.add_job(self._deliver, IntervalTrigger(seconds=OUTBOX_EVERY), id="outbox",
-                               executor="outbox", next_run_time=datetime.now(UTC))
-        self.scheduler.add_job(self._job, IntervalTrigger(seconds=DIGEST_POLL), args=[self._flush_digests],
-                               kwargs={"kind": "digest", "key": "digests"}, id="digests")
-        self.scheduler.add_job(self._housekeeping, IntervalTrigger(seconds=self._heartbeat_every()),
-                               id="housekeeping", next_run_time=datetime.now(UTC))
+            phase = now + stable_fraction(self.fleet.id) * FLEET_POLL
+            self._every(self.housework, "fleet", self._fleet_round, Grid(phase, FLEET_POLL), first=now)
+        self._every(self.outbox, "outbox", self._deliver, Grid(now, OUTBOX_EVERY), first=now)
+        self._every(self.housework, "digests", functools.partial(
+            self._job, self._flush_digests, kind="digest", key="digests"), Grid(now, DIGEST_POLL))
+        self._every(self.housework, "housekeeping", self._housekeeping, Grid(now, self._heartbeat_every()),
+                    first=now)
         self._schedule_mail_checks()
-        self.scheduler.start()
-        self.checks.start()
+        for table in self._tables():
+            table.start()
         self.relay.apply()  # listening before READY=1, so what starts after us can send
         self._note_relay()
         systemd.notify("READY=1", f"STATUS={self.status_line()}")
@@ -300,11 +297,11 @@ class Daemon:
             log.info("stopping: waiting up to %.0f s for %s", SHUTDOWN_TIMEOUT, running)
         else:
             log.info("stopping")
-        self.scheduler.pause()
-        self.checks.pause()
+        for table in self._tables():
+            table.pause()
         self._wait_for_jobs(time.monotonic() + SHUTDOWN_TIMEOUT)
-        self.scheduler.shutdown(wait=False)
-        self.checks.shutdown()
+        for table in self._tables():
+            table.shutdown()
         if self.fleet is not None:
             self.fleet.leave()
         runstate.remove(self.cfg.state_dir)
@@ -383,6 +380,21 @@ class Daemon:
             f"the {writer} job failed unexpectedly ({type(failed).__name__}: {failed}); it "
             f"runs again on schedule. This is a bug: run with --debug and report it"))
 
+    def _tables(self) -> tuple[Timetable, ...]:
+        return self.checks, self.outbox, self.housework, self.receiving
+
+    def _every(self, table: Timetable, name: str, job: Callable[[], object], grid: Grid,
+               first: float | None = None) -> None:
+        """Run the round `job` as `name` on `grid` in `table`'s lane, first at `first` (else
+        at the grid's next point); a late round runs once, and never beside itself."""
+        self._rounds[name] = job
+        table.set(name, grid, first)
+
+    def _round(self, name: str) -> None:
+        job = self._rounds.get(name)
+        if job is not None:
+            job()
+
     def _check(self, name: str) -> None:
         wc = self.cfg.watcher(name)
         if wc is None or self._stop:
@@ -451,7 +463,7 @@ class Daemon:
         for name in names:
             with self._idle:
                 self._claimed += 1
-            self.checks.submit(functools.partial(self._fleet_check, name))
+            self.checks.submit(name, functools.partial(self._fleet_check, name))
 
     def _fleet_check(self, name: str) -> None:
         with self._idle:
@@ -480,9 +492,8 @@ class Daemon:
         skipping this wake-up as a second instance.
         """
         self._outbox_wanted.set()
-        job = self.scheduler.get_job("outbox")
-        if job is not None and not self._delivering.is_set():
-            job.modify(next_run_time=datetime.now(UTC))
+        if not self._delivering.is_set():
+            self.outbox.soon("outbox")
 
     def _deliver(self) -> None:
         """Rounds until the outbox is empty, over connections kept open from one round to the
@@ -509,18 +520,17 @@ class Daemon:
             from notifier import mailwatch  # noqa: PLC0415 - IMAP, POP3 and bounces only when asked for
 
             wanted = {due.key: due for due in mailwatch.scheduled(self.cfg, self.store, time.time())}
-        for job in self.scheduler.get_jobs():
-            if job.executor != "receiving":
-                continue
-            if job.id in wanted and job.trigger.interval.total_seconds() == wanted[job.id].every:
-                del wanted[job.id]
+        for key, every in list(self._mail_every.items()):
+            if key in wanted and wanted[key].every == every:
+                del wanted[key]
             else:
-                job.remove()
+                self.receiving.remove(key)
+                del self._mail_every[key]
         for due in wanted.values():
-            self.scheduler.add_job(self._job, IntervalTrigger(seconds=due.every),
-                                   args=[self._mail_check, due.account, due.job],
-                                   kwargs={"kind": due.job, "key": due.key}, id=due.key, executor="receiving",
-                                   next_run_time=datetime.fromtimestamp(due.first, UTC))
+            self._mail_every[due.key] = due.every
+            self._every(self.receiving, due.key, functools.partial(
+                self._job, self._mail_check, due.account, due.job, kind=due.job, key=due.key),
+                Grid(due.first, due.every), first=due.first)
 
     def _mail_check(self, account: str, job: str) -> None:
         if self._stop or account not in self.cfg.accounts:
@@ -553,6 +563,7 @@ class Daemon:
             fields.append("WATCHDOG=1")
         systemd.notify(*fields)
         self._watch_config()
+        self.health.succeeded("housekeeping")  # a round that raised (a bug) ends with this one
 
     def _prune(self) -> None:
         """Drop send log entries and check counts older than log_retention, a small batch per

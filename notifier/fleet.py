@@ -296,10 +296,8 @@ class Fleet:
 
 def next_due(wc: WatcherConfig, now: float) -> float:
     """The watcher's next grid point after `now` (the same on every host)."""
-    from datetime import UTC, datetime  # noqa: PLC0415
-
-    fire = wc.schedule.trigger(wc.name).get_next_fire_time(None, datetime.fromtimestamp(now, UTC))
-    return fire.timestamp() if fire is not None else now + 86400.0
+    fire = wc.schedule.next_time(wc.name)(now)
+    return fire if fire is not None else now + 86400.0
 
 
 def members(store: PgStore) -> list[Member]:

@@ -20,10 +20,10 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
+from typing import TYPE_CHECKING
 
-from apscheduler.triggers.base import BaseTrigger
-from apscheduler.triggers.cron import CronTrigger
-from apscheduler.triggers.interval import IntervalTrigger
+if TYPE_CHECKING:
+    from apscheduler.triggers.cron import CronTrigger
 
 _GRID_START = datetime(2020, 1, 1, tzinfo=UTC)  # interval grids count from here
 AFTER = 1e-3  # the next time after a check that fired at t is looked for from t + AFTER on
@@ -39,31 +39,39 @@ def stable_fraction(name: str) -> float:
     return zlib.crc32(name.encode()) / 2**32
 
 
-class PhasedInterval(IntervalTrigger):  # type: ignore[misc]  # apscheduler has no type hints
-    """An interval that always fires on its own grid (start_date + k intervals).
+class Grid:
+    """A NextTime of times `anchor + k * every`: the first at or after a moment.
 
-    APScheduler's IntervalTrigger counts from the previous run, so a prompt first run at
-    start-up (or a late run) would become the watcher's phase for good, and watchers started
-    together would stay bunched. Here the next time is the next grid point after both `now`
-    and the previous run, whatever time the previous run happened at.
+    The next time depends only on the moment asked about, so a prompt first run at start-up or
+    a late run never becomes the phase for good, and watchers started together do not stay
+    bunched (APScheduler's IntervalTrigger counts from the previous run). Two floats, not a
+    closure: a daemon holds one per watcher.
     """
 
-    def get_next_fire_time(self, previous_fire_time: datetime | None, now: datetime) -> datetime | None:
-        if previous_fire_time is not None:
-            now = max(now, previous_fire_time + timedelta(microseconds=1))
-        fire: datetime | None = super().get_next_fire_time(None, now)
-        return fire
+    __slots__ = ("anchor", "every")
+
+    def __init__(self, anchor: float, every: float) -> None:
+        self.anchor = anchor
+        self.every = every
+
+    def __call__(self, after: float) -> float:
+        return self.anchor + max(0, math.ceil((after - self.anchor) / self.every)) * self.every
 
 
 @dataclass(frozen=True, slots=True)
 class CronExpr:
-    """A validated five-field cron expression, like ``*/15 9-18 * * mon-fri``."""
+    """A validated five-field cron expression, like ``*/15 9-18 * * mon-fri``.
+
+    APScheduler's CronTrigger reads and fires it; it is imported with the first cron
+    expression, so a config without one does not load APScheduler (~2 MiB of a daemon)."""
 
     text: str
 
     @classmethod
     def parse(cls, text: str) -> CronExpr:
         """ValueError with a hint when `text` is not a cron expression APScheduler accepts."""
+        from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415 - see the class
+
         try:
             CronTrigger.from_crontab(text)
         except ValueError as exc:
@@ -72,6 +80,8 @@ class CronExpr:
         return cls(text)
 
     def trigger(self, zone: tzinfo | None) -> CronTrigger:
+        from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415 - see the class
+
         return CronTrigger.from_crontab(self.text, timezone=zone or UTC)
 
 
@@ -83,16 +93,10 @@ class Schedule:
     cron: CronExpr | None = None
     zone: tzinfo | None = None
 
-    def trigger(self, name: str) -> BaseTrigger:
-        """Interval watchers get a stable per-name phase, so 1,000 of them don't fire together."""
-        if self.cron is not None:
-            return self.cron.trigger(self.zone)
-        anchor = _GRID_START + timedelta(seconds=stable_fraction(name) * self.every)
-        return PhasedInterval(seconds=self.every, start_date=anchor, timezone=UTC)
-
     def next_time(self, name: str) -> NextTime:
-        """`trigger(name)`'s times as plain numbers, for the daemon's Timetable: an interval grid
-        is arithmetic (no datetimes and time zones at every check), a cron asks its trigger."""
+        """When `name` runs, as plain Unix times (for the daemon's Timetable, `notifier status` and
+        a fleet's claims): an interval is a grid with the name's own phase, so 1,000 watchers do
+        not fire together; a cron asks its trigger in the watcher's zone."""
         if self.cron is not None:
             trigger = self.cron.trigger(self.zone)
 
@@ -100,12 +104,7 @@ class Schedule:
                 fire = trigger.get_next_fire_time(None, datetime.fromtimestamp(after, UTC))
                 return None if fire is None else float(fire.timestamp())
             return cron_time
-        every = self.every
-        anchor = _GRID_START.timestamp() + stable_fraction(name) * every
-
-        def grid_time(after: float) -> float:
-            return anchor + max(0, math.ceil((after - anchor) / every)) * every
-        return grid_time
+        return Grid(_GRID_START.timestamp() + stable_fraction(name) * self.every, self.every)
 
     def overdue(self, last_check: float | None, now: float) -> bool:
         """Never checked, or an interval has passed since the last check: run it at once.
@@ -195,10 +194,10 @@ class Timetable:
     def __init__(self, run: Callable[[str], None], workers: int,
                  now: Callable[[], float] = clock.time,
                  launch: Callable[[str], Future[None] | None] | None = None,
-                 failed: Callable[[Exception], None] | None = None) -> None:
+                 failed: Callable[[str, Exception], None] | None = None) -> None:
         self.run = run
-        # Told what a run raised (the daemon: its health, a `status` line); a run is meant to
-        # catch its own failures, so this is a last guard, never only a log line.
+        # Told which name's run raised what (the daemon: its health, a `status` line); a run is
+        # meant to catch its own failures, so this is a last guard, never only a log line.
         self.failed = failed
         # Runs a name elsewhere (the daemon: a url check on the event loop, which needs no
         # thread while it waits) and returns its future; None: run it on a worker as usual.
@@ -288,10 +287,18 @@ class Timetable:
                 worker.wake.release()  # with no job: it ends
             self._idle.clear()
 
-    def submit(self, job: Callable[[], None]) -> None:
-        """Run `job` once, now, in a worker (a fleet's claimed check)."""
+    def submit(self, name: str, job: Callable[[], None]) -> None:
+        """Run `job` for `name` once, now, in a worker (a fleet's claimed check)."""
         with self._cond:
-            self._hand_over(job)
+            self._hand_over(functools.partial(self._guarded, name, job))
+
+    def soon(self, name: str) -> None:
+        """Run `name` now rather than at its next time, unless a run of it is going on (which
+        then sees to what it was woken for); the times after follow its schedule as usual."""
+        with self._cond:
+            entry = self._entries.get(name)
+            if entry is not None and entry.when is not None:
+                self._push(entry, self.now())
 
     def _timer_loop(self) -> None:
         look = 0.0  # the monotonic time before which the timer does not wake again for a run
@@ -322,9 +329,18 @@ class Timetable:
 
     def _fire(self, entry: _Entry) -> None:
         try:
-            self.run(entry.name)
+            self._guarded(entry.name, functools.partial(self.run, entry.name))
         finally:
             self._finished(entry)
+
+    def _guarded(self, name: str, job: Callable[[], None]) -> None:
+        try:
+            job()
+        except Exception as exc:  # the daemon's jobs catch their own; this is a last guard
+            if self.failed is None:
+                log.exception("a scheduled run of %s failed", name)
+            else:
+                self.failed(name, exc)
 
     def _finished(self, entry: _Entry, _: object = None) -> None:
         """A run of `entry` ended: its next one is the first of its schedule after this one was
@@ -356,13 +372,7 @@ class Timetable:
             job, me.job = me.job, None
             if job is None:  # shutdown
                 return
-            try:
-                job()
-            except Exception as exc:  # the daemon's jobs catch their own; this is a last guard
-                if self.failed is None:
-                    log.exception("a scheduled run failed")
-                else:
-                    self.failed(exc)
+            job()  # guarded: see _fire and submit
             with self._cond:
                 if self._waiting:
                     me.job = self._waiting.popleft()

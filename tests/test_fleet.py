@@ -20,7 +20,6 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
@@ -117,12 +116,12 @@ def watcher(config: Path, name: str) -> WatcherConfig:
 
 def slots(wc: WatcherConfig, times: list[float]) -> list[float]:
     """The due time each request served: the latest grid point at or before it."""
-    trigger = wc.schedule.trigger(wc.name)
+    next_time = wc.schedule.next_time(wc.name)
     out = []
     for t in times:
-        fire = trigger.get_next_fire_time(None, datetime.fromtimestamp(t - wc.schedule.every, UTC))
+        fire = next_time(t - wc.schedule.every)
         assert fire is not None
-        out.append(fire.timestamp())
+        out.append(fire)
     return out
 
 

@@ -13,10 +13,11 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import pytest
+from apscheduler.triggers.cron import CronTrigger
 
 from notifier import config
 from notifier.config import WatcherConfig
-from notifier.schedule import AFTER, CronExpr, Schedule, Timetable, Window, stable_fraction
+from notifier.schedule import AFTER, CronExpr, Grid, Schedule, Timetable, Window, stable_fraction
 
 
 def watcher(tmp_path: Path, name: str, schedule: str = "every: 60s") -> WatcherConfig:
@@ -27,18 +28,20 @@ def watcher(tmp_path: Path, name: str, schedule: str = "every: 60s") -> WatcherC
 
 def test_interval_fires_on_the_watchers_own_grid(tmp_path: Path) -> None:
     wc = watcher(tmp_path, "prices")
-    trigger = wc.schedule.trigger(wc.name)
-    now = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC)
-    first = trigger.get_next_fire_time(None, now)
-    phase = (first - datetime(2020, 1, 1, tzinfo=UTC)).total_seconds() % 60
+    next_time = wc.schedule.next_time(wc.name)
+    assert isinstance(next_time, Grid)  # plain arithmetic, never None
+    now = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC).timestamp()
+    first = next_time(now)
+    assert now <= first < now + 60
+    phase = (first - datetime(2020, 1, 1, tzinfo=UTC).timestamp()) % 60
     assert abs(phase - stable_fraction("prices") * 60) < 1e-3
     # a prompt run at an arbitrary moment (start-up, late run) does not move the phase
-    odd = now + timedelta(seconds=7.3)
-    expected = first if first > odd else first + timedelta(seconds=60)
-    assert trigger.get_next_fire_time(odd, odd) == expected
-    late = first + timedelta(seconds=75)
-    assert trigger.get_next_fire_time(first, late) == first + timedelta(seconds=120)
-    assert trigger.get_next_fire_time(first, first) == first + timedelta(seconds=60)
+    odd = now + 7.3
+    assert next_time(odd + AFTER) == (first if first > odd + AFTER else first + 60)
+    late = first + 75
+    assert next_time(late) == first + 120
+    assert next_time(first) == first  # at a grid point: that point
+    assert next_time(first + AFTER) == first + 60
 
 
 def test_phases_spread_many_watchers(tmp_path: Path) -> None:
@@ -50,8 +53,8 @@ def test_phases_spread_many_watchers(tmp_path: Path) -> None:
 
 def test_cron_follows_the_watchers_time_zone(tmp_path: Path) -> None:
     wc = watcher(tmp_path, "morning", "cron: '0 9 * * *', timezone: Asia/Shanghai")
-    fire = wc.schedule.trigger(wc.name).get_next_fire_time(None, datetime(2026, 11, 24, 0, 0, tzinfo=UTC))
-    assert fire == datetime(2026, 11, 24, 1, 0, tzinfo=UTC)  # 09:00 in Shanghai
+    fire = wc.schedule.next_time(wc.name)(datetime(2026, 11, 24, 0, 0, tzinfo=UTC).timestamp())
+    assert fire == datetime(2026, 11, 24, 1, 0, tzinfo=UTC).timestamp()  # 09:00 in Shanghai
 
 
 def test_overdue_rule() -> None:
@@ -78,17 +81,18 @@ def test_quiet_hours_hold_until_window_ends() -> None:
         datetime(2026, 1, 1, 13, 0, tzinfo=UTC).timestamp()
 
 
-def test_next_time_is_the_triggers_time_as_a_number(tmp_path: Path) -> None:
-    """The daemon's timetable and `notifier status` (the trigger) agree on every time."""
-    cron = "cron: '0 9 * * *', timezone: Asia/Shanghai"
-    for wc in (watcher(tmp_path, "prices"), watcher(tmp_path, "morning", cron)):
-        trigger, next_time = wc.schedule.trigger(wc.name), wc.schedule.next_time(wc.name)
-        for now in (datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC),
-                    datetime(2026, 11, 24, 10, 0, 7, 300000, tzinfo=UTC)):
-            fire = trigger.get_next_fire_time(None, now)
-            assert next_time(now.timestamp()) == pytest.approx(fire.timestamp(), abs=1e-6)
-            again = trigger.get_next_fire_time(fire, fire)  # what follows a run at `fire`
-            assert next_time(fire.timestamp() + AFTER) == pytest.approx(again.timestamp(), abs=1e-6)
+def test_a_crons_times_are_apschedulers(tmp_path: Path) -> None:
+    """The timetable, `notifier status` and a fleet's claims all read a cron through
+    CronTrigger, in the watcher's zone, including what follows a run."""
+    wc = watcher(tmp_path, "morning", "cron: '*/20 9-18 * * mon-fri', timezone: Asia/Shanghai")
+    trigger = CronTrigger.from_crontab("*/20 9-18 * * mon-fri", timezone=ZoneInfo("Asia/Shanghai"))
+    next_time = wc.schedule.next_time(wc.name)
+    for now in (datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC),
+                datetime(2026, 11, 27, 10, 0, 7, 300000, tzinfo=UTC)):  # a Friday, after 18:00 there
+        fire = trigger.get_next_fire_time(None, now)
+        assert next_time(now.timestamp()) == pytest.approx(fire.timestamp(), abs=1e-6)
+        again = trigger.get_next_fire_time(fire, fire + timedelta(seconds=AFTER))
+        assert next_time(fire.timestamp() + AFTER) == pytest.approx(again.timestamp(), abs=1e-6)
 
 
 def poll(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
@@ -262,14 +266,14 @@ def test_timetable_launched_runs_hold_their_name_until_their_future_is_done(runs
 def test_timetable_hands_what_escapes_a_run_to_its_failed_callback() -> None:
     """A run is meant to catch its own failures; one that does not reaches `failed` (the
     daemon's health), and the name keeps its schedule."""
-    seen: list[Exception] = []
+    seen: list[tuple[str, Exception]] = []
     calls = threading.Semaphore(0)
 
     def run(name: str) -> None:
         calls.release()
         raise ValueError(f"{name} broke")
 
-    table = Timetable(run, workers=1, failed=seen.append)
+    table = Timetable(run, workers=1, failed=lambda name, exc: seen.append((name, exc)))
     table.TICK = 0.005
     table.set("x", every(0.02), first=clock.time())
     table.start()
@@ -277,6 +281,50 @@ def test_timetable_hands_what_escapes_a_run_to_its_failed_callback() -> None:
         for _ in range(2):
             assert calls.acquire(timeout=5), "the name was not run again after a failure"
         poll(lambda: len(seen) >= 2, "both failures handed over")
-        assert str(seen[0]) == "x broke"
+        assert seen[0][0] == "x"
+        assert str(seen[0][1]) == "x broke"
+    finally:
+        table.shutdown()
+
+
+def test_soon_runs_a_name_now_once_and_never_beside_its_running_self(runs: Runs) -> None:
+    """The daemon's outbox wake-up: a name due in an hour runs now; woken again while it runs,
+    it does not run a second time beside itself, and its schedule goes on unchanged."""
+    table = Timetable(runs, workers=2)
+    runs.hold.add("outbox")
+    table.set("outbox", every(3600), first=clock.time() + 3600)
+    table.soon("unknown")  # nothing scheduled under that name: nothing happens
+    table.start()
+    try:
+        table.soon("outbox")
+        poll(lambda: "outbox" in runs.active, "the woken run")
+        table.soon("outbox")  # running: no second run is started
+        runs.release.set()
+        poll(lambda: runs.n("outbox") == 1, "the woken run to end")
+        nxt = table.next_due()
+        assert nxt is not None
+        assert nxt > clock.time() + 60  # back on its hourly grid, not run again at once
+        assert runs.overlaps == []
+        assert runs.n("outbox") == 1
+        assert "unknown" not in runs.started
+    finally:
+        table.shutdown()
+
+
+def test_a_submitted_job_that_raises_is_reported_under_its_name() -> None:
+    """A fleet's claimed check runs through submit; what escapes it reaches `failed` with the
+    watcher's name, and the worker goes on to the next job."""
+    seen: list[tuple[str, str]] = []
+    done = threading.Event()
+
+    def broken() -> None:
+        raise RuntimeError("claimed check broke")
+
+    table = Timetable(lambda name: None, workers=1, failed=lambda name, exc: seen.append((name, str(exc))))
+    try:
+        table.submit("prices", broken)
+        table.submit("stock", done.set)
+        assert done.wait(5), "the worker did not go on after a job raised"
+        assert seen == [("prices", "claimed check broke")]
     finally:
         table.shutdown()
