@@ -57,6 +57,12 @@ FILE_MODE = 0o600  # state.db, its -wal and -shm, and every file notifier keeps 
 DIR_MODE = 0o700
 WAL_AUTOCHECKPOINT = 100  # pages (about 400 KB): fold the WAL back into the database this often...
 JOURNAL_SIZE_LIMIT = 512 * 1024  # ...and cut the WAL file back to this many bytes after
+# SQLite's page cache per connection, in KiB (SQLite's default: 2,000). At 1,000 watchers the
+# database is ~4.4 MB and the default cache fills up, though the OS caches the file anyway:
+# 256 KiB takes the daemon at 1,000 url watchers from 45,460 to 43,340 kB RSS, CPU unchanged
+# (0.97 -> 0.92 % of a core). A transaction bigger than the cache spills pages to the WAL before
+# COMMIT, so a full disk can strike mid-statement: see _rollback.
+CACHE_SIZE_KIB = 256
 PRUNE_BATCH = 500  # send log rows deleted per transaction, so no check waits behind a prune
 NO_LIMIT = 2**62  # LIMIT for "all": SQLite's -1 is an error in PostgreSQL
 
@@ -324,6 +330,7 @@ class Store:
                     db.execute("PRAGMA synchronous = NORMAL")  # WAL + NORMAL survives process crashes
                     db.execute(f"PRAGMA wal_autocheckpoint = {WAL_AUTOCHECKPOINT}")
                     db.execute(f"PRAGMA journal_size_limit = {JOURNAL_SIZE_LIMIT}")
+                    db.execute(f"PRAGMA cache_size = -{CACHE_SIZE_KIB}")
                     _migrate(db)
             except BaseException:
                 db.close()
@@ -369,7 +376,7 @@ class Store:
                 try:
                     yield self._db
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    _rollback(self._db)
                     raise
                 self._db.execute("COMMIT")
             except sqlite3.DatabaseError as exc:
@@ -791,9 +798,18 @@ def _migrate(db: sqlite3.Connection) -> None:
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {version}")
         except BaseException:
-            db.execute("ROLLBACK")
+            _rollback(db)
             raise
         db.execute("COMMIT")
+
+
+def _rollback(db: sqlite3.Connection) -> None:
+    """Undo the open transaction, if SQLite has not already. On SQLITE_FULL (or IOERR, NOMEM)
+    in the middle of a statement SQLite rolls the whole transaction back by itself; a second
+    ROLLBACK would then fail with "cannot rollback - no transaction is active" and that error,
+    not the real one, would reach the user."""
+    if db.in_transaction:
+        db.execute("ROLLBACK")
 
 
 # (sqlite error names, words of the message, explanation): the first that matches explains.

@@ -13,7 +13,7 @@ import pytest
 from notifier.errors import StateError
 from notifier.pgstore import PgStore
 from notifier.secrets import Secret
-from notifier.store import JOURNAL_SIZE_LIMIT, Queued, StateGoneError, Store, _explain
+from notifier.store import CACHE_SIZE_KIB, JOURNAL_SIZE_LIMIT, Queued, StateGoneError, Store, _explain
 
 
 def queued(n: int = 1) -> Queued:
@@ -253,6 +253,34 @@ def test_the_write_ahead_log_stays_small(tmp_path: Path) -> None:
         assert biggest < JOURNAL_SIZE_LIMIT + 20 * 4096  # the limit, plus one transaction
         store.checkpoint()
         assert wal.stat().st_size == 0
+    finally:
+        store.close()
+
+
+def test_the_page_cache_is_kept_small(tmp_path: Path) -> None:
+    store = Store(tmp_path / "state.db")
+    try:
+        assert store._query("PRAGMA cache_size")[0][0] == -CACHE_SIZE_KIB  # negative: KiB, not pages
+    finally:
+        store.close()
+
+
+def test_a_disk_filling_up_in_the_middle_of_a_write_is_explained(tmp_path: Path) -> None:
+    """A transaction bigger than the page cache spills pages to the WAL before COMMIT; if that
+    write finds the disk full, SQLite rolls the whole transaction back itself. The error must
+    still say the disk is full, not "cannot rollback - no transaction is active"."""
+    store = Store(tmp_path / "state.db")
+    try:
+        store.record_success("w", 1.0, {}, "v1", history=3)
+        pages = store._query("PRAGMA page_count")[0][0]
+        store._query(f"PRAGMA max_page_count = {pages + 2}")  # SQLITE_FULL, as a full disk gives
+        big = "".join(f"line {i} {os.urandom(16).hex()}\n" for i in range(40_000))  # >> the cache
+        full = r"The file system holding .* is full \(database or disk is full\)"
+        with pytest.raises(StateError, match=full):
+            store.record_success("w", 2.0, {}, big, history=3)
+        store._query("PRAGMA max_page_count = 1073741823")  # space is back: writes work again
+        store.record_success("w", 3.0, {}, "v3", history=3)
+        assert [c for _, c in store.history("w")] == ["v3", "v1"]
     finally:
         store.close()
 
