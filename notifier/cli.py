@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import notifier
 from notifier import cli_fleet, cli_history, cli_mailbox, cli_relay, logs, runstate, schema
 from notifier import config as configmod
 from notifier.cli_common import load, open_store
@@ -57,14 +58,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     sendmail = cli_relay.sendmail_argv(sys.argv[1:] if argv is None else argv,
                                        sys.argv[0] if argv is None else "notifier")
     if sendmail is not None:
-        return cli_relay.sendmail_main(sendmail)
+        from notifier.sendmail import sendmail_main  # noqa: PLC0415 - smtplib only for sendmail
+
+        return sendmail_main(sendmail)
     return _command(argv)
 
 
 def _command(argv: Sequence[str] | None) -> int:
     """Parse arguments, run the subcommand, and turn known errors into one line each."""
-    parser = _parser()
-    args = parser.parse_args(argv)
+    args = _parser().parse_args(argv)  # the parser (every subcommand's) is not kept while a daemon runs
     logs.setup("debug" if args.debug else args.log_level or "warning", args.debug_smtp)
     if args.debug_imap:  # the IMAP/POP3 dialogue, LOGIN/AUTHENTICATE/PASS masked by notifier.receive
         logging.getLogger("notifier.imap").setLevel(logging.DEBUG)
@@ -122,7 +124,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="notifier",
                                      description="Watch things; email a diff when they change.")
     _global_options(parser, suppress=False)
-    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {notifier.__version__}")
     common = argparse.ArgumentParser(add_help=False)
     _global_options(common, suppress=True)
     sub = parser.add_subparsers(required=True, metavar="COMMAND")
@@ -163,15 +165,6 @@ def _parser() -> argparse.ArgumentParser:
     cli_fleet.add_commands(command)
     return parser
 
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 - --version only
-
-    try:
-        return version("notifier")
-    except PackageNotFoundError:  # run from a source tree that was never installed
-        return "(not installed)"
 
 
 

@@ -26,11 +26,11 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 import psycopg
 
+import notifier
 from notifier import runstate
 from notifier.config import Config, StoreConfig, WatcherConfig
 from notifier.errors import StateError
@@ -67,13 +67,6 @@ def open_store(store: StoreConfig, readonly: bool = False) -> PgStore:
     """The fleet's shared PostgreSQL database (SQLite stays with notifier.statedir: callers
     choose, so that a single machine never imports this module and psycopg)."""
     return PgStore(store_url(store), readonly=readonly, lease=store.lease)
-
-
-def notifier_version() -> str:
-    try:
-        return version("notifier")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 @dataclass(frozen=True)
@@ -140,7 +133,7 @@ class Fleet:
                 "health) VALUES (%s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT (id) DO UPDATE SET "
                 "fingerprint = excluded.fingerprint, heartbeat = excluded.heartbeat, "
                 "health = excluded.health",
-                (self.id, socket.gethostname(), os.getpid(), notifier_version(), self.fingerprint,
+                (self.id, socket.gethostname(), os.getpid(), notifier.__version__, self.fingerprint,
                  now, now, health))
             conn.execute("DELETE FROM fleet_member WHERE heartbeat < %s", (now - FORGET_AFTER,))
         self._compare(members(self.store), now)

@@ -25,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from itertools import groupby
+from typing import TYPE_CHECKING
 
 from notifier.config import Config
 from notifier.errors import (
@@ -35,7 +36,9 @@ from notifier.errors import (
 )
 from notifier.ledger import Attempt
 from notifier.store import OutboxRow, Store
-from notifier.transport import MaildirTransport, SmtpTransport, Transport, refusal_error
+
+if TYPE_CHECKING:
+    from notifier.transport import Transport
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,12 @@ class Sender:
         return released
 
     def transport(self, account: str | None) -> Transport:
-        """The transport for an account name; no account means the local Maildir."""
+        """The transport for an account name; no account means the local Maildir.
+
+        notifier.transport (smtplib, mailbox, the email package: 1.5 MiB) is imported at the
+        first message, not at start: a daemon whose pages do not change never sends one."""
+        from notifier.transport import MaildirTransport, SmtpTransport  # noqa: PLC0415 - see above
+
         if account is None:
             return MaildirTransport(self.cfg.maildir)
         acct = self.cfg.accounts.get(account)
@@ -208,6 +216,8 @@ class Sender:
             return
         # Accepted for some recipients: keep the message only for the refused ones.
         error = "; ".join(f"{addr}: {reason}" for addr, reason in refused.items())
+        from notifier.transport import refusal_error  # noqa: PLC0415 - loaded by the transport
+
         exc = refusal_error(refused, f"the server refused some recipients ({error})")
         report.sent += 1
         taken = {addr: reply for addr in row.recipients if addr not in refused}

@@ -19,7 +19,6 @@ queues no change alert; the outcome stays "changed" and its log line says
 from __future__ import annotations
 
 import asyncio
-import functools
 import hashlib
 import logging
 import time
@@ -29,6 +28,7 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Literal, Protocol
 
+import notifier
 from notifier.attachments import Attachment
 from notifier.config import WatcherConfig
 from notifier.diff import Diff, compute
@@ -195,6 +195,8 @@ def conclude(wc: WatcherConfig, store: Store, alerts: Alerts | None, begun: Begu
 
 
 SOURCE_DIGEST = "source_digest"  # the state's meta key: what the stored content was filtered from
+# Part of that digest's key: a new release may filter the same page differently.
+RELEASE = notifier.__version__.encode()
 
 
 def _filtered_anew(wc: WatcherConfig, fetched: Fetched,
@@ -210,22 +212,11 @@ def _filtered_anew(wc: WatcherConfig, fetched: Fetched,
     if not wc.filters:
         return fetched.text, fetched.meta
     digest = hashlib.blake2b(fetched.text.encode("utf-8", "surrogatepass"), digest_size=16,
-                             key=wc.fingerprint + _release().encode()).hexdigest()
+                             key=wc.fingerprint + RELEASE).hexdigest()
     meta = {**fetched.meta, SOURCE_DIGEST: digest}
     if state.content is not None and state.meta.get(SOURCE_DIGEST) == digest:
         return None, meta
     return filtered(wc, fetched.text), meta
-
-
-@functools.cache
-def _release() -> str:
-    """notifier's version: a new release may filter the same page differently."""
-    from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 - filtered watchers only
-
-    try:
-        return version("notifier")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _suppressed(wc: WatcherConfig, store: Store, diff: Diff, new: str) -> Suppressed | None:

@@ -26,10 +26,10 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -407,7 +407,7 @@ class Store:
         if create:
             with self._tx() as db:
                 db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('state_id', ?)",
-                           (uuid.uuid4().hex,))
+                           (secrets.token_hex(16),))
         rows = self._query("SELECT value FROM meta WHERE key = 'state_id'")
         return str(rows[0]["value"]) if rows else None
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import re
 import socket
 import subprocess
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+import notifier
 from notifier.cli import main
 from tests.servers.smtp import PASSWORD, SmtpServer, smtp_yaml
 
@@ -95,7 +97,10 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exit_:
         main(["--version"])
     assert exit_.value.code == 0
-    assert re.fullmatch(r"notifier \d+\.\d+\.\d+.*\n", capsys.readouterr().out)
+    assert capsys.readouterr().out == f"notifier {notifier.__version__}\n"
+    # One home for the release: the installed distribution reads it from notifier/__init__.py.
+    assert importlib.metadata.version("notifier") == notifier.__version__
+    assert re.fullmatch(r"\d+\.\d+\.\d+", notifier.__version__)
 
 
 def test_check_send_delivers_to_maildir(watched: Path, capsys: pytest.CaptureFixture[str]) -> None:

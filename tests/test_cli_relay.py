@@ -1,5 +1,5 @@
-"""notifier.cli_relay: sendmail's command lines as programs write them, -t and -bs, and the
-quarantine commands; messages end up in a real state database (no daemon runs here)."""
+"""notifier.cli_relay and notifier.sendmail: sendmail's command lines as programs write them,
+-t and -bs, and the quarantine commands; messages end up in a real state database (no daemon runs here)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,12 @@ import pytest
 
 from notifier import cli
 from notifier import config as configmod
-from notifier.cli_relay import Invocation, sendmail_argv, sendmail_main
+from notifier.cli_relay import Invocation, sendmail_argv
 from notifier.pgstore import PgStore
 from notifier.relay import Intake, RelayServer
 from notifier.relaylog import Quarantined, Relayed
 from notifier.secrets import Secret
+from notifier.sendmail import sendmail_main
 from notifier.statedir import StateDir
 from notifier.store import OutboxRow, Store
 from tests.servers.smtp import DROP, LocalCA, SilentServer, SmtpServer

@@ -42,6 +42,7 @@ LAYERS: list[set[str]] = [
     {"lookback", "versions"},
     {"cli_common"},
     {"cli_history", "cli_mailbox", "cli_fleet", "cli_relay"},
+    {"sendmail"},
     {"cli"},
 ]
 RANK = {name: index for index, layer in enumerate(LAYERS) for name in layer}
