@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import functools
 import heapq
-import itertools
 import logging
 import math
 import threading
@@ -150,6 +149,10 @@ class _Entry:
         self.fired = 0.0  # when its current or last run was due
         self.not_before = 0.0  # Retry-After: no run before this
 
+    def __lt__(self, other: _Entry) -> bool:
+        """Names due at the same time start in the order of their names."""
+        return self.name < other.name
+
 
 class _Worker:
     """A worker thread's hand-over slot: the job it is given, and the lock it waits on for it."""
@@ -205,10 +208,11 @@ class Timetable:
         self.workers = workers
         self.now = now
         self._cond = threading.Condition()
-        self._heap: list[tuple[float, int, _Entry]] = []
+        # (when, entry), a name's old times left in place until they come up (see _stale): a
+        # daemon holds one per watcher, so no sequence number (entries due together go by name).
+        self._heap: list[tuple[float, _Entry]] = []
         self._entries: dict[str, _Entry] = {}
         self._running: set[str] = set()
-        self._seq = itertools.count()
         self._idle: list[_Worker] = []  # the last one to finish is the first to get work
         self._waiting: collections.deque[Callable[[], None]] = collections.deque()  # no worker free
         self._threads = 0
@@ -252,15 +256,15 @@ class Timetable:
     def next_due(self) -> float | None:
         """The earliest time any name is due, or None."""
         with self._cond:
-            while self._heap and self._stale(self._heap[0][0], self._heap[0][2]):
+            while self._heap and self._stale(*self._heap[0]):
                 heapq.heappop(self._heap)
             return self._heap[0][0] if self._heap else None
 
     def _push(self, entry: _Entry, when: float | None) -> None:
         entry.when = when
         if when is not None:
-            heapq.heappush(self._heap, (when, next(self._seq), entry))
-            if self._heap[0][2] is entry:  # sooner than the timer waits for: wake it
+            heapq.heappush(self._heap, (when, entry))
+            if self._heap[0][1] is entry:  # sooner than the timer waits for: wake it
                 self._cond.notify()
 
     def _stale(self, when: float, entry: _Entry) -> bool:
@@ -307,7 +311,7 @@ class Timetable:
                 if self._paused or not self._heap:
                     self._cond.wait(self.LONGEST_WAIT)
                     continue
-                when, _, entry = self._heap[0]
+                when, entry = self._heap[0]
                 wait = when - self.now()
                 if wait > 0:  # nothing due: sleep, then start all that is due after the sleep
                     self._cond.wait(min(max(wait, look - clock.monotonic()), self.LONGEST_WAIT))
