@@ -169,7 +169,6 @@ class Daemon:
         self._pruned = 0  # rows pruned by the rounds of the current backlog, for one log line
         self._wake = threading.Event()
         self._outbox_wanted = threading.Event()
-        self._delivering = threading.Event()
         self._stop = False
         self._reload = False
         self._running: Counter[str] = Counter()  # running jobs by kind: "check", "send", ...
@@ -399,9 +398,11 @@ class Daemon:
         wc = self.cfg.watcher(name)
         if wc is None or self._stop:
             return
-        outcome = self._job(check, wc, self.store, self.alerter, key=f"watcher={name}")
-        if outcome is not None:
-            self._checked(outcome)
+        self._job(self._check_and_note, wc, key=f"watcher={name}")
+
+    def _check_and_note(self, wc: WatcherConfig) -> None:
+        """One check and what follows it, as one job: a failure anywhere is one health result."""
+        self._checked(check(wc, self.store, self.alerter))
 
     def _launch(self, name: str) -> Future[None] | None:
         """Start a url check on the event loop that carries its fetch, so no worker thread
@@ -417,13 +418,11 @@ class Daemon:
     async def _check_on_loop(self, wc: WatcherConfig) -> None:
         failed: Exception | None = None
         try:
-            outcome = await check_on_loop(wc, self.store, self.alerter)
+            self._checked(await check_on_loop(wc, self.store, self.alerter))
         except Exception as exc:
             failed = exc
         finally:
             self._job_ends("check", f"watcher={wc.name}", failed)
-        if failed is None:
-            self._checked(outcome)
 
     def _checked(self, outcome: Outcome) -> None:
         """After a check: its log line, the site's Retry-After, and the outbox woken for alerts."""
@@ -488,18 +487,16 @@ class Daemon:
     def wake_outbox(self) -> None:
         """Deliver now rather than at the next outbox round (change-to-inbox latency).
 
-        A round already running sees the flag and goes again, rather than the scheduler
-        skipping this wake-up as a second instance.
+        A round already running sees the flag and goes on, over the connections it holds;
+        one woken as it ends is followed by another (Timetable.soon), so no wake-up is lost.
         """
         self._outbox_wanted.set()
-        if not self._delivering.is_set():
-            self.outbox.soon("outbox")
+        self.outbox.soon("outbox")
 
     def _deliver(self) -> None:
         """Rounds until the outbox is empty, over connections kept open from one round to the
         next; mail that arrives within DELIVER_LINGER of a round (a busy relay) goes out over
         them too, rather than over a new TLS handshake and login each."""
-        self._delivering.set()
         sender = self.sender
         try:
             while not self._stop:
@@ -510,7 +507,6 @@ class Daemon:
                     break
         finally:
             sender.close_kept()
-            self._delivering.clear()
 
     def _schedule_mail_checks(self) -> None:
         """verify_every and watch_bounces, as the current config asks (see notifier.mailwatch).
@@ -520,12 +516,17 @@ class Daemon:
             from notifier import mailwatch  # noqa: PLC0415 - IMAP, POP3 and bounces only when asked for
 
             wanted = {due.key: due for due in mailwatch.scheduled(self.cfg, self.store, time.time())}
+        removed = set()
         for key, every in list(self._mail_every.items()):
             if key in wanted and wanted[key].every == every:
                 del wanted[key]
             else:
                 self.receiving.remove(key)
                 del self._mail_every[key]
+                self._rounds.pop(key, None)
+                removed.add(key)
+        gone = removed - wanted.keys()  # no longer asked for: a failure of theirs ends with them
+        self.health.clear(lambda writer, _: writer in gone)
         for due in wanted.values():
             self._mail_every[due.key] = due.every
             self._every(self.receiving, due.key, functools.partial(
@@ -686,6 +687,8 @@ class Daemon:
         removed = old.keys() - {w.name for w in new.watchers}
         for name in removed:
             self.checks.remove(name)
+        gone = {f"watcher={name}" for name in removed}
+        self.health.clear(lambda writer, _: writer in gone)  # nothing of theirs is written again
         self.checks.workers = new.workers
         if self.fleet is not None and removed:
             self.fleet.forget(sorted(removed))

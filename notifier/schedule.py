@@ -140,7 +140,7 @@ class Window:
 class _Entry:
     """One scheduled name: when it is next due (None while it runs or once it is removed)."""
 
-    __slots__ = ("fired", "name", "next_time", "not_before", "when")
+    __slots__ = ("again", "fired", "name", "next_time", "not_before", "when")
 
     def __init__(self, name: str, next_time: NextTime) -> None:
         self.name = name
@@ -148,6 +148,7 @@ class _Entry:
         self.when: float | None = None
         self.fired = 0.0  # when its current or last run was due
         self.not_before = 0.0  # Retry-After: no run before this
+        self.again = False  # woken (Timetable.soon) while it ran: run again as soon as it ends
 
     def __lt__(self, other: _Entry) -> bool:
         """Names due at the same time start in the order of their names."""
@@ -297,11 +298,15 @@ class Timetable:
             self._hand_over(functools.partial(self._guarded, name, job))
 
     def soon(self, name: str) -> None:
-        """Run `name` now rather than at its next time, unless a run of it is going on (which
-        then sees to what it was woken for); the times after follow its schedule as usual."""
+        """Run `name` now rather than at its next time; a run going on is followed by another
+        at once (never beside it). The times after follow its schedule as usual."""
         with self._cond:
             entry = self._entries.get(name)
-            if entry is not None and entry.when is not None:
+            if entry is None:
+                return
+            if entry.when is None:  # running
+                entry.again = True
+            else:
                 self._push(entry, self.now())
 
     def _timer_loop(self) -> None:
@@ -341,20 +346,34 @@ class Timetable:
         try:
             job()
         except Exception as exc:  # the daemon's jobs catch their own; this is a last guard
-            if self.failed is None:
-                log.exception("a scheduled run of %s failed", name)
-            else:
-                self.failed(name, exc)
+            self._report(name, exc)
 
-    def _finished(self, entry: _Entry, _: object = None) -> None:
+    def _report(self, name: str, exc: BaseException) -> None:
+        """What escaped a run, to `failed`; a `failed` that raises itself is logged, so the
+        worker (the only one of a one-worker lane) lives on."""
+        try:
+            if self.failed is not None and isinstance(exc, Exception):
+                self.failed(name, exc)
+                return
+        except Exception as failing:
+            log.error("reporting the failure of a run of %s failed", name, exc_info=failing)
+        log.error("a scheduled run of %s failed", name, exc_info=exc)
+
+    def _finished(self, entry: _Entry, launched: Future[None] | None = None) -> None:
         """A run of `entry` ended: its next one is the first of its schedule after this one was
-        due (or when its site asked to be left alone until)."""
+        due (or when its site asked to be left alone until), or now if it was woken meanwhile.
+        A launched run's failure (its future's exception) is reported like a worker's."""
+        failure = None if launched is None or launched.cancelled() else launched.exception()
+        if failure is not None:
+            self._report(entry.name, failure)
         with self._cond:
             self._running.discard(entry.name)
             if self._entries.get(entry.name) is entry:  # not removed or replaced meanwhile
                 nxt = entry.next_time(max(self.now(), entry.fired + AFTER))
                 if nxt is not None and entry.not_before > nxt:
                     nxt = entry.not_before
+                if entry.again:
+                    entry.again, nxt = False, self.now()
                 self._push(entry, nxt)
 
     def _hand_over(self, job: Callable[[], None]) -> None:

@@ -287,9 +287,10 @@ def test_timetable_hands_what_escapes_a_run_to_its_failed_callback() -> None:
         table.shutdown()
 
 
-def test_soon_runs_a_name_now_once_and_never_beside_its_running_self(runs: Runs) -> None:
+def test_soon_runs_a_name_now_and_again_after_its_running_self(runs: Runs) -> None:
     """The daemon's outbox wake-up: a name due in an hour runs now; woken again while it runs,
-    it does not run a second time beside itself, and its schedule goes on unchanged."""
+    it runs once more right after (never beside itself, so no wake-up is lost), and then its
+    schedule goes on unchanged."""
     table = Timetable(runs, workers=2)
     runs.hold.add("outbox")
     table.set("outbox", every(3600), first=clock.time() + 3600)
@@ -298,14 +299,13 @@ def test_soon_runs_a_name_now_once_and_never_beside_its_running_self(runs: Runs)
     try:
         table.soon("outbox")
         poll(lambda: "outbox" in runs.active, "the woken run")
-        table.soon("outbox")  # running: no second run is started
+        table.soon("outbox")  # running: another run follows it, none starts beside it
+        table.soon("outbox")  # woken twice meanwhile: still one more run
         runs.release.set()
-        poll(lambda: runs.n("outbox") == 1, "the woken run to end")
-        nxt = table.next_due()
-        assert nxt is not None
-        assert nxt > clock.time() + 60  # back on its hourly grid, not run again at once
+        poll(lambda: runs.n("outbox") == 2, "the run that follows the woken one")
+        poll(lambda: (table.next_due() or 0) > clock.time() + 60, "the name back on its hourly grid")
         assert runs.overlaps == []
-        assert runs.n("outbox") == 1
+        assert runs.n("outbox") == 2
         assert "unknown" not in runs.started
     finally:
         table.shutdown()
@@ -326,5 +326,51 @@ def test_a_submitted_job_that_raises_is_reported_under_its_name() -> None:
         table.submit("stock", done.set)
         assert done.wait(5), "the worker did not go on after a job raised"
         assert seen == [("prices", "claimed check broke")]
+    finally:
+        table.shutdown()
+
+
+def test_what_escapes_a_launched_run_is_reported_under_its_name() -> None:
+    """A url check runs on the event loop and hands the timetable its future: an exception in
+    it reaches `failed` with the name (never only the future), and the name runs again."""
+    seen: list[tuple[str, str]] = []
+    launched = threading.Semaphore(0)
+
+    def launch(name: str) -> Future[None]:
+        future: Future[None] = Future()
+        launched.release()
+        future.set_exception(ValueError(f"{name} broke on the loop"))
+        return future
+
+    table = Timetable(lambda name: None, workers=1, launch=launch,
+                      failed=lambda name, exc: seen.append((name, str(exc))))
+    table.TICK = 0.005
+    table.set("prices", every(0.02), first=clock.time())
+    table.start()
+    try:
+        for _ in range(2):
+            assert launched.acquire(timeout=5), "the name was not launched again after a failure"
+        poll(lambda: len(seen) >= 2, "both failures reported")
+        assert seen[0] == ("prices", "prices broke on the loop")
+    finally:
+        table.shutdown()
+
+
+def test_a_failed_callback_that_raises_does_not_stop_a_one_worker_lane() -> None:
+    """The outbox and housework lanes have one worker: were it to die with the reporting of a
+    failure, the lane would stop for good."""
+    done = threading.Event()
+
+    def failed(name: str, exc: Exception) -> None:
+        raise RuntimeError("reporting broke too")
+
+    def broken() -> None:
+        raise ValueError("run broke")
+
+    table = Timetable(lambda name: None, workers=1, failed=failed)
+    try:
+        table.submit("a", broken)
+        table.submit("b", done.set)
+        assert done.wait(5), "the lane's only worker died"
     finally:
         table.shutdown()
