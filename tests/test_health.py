@@ -171,6 +171,33 @@ def test_a_full_disk_makes_the_daemon_unhealthy_until_space_returns(
     assert daemon.stop() == 0
 
 
+def test_removing_a_watcher_whose_writes_fail_ends_the_unhealthy_episode(
+        tmp_path: Path, smtp_server: SmtpServer, runs: StartRun) -> None:
+    """A watcher whose results the database refuses makes the daemon unhealthy until it writes
+    again; removed from the config it never writes again, so its episode ends with the reload
+    (it used to last until a restart, `status` saying UNHEALTHY all along)."""
+    state = tmp_path / "state"
+    doomed, fine = tmp_path / "doomed.txt", tmp_path / "fine.txt"
+    doomed.write_text("v1\n")
+    fine.write_text("v1\n")
+    both = file_watcher("doomed", doomed) + file_watcher("fine", fine)
+    config = write_config(tmp_path / "watchers.yaml", smtp_server, both, extra=f"state_dir: {state}")
+    daemon = runs(config)
+    daemon.wait_log(r"watcher=doomed .*outcome=baseline")
+    with sqlite3.connect(state / "state.db") as db:  # every later write of "doomed" is refused
+        db.execute("CREATE TRIGGER refuse_doomed BEFORE UPDATE ON watcher WHEN NEW.name = 'doomed' "
+                   "BEGIN SELECT RAISE(ABORT, 'refused by the test'); END")
+    daemon.wait_log(r"ERROR notifier\.health: unhealthy: watcher=doomed could not record its result")
+    assert "health: UNHEALTHY" in notifier(config, "status", env=daemon.env).stdout
+
+    write_config(config, smtp_server, file_watcher("fine", fine), extra=f"state_dir: {state}")
+    daemon.wait_log(r"reloaded .*1 watcher\(s\), 0 added or changed, 1 removed")
+    daemon.wait_log(r"WARNING notifier\.health: recovered: the state database records results again")
+    assert "health: ok" in notifier(config, "status", env=daemon.env).stdout
+    assert "Traceback" not in daemon.log()
+    assert daemon.stop() == 0
+
+
 def test_the_daemon_runs_with_1_mb_free(
         tmp_path: Path, one_mb: Path, smtp_server: SmtpServer, runs: StartRun) -> None:
     watched = tmp_path / "watched.txt"
