@@ -36,7 +36,7 @@ from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
 from notifier.watchers import _loop
-from notifier.watchers._wire import BrokenResponse, FetchError, Hangup, Response, exchange, read_head
+from notifier.watchers._wire import BrokenResponse, FetchError, Hangup, NotHttp, Response, exchange, read_head
 
 USER_AGENT = "notifier/0.1 (change monitor)"
 # Sent with every request unless the watcher's own headers name them (in any letter case).
@@ -278,7 +278,7 @@ async def send(request: Request, connect_timeout: float | None, max_bytes: int) 
     if kept is not None:
         try:
             return await _exchange(kept, route, keep, head, request, max_bytes)
-        except (Hangup, ConnectionError) as exc:
+        except (Hangup, NotHttp, ConnectionError) as exc:  # given up, or the last answer's leftovers
             if request.method not in _IDEMPOTENT:
                 raise _broken(exc) from exc
     conn = await _open(route, request.site, connect_timeout)
@@ -307,7 +307,7 @@ async def _exchange(conn: _Conn, route: Route, keep: int, head: bytes, request: 
     return response
 
 
-def _broken(exc: Hangup | ConnectionError) -> FetchError:
+def _broken(exc: Hangup | NotHttp | ConnectionError) -> FetchError:
     return exc if isinstance(exc, FetchError) else FetchError(_why(exc))
 
 

@@ -41,6 +41,12 @@ class Hangup(BrokenResponse):
     server had just given it up, and the request may go again on a new one."""
 
 
+class NotHttp(BrokenResponse):
+    """The first line is not an HTTP/1.x status line. On a kept-alive connection that is most
+    likely what the previous response left over (a server that sent more than its
+    Content-Length), so the request may go again on a new connection."""
+
+
 class TooBig(FetchError):
     """The body is larger than the caller accepts (declared or as it arrived, after decoding)."""
 
@@ -111,7 +117,7 @@ async def read_head(reader: asyncio.StreamReader) -> tuple[int, str, Headers, bo
     version, _, rest = status_line.partition(" ")
     code, _, reason = rest.partition(" ")
     if not version.startswith("HTTP/1.") or len(code) != 3 or not (code.isascii() and code.isdigit()):
-        raise BrokenResponse(f"the server did not answer in HTTP/1.x (it sent {status_line[:60]!r})")
+        raise NotHttp(f"the server did not answer in HTTP/1.x (it sent {status_line[:60]!r})")
     lines = (await _fields(reader)).decode("latin-1").split("\r\n")[:-2]
     if len(status_line) + sum(len(line) + 2 for line in lines) > HEAD_MAX:
         raise BrokenResponse(f"the server sent more than {HEAD_MAX // 1024} KB of headers")
@@ -162,7 +168,7 @@ async def _status_line(reader: asyncio.StreamReader) -> bytes:
             raise Hangup("the server closed the connection without answering") from exc
         if not exc.partial.startswith(b"HTTP/"[:len(exc.partial)]):
             text = exc.partial.decode("latin-1")
-            raise BrokenResponse(f"the server did not answer in HTTP/1.x (it sent {text[:60]!r})") from exc
+            raise NotHttp(f"the server did not answer in HTTP/1.x (it sent {text[:60]!r})") from exc
         raise BrokenResponse("the server closed the connection without a complete response") from exc
     except asyncio.LimitOverrunError as exc:
         raise BrokenResponse(f"the server sent more than {HEAD_MAX // 1024} KB of headers") from exc

@@ -223,6 +223,24 @@ def test_a_kept_alive_connection_closed_as_the_request_came_is_replaced(
         post.fetch({})
 
 
+def test_bytes_left_over_on_a_kept_alive_connection_never_answer_the_next_request(
+        raw_server: RawServer) -> None:
+    """A server that sends more than its Content-Length: what follows on that connection is
+    not taken as the next answer (it would be another watcher's page, or an error that is not
+    its own); a GET goes again on a new connection, a POST fails as a broken response."""
+    raw_server.serve(Reply(OK_HEAD + b"Content-Length: 5\r\n\r\nhelloEXTRA BYTES"), KEPT)
+    w = watcher(raw_server.url())
+    assert w.fetch({}).text == "hello"
+    assert w.fetch({}).text == "hello"
+    assert (raw_server.connections, len(raw_server.requests)) == (2, 3)
+
+    raw_server.serve(Reply(OK_HEAD + b"Content-Length: 5\r\n\r\nhelloEXTRA BYTES"), KEPT)
+    post = watcher(raw_server.url(), method="POST", data="x")
+    assert post.fetch({}).text == "hello"
+    with pytest.raises(WatchError, match=r"did not answer in HTTP/1\.x"):
+        post.fetch({})
+
+
 def test_idle_connections_over_the_limit_are_closed(monkeypatch: pytest.MonkeyPatch) -> None:
     """Past MAX_IDLE, the least recently used site's idle connections are closed, not dropped
     open: its server sees them end."""
