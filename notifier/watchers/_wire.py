@@ -176,9 +176,13 @@ async def _status_line(reader: asyncio.StreamReader) -> bytes:
 
 async def _read_body(reader: asyncio.StreamReader, status: int, reason: str, headers: Headers,
                      keep_alive: bool, max_bytes: int, wanted: bool) -> Response:
-    chunked = "chunked" in (headers.get("transfer-encoding") or "").lower()
+    transfer = _codings(headers.get("transfer-encoding"))
+    chunked = transfer[-1:] == ["chunked"]
     length_text = headers.get("content-length")
-    length = None if chunked or length_text is None else _length(length_text)
+    # With Transfer-Encoding, Content-Length means nothing; without chunked last, the body
+    # ends with the connection (RFC 9112, 6.3).
+    length = None if transfer or length_text is None else _length(length_text)
+    keep_alive = keep_alive and (chunked or not transfer)
     if not wanted:
         if length is not None and length <= DRAIN_MAX:
             await _exactly(reader, length)
@@ -186,7 +190,7 @@ async def _read_body(reader: asyncio.StreamReader, status: int, reason: str, hea
         return Response(status, reason, headers, b"", False)
     if length is not None and length > max_bytes:
         raise TooBig(f"declared {length:,} bytes")
-    body = _Body(max_bytes, headers.get("content-encoding"))
+    body = _Body(max_bytes, _coding(transfer, headers.get("content-encoding")))
     if length is not None:
         body.add(await _exactly(reader, length))
     elif chunked:
@@ -243,6 +247,21 @@ async def _trailer_line(reader: asyncio.StreamReader) -> bytes:
         return await reader.readuntil(b"\r\n")
     except (asyncio.IncompleteReadError, asyncio.LimitOverrunError) as exc:
         raise BrokenResponse("the server broke off a chunked body's trailer") from exc
+
+
+def _codings(field: str | None) -> list[str]:
+    return [c for c in (part.strip().lower() for part in (field or "").split(",")) if c and c != "identity"]
+
+
+def _coding(transfer: list[str], content_encoding: str | None) -> str | None:
+    """The one compression to undo: a transfer-coding other than chunked (which notifier never
+    asks for, but a server may send) or the content-coding. Layers of them are refused rather
+    than handed on half-decoded."""
+    codings = [c for c in transfer if c != "chunked"] + _codings(content_encoding)
+    if len(codings) > 1:
+        raise BrokenResponse(f"the server compressed the body more than once ({', '.join(codings)}); "
+                             f"notifier undoes one gzip or deflate")
+    return codings[0] if codings else None
 
 
 class _Body:

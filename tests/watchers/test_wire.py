@@ -160,10 +160,31 @@ def failure(server: RawServer, data: bytes, *, close: bool = True, hold: bool = 
     (b"", r"closed the connection without answering"),
     (b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 9\r\n\r\nnot gzip!",
      r"the body could not be decompressed"),
+    (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Encoding: deflate\r\n\r\n0\r\n\r\n",
+     r"compressed the body more than once \(gzip, deflate\)"),
 ])
 def test_malformed_responses_are_watch_errors_that_say_what_was_wrong(
         raw_server: RawServer, data: bytes, reason: str) -> None:
     assert re.search(reason, failure(raw_server, data))
+
+
+@pytest.mark.parametrize("framing", ["chunked", "close"])
+def test_a_transfer_coding_is_undone_and_frames_the_body_as_rfc_9112_says(
+        raw_server: RawServer, framing: str) -> None:
+    """notifier asks for no transfer-coding, but a server may still send one: gzip with chunked
+    last is chunked framing, gzip alone runs to the connection's end; a Content-Length beside
+    either is ignored (it would cut the body or misframe the next response)."""
+    packed = gzip.compress("Preis: 12,99 \u20ac\n".encode())
+    if framing == "chunked":
+        te, body = b"gzip, chunked", b"%x\r\n%s\r\n0\r\n\r\n" % (len(packed), packed)
+    else:
+        te, body = b"gzip", packed
+    head = OK_HEAD + b"Transfer-Encoding: " + te + b"\r\nContent-Length: 3\r\n\r\n"
+    raw_server.serve(Reply(head + body, close=framing == "close"), KEPT)
+    w = watcher(raw_server.url())
+    assert w.fetch({}).text == "Preis: 12,99 \u20ac\n"
+    assert w.fetch({}).text == "hello"
+    assert raw_server.connections == (1 if framing == "chunked" else 2)
 
 
 def test_a_server_that_is_not_http_and_waits_fails_at_once(raw_server: RawServer) -> None:
