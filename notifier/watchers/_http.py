@@ -580,14 +580,19 @@ def environ_proxy(site: Site) -> str | None:
 
 
 def _bypassed(host: str, port: int, no_proxy: str) -> bool:
-    """Whether NO_PROXY exempts a host: `*`, a name or its parent domain, an address, or any
-    of those with a `:port`."""
+    """Whether NO_PROXY exempts a host: `*`, a name or its parent domain, an address, a
+    network of addresses (`10.0.0.0/8`, as requests and curl 7.86+ read it), or any of the
+    names and addresses with a `:port`."""
     host = host.lower().strip("[]")
     for entry in (e.strip().lower() for e in no_proxy.split(",")):
         if not entry:
             continue
         if entry == "*":
             return True
+        if "/" in entry:
+            if _in_network(host, entry):
+                return True
+            continue
         name, _, entry_port = entry.rpartition(":") if entry.count(":") == 1 else (entry, "", "")
         if entry_port and entry_port != str(port):
             continue
@@ -595,6 +600,14 @@ def _bypassed(host: str, port: int, no_proxy: str) -> bool:
         if host == name or host.endswith("." + name):
             return True
     return False
+
+
+def _in_network(host: str, network: str) -> bool:
+    """Whether `host` is an address within `network`; a name, or a malformed entry, is not."""
+    try:
+        return ipaddress.ip_address(host) in ipaddress.ip_network(network.strip("[]"), strict=False)
+    except ValueError:
+        return False
 
 
 @lru_cache(maxsize=4096)

@@ -16,6 +16,7 @@ import pytest
 
 from notifier.errors import WatchError
 from notifier.options import parse_options
+from notifier.watchers._http import close_pools
 from notifier.watchers.url import Url
 from tests.servers.http import LocalHTTPServer, server_context
 from tests.servers.proxy import HttpProxy, SocksProxy
@@ -213,3 +214,24 @@ def test_a_site_resetting_the_tls_handshake_in_a_tunnel_is_a_tls_failure() -> No
         listener.close()
     assert str(caught.value) == (f"GET https://127.0.0.1:{port}/ failed the TLS handshake (the site "
                                  f"broke off the connection); check that the url's port speaks https.")
+
+
+@pytest.mark.parametrize(("no_proxy", "direct"), [
+    ("127.0.0.0/8", True),  # a network, as requests and curl read it
+    ("10.0.0.0/8, 127.0.0.1/32", True),
+    ("::1/128,192.168.0.0/16", False),  # other networks: through the proxy
+    ("127.0.0.1:1", False),  # the address, but another port
+    ("127.0.0.0/33,nonsense/8", False),  # malformed networks match nothing (and break nothing)
+    ("", False),
+])
+def test_no_proxy_names_networks_of_addresses(
+        http_server: LocalHTTPServer, monkeypatch: pytest.MonkeyPatch, no_proxy: str, direct: bool) -> None:
+    """HTTP_PROXY from the environment, and NO_PROXY exempting the site by its network: the
+    proxy sees the request only when no entry covers the site's address."""
+    with HttpProxy() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.port}")
+        monkeypatch.setenv("NO_PROXY", no_proxy)
+        close_pools()  # the environment's proxies are read once per site
+        assert watcher(http_server.url("/")).fetch({}).text == "hello"
+        assert len(proxy.asked) == (0 if direct else 1)
+    assert http_server.count("/") == 1
