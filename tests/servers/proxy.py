@@ -3,8 +3,10 @@ tunnels and forwards http:// requests, and a SOCKS server speaking SOCKS5 (RFC 1
 user/password login per RFC 1929) and SOCKS4/4a. Each records what it was asked (`Asked`:
 the target as the client named it, the login it sent), resolves names only through its own
 `hosts` table (so a test can reach a local server by a name no resolver knows, and prove the
-client did not resolve it), and relays bytes both ways. Threaded; `stop()` (or leaving the
-`with` block) closes the listener and every connection and joins every thread.
+client did not resolve it), and relays bytes both ways. With `tls`, the proxy itself is
+reached over TLS (an https:// proxy: a site's TLS then runs inside the proxy's). Threaded;
+`stop()` (or leaving the `with` block) closes the listener and every connection and joins
+every thread.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import base64
 import contextlib
 import ipaddress
 import socket
+import ssl
 import struct
 import threading
 from dataclasses import dataclass
@@ -36,8 +39,9 @@ class Asked:
 class _Proxy:
     """Accept connections, hand each to `_handle` on a thread of its own, relay, record."""
 
-    def __init__(self, hosts: dict[str, str] | None = None) -> None:
+    def __init__(self, hosts: dict[str, str] | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.hosts = {"localhost": HOST, HOST: HOST, **(hosts or {})}
+        self.tls = tls
         self.asked: list[Asked] = []
         self.connections = 0
         self._listener = socket.create_server((HOST, 0))
@@ -98,6 +102,9 @@ class _Proxy:
 
     def _run(self, conn: socket.socket) -> None:
         try:
+            if self.tls is not None:  # the handshake here, on the connection's own thread
+                conn = self.tls.wrap_socket(conn, server_side=True)
+                self._track(conn)
             upstream = self._handle(conn)
         except (OSError, ValueError):
             upstream = None
@@ -162,11 +169,11 @@ class HttpProxy(_Proxy):
     reset the connection (RST) instead."""
 
     def __init__(self, login: str | None = None, *, hang_up: bool = False, reset: bool = False,
-                 hosts: dict[str, str] | None = None) -> None:
+                 hosts: dict[str, str] | None = None, tls: ssl.SSLContext | None = None) -> None:
         self.login = login
         self.hang_up = hang_up
         self.reset = reset
-        super().__init__(hosts)
+        super().__init__(hosts, tls)
 
     def _handle(self, conn: socket.socket) -> socket.socket | None:
         head = _read_until(conn, b"\r\n\r\n").decode("latin-1").split("\r\n")

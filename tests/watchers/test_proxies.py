@@ -235,3 +235,23 @@ def test_no_proxy_names_networks_of_addresses(
         assert watcher(http_server.url("/")).fetch({}).text == "hello"
         assert len(proxy.asked) == (0 if direct else 1)
     assert http_server.count("/") == 1
+
+
+def test_an_https_proxy_carries_a_sites_tls_inside_its_own(
+        tls_ca: LocalCA, http_server: LocalHTTPServer) -> None:
+    """https:// proxy: TLS to the proxy (its certificate checked like a site's), a CONNECT
+    tunnel inside it, and the site's own TLS inside the tunnel; an http:// site goes to the
+    same proxy in absolute form over its TLS."""
+    with LocalHTTPServer(tls=server_context(tls_ca)) as site, HttpProxy(tls=server_context(tls_ca)) as proxy:
+        w = watcher(site.url("/"), proxy=f"https://127.0.0.1:{proxy.port}", ca_file=tls_ca.ca_file)
+        assert w.fetch({}).text == "hello"
+        assert w.fetch({}).text == "hello"
+        assert proxy.connections == 1, "the tunnel was not kept alive for the second fetch"
+        assert [a.target for a in proxy.asked] == [f"127.0.0.1:{site.server_address[1]}"]
+        plain = watcher(http_server.url("/"), proxy=f"https://127.0.0.1:{proxy.port}", ca_file=tls_ca.ca_file)
+        assert plain.fetch({}).text == "hello"
+        assert proxy.asked[-1].target == http_server.url("/")
+        unknown = watcher(site.url("/"), proxy=f"https://127.0.0.1:{proxy.port}")  # the CA not given
+        with pytest.raises(WatchError, match="failed the TLS certificate check"):
+            unknown.fetch({})
+    assert site.count("/") == 2
