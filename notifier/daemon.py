@@ -182,10 +182,12 @@ class Daemon:
         # outbox; digests, housekeeping and a fleet's claims (one at a time); delivery probes
         # and bounce scans, which wait minutes for mail. (APScheduler's BackgroundScheduler
         # did this with three executors, and cost 4 MiB of imports: multiprocessing, pickle,
-        # importlib.metadata; it still reads and fires `cron:` schedules.)
+        # importlib.metadata; it still reads and fires `cron:` schedules.) The outbox and the
+        # housework keep time by the monotonic clock: a wall clock stepped back (NTP after a
+        # suspend) must not hold up deliveries or the watchdog's heartbeat until it catches up.
         self._rounds: dict[str, Callable[[], object]] = {}
-        self.outbox = Timetable(self._round, 1, failed=self._job_failed)
-        self.housework = Timetable(self._round, 1, failed=self._job_failed)
+        self.outbox = Timetable(self._round, 1, now=time.monotonic, failed=self._job_failed)
+        self.housework = Timetable(self._round, 1, now=time.monotonic, failed=self._job_failed)
         self.receiving = Timetable(self._round, RECEIVING_WORKERS, failed=self._job_failed)
         self._mail_every: dict[str, float] = {}  # the receiving rounds scheduled: key -> period
 
@@ -216,7 +218,7 @@ class Daemon:
         configure_kinds([w.watcher for w in self.cfg.watchers], self.cfg.shared)
         for wc in self.cfg.watchers:
             self._add(wc, startup=True)
-        now = time.time()
+        now = time.monotonic()  # the outbox's and the housework's clock (see __init__)
         if self.fleet is not None:
             self.fleet.listen(lambda: self._on_hup(signal.SIGHUP, None))
             # Each daemon on its own phase of the second: started together, they would all poll
