@@ -218,18 +218,19 @@ class Daemon:
         configure_kinds([w.watcher for w in self.cfg.watchers], self.cfg.shared)
         for wc in self.cfg.watchers:
             self._add(wc, startup=True)
-        now = time.monotonic()  # the outbox's and the housework's clock (see __init__)
+        now = phase = time.monotonic()  # the outbox's and the housework's clock (see __init__)
         if self.fleet is not None:
             self.fleet.listen(lambda: self._on_hup(signal.SIGHUP, None))
             # Each daemon on its own phase of the second: started together, they would all poll
-            # at once, and the first would take every due check each time.
+            # at once, and the first would take every due check each time. The whole housework
+            # lane keeps that phase, so its timer's tick never moves the claims off it.
             phase = now + stable_fraction(self.fleet.id) * FLEET_POLL
             self._every(self.housework, "fleet", self._fleet_round, Grid(phase, FLEET_POLL), first=now)
         self._every(self.outbox, "outbox", self._deliver, Grid(now, OUTBOX_EVERY), first=now)
         self._every(self.housework, "digests", functools.partial(
-            self._job, self._flush_digests, kind="digest", key="digests"), Grid(now, DIGEST_POLL))
-        self._every(self.housework, "housekeeping", self._housekeeping, Grid(now, self._heartbeat_every()),
-                    first=now)
+            self._job, self._flush_digests, kind="digest", key="digests"), Grid(phase, DIGEST_POLL))
+        self._every(self.housework, "housekeeping", self._housekeeping,
+                    Grid(phase, self._heartbeat_every()), first=now)
         self._schedule_mail_checks()
         for table in self._tables():
             table.start()
