@@ -22,7 +22,7 @@ from notifier.attachments import Attachment, fit
 from notifier.config import Config, Recipients, WatcherConfig
 from notifier.diff import Diff
 from notifier.message import build_message, message_bytes, new_message_id
-from notifier.render import AlertContext, DigestItem, Renderer, WatcherInfo, cap_diff
+from notifier.render import AlertContext, AlertKind, DigestItem, Renderer, WatcherInfo, cap_diff
 from notifier.store import Alert, DigestEntry, Queued, WatcherState
 
 LOCAL_SENDER = "notifier@localhost"
@@ -83,6 +83,15 @@ class Alerter:
                            failing_since=self._time(wc, state.last_error_at),
                            subject_prefix=self.cfg.subject_prefix)
         return self._queue(wc, ctx, now)
+
+    def about_notifier(self, kind: AlertKind, reason: str, since: float, now: float) -> Queued:
+        """An error or recovery mail about notifier itself (no watcher in it: "notifier is
+        failing"), to the default account and recipients."""
+        ctx = AlertContext(kind=kind, watcher=None, at=self._at(None, now), error=reason,
+                           failing_since=self._at(None, since), subject_prefix=self.cfg.subject_prefix)
+        queued, _problem = self._build(ctx, self.cfg.default_account, self.cfg.recipients,
+                                       self._renderer(None), now, None, [])
+        return queued  # a template problem is in the mail itself; there is no watcher to charge
 
     def test(self, now: float, to: Sequence[str] = (), account: str | None = None,
              probe: str | None = None) -> Queued:

@@ -216,8 +216,9 @@ class Daemon:
         self.store.release(("held",))  # a restart may follow a fix to the account
         self.sender.recover()
         configure_kinds([w.watcher for w in self.cfg.watchers], self.cfg.shared)
+        checked = self._last_checks()
         for wc in self.cfg.watchers:
-            self._add(wc, startup=True)
+            self._add(wc, checked.get(wc.name))
         now = phase = time.monotonic()  # the outbox's and the housework's clock (see __init__)
         if self.fleet is not None:
             self.fleet.listen(lambda: self._on_hup(signal.SIGHUP, None))
@@ -613,13 +614,19 @@ class Daemon:
 
     # -- scheduling and reload --------------------------------------------------------------
 
-    def _add(self, wc: WatcherConfig, startup: bool = False) -> None:
+    def _last_checks(self) -> dict[str, float | None]:
+        """When each watcher was last checked, in one read of the store (not a read of each
+        watcher's state and latest content); a fleet's due table keeps its own."""
+        if self.fleet is not None:
+            return {}
+        return {name: state.last_check for name, state in self.store.states().items()}
+
+    def _add(self, wc: WatcherConfig, last_check: float | None) -> None:
         if self.fleet is not None:  # the fleet's due table schedules it (see _fleet_round)
             self.fleet.schedule(wc)
             return
         first = None  # the schedule's next time
-        state = self.store.state(wc.name) if startup else None
-        if state is None or wc.schedule.overdue(state.last_check, time.time()):
+        if wc.schedule.overdue(last_check, time.time()):
             # New or overdue: run soon, spread out so a restart is not a thundering herd.
             spread = min(STARTUP_SPREAD, wc.schedule.every,
                          max(1.0, SPREAD_PER_WATCHER * len(self.cfg.watchers)))
@@ -695,11 +702,11 @@ class Daemon:
         self.checks.workers = new.workers
         if self.fleet is not None and removed:
             self.fleet.forget(sorted(removed))
-        changed = 0
-        for wc in new.watchers:
-            if wc.name not in old or old[wc.name].fingerprint != wc.fingerprint:
-                self._add(wc, startup=True)
-                changed += 1
+        changed = [wc for wc in new.watchers
+                   if wc.name not in old or old[wc.name].fingerprint != wc.fingerprint]
+        checked = self._last_checks() if changed else {}
+        for wc in changed:
+            self._add(wc, checked.get(wc.name))
         try:  # a fixed account may let held messages go; a full disk must not fail the reload
             self.store.release(("held",))
         except StateError as exc:
@@ -710,7 +717,7 @@ class Daemon:
         self._note_relay()
         self._schedule_mail_checks()
         log.info("reloaded %s: %d watcher(s), %d added or changed, %d removed", self.path,
-                 len(new.watchers), changed, len(old.keys() - {w.name for w in new.watchers}))
+                 len(new.watchers), len(changed), len(old.keys() - {w.name for w in new.watchers}))
         systemd.notify(f"STATUS={self.status_line()}")
 
     def _signature(self) -> tuple[float, int, int] | None:

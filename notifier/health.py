@@ -54,14 +54,8 @@ def about_notifier(cfg: Config, kind: AlertKind, reason: str, since: float, now:
     such a mail is written, not when the daemon starts: a healthy daemon never needs it.
     """
     from notifier.alerts import Alerter  # noqa: PLC0415 - jinja2 only once an alert is written
-    from notifier.render import AlertContext  # noqa: PLC0415 - the same
 
-    alerter = Alerter(cfg)  # its building blocks, with no watcher: the default account and recipients
-    ctx = AlertContext(kind=kind, watcher=None, at=alerter._at(None, now), error=reason,
-                       failing_since=alerter._at(None, since), subject_prefix=cfg.subject_prefix)
-    queued, _problem = alerter._build(ctx, cfg.default_account, cfg.recipients,
-                                      alerter._renderer(None), now, None, [])
-    return queued  # a template problem is in the mail itself; there is no watcher to charge
+    return Alerter(cfg).about_notifier(kind, reason, since, now)
 
 
 class Health:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time as clock
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sized
 from concurrent.futures import Future
 from datetime import UTC, datetime, time, timedelta
 from pathlib import Path
@@ -263,6 +263,17 @@ def test_timetable_launched_runs_hold_their_name_until_their_future_is_done(runs
         table.shutdown()
 
 
+def fail_twice(table: Timetable, name: str, started: threading.Semaphore, seen: Sized) -> None:
+    """Run `name` (whose runs all fail) every 20 ms until it has started twice and both
+    failures reached `seen`: a failing name keeps its schedule."""
+    table.TICK = 0.005
+    table.set(name, every(0.02), first=clock.time())
+    table.start()
+    for _ in range(2):
+        assert started.acquire(timeout=5), f"{name} was not run again after a failure"
+    poll(lambda: len(seen) >= 2, "both failures handed over")
+
+
 def test_timetable_hands_what_escapes_a_run_to_its_failed_callback() -> None:
     """A run is meant to catch its own failures; one that does not reaches `failed` (the
     daemon's health), and the name keeps its schedule."""
@@ -274,13 +285,8 @@ def test_timetable_hands_what_escapes_a_run_to_its_failed_callback() -> None:
         raise ValueError(f"{name} broke")
 
     table = Timetable(run, workers=1, failed=lambda name, exc: seen.append((name, exc)))
-    table.TICK = 0.005
-    table.set("x", every(0.02), first=clock.time())
-    table.start()
     try:
-        for _ in range(2):
-            assert calls.acquire(timeout=5), "the name was not run again after a failure"
-        poll(lambda: len(seen) >= 2, "both failures handed over")
+        fail_twice(table, "x", calls, seen)
         assert seen[0][0] == "x"
         assert str(seen[0][1]) == "x broke"
     finally:
@@ -344,13 +350,8 @@ def test_what_escapes_a_launched_run_is_reported_under_its_name() -> None:
 
     table = Timetable(lambda name: None, workers=1, launch=launch,
                       failed=lambda name, exc: seen.append((name, str(exc))))
-    table.TICK = 0.005
-    table.set("prices", every(0.02), first=clock.time())
-    table.start()
     try:
-        for _ in range(2):
-            assert launched.acquire(timeout=5), "the name was not launched again after a failure"
-        poll(lambda: len(seen) >= 2, "both failures reported")
+        fail_twice(table, "prices", launched, seen)
         assert seen[0] == ("prices", "prices broke on the loop")
     finally:
         table.shutdown()

@@ -104,9 +104,12 @@ class Css(Query, kind="css"):
             HTMLTranslator().css_to_xpath(self.query)
         except SelectorError as exc:
             raise ValueError(f"css selector {self.query!r} is not valid: {exc}.") from None
+        self._compiled: CSSSelector | None = None  # at the first check (filters are shared)
 
     def select(self, root: lxml.html.HtmlElement) -> list[str]:
-        found = _css(self.query)(root)
+        if self._compiled is None:  # kept: _css's cache may hold fewer selectors than a config
+            self._compiled = _css(self.query)
+        found = self._compiled(root)
         if self.text:
             return [collapse(el.text_content()) for el in found]
         if not self.attribute:

@@ -35,10 +35,11 @@ from functools import lru_cache
 from typing import Any
 from urllib.parse import SplitResult, unquote, urlsplit
 
+import notifier
 from notifier.watchers import _loop
 from notifier.watchers._wire import BrokenResponse, FetchError, Hangup, NotHttp, Response, exchange, read_head
 
-USER_AGENT = "notifier/0.1 (change monitor)"
+USER_AGENT = f"notifier/{'.'.join(notifier.__version__.split('.')[:2])} (change monitor)"  # major.minor
 # Sent with every request unless the watcher's own headers name them (in any letter case).
 DEFAULT_HEADERS: Mapping[str, str] = {
     "User-Agent": USER_AGENT,
@@ -174,7 +175,8 @@ def tls_context(verify: bool, ca_file: str | None) -> ssl.SSLContext:
 
 @dataclass(frozen=True, slots=True)
 class Request:
-    """One request as it goes on the wire: worked out once per watcher (and per redirect hop)."""
+    """One request as it goes on the wire: made at each fetch from the watcher's address and
+    its shared settings (and again for each redirect hop)."""
 
     method: str
     url: str

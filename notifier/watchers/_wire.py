@@ -117,7 +117,7 @@ async def read_head(reader: asyncio.StreamReader) -> tuple[int, str, Headers, bo
     version, _, rest = status_line.partition(" ")
     code, _, reason = rest.partition(" ")
     if not version.startswith("HTTP/1.") or len(code) != 3 or not (code.isascii() and code.isdigit()):
-        raise NotHttp(f"the server did not answer in HTTP/1.x (it sent {status_line[:60]!r})")
+        raise _not_http(status_line)
     lines = (await _fields(reader)).decode("latin-1").split("\r\n")[:-2]
     if len(status_line) + sum(len(line) + 2 for line in lines) > HEAD_MAX:
         raise BrokenResponse(f"the server sent more than {HEAD_MAX // 1024} KB of headers")
@@ -159,6 +159,10 @@ async def _fields(reader: asyncio.StreamReader) -> bytes:
         raise BrokenResponse(f"the server sent more than {HEAD_MAX // 1024} KB of headers") from exc
 
 
+def _not_http(sent: str) -> NotHttp:
+    return NotHttp(f"the server did not answer in HTTP/1.x (it sent {sent[:60]!r})")
+
+
 async def _status_line(reader: asyncio.StreamReader) -> bytes:
     """A response's first line, without its CRLF."""
     try:
@@ -168,7 +172,7 @@ async def _status_line(reader: asyncio.StreamReader) -> bytes:
             raise Hangup("the server closed the connection without answering") from exc
         if not exc.partial.startswith(b"HTTP/"[:len(exc.partial)]):
             text = exc.partial.decode("latin-1")
-            raise NotHttp(f"the server did not answer in HTTP/1.x (it sent {text[:60]!r})") from exc
+            raise _not_http(text) from exc
         raise BrokenResponse("the server closed the connection without a complete response") from exc
     except asyncio.LimitOverrunError as exc:
         raise BrokenResponse(f"the server sent more than {HEAD_MAX // 1024} KB of headers") from exc
@@ -273,7 +277,7 @@ class _Body:
         self.limit = limit
         self._parts: list[bytes] = []
         self._size = 0
-        wbits = _DECODED.get((encoding or "").strip().lower())
+        wbits = _DECODED.get(encoding or "")  # _coding's: stripped and lower-case
         self._decoder = zlib.decompressobj(wbits) if wbits else None
         self._deflate = wbits == zlib.MAX_WBITS  # "deflate" is sometimes raw deflate, no zlib header
         self._seen = b""  # "deflate" input before any output: replayed if it turns out raw
