@@ -427,8 +427,8 @@ async def _through_proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWri
             await _socks(reader, writer, proxy, host, port)
         elif tunnel:
             await _tunnel(reader, writer, proxy, host, port)
-    except BrokenResponse as exc:  # "the server closed the connection without answering"
-        raise ProxyFailed(str(exc).replace("the server", f"the proxy {proxy.hostname}", 1)) from None
+    except BrokenResponse as exc:  # "the proxy example.net closed the connection without answering"
+        raise ProxyFailed(str(exc)) from None
     except ConnectionError as exc:
         raise ProxyFailed(f"the proxy {proxy.hostname} broke off the connection: {_why(exc)}") from None
 
@@ -467,7 +467,7 @@ async def _tunnel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pr
     if auth := _proxy_login(proxy):
         lines.append(f"Proxy-Authorization: {auth}")
     writer.write(("\r\n".join(lines) + "\r\n\r\n").encode("latin-1"))
-    status, reason, _, _ = await read_head(reader)
+    status, reason, _, _ = await read_head(reader, f"the proxy {proxy.hostname}")
     if not 200 <= status < 300:
         raise ProxyFailed(f"the proxy answered {status} {reason} when asked for a tunnel to {authority}")
 

@@ -107,22 +107,24 @@ async def exchange(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, h
     return await _read_body(reader, status, reason, headers, keep_alive, max_bytes, wanted)
 
 
-async def read_head(reader: asyncio.StreamReader) -> tuple[int, str, Headers, bool]:
+async def read_head(reader: asyncio.StreamReader,
+                    peer: str = "the server") -> tuple[int, str, Headers, bool]:
     """A response's status line and header fields; whether the connection stays open after it.
+    `peer` names who answered in the failures ("the proxy example.net" for a CONNECT).
 
     The status line is read and checked first: a server that is not HTTP (an SMTP or FTP
     banner, then waiting) fails at once instead of at the fetch's deadline. The fields are
     then read in one piece, not line by line (a await per line cost a tenth of a fetch)."""
-    status_line = (await _status_line(reader)).decode("latin-1")
+    status_line = (await _status_line(reader, peer)).decode("latin-1")
     version, _, rest = status_line.partition(" ")
     code, _, reason = rest.partition(" ")
     if not version.startswith("HTTP/1.") or len(code) != 3 or not (code.isascii() and code.isdigit()):
-        raise _not_http(status_line)
-    lines = (await _fields(reader)).decode("latin-1").split("\r\n")[:-2]
+        raise _not_http(status_line, peer)
+    lines = (await _fields(reader, peer)).decode("latin-1").split("\r\n")[:-2]
     if len(status_line) + sum(len(line) + 2 for line in lines) > HEAD_MAX:
-        raise BrokenResponse(f"the server sent more than {HEAD_MAX // 1024} KB of headers")
+        raise BrokenResponse(f"{peer} sent more than {HEAD_MAX // 1024} KB of headers")
     if len(lines) > MAX_FIELDS:
-        raise BrokenResponse(f"the server sent more than {MAX_FIELDS} header fields")
+        raise BrokenResponse(f"{peer} sent more than {MAX_FIELDS} header fields")
     fields: dict[str, str] = {}
     cookies: list[str] = []
     name = ""
@@ -133,7 +135,7 @@ async def read_head(reader: asyncio.StreamReader) -> tuple[int, str, Headers, bo
         name, colon, value = line.partition(":")
         name = name.lower()
         if not colon or not name or name != name.strip():
-            raise BrokenResponse(f"the server sent a malformed header line ({line[:60]!r})")
+            raise BrokenResponse(f"{peer} sent a malformed header line ({line[:60]!r})")
         value = value.strip()
         if name == "set-cookie":
             cookies.append(value)
@@ -143,7 +145,7 @@ async def read_head(reader: asyncio.StreamReader) -> tuple[int, str, Headers, bo
     return int(code), reason.strip(), Headers(fields, cookies), keep_alive
 
 
-async def _fields(reader: asyncio.StreamReader) -> bytes:
+async def _fields(reader: asyncio.StreamReader, peer: str) -> bytes:
     """The header fields after the status line, up to and with the empty line that ends them.
 
     The end is the first LF CR LF; the two bytes read first tell an empty field section
@@ -154,28 +156,28 @@ async def _fields(reader: asyncio.StreamReader) -> bytes:
             return start
         return start + await reader.readuntil(b"\n\r\n")
     except asyncio.IncompleteReadError as exc:
-        raise BrokenResponse("the server closed the connection without a complete response") from exc
+        raise BrokenResponse(f"{peer} closed the connection without a complete response") from exc
     except asyncio.LimitOverrunError as exc:
-        raise BrokenResponse(f"the server sent more than {HEAD_MAX // 1024} KB of headers") from exc
+        raise BrokenResponse(f"{peer} sent more than {HEAD_MAX // 1024} KB of headers") from exc
 
 
-def _not_http(sent: str) -> NotHttp:
-    return NotHttp(f"the server did not answer in HTTP/1.x (it sent {sent[:60]!r})")
+def _not_http(sent: str, peer: str) -> NotHttp:
+    return NotHttp(f"{peer} did not answer in HTTP/1.x (it sent {sent[:60]!r})")
 
 
-async def _status_line(reader: asyncio.StreamReader) -> bytes:
+async def _status_line(reader: asyncio.StreamReader, peer: str) -> bytes:
     """A response's first line, without its CRLF."""
     try:
         return (await reader.readuntil(b"\r\n"))[:-2]
     except asyncio.IncompleteReadError as exc:
         if not exc.partial:
-            raise Hangup("the server closed the connection without answering") from exc
+            raise Hangup(f"{peer} closed the connection without answering") from exc
         if not exc.partial.startswith(b"HTTP/"[:len(exc.partial)]):
             text = exc.partial.decode("latin-1")
-            raise _not_http(text) from exc
-        raise BrokenResponse("the server closed the connection without a complete response") from exc
+            raise _not_http(text, peer) from exc
+        raise BrokenResponse(f"{peer} closed the connection without a complete response") from exc
     except asyncio.LimitOverrunError as exc:
-        raise BrokenResponse(f"the server sent more than {HEAD_MAX // 1024} KB of headers") from exc
+        raise BrokenResponse(f"{peer} sent more than {HEAD_MAX // 1024} KB of headers") from exc
 
 
 async def _read_body(reader: asyncio.StreamReader, status: int, reason: str, headers: Headers,
