@@ -19,10 +19,9 @@ import asyncio
 import queue
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from functools import partial
 
 from notifier.config import WatcherConfig
-from notifier.pipeline import Alerts, Outcome, begin, check_on_loop, conclude
+from notifier.pipeline import Alerts, Outcome, check, check_on_loop
 from notifier.store import Store
 from notifier.watchers import _loop
 
@@ -103,7 +102,4 @@ async def _check(wc: WatcherConfig, pool: ThreadPoolExecutor, store: Store, aler
                  dry_run: bool) -> Outcome:
     if wc.watcher.asynchronous:
         return await check_on_loop(wc, store, alerts, dry_run, pool)
-    begun = begin(wc, store)  # one indexed read
-    fetch = partial(wc.watcher.fetch, begun.state.meta)
-    return await asyncio.get_running_loop().run_in_executor(pool, conclude, wc, store, alerts, begun,
-                                                            fetch, dry_run)
+    return await asyncio.get_running_loop().run_in_executor(pool, check, wc, store, alerts, dry_run)
