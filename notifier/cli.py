@@ -457,7 +457,7 @@ def next_run(wc: WatcherConfig, st: WatcherState | None) -> float | None:
     now = time.time()
     if st is None or wc.schedule.overdue(st.last_check, now):
         return now  # new or overdue: the daemon runs it at once
-    return wc.schedule.next_time(wc.name)(now)
+    return wc.schedule.at_or_after(wc.name, now)
 
 
 def _when(ts: float | None, now: float) -> str:

@@ -631,7 +631,7 @@ class Daemon:
             spread = min(STARTUP_SPREAD, wc.schedule.every,
                          max(1.0, SPREAD_PER_WATCHER * len(self.cfg.watchers)))
             first = time.time() + stable_fraction(wc.name) * spread
-        self.checks.set(wc.name, wc.schedule.next_time(wc.name), first)
+        self.checks.set(wc.name, wc.schedule, first)
 
     def reload(self) -> bool:
         """Load the config again; apply only what changed. A bad config changes nothing.

@@ -289,7 +289,7 @@ class Fleet:
 
 def next_due(wc: WatcherConfig, now: float) -> float:
     """The watcher's next grid point after `now` (the same on every host)."""
-    fire = wc.schedule.next_time(wc.name)(now)
+    fire = wc.schedule.at_or_after(wc.name, now)
     return fire if fire is not None else now + 86400.0
 
 

@@ -19,16 +19,13 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
     from apscheduler.triggers.cron import CronTrigger
 
-_GRID_START = datetime(2020, 1, 1, tzinfo=UTC)  # interval grids count from here
+_GRID_START = datetime(2020, 1, 1, tzinfo=UTC).timestamp()  # interval grids count from here
 AFTER = 1e-3  # the next time after a check that fired at t is looked for from t + AFTER on
-
-NextTime = Callable[[float], float | None]
-"""A schedule as a function of Unix times: the first fire time at or after a moment (None: never)."""
 
 log = logging.getLogger(__name__)
 
@@ -38,14 +35,25 @@ def stable_fraction(name: str) -> float:
     return zlib.crc32(name.encode()) / 2**32
 
 
-class Grid:
-    """A NextTime of times `anchor + k * every`: the first at or after a moment.
+class Times(Protocol):
+    """When a name runs, as plain Unix times (the daemon's Timetable, `notifier status` and a
+    fleet's claims ask it)."""
 
-    The next time depends only on the moment asked about, so a prompt first run at start-up or
-    a late run never becomes the phase for good, and watchers started together do not stay
-    bunched (APScheduler's IntervalTrigger counts from the previous run). Two floats, not a
-    closure: a daemon holds one per watcher.
-    """
+    def at_or_after(self, name: str, moment: float) -> float | None:
+        """The first time `name` runs at or after `moment`; None: never again."""
+
+
+def grid_time(anchor: float, every: float, moment: float) -> float:
+    """The first of the times `anchor + k * every` at or after `moment`.
+
+    It depends only on the moment asked about, so a prompt first run at start-up or a late run
+    never becomes the phase for good, and watchers started together do not stay bunched
+    (APScheduler's IntervalTrigger counts from the previous run)."""
+    return anchor + max(0, math.ceil((moment - anchor) / every)) * every
+
+
+class Grid:
+    """Times `anchor + k * every` whatever the name: the daemon's own rounds."""
 
     __slots__ = ("anchor", "every")
 
@@ -53,8 +61,8 @@ class Grid:
         self.anchor = anchor
         self.every = every
 
-    def __call__(self, after: float) -> float:
-        return self.anchor + max(0, math.ceil((after - self.anchor) / self.every)) * self.every
+    def at_or_after(self, name: str, moment: float) -> float:
+        return grid_time(self.anchor, self.every, moment)
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +86,18 @@ class CronExpr:
                              f"'*/15 9-18 * * mon-fri'") from None
         return cls(text)
 
-    def trigger(self, zone: tzinfo | None) -> CronTrigger:
-        from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415 - see the class
+    def at_or_after(self, zone: tzinfo | None, moment: float) -> float | None:
+        """The first fire time at or after `moment` in `zone` (UTC if None); None: never."""
+        fire = _trigger(self.text, zone).get_next_fire_time(None, datetime.fromtimestamp(moment, UTC))
+        return None if fire is None else float(fire.timestamp())
 
-        return CronTrigger.from_crontab(self.text, timezone=zone or UTC)
+
+@functools.cache
+def _trigger(text: str, zone: tzinfo | None) -> CronTrigger:
+    """One trigger for each expression and zone, shared by the watchers that use them."""
+    from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415 - see CronExpr
+
+    return CronTrigger.from_crontab(text, timezone=zone or UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,18 +108,14 @@ class Schedule:
     cron: CronExpr | None = None
     zone: tzinfo | None = None
 
-    def next_time(self, name: str) -> NextTime:
-        """When `name` runs, as plain Unix times (for the daemon's Timetable, `notifier status` and
-        a fleet's claims): an interval is a grid with the name's own phase, so 1,000 watchers do
-        not fire together; a cron asks its trigger in the watcher's zone."""
+    def at_or_after(self, name: str, moment: float) -> float | None:
+        """An interval is a grid with the name's own phase, so 1,000 watchers do not fire
+        together; a cron asks its trigger in the watcher's zone. Worked out at each ask (a crc32
+        of the name), so a daemon holds nothing per watcher for it: the schedule is shared by
+        the watchers written alike."""
         if self.cron is not None:
-            trigger = self.cron.trigger(self.zone)
-
-            def cron_time(after: float) -> float | None:
-                fire = trigger.get_next_fire_time(None, datetime.fromtimestamp(after, UTC))
-                return None if fire is None else float(fire.timestamp())
-            return cron_time
-        return Grid(_GRID_START.timestamp() + stable_fraction(name) * self.every, self.every)
+            return self.cron.at_or_after(self.zone, moment)
+        return grid_time(_GRID_START + stable_fraction(name) * self.every, self.every, moment)
 
     def overdue(self, last_check: float | None, now: float) -> bool:
         """Never checked, or an interval has passed since the last check: run it at once.
@@ -138,21 +150,37 @@ class Window:
 
 
 class _Entry:
-    """One scheduled name: when it is next due (None while it runs or once it is removed)."""
+    """One scheduled name. It is the heap's item itself, ordered by when it is due, then by
+    name; its `due` never changes while it is in the heap (a moved name gets a new entry, see
+    Timetable._move), so a daemon holds one object and one float per watcher here."""
 
-    __slots__ = ("again", "fired", "name", "next_time", "not_before", "when")
+    __slots__ = ("again", "due", "name", "not_before", "running", "times")
 
-    def __init__(self, name: str, next_time: NextTime) -> None:
+    def __init__(self, name: str, times: Times, due: float = math.inf) -> None:
         self.name = name
-        self.next_time = next_time
-        self.when: float | None = None
-        self.fired = 0.0  # when its current or last run was due
+        self.times = times
+        self.due = due  # when it is next due (inf: never); while it runs, when the run was due
+        self.running = False
         self.not_before = 0.0  # Retry-After: no run before this
         self.again = False  # woken (Timetable.soon) while it ran: run again as soon as it ends
 
     def __lt__(self, other: _Entry) -> bool:
-        """Names due at the same time start in the order of their names."""
+        """Sooner first; names due at the same time start in the order of their names."""
+        if self.due != other.due:
+            return self.due < other.due
         return self.name < other.name
+
+    def waiting(self) -> bool:
+        """In the heap: neither running nor never due."""
+        return not self.running and self.due != math.inf
+
+    def next_due(self, now: float) -> float:
+        """After a run (or a skipped time): the first time of its schedule after the time it was
+        due, or its Retry-After if that is later (inf: never)."""
+        nxt = self.times.at_or_after(self.name, max(now, self.due + AFTER))
+        if nxt is None:
+            return math.inf
+        return max(nxt, self.not_before)
 
 
 class _Worker:
@@ -209,9 +237,8 @@ class Timetable:
         self.workers = workers
         self.now = now
         self._cond = threading.Condition()
-        # (when, entry), a name's old times left in place until they come up (see _stale): a
-        # daemon holds one per watcher, so no sequence number (entries due together go by name).
-        self._heap: list[tuple[float, _Entry]] = []
+        # The waiting entries, and the stale ones left in place until they come up (see _stale).
+        self._heap: list[_Entry] = []
         self._entries: dict[str, _Entry] = {}
         self._running: set[str] = set()
         self._idle: list[_Worker] = []  # the last one to finish is the first to get work
@@ -223,19 +250,16 @@ class Timetable:
 
     # -- the schedule ----------------------------------------------------------------------------
 
-    def set(self, name: str, next_time: NextTime, first: float | None = None) -> None:
+    def set(self, name: str, times: Times, first: float | None = None) -> None:
         """Schedule `name` (again, replacing what it had): first at `first`, else its next time."""
-        entry = _Entry(name, next_time)
         with self._cond:
-            self._entries[name] = entry
-            self._push(entry, first if first is not None else next_time(self.now()))
+            due = times.at_or_after(name, self.now()) if first is None else first
+            self._add(_Entry(name, times, math.inf if due is None else due))
 
     def remove(self, name: str) -> None:
         """Unschedule `name`; a run going on finishes but schedules nothing after it."""
         with self._cond:
-            entry = self._entries.pop(name, None)
-            if entry is not None:
-                entry.when = None
+            self._entries.pop(name, None)  # left in the heap until it comes up (see _stale)
 
     def later(self, name: str, when: float) -> bool:
         """Retry-After: no run of `name` before `when`. True if that moved its next run (later
@@ -244,32 +268,43 @@ class Timetable:
             entry = self._entries.get(name)
             if entry is None:
                 return False
-            scheduled = entry.when
-            if scheduled is None:  # running: its next time is worked out when the run ends
-                scheduled = entry.next_time(max(self.now(), entry.fired + AFTER))
-            if scheduled is None or when <= scheduled:
+            scheduled = entry.next_due(self.now()) if entry.running else entry.due
+            if when <= scheduled:
                 return False
             entry.not_before = when
-            if entry.when is not None:
-                self._push(entry, when)
+            if entry.waiting():
+                self._move(entry, when)
             return True
 
     def next_due(self) -> float | None:
         """The earliest time any name is due, or None."""
         with self._cond:
-            while self._heap and self._stale(*self._heap[0]):
+            while self._heap and self._stale(self._heap[0]):
                 heapq.heappop(self._heap)
-            return self._heap[0][0] if self._heap else None
+            return self._heap[0].due if self._heap else None
 
-    def _push(self, entry: _Entry, when: float | None) -> None:
-        entry.when = when
-        if when is not None:
-            heapq.heappush(self._heap, (when, entry))
-            if self._heap[0][1] is entry:  # sooner than the timer waits for: wake it
-                self._cond.notify()
+    def _add(self, entry: _Entry) -> None:
+        """Make `entry` its name's, and put it in the heap if it is ever due."""
+        self._entries[entry.name] = entry
+        if entry.waiting():
+            self._push(entry)
 
-    def _stale(self, when: float, entry: _Entry) -> bool:
-        return entry.when != when or self._entries.get(entry.name) is not entry
+    def _move(self, entry: _Entry, due: float) -> None:
+        """A waiting entry is due at another time: a copy at that time takes its place, and the
+        entry itself is left in the heap, stale, until it comes up (moving it in place would
+        break the heap's order; moves are rare: Retry-After, a woken outbox)."""
+        moved = _Entry(entry.name, entry.times, due)
+        moved.not_before = entry.not_before
+        self._add(moved)
+
+    def _push(self, entry: _Entry) -> None:
+        heapq.heappush(self._heap, entry)
+        if self._heap[0] is entry:  # sooner than the timer waits for: wake it
+            self._cond.notify()
+
+    def _stale(self, entry: _Entry) -> bool:
+        """Removed, or replaced by `set` or `_move`, since it went into the heap."""
+        return self._entries.get(entry.name) is not entry
 
     # -- running ---------------------------------------------------------------------------------
 
@@ -304,10 +339,10 @@ class Timetable:
             entry = self._entries.get(name)
             if entry is None:
                 return
-            if entry.when is None:  # running
+            if entry.running:
                 entry.again = True
             else:
-                self._push(entry, self.now())
+                self._move(entry, self.now())
 
     def _timer_loop(self) -> None:
         look = 0.0  # the monotonic time before which the timer does not wake again for a run
@@ -316,25 +351,31 @@ class Timetable:
                 if self._paused or not self._heap:
                     self._cond.wait(self.LONGEST_WAIT)
                     continue
-                when, entry = self._heap[0]
-                wait = when - self.now()
+                entry = self._heap[0]
+                wait = entry.due - self.now()
                 if wait > 0:  # nothing due: sleep, then start all that is due after the sleep
                     self._cond.wait(min(max(wait, look - clock.monotonic()), self.LONGEST_WAIT))
                     look = clock.monotonic() + self.TICK
                     continue
                 heapq.heappop(self._heap)
-                if self._stale(when, entry):
-                    continue
-                entry.fired, entry.when = when, None
-                if entry.name in self._running:  # its previous run goes on: skip this time
-                    self._push(entry, entry.next_time(max(self.now(), when + AFTER)))
-                    continue
-                self._running.add(entry.name)
-                launched = self.launch(entry.name) if self.launch is not None else None
-                if launched is None:
-                    self._hand_over(functools.partial(self._fire, entry))
-                else:
-                    launched.add_done_callback(functools.partial(self._finished, entry))
+                if not self._stale(entry):
+                    self._start(entry)
+
+    def _start(self, entry: _Entry) -> None:
+        """With the lock held: run a due entry, or skip this time while its name still runs (an
+        entry `set` anew during a run)."""
+        if entry.name in self._running:
+            entry.due = entry.next_due(self.now())
+            if entry.waiting():
+                self._push(entry)
+            return
+        entry.running = True
+        self._running.add(entry.name)
+        launched = self.launch(entry.name) if self.launch is not None else None
+        if launched is None:
+            self._hand_over(functools.partial(self._fire, entry))
+        else:
+            launched.add_done_callback(functools.partial(self._finished, entry))
 
     def _fire(self, entry: _Entry) -> None:
         try:
@@ -368,13 +409,11 @@ class Timetable:
             self._report(entry.name, failure)
         with self._cond:
             self._running.discard(entry.name)
-            if self._entries.get(entry.name) is entry:  # not removed or replaced meanwhile
-                nxt = entry.next_time(max(self.now(), entry.fired + AFTER))
-                if nxt is not None and entry.not_before > nxt:
-                    nxt = entry.not_before
-                if entry.again:
-                    entry.again, nxt = False, self.now()
-                self._push(entry, nxt)
+            entry.running = False
+            entry.due = self.now() if entry.again else entry.next_due(self.now())
+            entry.again = False
+            if not self._stale(entry) and entry.waiting():  # not removed or replaced meanwhile
+                self._push(entry)
 
     def _hand_over(self, job: Callable[[], None]) -> None:
         """With the lock held: give `job` to the worker idle the shortest time, or to a new one

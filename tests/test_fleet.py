@@ -116,10 +116,9 @@ def watcher(config: Path, name: str) -> WatcherConfig:
 
 def slots(wc: WatcherConfig, times: list[float]) -> list[float]:
     """The due time each request served: the latest grid point at or before it."""
-    next_time = wc.schedule.next_time(wc.name)
     out = []
     for t in times:
-        fire = next_time(t - wc.schedule.every)
+        fire = wc.schedule.at_or_after(wc.name, t - wc.schedule.every)
         assert fire is not None
         out.append(fire)
     return out

@@ -14,6 +14,8 @@ from zoneinfo import ZoneInfo
 
 import pytest
 from apscheduler.triggers.cron import CronTrigger
+from hypothesis import given
+from hypothesis import strategies as st
 
 from notifier import config
 from notifier.config import WatcherConfig
@@ -26,10 +28,18 @@ def watcher(tmp_path: Path, name: str, schedule: str = "every: 60s") -> WatcherC
     return config.load(path, {}).watchers[0]
 
 
+def times_of(wc: WatcherConfig) -> Callable[[float], float]:
+    """The watcher's fire times as a function of the moment asked about."""
+    def at_or_after(moment: float) -> float:
+        fire = wc.schedule.at_or_after(wc.name, moment)
+        assert fire is not None
+        return fire
+    return at_or_after
+
+
 def test_interval_fires_on_the_watchers_own_grid(tmp_path: Path) -> None:
     wc = watcher(tmp_path, "prices")
-    next_time = wc.schedule.next_time(wc.name)
-    assert isinstance(next_time, Grid)  # plain arithmetic, never None
+    next_time = times_of(wc)
     now = datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC).timestamp()
     first = next_time(now)
     assert now <= first < now + 60
@@ -53,7 +63,7 @@ def test_phases_spread_many_watchers(tmp_path: Path) -> None:
 
 def test_cron_follows_the_watchers_time_zone(tmp_path: Path) -> None:
     wc = watcher(tmp_path, "morning", "cron: '0 9 * * *', timezone: Asia/Shanghai")
-    fire = wc.schedule.next_time(wc.name)(datetime(2026, 11, 24, 0, 0, tzinfo=UTC).timestamp())
+    fire = wc.schedule.at_or_after(wc.name, datetime(2026, 11, 24, 0, 0, tzinfo=UTC).timestamp())
     assert fire == datetime(2026, 11, 24, 1, 0, tzinfo=UTC).timestamp()  # 09:00 in Shanghai
 
 
@@ -86,7 +96,7 @@ def test_a_crons_times_are_apschedulers(tmp_path: Path) -> None:
     CronTrigger, in the watcher's zone, including what follows a run."""
     wc = watcher(tmp_path, "morning", "cron: '*/20 9-18 * * mon-fri', timezone: Asia/Shanghai")
     trigger = CronTrigger.from_crontab("*/20 9-18 * * mon-fri", timezone=ZoneInfo("Asia/Shanghai"))
-    next_time = wc.schedule.next_time(wc.name)
+    next_time = times_of(wc)
     for now in (datetime(2026, 11, 24, 10, 0, 0, tzinfo=UTC),
                 datetime(2026, 11, 27, 10, 0, 7, 300000, tzinfo=UTC)):  # a Friday, after 18:00 there
         fire = trigger.get_next_fire_time(None, now)
@@ -102,9 +112,16 @@ def poll(condition: Callable[[], bool], what: str, timeout: float = 10.0) -> Non
         clock.sleep(0.005)
 
 
-def every(seconds: float) -> Callable[[float], float]:
+def every(seconds: float) -> Grid:
     """A schedule on a grid of `seconds` from the epoch."""
-    return lambda after: -(-after // seconds) * seconds
+    return Grid(0.0, seconds)
+
+
+class Never:
+    """A schedule with no times: the name runs only at the `first` it is set with."""
+
+    def at_or_after(self, name: str, moment: float) -> None:
+        return None
 
 
 class Runs:
@@ -175,7 +192,7 @@ def test_timetable_keeps_to_its_workers_and_ends_idle_ones(runs: Runs) -> None:
     runs.hold |= {"a", "b", "c"}
     start = clock.time()
     for name in ("a", "b", "c"):
-        table.set(name, lambda after: None, first=start)  # one run each, then never again
+        table.set(name, Never(), first=start)  # one run each, then never again
     table.start()
     try:
         poll(lambda: len(runs.active) == 2, "two runs at once")
@@ -212,12 +229,46 @@ def test_timetable_later_defers_the_next_run_only(runs: Runs) -> None:
         table.shutdown()
 
 
+NAMES = st.sampled_from("abcdef")
+MOMENTS = st.floats(0, 5000, allow_nan=False)
+MOVES = st.lists(st.one_of(
+    st.tuples(st.just("set"), NAMES, MOMENTS), st.tuples(st.just("later"), NAMES, MOMENTS),
+    st.tuples(st.just("soon"), NAMES, st.just(0.0)), st.tuples(st.just("remove"), NAMES, st.just(0.0))),
+    max_size=40)
+
+
+@given(MOVES)
+def test_the_next_due_is_the_soonest_of_every_names_latest_time(moves: list[tuple[str, str, float]]) -> None:
+    """Entries are the heap's items and are never moved in place: whatever is set, deferred,
+    woken and removed, the timetable's next time is the soonest any name is due now."""
+    now = 1000.0
+    table = Timetable(lambda name: None, workers=1, now=lambda: now)
+    due: dict[str, float] = {}
+    for move, name, moment in moves:
+        if move == "set":
+            table.set(name, Never(), first=moment)
+            due[name] = moment
+        elif move == "later":
+            moved = name in due and moment > due[name]
+            assert table.later(name, moment) == moved
+            if moved:
+                due[name] = moment
+        elif move == "soon":
+            table.soon(name)
+            if name in due:
+                due[name] = now
+        else:
+            table.remove(name)
+            due.pop(name, None)
+        assert table.next_due() == min(due.values(), default=None)
+
+
 def test_timetable_starts_what_is_due_at_most_a_tick_late_never_early(runs: Runs) -> None:
     table = Timetable(runs, workers=4)
     table.TICK = 0.2
     due = {f"w{i}": clock.time() + 0.3 + i * 0.03 for i in range(10)}  # ten runs within 0.3 s
     for name, when in due.items():
-        table.set(name, lambda after: None, first=when)
+        table.set(name, Never(), first=when)
     table.start()
     try:
         poll(lambda: len(runs.started) == 10, "every run")
