@@ -221,7 +221,7 @@ _GIVEN: Any = object()  # a setting not passed to WatcherConfig(...)
 class WatcherConfig(_SettingsView):
     """A watcher with everything needed to run, schedule and alert on it.
 
-    Four slots of its own and its `settings`, shared with the watchers that have the same
+    Three slots of its own and its `settings`, shared with the watchers that have the same
     (20,000 url watchers: 150 bytes less each than a slot per setting). The settings read as
     its own attributes (`wc.schedule`), and `WatcherConfig(...)` and `dataclasses.replace`
     take them one by one too: each is an init-only field here, so that `replace(wc,
@@ -231,7 +231,6 @@ class WatcherConfig(_SettingsView):
     name: str
     watcher: Watcher
     settings: WatcherSettings = _GIVEN  # else made from the settings passed one by one
-    line: int | None = None
     fingerprint: bytes = field(compare=False, default=b"")
     kind: InitVar[str] = _GIVEN
     filters: InitVar[tuple[Filter, ...]] = _GIVEN
@@ -405,15 +404,15 @@ def _load(path: Path, env: Mapping[str, str], state_dir: str | Path | None, stre
                 f"names no account under smtp; known accounts: {', '.join(accounts) or 'none'}.")
     for w in watchers:
         if w.settings.account and w.settings.account not in accounts:
-            col.add(w.line, f"watchers.{w.name}.account", "names no account under smtp.")
+            col.add(built.seen[w.name], f"watchers.{w.name}.account", "names no account under smtp.")
     _check_mail_from(col, raw_mail, mail["from"], accounts)
     relay = _relay(col, raw, top["relay"], default_account, accounts, env)
     store = _store(col, raw, top, env)
-    _check_templates(col, path, top["templates"], raw, watchers)
+    _check_templates(col, path, top["templates"], raw, watchers, built.seen)
     _check_command_permissions(col, path, watchers)
     shared = Shared(browser_workers=top["browser_workers"], browser_path=top["browser_path"],
                     per_host=top["per_host"])
-    _check_kinds(col, watchers, shared)
+    _check_kinds(col, watchers, built.seen, shared)
     if col.problems:
         raise ConfigError(sorted(col.problems, key=lambda p: p.line or 0))
     return Config(
@@ -782,6 +781,8 @@ class _Watchers:
     def __init__(self, col: _Collector) -> None:
         self.col = col
         self.out: list[WatcherConfig] = []
+        # Each name and the line it is written on: problems found after the watchers are built
+        # point there (a built watcher does not keep its line: 20,000 ints).
         self.seen: dict[str, int | None] = {}
         self.index = 0
         self.streamed = False
@@ -838,8 +839,7 @@ class _Watchers:
             return
         built = _watcher(col, spec, path, self.start, self.defaults_key, line)
         if isinstance(name, str):
-            at = line_of(spec, "name")  # the watcher's own line object when equal: 20,000 ints fewer
-            self.seen[name] = built.line if built is not None and built.line == at else at
+            self.seen[name] = line_of(spec, "name")
         if built is not None:
             self.out.append(built)
 
@@ -886,7 +886,7 @@ def _watcher(col: _Collector, spec: object, path: str, start: dict[str, Any],
         return None
     # What the daemon compares on reload; a digest, not the text: 20,000 of them stay loaded.
     fingerprint = hashlib.blake2b(f"{spec!r}{defaults_key}".encode(), digest_size=8).digest()
-    return WatcherConfig(name, watcher, _settings(col, cls, values, filters), line_of(spec), fingerprint)
+    return WatcherConfig(name, watcher, _settings(col, cls, values, filters), fingerprint)
 
 
 def _settings(col: _Collector, cls: type[Watcher], values: dict[str, Any],
@@ -1001,7 +1001,7 @@ def _check_mail_from(col: _Collector, raw_mail: LineDict, sender: str | None,
 
 
 def _check_templates(col: _Collector, path: Path, top: str | None, raw: Mapping[str, Any],
-                     watchers: list[WatcherConfig]) -> None:
+                     watchers: list[WatcherConfig], lines: Mapping[str, int | None]) -> None:
     """Compile user templates now, so a syntax error is a config problem with its file and line
     rather than a fallback to the shipped templates when the first alert is rendered."""
     dirs: dict[str, int | None] = {}
@@ -1009,7 +1009,7 @@ def _check_templates(col: _Collector, path: Path, top: str | None, raw: Mapping[
         dirs[top] = line_of(raw, "templates")
     for w in watchers:
         if w.settings.templates:
-            dirs.setdefault(w.settings.templates, w.line)
+            dirs.setdefault(w.settings.templates, lines[w.name])
     if not dirs:
         return
     import jinja2  # noqa: PLC0415 - only configs with their own templates pay for jinja2 here
@@ -1034,7 +1034,8 @@ def _check_templates(col: _Collector, path: Path, top: str | None, raw: Mapping[
                                             f"permissions and encoding."))
 
 
-def _check_kinds(col: _Collector, watchers: list[WatcherConfig], shared: Shared) -> None:
+def _check_kinds(col: _Collector, watchers: list[WatcherConfig], lines: Mapping[str, int | None],
+                 shared: Shared) -> None:
     """Each kind's own warnings about its watchers (a browser watcher without a browser),
     placed at the first such watcher."""
     by_kind: dict[str, list[WatcherConfig]] = {}
@@ -1043,7 +1044,7 @@ def _check_kinds(col: _Collector, watchers: list[WatcherConfig], shared: Shared)
     for kind, cls in watcher_kinds().items():
         mine = by_kind.get(kind, [])
         for message in cls.warnings([w.watcher for w in mine], shared) if mine else ():
-            col.warnings.append(Problem(col.file, mine[0].line, f"watchers.{mine[0].name}", message))
+            col.warnings.append(Problem(col.file, lines[mine[0].name], f"watchers.{mine[0].name}", message))
 
 
 def _check_command_permissions(col: _Collector, path: Path, watchers: list[WatcherConfig]) -> None:
