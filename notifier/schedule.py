@@ -195,7 +195,7 @@ class _Worker:
 
 
 class Timetable:
-    """Runs `run(name)` for every name on its own schedule, in at most `workers` threads.
+    """Runs `run(name)` for every name on its own schedule, at most `workers` runs at once.
 
     The daemon's checks: a thousand watchers as a thousand scheduler jobs cost a thousand jobs'
     bookkeeping (datetimes, events, futures) at every check; here a check is a heap entry of
@@ -203,6 +203,12 @@ class Timetable:
     of the jobs they replace: a name never runs twice at once (a run still going when its next
     time comes skips that time), a late run still runs, once, and the next time is the first of
     the schedule after the run was due, so a late or early run never moves a grid's phase.
+
+    The runs at once count those `launch` took elsewhere too (the daemon's url checks on the
+    event loop): a daemon started on 20,000 overdue watchers of one site had launched them all
+    within its 30 s spread, 20,000 checks waiting for the site's turn at once (their tasks, the
+    peak of its memory). Names due while every run's room is taken wait in the heap, the
+    soonest due first.
 
     Worker threads start when a run finds none idle and end after IDLE_END seconds without
     work, so a burst (the first pass at start-up) leaves no threads behind: the worker idle the
@@ -246,6 +252,7 @@ class Timetable:
         self._threads = 0
         self._paused = False
         self._stopped = False
+        self._full = False  # the timer waits for a run to end before it starts the next
         self._timer: threading.Thread | None = None
 
     # -- the schedule ----------------------------------------------------------------------------
@@ -357,6 +364,10 @@ class Timetable:
                     self._cond.wait(min(max(wait, look - clock.monotonic()), self.LONGEST_WAIT))
                     look = clock.monotonic() + self.TICK
                     continue
+                if len(self._running) >= self.workers:  # wait for a run to end (see _finished)
+                    self._full = True
+                    self._cond.wait(self.LONGEST_WAIT)
+                    continue
                 heapq.heappop(self._heap)
                 if not self._stale(entry):
                     self._start(entry)
@@ -409,6 +420,9 @@ class Timetable:
             self._report(entry.name, failure)
         with self._cond:
             self._running.discard(entry.name)
+            if self._full:  # the timer waits for this: wake it (else it sleeps on, unbothered)
+                self._full = False
+                self._cond.notify()
             entry.running = False
             entry.due = self.now() if entry.again else entry.next_due(self.now())
             entry.again = False

@@ -4,6 +4,7 @@ daemon's timetable of checks (real threads; every wait is an event or a poll wit
 
 from __future__ import annotations
 
+import functools
 import threading
 import time as clock
 from collections.abc import Callable, Iterator, Sized
@@ -294,7 +295,7 @@ def test_timetable_launched_runs_hold_their_name_until_their_future_is_done(runs
             pending.append(future)
         return future
 
-    table = Timetable(runs, workers=1, launch=launch)
+    table = Timetable(runs, workers=2, launch=launch)
     table.TICK = 0.005
     table.set("elsewhere", every(0.02), first=clock.time())
     table.set("here", every(0.02))
@@ -311,6 +312,36 @@ def test_timetable_launched_runs_hold_their_name_until_their_future_is_done(runs
             for future in pending:
                 if not future.done():
                     future.set_result(None)
+        table.shutdown()
+
+
+def test_launched_runs_count_toward_the_runs_at_once() -> None:
+    """Names due together wait in the timetable while `workers` runs are under way, launched
+    ones too: a daemon started on thousands of overdue url watchers holds `workers` checks on
+    the event loop, not all of them."""
+    pending: list[Future[None]] = []
+    most = 0
+    lock = threading.Lock()
+
+    def launch(name: str) -> Future[None]:
+        nonlocal most
+        future: Future[None] = Future()
+        with lock:
+            pending.append(future)
+            most = max(most, sum(not f.done() for f in pending))
+        return future
+
+    table = Timetable(lambda name: None, workers=3, launch=launch)
+    for i in range(8):
+        table.set(f"w{i}", Never(), first=clock.time())
+    table.start()
+    try:
+        for done in range(8):  # finish the runs one by one, as each starts
+            poll(functools.partial(lambda n: len(pending) > n, done), f"run {done + 1} of 8")
+            pending[done].set_result(None)
+        with lock:
+            assert most == 3
+    finally:
         table.shutdown()
 
 
