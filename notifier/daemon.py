@@ -689,12 +689,12 @@ class Daemon:
         """Swap in a validated configuration, touching only the jobs whose watcher changed."""
         if new.state_dir != self.cfg.state_dir:
             log.warning("state_dir changed; restart notifier to move to %s", new.state_dir)
-        old = {w.name: w for w in self.cfg.watchers}
+        previous = self.cfg
         self._config_sig = self._signature()
         self.cfg = new
         self.alerter = LazyAlerts(new)
         self.sender = Sender(new, self.store, self.debug_smtp)
-        removed = old.keys() - {w.name for w in new.watchers}
+        removed = {w.name for w in previous.watchers} - {w.name for w in new.watchers}
         for name in removed:
             self.checks.remove(name)
         gone = {f"watcher={name}" for name in removed}
@@ -702,8 +702,7 @@ class Daemon:
         self.checks.workers = new.workers
         if self.fleet is not None and removed:
             self.fleet.forget(sorted(removed))
-        changed = [wc for wc in new.watchers
-                   if wc.name not in old or old[wc.name].fingerprint != wc.fingerprint]
+        changed = new.changed_since(previous)
         checked = self._last_checks() if changed else {}
         for wc in changed:
             self._add(wc, checked.get(wc.name))
@@ -717,7 +716,7 @@ class Daemon:
         self._note_relay()
         self._schedule_mail_checks()
         log.info("reloaded %s: %d watcher(s), %d added or changed, %d removed", self.path,
-                 len(new.watchers), len(changed), len(old.keys() - {w.name for w in new.watchers}))
+                 len(new.watchers), len(changed), len(removed))
         systemd.notify(f"STATUS={self.status_line()}")
 
     def _signature(self) -> tuple[float, int, int] | None:

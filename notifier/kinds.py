@@ -88,12 +88,11 @@ class Shared:
 class Watcher(Kind):
     """Base of all watcher kinds. Subclasses parse their options in `__init__`."""
 
-    __slots__ = ("name",)
+    __slots__ = ()  # the name is its WatcherConfig's: a slot here held it twice
     registry: ClassVar[dict[str, type[Watcher]]]
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
+    def __init__(self, options: Mapping[str, Any]) -> None:
         """`options` holds this kind's options, validated, with every default filled in."""
-        self.name = name
 
     def source(self) -> str:
         """What is watched, for logs and alerts: a URL, a path or a command line."""

@@ -212,7 +212,7 @@ def _filtered_anew(wc: WatcherConfig, fetched: Fetched,
     if not wc.filters:
         return fetched.text, fetched.meta
     digest = hashlib.blake2b(fetched.text.encode("utf-8", "surrogatepass"), digest_size=16,
-                             key=wc.fingerprint + RELEASE).hexdigest()
+                             key=wc.settings.filters_key + RELEASE).hexdigest()
     meta = {**fetched.meta, SOURCE_DIGEST: digest}
     if state.content is not None and state.meta.get(SOURCE_DIGEST) == digest:
         return None, meta

@@ -208,7 +208,7 @@ class Failing(Watcher):
     """A watcher whose fetch fails with `message` (like a command whose output is quoted)."""
 
     def __init__(self, message: str) -> None:
-        super().__init__("failing", {})
+        super().__init__({})
         self.message = message
 
     def fetch(self, previous: Mapping[str, str]) -> Fetched:

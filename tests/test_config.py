@@ -187,11 +187,27 @@ def test_state_dir_relative_to_config(tmp_path: Path) -> None:
     assert config.load(path, {"STATE_DIRECTORY": "/var/lib/notifier"}).state_dir == Path("/var/lib/notifier")
 
 
-def test_fingerprint_tracks_watcher_and_defaults(tmp_path: Path) -> None:
-    path = write(tmp_path, "watchers:\n  - {name: a, kind: file, path: /a}\n")
-    first = config.load(path, {}).watchers[0].fingerprint
-    path.write_text("defaults: {every: 1h}\nwatchers:\n  - {name: a, kind: file, path: /a}\n")
-    assert config.load(path, {}).watchers[0].fingerprint != first
+def test_a_reload_sees_the_watchers_written_otherwise_or_under_other_defaults(tmp_path: Path) -> None:
+    path = write(tmp_path, "watchers:\n  - {name: a, kind: file, path: /a}\n"
+                 "  - {name: b, kind: file, path: /b}\n")
+    first = config.load(path, {})
+    assert first.changed_since(first) == []
+    watchers = "watchers:\n  - {name: b, kind: file, path: /b}\n  - {name: a, kind: file, path: /a2}\n" \
+        "  - {name: c, kind: file, path: /c}\n"
+    path.write_text(watchers)
+    second = config.load(path, {})
+    assert [w.name for w in second.changed_since(first)] == ["a", "c"]  # b only moved
+    path.write_text("defaults: {every: 1h}\n" + watchers)
+    assert [w.name for w in config.load(path, {}).changed_since(second)] == ["b", "a", "c"]
+
+
+def test_watchers_share_a_filter_key_only_when_their_filters_are_written_alike(tmp_path: Path) -> None:
+    path = write(tmp_path, "watchers:\n  - {name: a, kind: file, path: /a, filters: [strip, sort]}\n"
+                 "  - {name: b, kind: file, path: /b, filters: [strip, sort], every: 1h}\n"
+                 "  - {name: c, kind: file, path: /c, filters: [sort, strip]}\n")
+    a, b, c = (w.settings.filters_key for w in config.load(path, {}).watchers)
+    assert a == b != c
+    assert len(a) == 16
 
 
 @pytest.mark.parametrize(("line", "expected"), [

@@ -158,7 +158,7 @@ def test_watcher_bug_is_contained(setup: Setup) -> None:
         def fetch(self, previous: Mapping[str, str]) -> Fetched:
             raise ZeroDivisionError("oops")
 
-    outcome = check(replace(wc, watcher=Broken("w", {})), store, rec)
+    outcome = check(replace(wc, watcher=Broken({})), store, rec)
     assert outcome.status == "failed"
     assert "unexpected ZeroDivisionError: oops" in (outcome.error or "")
 
@@ -308,7 +308,7 @@ def test_trigger_and_trigger_invert_together_on_additions_only(page: Callable[[s
 def test_the_same_fetched_text_is_not_filtered_again(setup: Setup, tmp_path: Path) -> None:
     """The digest of what was fetched is recorded with the content; the same text again is
     "unchanged" without running the filters (planted here: a content the filters would never
-    give), and a new configuration (another fingerprint) filters it anew."""
+    give), and other filters (another key) filter it anew."""
     wc, store, rec, path = setup
     path.write_text("price 1\nnoise\n")
     assert check(wc, store, rec).status == "baseline"
@@ -317,6 +317,6 @@ def test_the_same_fetched_text_is_not_filtered_again(setup: Setup, tmp_path: Pat
     store.record_success("w", 1.0, recorded.meta, "planted\n", wc.history)
     assert check(wc, store, rec).status == "unchanged"
     assert store.state("w").content == "planted\n"
-    reconfigured = replace(wc, fingerprint=b"another")
+    reconfigured = replace(wc, settings=replace(wc.settings, filters_key=b"another"))
     assert check(reconfigured, store, rec).status == "changed"
     assert store.state("w").content == "price 1\n"

@@ -91,8 +91,8 @@ class Browser(Watcher, kind="browser"):
                "Keep the last screenshot, so a change alert shows before and after."),
     )
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
-        super().__init__(name, options)
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        super().__init__(options)
         self.url: str = options["url"]
         parts = urlsplit(self.url)
         if parts.scheme not in ("http", "https") or not parts.hostname:

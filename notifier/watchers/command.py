@@ -58,8 +58,8 @@ class Command(Watcher, kind="command"):
         Option("max_bytes", Int(minimum=1), MiB, "Most output accepted before the command is killed."),
     )
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
-        super().__init__(name, options)
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        super().__init__(options)
         command: str | tuple[str, ...] = options["command"]
         self.shell = isinstance(command, str)
         self.args: str | list[str] = command if isinstance(command, str) else list(command)

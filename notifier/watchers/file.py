@@ -33,8 +33,8 @@ class File(Watcher, kind="file"):
         Option("max_bytes", Int(minimum=1), 10 * MiB, "Largest text file read in content mode."),
     )
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
-        super().__init__(name, options)
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        super().__init__(options)
         self.path: str = os.path.expanduser(options["path"])
         self.mode: str = options["mode"]
         self.max_bytes: int = options["max_bytes"]

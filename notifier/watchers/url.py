@@ -119,7 +119,7 @@ class Url(Watcher, kind="url"):
     """
 
     # Per watcher only its address (and where it goes); everything else is `Settings`, one
-    # object for all the watchers written alike: 20,000 watchers hold 72 bytes each here.
+    # object for all the watchers written alike: 20,000 watchers hold 64 bytes each here.
     __slots__ = ("_path", "settings", "site", "url")
     options: ClassVar[tuple[Option, ...]] = (
         Option("url", Str(), REQUIRED, "The http:// or https:// address to fetch."),
@@ -139,8 +139,8 @@ class Url(Watcher, kind="url"):
         Option("encoding", Str(), None, "Charset to decode with, overriding what the page says."),
     )
 
-    def __init__(self, name: str, options: Mapping[str, Any]) -> None:
-        super().__init__(name, options)
+    def __init__(self, options: Mapping[str, Any]) -> None:
+        super().__init__(options)
         self.url: str = options["url"]
         # Defaults again here, for code that builds a watcher from a partial mapping.
         method: str = options.get("method") or "GET"

@@ -67,7 +67,7 @@ def chromium_pids(root: int | None = None) -> list[int]:
 def chromium() -> Iterator[None]:
     """The shared browser, checked to exist (a missing one fails every test, with the reason)
     and stopped after the module."""
-    if Browser.warnings([Browser("probe", {"url": "http://127.0.0.1/"})], Shared()) != []:
+    if Browser.warnings([Browser({"url": "http://127.0.0.1/"})], Shared()) != []:
         pytest.fail("Chromium is not installed: run `make debs` (Debian package chromium)")
     CHROMIUM.configure(2, None)
     yield
@@ -76,14 +76,14 @@ def chromium() -> Iterator[None]:
 
 
 def watcher(url: str, **options: Any) -> Browser:
-    return Browser("b", {"url": url, "timeout": 10.0, **options})
+    return Browser({"url": url, "timeout": 10.0, **options})
 
 
 def test_script_written_content_is_seen_only_by_the_browser(chromium: None,
                                                             http_server: LocalHTTPServer) -> None:
     http_server.set("/delayed", DELAYED)
     url = http_server.url("/delayed")
-    assert "price: 128" not in Url("u", {"url": url}).fetch({}).text
+    assert "price: 128" not in Url({"url": url}).fetch({}).text
     fetched = watcher(url, wait_for="i.ready").fetch({})
     assert '<div id="price">price: 128<i class="ready"></i></div>' in fetched.text
     assert "price: 128" in watcher(url, wait_for="1s").fetch({}).text

@@ -23,7 +23,7 @@ def watcher(command: str | list[str], **raw: Any) -> Command:
     values, problems = parse_options({"command": command, **raw}, Command.options,
                                      "watchers.yaml", "w")
     assert not problems, problems
-    return Command("w", values)
+    return Command(values)
 
 
 def alive(pid: int) -> bool:

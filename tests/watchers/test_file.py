@@ -19,7 +19,7 @@ def watcher(path: Path, **raw: Any) -> File:
     """Build a watcher the way the config loader does: parse, fill defaults, construct."""
     values, problems = parse_options({"path": str(path), **raw}, File.options, "watchers.yaml", "w")
     assert not problems, problems
-    return File("w", values)
+    return File(values)
 
 
 def test_text_changes_are_seen(tmp_path: Path) -> None:

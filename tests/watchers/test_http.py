@@ -30,7 +30,7 @@ pytestmark = pytest.mark.usefixtures("hermetic_http")
 def watcher(url: str, **raw: Any) -> Url:
     values, problems = parse_options({"url": url, **raw}, Url.options, "watchers.yaml", "watchers.w")
     assert not problems, problems
-    return Url(url, values)
+    return Url(values)
 
 
 def test_per_host_limit_is_obeyed_and_other_hosts_go_on(http_server: LocalHTTPServer) -> None:

@@ -32,7 +32,7 @@ def watcher(url: str, **raw: Any) -> Url:
     values, problems = parse_options({"url": url, "timeout": "5s", **raw}, Url.options,
                                      "watchers.yaml", "watchers.w")
     assert not problems, problems
-    return Url("w", values)
+    return Url(values)
 
 
 def free_port() -> int:

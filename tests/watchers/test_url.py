@@ -40,7 +40,7 @@ def watcher(**raw: Any) -> Url:
     """Build a watcher the way the config loader does: parse, fill defaults, construct."""
     values, problems = parse_options(raw, Url.options, "watchers.yaml", "watchers.w")
     assert not problems, problems
-    return Url("w", values)
+    return Url(values)
 
 
 def test_changing_content_is_fetched_each_time(http_server: LocalHTTPServer) -> None:

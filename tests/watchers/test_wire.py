@@ -39,7 +39,7 @@ def watcher(url: str, **raw: Any) -> Url:
     values, problems = parse_options({"url": url, "timeout": "5s", **raw}, Url.options,
                                      "watchers.yaml", "watchers.w")
     assert not problems, problems
-    return Url("w", values)
+    return Url(values)
 
 
 def encode(data: bytes, coding: str) -> bytes:
