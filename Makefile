@@ -27,7 +27,7 @@ debs:
 
 test: $(STAMP) debs
 	$(BIN)/ruff check notifier tests bench
-	$(BIN)/mypy notifier tests
+	$(BIN)/mypy notifier tests bench
 	$(BIN)/pytest -n 2
 
 bench: $(STAMP)

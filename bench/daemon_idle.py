@@ -9,14 +9,14 @@ Why it is built this way:
 
 * The daemon is the real `notifier run` in a subprocess with a Maildir (no smtp account) and
   its state in a temporary directory, so the figures include everything a user's daemon
-  carries: the checks' timetable and workers, APScheduler (outbox, housekeeping), the HTTP
+  carries: the checks' timetable and workers, the outbox and housekeeping lanes, the HTTP
   event loop, SQLite, lxml.
 * The pages come from bench/loopback.py's PageServer (~13 KB each), whose handler is
   subclassed only to note each request's time and page. Each check makes exactly one
   request, so the request log *is* the log of check start times, at sub-millisecond
   resolution and without parsing the daemon's second-resolution log. Knowing the page (the
   watcher) also shows whether each check starts at its watcher's own interval phase
-  (schedule.Schedule.next_time: a stable per-name offset within the interval).
+  (schedule.Schedule.at_or_after: a stable per-name offset within the interval).
 * Once a second the script reads /proc/<pid>/status (VmRSS, VmHWM, Threads) and
   /proc/<pid>/stat (utime + stime of all threads). A second in which no check started is an
   "idle" second; with 1,000 checks a minute spread evenly there may be none at all, so the
@@ -63,7 +63,7 @@ from notifier.schedule import stable_fraction
 VENV_BIN = Path(sys.executable).parent
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 _PAGE = re.compile(r"/page/(\d+)\Z")
-ANCHOR = datetime(2020, 1, 1, tzinfo=UTC).timestamp()  # schedule.Schedule.next_time's grid anchor
+ANCHOR = datetime(2020, 1, 1, tzinfo=UTC).timestamp()  # schedule.Schedule.at_or_after's grid anchor
 # Filter chains, as in the other benchmarks: "css" (an lxml parse per check) is the commonest
 # real-world watcher and the one that loads the most code into the daemon.
 FILTERS: dict[str, str] = {
@@ -287,7 +287,7 @@ def run(args: argparse.Namespace) -> int:
 
 def phase_offsets(requests: Sequence[tuple[float, float, int]], since: float, every: int) -> list[float]:
     """For each check after `since`: seconds between its start and its watcher's own interval
-    phase (schedule.Schedule.next_time anchors watcher `name` at 2020-01-01 + stable_fraction * every),
+    phase (schedule.Schedule.at_or_after anchors watcher `name` at 2020-01-01 + stable_fraction * every),
     folded into [-every/2, every/2). Near 0 means the check ran at its phase."""
     out = []
     for mono, wall, page in requests:
@@ -354,7 +354,7 @@ def report(args: argparse.Namespace, samples: list[Sample], requests: list[tuple
     offsets = phase_offsets(requests, steady, every)
     if offsets:
         near = sum(1 for o in offsets if abs(o) <= 1.0)
-        print(f"  interval phase (Schedule.next_time: each watcher at its own stable_fraction x {every} s):"
+        print(f"  interval phase (Schedule.at_or_after: each watcher at its own stable_fraction x {every} s):"
               f" {100.0 * near / len(offsets):.0f} % of steady checks start within 1 s of it; "
               f"median |offset| {statistics.median(abs(o) for o in offsets):.1f} s")
 

@@ -44,7 +44,6 @@ import psycopg
 
 from notifier import config as configmod
 from notifier.config import WatcherConfig
-from notifier.schedule import NextTime
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -110,11 +109,10 @@ def slot_map(watchers: Sequence[WatcherConfig], requests: list[tuple[float, floa
     every = watchers[0].schedule.every if watchers else 60.0
     until = since + every * int((until - since) // every)  # whole periods only
     for i, wc in enumerate(watchers):
-        next_time = wc.schedule.next_time(wc.name)
-        served = [_slot(next_time, t, every) for t in by_page.get(i, [])]
+        served = [_slot(wc, t, every) for t in by_page.get(i, [])]
         inside = [s for s in served if since <= s < until]
         duplicates += [wc.name] * (len(inside) - len(set(inside)))
-        due = _slot(next_time, since + every, every)
+        due = _slot(wc, since + every, every)
         while due < until - every:
             if due not in inside:
                 missed.append((wc.name, due))
@@ -124,9 +122,9 @@ def slot_map(watchers: Sequence[WatcherConfig], requests: list[tuple[float, floa
     return per_period, duplicates, missed
 
 
-def _slot(next_time: NextTime, at: float, every: float) -> float:
+def _slot(wc: WatcherConfig, at: float, every: float) -> float:
     """The due time a request at `at` served: the latest grid point at or before it."""
-    fire = next_time(at - every)
+    fire = wc.schedule.at_or_after(wc.name, at - every)
     assert fire is not None  # an interval grid never ends
     return fire
 
