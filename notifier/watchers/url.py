@@ -14,6 +14,7 @@ import asyncio
 import hashlib
 import os
 import time
+import weakref
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC
@@ -58,10 +59,11 @@ _COME_BACK_HINTS = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, weakref_slot=True)
 class Settings:
     """What a url watcher sends and accepts besides its address; one object for every watcher
-    whose settings are equal (`shared`), as most are."""
+    whose settings are equal (`shared`), as most are, and gone with the last watcher that
+    holds it: a daemon whose reloads change a Cookie header keeps none of the old ones."""
 
     method: str
     headers: Mapping[str, str]
@@ -93,7 +95,7 @@ class Settings:
                        self.verify, self.ca_file)
 
 
-_SETTINGS: dict[tuple[object, ...], Settings] = {}
+_SETTINGS: weakref.WeakValueDictionary[tuple[object, ...], Settings] = weakref.WeakValueDictionary()
 
 
 class Url(Watcher, kind="url"):
@@ -184,6 +186,9 @@ class Url(Watcher, kind="url"):
 
     def link(self) -> str:
         return self.url
+
+    def queue(self) -> Site:
+        return self.site
 
     @classmethod
     def shut_down(cls) -> None:

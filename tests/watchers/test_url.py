@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import socket
 import time
+import weakref
 from concurrent.futures import ThreadPoolExecutor
 from email.utils import formatdate
 from typing import Any
@@ -41,6 +42,15 @@ def watcher(**raw: Any) -> Url:
     values, problems = parse_options(raw, Url.options, "watchers.yaml", "watchers.w")
     assert not problems, problems
     return Url(values)
+
+
+def test_watchers_written_alike_share_settings_that_go_with_the_last_of_them() -> None:
+    first, second = (watcher(url=f"http://127.0.0.1/{n}", headers={"Cookie": "day=1"}) for n in (1, 2))
+    other = watcher(url="http://127.0.0.1/3", headers={"Cookie": "day=2"})
+    assert first.settings is second.settings is not other.settings
+    kept = weakref.ref(first.settings)
+    del first, second  # a reload that changed the cookie: no watcher holds them any more
+    assert kept() is None
 
 
 def test_changing_content_is_fetched_each_time(http_server: LocalHTTPServer) -> None:
