@@ -260,6 +260,8 @@ class WatcherConfig(_SettingsView):
             return
         given = {name: value for name, value in zip(_SETTING_NAMES, each, strict=True)
                  if value is not _GIVEN}
+        if "filters" in given:  # a chain made in code is its own (see filters_key)
+            given["filters_key"] = _key_of_filters(given["filters"])
         if self.settings is _GIVEN:
             object.__setattr__(self, "settings", WatcherSettings(**given))
         elif given:
@@ -271,6 +273,12 @@ _SETTING_NAMES = tuple(name for name in WatcherConfig.__dataclass_fields__
                        if name not in {f.name for f in fields(WatcherConfig)})
 for _name in _SETTING_NAMES:  # the class attribute the dataclass left for each init-only field
     delattr(WatcherConfig, _name)  # hid the base's reader of it
+
+
+def _key_of_filters(filters: object) -> bytes:
+    """WatcherSettings.filters_key of filters as written in the config, or of a chain made in
+    code (whose repr names its objects: it is its own)."""
+    return hashlib.blake2b(repr(filters).encode(), digest_size=16).digest()
 
 
 # WatcherSettings fields filled straight from the option of the same name.
@@ -828,7 +836,7 @@ class _Watchers:
             timezone = next(o for o in TOP_OPTIONS if o.name == "timezone")
             with contextlib.suppress(ValueError):  # reported when the top level is read
                 defaults["timezone"] = timezone.type.parse(top["timezone"])
-        self.defaults_key = repr(raw_defaults)
+        self.defaults_key = repr((raw_defaults, top.get("timezone")))
         self.start = with_defaults(WATCHER_OPTIONS, defaults)
 
     def begin(self, key: object, top: LineDict) -> bool:
@@ -928,7 +936,7 @@ def _settings(col: _Collector, cls: type[Watcher], values: dict[str, Any],
         settings = col.settings[key] = WatcherSettings(**{
             **{name: values[name] for name in _OPTION_FIELDS}, "kind": cls.kind,
             "filters": filters,  # shared already: _filters keeps one of each chain
-            "filters_key": hashlib.blake2b(repr(written).encode(), digest_size=16).digest(),
+            "filters_key": _key_of_filters(written),
             "schedule": col.same(Schedule(values["every"], values["cron"], values["timezone"])),
             "recipients": col.same(Recipients(values["to"], values["cc"], values["bcc"])),
             "templates": _beside(Path(col.file), values["templates"]) if values["templates"] else None,

@@ -19,7 +19,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
@@ -177,7 +177,8 @@ class Daemon:
         self._config_seen = (self._config_sig, time.monotonic())
         # Each watcher's checks; what escapes a run (a bug) is the daemon's health.
         self.checks = Timetable(self._check, self.cfg.workers, launch=self._launch,
-                                failed=lambda name, exc: self._job_failed(f"watcher={name}", exc))
+                                failed=lambda name, exc: self._job_failed(f"watcher={name}", exc),
+                                queue=self._queue, per_queue=self.cfg.shared.per_host)
         # The daemon's own rounds, by name, in three lanes so none waits behind another: the
         # outbox; digests, housekeeping and a fleet's claims (one at a time); delivery probes
         # and bounce scans, which wait minutes for mail. (APScheduler's BackgroundScheduler
@@ -418,6 +419,11 @@ class Daemon:
         if not self._job_starts("check"):
             return None
         return _loop.start(self._check_on_loop(wc))
+
+    def _queue(self, name: str) -> Hashable | None:
+        """The site a watcher's fetches take turns at, if any (see Timetable's `queue`)."""
+        wc = self.cfg.watcher(name)
+        return None if wc is None else wc.watcher.queue()
 
     async def _check_on_loop(self, wc: WatcherConfig) -> None:
         failed: Exception | None = None
@@ -699,7 +705,7 @@ class Daemon:
             self.checks.remove(name)
         gone = {f"watcher={name}" for name in removed}
         self.health.clear(lambda writer, _: writer in gone)  # nothing of theirs is written again
-        self.checks.workers = new.workers
+        self.checks.limit(new.workers, new.shared.per_host)
         if self.fleet is not None and removed:
             self.fleet.forget(sorted(removed))
         changed = new.changed_since(previous)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -100,6 +100,12 @@ class Watcher(Kind):
 
     def link(self) -> str | None:
         """A link a person can open to see the thing, if there is one."""
+        return None
+
+    def queue(self) -> Hashable | None:
+        """What its fetches take turns at, if anything (a url's site, which serves `per_host`
+        at once): the daemon starts no more of one queue's checks than that at once, so the
+        rest wait without holding any of the `workers` (see schedule.Timetable)."""
         return None
 
     def fetch(self, previous: Mapping[str, str]) -> Fetched:

@@ -205,7 +205,7 @@ def _filtered_anew(wc: WatcherConfig, fetched: Fetched,
     and the meta to record.
 
     As changedetection.io does, a watcher with filters remembers a digest of what it fetched
-    (keyed by its configuration and notifier's version): when the next fetch is the same
+    (keyed by its filters as written and notifier's version): when the next fetch is the same
     text, the filters (an lxml parse for css, the costliest part of most checks) are skipped
     and the check is "unchanged". The digest is recorded in the meta, with the content.
     """

@@ -10,12 +10,13 @@ from __future__ import annotations
 import collections
 import functools
 import heapq
+import itertools
 import logging
 import math
 import threading
 import time as clock
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import UTC, datetime, time, timedelta, tzinfo
@@ -171,7 +172,7 @@ class _Entry:
         return self.name < other.name
 
     def waiting(self) -> bool:
-        """In the heap: neither running nor never due."""
+        """Due some time and not running: in the heap, or held for its queue's turn."""
         return not self.running and self.due != math.inf
 
     def next_due(self, now: float) -> float:
@@ -206,9 +207,12 @@ class Timetable:
 
     The runs at once count those `launch` took elsewhere too (the daemon's url checks on the
     event loop): a daemon started on 20,000 overdue watchers of one site had launched them all
-    within its 30 s spread, 20,000 checks waiting for the site's turn at once (their tasks, the
-    peak of its memory). Names due while every run's room is taken wait in the heap, the
-    soonest due first.
+    within its 30 s spread, 20,000 checks waiting for the site's turn at once, each holding its
+    stored state (the peak of its memory). Names due while every run's room is taken wait in
+    the heap, the soonest due first. And names in one `queue` (the daemon: a url watcher's
+    site) have at most `per_queue` runs under way; the others wait here for one of them to
+    end, holding no room, so a slow or hung site's checks never take every run's room while
+    other sites could go on.
 
     Worker threads start when a run finds none idle and end after IDLE_END seconds without
     work, so a burst (the first pass at start-up) leaves no threads behind: the worker idle the
@@ -232,7 +236,8 @@ class Timetable:
     def __init__(self, run: Callable[[str], None], workers: int,
                  now: Callable[[], float] = clock.time,
                  launch: Callable[[str], Future[None] | None] | None = None,
-                 failed: Callable[[str, Exception], None] | None = None) -> None:
+                 failed: Callable[[str, Exception], None] | None = None,
+                 queue: Callable[[str], Hashable | None] | None = None, per_queue: int = 1) -> None:
         self.run = run
         # Told which name's run raised what (the daemon: its health, a `status` line); a run is
         # meant to catch its own failures, so this is a last guard, never only a log line.
@@ -241,6 +246,8 @@ class Timetable:
         # thread while it waits) and returns its future; None: run it on a worker as usual.
         self.launch = launch
         self.workers = workers
+        self.queue = queue  # the queue a name's runs take turns in (None: none)
+        self.per_queue = per_queue
         self.now = now
         self._cond = threading.Condition()
         # The waiting entries, and the stale ones left in place until they come up (see _stale).
@@ -253,6 +260,9 @@ class Timetable:
         self._paused = False
         self._stopped = False
         self._full = False  # the timer waits for a run to end before it starts the next
+        self._turns: collections.Counter[Hashable] = collections.Counter()  # runs under way per queue
+        self._queue_of: dict[str, Hashable] = {}  # the queue of each name under way in one
+        self._held: dict[Hashable, collections.deque[_Entry]] = {}  # due, waiting for their queue
         self._timer: threading.Thread | None = None
 
     # -- the schedule ----------------------------------------------------------------------------
@@ -282,6 +292,17 @@ class Timetable:
             if entry.waiting():
                 self._move(entry, when)
             return True
+
+    def limit(self, workers: int, per_queue: int) -> None:
+        """New limits (a reload): runs at once, and runs of one queue at once. The names held
+        for their queue's turn go back into the heap, to be started or held again by them."""
+        with self._cond:
+            self.workers, self.per_queue = workers, per_queue
+            for entry in itertools.chain.from_iterable(self._held.values()):
+                if not self._stale(entry) and entry.waiting():
+                    self._push(entry)
+            self._held.clear()
+            self._cond.notify()  # more room, maybe: the timer looks again
 
     def next_due(self) -> float | None:
         """The earliest time any name is due, or None."""
@@ -380,9 +401,21 @@ class Timetable:
             if entry.waiting():
                 self._push(entry)
             return
+        queue = self.queue(entry.name) if self.queue is not None else None
+        if queue is not None:
+            if self._turns[queue] >= self.per_queue:
+                self._held.setdefault(queue, collections.deque()).append(entry)
+                return
+            self._turns[queue] += 1
+            self._queue_of[entry.name] = queue
         entry.running = True
         self._running.add(entry.name)
-        launched = self.launch(entry.name) if self.launch is not None else None
+        try:
+            launched = self.launch(entry.name) if self.launch is not None else None
+        except Exception as exc:  # a bug in `launch`: reported as the run's, and the timer lives on
+            self._report(entry.name, exc)
+            self._finished(entry)
+            return
         if launched is None:
             self._hand_over(functools.partial(self._fire, entry))
         else:
@@ -423,11 +456,29 @@ class Timetable:
             if self._full:  # the timer waits for this: wake it (else it sleeps on, unbothered)
                 self._full = False
                 self._cond.notify()
+            queue = self._queue_of.pop(entry.name, None)
+            if queue is not None:
+                self._next_turn(queue)
             entry.running = False
             entry.due = self.now() if entry.again else entry.next_due(self.now())
             entry.again = False
             if not self._stale(entry) and entry.waiting():  # not removed or replaced meanwhile
                 self._push(entry)
+
+    def _next_turn(self, queue: Hashable) -> None:
+        """With the lock held: a run of `queue` ended, so the first of its names held for a
+        turn goes back into the heap, due as it was (it comes first)."""
+        self._turns[queue] -= 1
+        if not self._turns[queue]:
+            del self._turns[queue]
+        held = self._held.get(queue)
+        while held:
+            entry = held.popleft()
+            if not self._stale(entry) and entry.waiting():  # not moved, replaced or removed since
+                self._push(entry)
+                break
+        if not held:
+            self._held.pop(queue, None)
 
     def _hand_over(self, job: Callable[[], None]) -> None:
         """With the lock held: give `job` to the worker idle the shortest time, or to a new one

@@ -198,7 +198,10 @@ def test_a_reload_sees_the_watchers_written_otherwise_or_under_other_defaults(tm
     second = config.load(path, {})
     assert [w.name for w in second.changed_since(first)] == ["a", "c"]  # b only moved
     path.write_text("defaults: {every: 1h}\n" + watchers)
-    assert [w.name for w in config.load(path, {}).changed_since(second)] == ["b", "a", "c"]
+    third = config.load(path, {})
+    assert [w.name for w in third.changed_since(second)] == ["b", "a", "c"]
+    path.write_text("timezone: Asia/Shanghai\ndefaults: {every: 1h}\n" + watchers)  # the default's default
+    assert [w.name for w in config.load(path, {}).changed_since(third)] == ["b", "a", "c"]
 
 
 def test_watchers_share_a_filter_key_only_when_their_filters_are_written_alike(tmp_path: Path) -> None:

@@ -348,3 +348,22 @@ def test_retry_after_moves_the_next_check(tmp_path: Path, smtp_server: SmtpServe
     daemon.wait_log(r"watcher=control ", checks + 3)  # three more seconds of schedule
     assert http_server.count("/limited") == 1
     assert daemon.stop() == 0
+
+
+def test_a_hung_sites_checks_take_their_turns_without_holding_up_the_others(
+        tmp_path: Path, smtp_server: SmtpServer, http_server: LocalHTTPServer, daemons: StartDaemon) -> None:
+    """`workers: 2`, `per_host: 1`: of four watchers of a site that never answers, one waits for
+    it at a time and the other three hold no room, so a file watcher is still checked every
+    second (the hung checks had taken both runs' room until their timeout)."""
+    watched = tmp_path / "watched.txt"
+    watched.write_text("v1\n")
+    hung = "".join(f"  - {{name: hung-{i}, kind: url, url: '{http_server.url('/hang')}', timeout: 15s}}\n"
+                   for i in range(4))
+    daemon = daemons(write_config(tmp_path / "watchers.yaml", smtp_server,
+                                  hung + file_watcher("control", watched), "workers: 2\nper_host: 1"))
+    poll(lambda: http_server.count("/hang") >= 1, "the first request to the hung site")
+    checks = daemon.count(r"watcher=control ")
+    daemon.wait_log(r"watcher=control ", checks + 3, timeout=10)
+    assert http_server.count("/hang") == 1  # its other watchers wait for their turn
+    http_server.release()
+    assert daemon.stop() == 0

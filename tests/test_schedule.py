@@ -345,6 +345,52 @@ def test_launched_runs_count_toward_the_runs_at_once() -> None:
         table.shutdown()
 
 
+def test_a_queues_runs_beyond_its_turns_wait_without_taking_room() -> None:
+    """Names of one queue (the daemon: a url watcher's site) have at most `per_queue` runs
+    under way; the rest wait without taking the room of `workers`, so names due later on
+    other sites go on; each end of a queue's run starts the next of it, and `limit` (a reload)
+    gives a queue more turns at once."""
+    pending: dict[str, Future[None]] = {}
+    most = 0
+    lock = threading.Lock()
+
+    def launch(name: str) -> Future[None]:
+        nonlocal most
+        future: Future[None] = Future()
+        with lock:
+            pending[name] = future
+            most = max(most, sum(1 for n, f in pending.items() if n.startswith("slow") and not f.done()))
+        return future
+
+    def launched(prefix: str) -> int:
+        with lock:
+            return sum(1 for n in pending if n.startswith(prefix))
+
+    table = Timetable(lambda name: None, workers=6, launch=launch, per_queue=2,
+                      queue=lambda name: "slow.example" if name.startswith("slow") else None)
+    now = clock.time()
+    for i in range(8):  # due first: without turns they would take all six runs' room
+        table.set(f"slow-{i}", Never(), first=now - 1)
+    for i in range(4):
+        table.set(f"fast-{i}", Never(), first=now)
+    table.start()
+    try:
+        poll(lambda: launched("fast") == 4, "the other site's runs beside the queue's two")
+        assert launched("slow") == 2
+        pending["slow-0"].set_result(None)
+        poll(lambda: launched("slow") == 3, "the queue's next run as one of its runs ends")
+        table.limit(8, 4)
+        poll(lambda: launched("slow") == 5, "two more turns at once after a reload")
+        with lock:
+            assert most == 4
+    finally:
+        with lock:
+            for future in pending.values():
+                if not future.done():
+                    future.set_result(None)
+        table.shutdown()
+
+
 def fail_twice(table: Timetable, name: str, started: threading.Semaphore, seen: Sized) -> None:
     """Run `name` (whose runs all fail) every 20 ms until it has started twice and both
     failures reached `seen`: a failing name keeps its schedule."""
