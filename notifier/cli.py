@@ -208,7 +208,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     configure_kinds([w.watcher for w in selected], cfg.shared)
     try:
         alerter = _alerter(cfg) if send else None
-        for outcome in run_pass(selected, cfg.workers, store, alerter, dry_run=not send):
+        for outcome in run_pass(selected, cfg.workers, cfg.shared.per_host, store, alerter,
+                                dry_run=not send):
             statuses[outcome.status] += 1
             alerts += outcome.alerts
             progress.clear()

@@ -10,14 +10,18 @@ other fetches or their deadlines. Kinds that block (a command, a file, the brows
 those threads as well; the pool grows to `workers` threads only if that many block at once.
 
 Outcomes come back in the order checks finish, one at a time, and nothing is queued ahead:
-memory stays flat however many watchers there are.
+memory stays flat however many watchers there are. A site's checks take turns: at most
+`per_host` of them are under way, and the rest wait without holding any of the `workers`, so
+a slow or hung site's watchers never take every check's room while other sites could go on
+(the daemon's timetable does the same).
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import queue
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 
 from notifier.config import WatcherConfig
@@ -31,8 +35,8 @@ FLUSH_EVERY = 0.01  # seconds an outcome may wait to be printed with the ones af
 _Item = list[Outcome] | BaseException | None
 
 
-def run_pass(selected: Sequence[WatcherConfig], workers: int, store: Store, alerts: Alerts | None,
-             dry_run: bool) -> Iterator[Outcome]:
+def run_pass(selected: Sequence[WatcherConfig], workers: int, per_queue: int, store: Store,
+             alerts: Alerts | None, dry_run: bool) -> Iterator[Outcome]:
     """Yield the outcome of checking each of `selected` once, as the checks finish.
 
     A check that raises (a broken state database) stops the pass from starting more; the
@@ -41,7 +45,8 @@ def run_pass(selected: Sequence[WatcherConfig], workers: int, store: Store, aler
     """
     results: queue.SimpleQueue[_Item] = queue.SimpleQueue()
     with ThreadPoolExecutor(workers, thread_name_prefix="check") as pool:
-        driver = _loop.start(_drive(selected, workers, pool, store, alerts, dry_run, results.put))
+        turns = _Turns(selected, per_queue)
+        driver = _loop.start(_drive(turns, workers, pool, store, alerts, dry_run, results.put))
         try:
             while (item := results.get()) is not None:
                 if isinstance(item, BaseException):
@@ -51,7 +56,51 @@ def run_pass(selected: Sequence[WatcherConfig], workers: int, store: Store, aler
             driver.cancel()
 
 
-async def _drive(selected: Sequence[WatcherConfig], workers: int, pool: ThreadPoolExecutor,
+class _Turns:
+    """The checks of a pass in the order they may start: each as it comes, unless its queue
+    (a url's site) has `per_queue` under way; then when one of those ends. Used on the loop."""
+
+    def __init__(self, selected: Sequence[WatcherConfig], per_queue: int) -> None:
+        self._feed = iter(selected)
+        self.per_queue = per_queue
+        self._under_way: collections.Counter[Hashable] = collections.Counter()
+        self._held: dict[Hashable, collections.deque[WatcherConfig]] = {}
+        self._ready: collections.deque[WatcherConfig] = collections.deque()  # given a turn
+        self.more = asyncio.Event()  # set when a held check is given its turn
+
+    def next(self) -> WatcherConfig | None:
+        """The next check to start; None when all have started or the rest are held."""
+        if self._ready:
+            return self._ready.popleft()
+        for wc in self._feed:
+            queue = wc.watcher.queue()
+            if queue is None:
+                return wc
+            if self._under_way[queue] < self.per_queue:
+                self._under_way[queue] += 1
+                return wc
+            self._held.setdefault(queue, collections.deque()).append(wc)
+        return None
+
+    def holding(self) -> bool:
+        return bool(self._held)
+
+    def ended(self, wc: WatcherConfig) -> None:
+        """`wc`'s check ended: the first check held for its queue has the turn."""
+        queue = wc.watcher.queue()
+        if queue is None:
+            return
+        held = self._held.get(queue)
+        if held:
+            self._ready.append(held.popleft())
+            self.more.set()
+            if not held:
+                del self._held[queue]
+        else:
+            self._under_way[queue] -= 1
+
+
+async def _drive(turns: _Turns, workers: int, pool: ThreadPoolExecutor,
                  store: Store, alerts: Alerts | None, dry_run: bool,
                  report: Callable[[_Item], None]) -> None:
     """Start checks while fewer than `workers` are under way; report the outcomes, then None.
@@ -79,13 +128,20 @@ async def _drive(selected: Sequence[WatcherConfig], workers: int, pool: ThreadPo
         except Exception as exc:  # the state database broke: no other check can succeed
             failed.append(exc)
         finally:
+            turns.ended(wc)
             room.release()
 
     try:
-        for wc in selected:
+        while True:
             await room.acquire()
-            if failed:
-                break
+            wc = None if failed else turns.next()
+            if wc is None:
+                room.release()
+                if failed or not turns.holding():
+                    break
+                turns.more.clear()  # nothing is ready (next() took all), so no turn is missed
+                await turns.more.wait()
+                continue
             task = asyncio.create_task(one(wc))
             running.add(task)
             task.add_done_callback(running.discard)

@@ -35,7 +35,7 @@ def url_watcher(name: str, url: str, filters: str = "[]") -> str:
 
 
 def run(cfg: Config, store: Store, dry_run: bool = False) -> list[Outcome]:
-    return list(run_pass(cfg.watchers, cfg.workers, store, None, dry_run))
+    return list(run_pass(cfg.watchers, cfg.workers, cfg.shared.per_host, store, None, dry_run))
 
 
 def test_a_pass_keeps_many_in_flight_and_each_host_gets_per_host(tmp_path: Path) -> None:
@@ -55,6 +55,25 @@ def test_a_pass_keeps_many_in_flight_and_each_host_gets_per_host(tmp_path: Path)
     assert {o.status for o in outcomes} == {"baseline"}
     assert [host.peak_connections for host in hosts] == [PER_HOST] * 4
     assert elapsed < 96 / (4 * PER_HOST) * 0.2 + 1.5, f"the pass took {elapsed:.2f}s"
+
+
+def test_a_hung_sites_checks_take_turns_while_the_others_go_on(
+        tmp_path: Path, http_server: LocalHTTPServer) -> None:
+    """`workers: 2`, `per_host: 1`: three watchers of a site that never answers come first;
+    one of them waits for it at a time, and the five file watchers after them are checked
+    meanwhile (the hung ones had taken both checks' room until their timeout)."""
+    hung = [f"  - {{name: hung-{i}, kind: url, url: '{http_server.url('/hang')}', timeout: 1s}}\n"
+            for i in range(3)]
+    (tmp_path / "f.txt").write_text("text\n")
+    files = [f"  - {{name: file-{i}, kind: file, path: {tmp_path / 'f.txt'}}}\n" for i in range(5)]
+    cfg = load(tmp_path, hung + files, "workers: 2\nper_host: 1\n")
+    store = Store(tmp_path / "state.db")
+    try:
+        outcomes = [o.name for o in run(cfg, store)]
+    finally:
+        store.close()
+    assert outcomes == [f"file-{i}" for i in range(5)] + [f"hung-{i}" for i in range(3)]
+    assert http_server.count("/hang") == 3
 
 
 def test_large_bodies_and_blocking_kinds_are_checked_beside_the_fetches(
