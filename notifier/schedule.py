@@ -305,11 +305,12 @@ class Timetable:
             self._cond.notify()  # more room, maybe: the timer looks again
 
     def next_due(self) -> float | None:
-        """The earliest time any name is due, or None."""
+        """The earliest time any name is due (one held for its queue's turn is due), or None."""
         with self._cond:
             while self._heap and self._stale(self._heap[0]):
                 heapq.heappop(self._heap)
-            return self._heap[0].due if self._heap else None
+            held = (waiting[0].due for waiting in self._held.values())
+            return min(itertools.chain(held, (self._heap[0].due,) if self._heap else ()), default=None)
 
     def _add(self, entry: _Entry) -> None:
         """Make `entry` its name's, and put it in the heap if it is ever due."""

@@ -377,6 +377,7 @@ def test_a_queues_runs_beyond_its_turns_wait_without_taking_room() -> None:
     try:
         poll(lambda: launched("fast") == 4, "the other site's runs beside the queue's two")
         assert launched("slow") == 2
+        assert table.next_due() == now - 1  # the held ones are due
         pending["slow-0"].set_result(None)
         poll(lambda: launched("slow") == 3, "the queue's next run as one of its runs ends")
         table.limit(8, 4)
