@@ -144,7 +144,8 @@ TOP_OPTIONS: tuple[Option, ...] = (
     Option("workers", Int(minimum=1), 100, "How many checks run at the same time; a check mostly "
            "waits for the network, so this is requests in flight, not CPUs."),
     Option("per_host", Int(minimum=1), 8, "At most this many requests in flight to one site (scheme, "
-           "host and port), so one slow site is not hammered."),
+           "host and port), so one slow site is not hammered; its other checks wait their turn "
+           "without taking any of `workers`."),
     Option("browser_workers", Int(minimum=1), 2, "Pages the one shared Chromium renders at the same time."),
     Option("browser_path", Str(), None, "Chromium to run for browser watchers; default: chromium on PATH."),
     Option("log_level", Choice("debug", "info", "warning", "error"), "info", "Log verbosity."),
