@@ -194,6 +194,14 @@ def write_config(path: Path, state_dir: Path, server: PageServer, pages: int, wo
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
+def size_options(parser: argparse.ArgumentParser, sizes: str, hosts: int) -> None:
+    """--sizes, --hosts and --variant: what the benches that compare config sizes ask alike."""
+    parser.add_argument("--sizes", default=sizes, help=f"watcher counts ({sizes})")
+    parser.add_argument("--hosts", type=int, default=hosts, help=f"sites the urls are spread over ({hosts})")
+    parser.add_argument("--variant", default="strip", choices=list(VARIANTS),
+                        help="the filter chain every watcher has (strip)")
+
+
 def outcomes(stdout: str) -> str:
     """'changed=100 unchanged=900'-style summary of a check's per-watcher lines."""
     counts = Counter(word.split("=", 1)[1] for line in stdout.splitlines()

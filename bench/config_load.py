@@ -26,7 +26,12 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_pass import VARIANTS, measure, write_config  # bench scripts run as files, not as a package
+from check_pass import (  # bench scripts run as files, not as a package
+    VARIANTS,
+    measure,
+    size_options,
+    write_config,
+)
 
 VENV_BIN = Path(sys.executable).parent
 TIMEOUT = 600.0  # seconds a run may take before it is killed
@@ -52,11 +57,8 @@ def run(config: Path, command: str) -> tuple[float, float, float]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--sizes", default="1,1000,20000", help="watcher counts (1,1000,20000)")
+    size_options(parser, "1,1000,20000", hosts=50)
     parser.add_argument("--runs", type=int, default=5, help="runs per size (5)")
-    parser.add_argument("--hosts", type=int, default=50, help="sites the urls are spread over (50)")
-    parser.add_argument("--variant", default="strip", choices=list(VARIANTS),
-                        help="the filter chain every watcher has (strip)")
     parser.add_argument("--command", default="validate", help="the notifier command (validate)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]

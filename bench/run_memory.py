@@ -37,7 +37,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from check_pass import VARIANTS  # bench scripts run as files, not as a package
+from check_pass import VARIANTS, size_options  # bench scripts run as files, not as a package
 from loopback import PageServer
 
 VENV_BIN = Path(sys.executable).parent
@@ -82,11 +82,8 @@ def first_pass(config: Path, log: Path, watchers: int, settle: float) -> tuple[f
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--sizes", default="1000,20000", help="watcher counts (1000,20000)")
+    size_options(parser, "1000,20000", hosts=50)
     parser.add_argument("--pages", type=int, default=100, help="distinct pages served (100)")
-    parser.add_argument("--hosts", type=int, default=50, help="loopback sites (50)")
-    parser.add_argument("--variant", default="strip", choices=list(VARIANTS),
-                        help="the filter chain every watcher has (strip)")
     parser.add_argument("--settle", type=float, default=5.0,
                         help="seconds to wait after the last outcome before reading memory (5)")
     args = parser.parse_args()

@@ -315,33 +315,56 @@ def test_timetable_launched_runs_hold_their_name_until_their_future_is_done(runs
         table.shutdown()
 
 
+class Launches:
+    """A Timetable's `launch` under test: a pending future for each name it is given, and the
+    most of them pending at once among the names that start with `counted`."""
+
+    def __init__(self, counted: str = "") -> None:
+        self.counted = counted
+        self.futures: dict[str, Future[None]] = {}
+        self.most = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, name: str) -> Future[None]:
+        future: Future[None] = Future()
+        with self.lock:
+            self.futures[name] = future
+            self.most = max(self.most, sum(1 for n, f in self.futures.items()
+                                           if n.startswith(self.counted) and not f.done()))
+        return future
+
+    def started(self, prefix: str = "") -> int:
+        with self.lock:
+            return sum(1 for n in self.futures if n.startswith(prefix))
+
+    def end(self, name: str) -> None:
+        with self.lock:
+            future = self.futures[name]
+        future.set_result(None)  # its callbacks (the timetable's) run here, outside the lock
+
+    def end_all(self) -> None:
+        with self.lock:
+            pending = [f for f in self.futures.values() if not f.done()]
+        for future in pending:
+            future.set_result(None)
+
+
 def test_launched_runs_count_toward_the_runs_at_once() -> None:
     """Names due together wait in the timetable while `workers` runs are under way, launched
     ones too: a daemon started on thousands of overdue url watchers holds `workers` checks on
     the event loop, not all of them."""
-    pending: list[Future[None]] = []
-    most = 0
-    lock = threading.Lock()
-
-    def launch(name: str) -> Future[None]:
-        nonlocal most
-        future: Future[None] = Future()
-        with lock:
-            pending.append(future)
-            most = max(most, sum(not f.done() for f in pending))
-        return future
-
-    table = Timetable(lambda name: None, workers=3, launch=launch)
+    launches = Launches()
+    table = Timetable(lambda name: None, workers=3, launch=launches)
     for i in range(8):
         table.set(f"w{i}", Never(), first=clock.time())
     table.start()
     try:
-        for done in range(8):  # finish the runs one by one, as each starts
-            poll(functools.partial(lambda n: len(pending) > n, done), f"run {done + 1} of 8")
-            pending[done].set_result(None)
-        with lock:
-            assert most == 3
+        for done in range(8):  # finish the runs one by one, as each starts (in name order)
+            poll(functools.partial(lambda n: launches.started() > n, done), f"run {done + 1} of 8")
+            launches.end(f"w{done}")
+        assert launches.most == 3
     finally:
+        launches.end_all()
         table.shutdown()
 
 
@@ -350,23 +373,8 @@ def test_a_queues_runs_beyond_its_turns_wait_without_taking_room() -> None:
     under way; the rest wait without taking the room of `workers`, so names due later on
     other sites go on; each end of a queue's run starts the next of it, and `limit` (a reload)
     gives a queue more turns at once."""
-    pending: dict[str, Future[None]] = {}
-    most = 0
-    lock = threading.Lock()
-
-    def launch(name: str) -> Future[None]:
-        nonlocal most
-        future: Future[None] = Future()
-        with lock:
-            pending[name] = future
-            most = max(most, sum(1 for n, f in pending.items() if n.startswith("slow") and not f.done()))
-        return future
-
-    def launched(prefix: str) -> int:
-        with lock:
-            return sum(1 for n in pending if n.startswith(prefix))
-
-    table = Timetable(lambda name: None, workers=6, launch=launch, per_queue=2,
+    launches = Launches(counted="slow")
+    table = Timetable(lambda name: None, workers=6, launch=launches, per_queue=2,
                       queue=lambda name: "slow.example" if name.startswith("slow") else None)
     now = clock.time()
     for i in range(8):  # due first: without turns they would take all six runs' room
@@ -375,20 +383,16 @@ def test_a_queues_runs_beyond_its_turns_wait_without_taking_room() -> None:
         table.set(f"fast-{i}", Never(), first=now)
     table.start()
     try:
-        poll(lambda: launched("fast") == 4, "the other site's runs beside the queue's two")
-        assert launched("slow") == 2
+        poll(lambda: launches.started("fast") == 4, "the other site's runs beside the queue's two")
+        assert launches.started("slow") == 2
         assert table.next_due() == now - 1  # the held ones are due
-        pending["slow-0"].set_result(None)
-        poll(lambda: launched("slow") == 3, "the queue's next run as one of its runs ends")
+        launches.end("slow-0")
+        poll(lambda: launches.started("slow") == 3, "the queue's next run as one of its runs ends")
         table.limit(8, 4)
-        poll(lambda: launched("slow") == 5, "two more turns at once after a reload")
-        with lock:
-            assert most == 4
+        poll(lambda: launches.started("slow") == 5, "two more turns at once after a reload")
+        assert launches.most == 4
     finally:
-        with lock:
-            for future in pending.values():
-                if not future.done():
-                    future.set_result(None)
+        launches.end_all()
         table.shutdown()
 
 
