@@ -2,10 +2,11 @@
 
 Threads: checks run from a timetable of their own (notifier.schedule.Timetable: one timer
 thread and a bounded pool of workers, each watcher on its own schedule; a url check runs on
-the event loop that carries its fetch instead, so no worker waits for it); APScheduler runs the
-outbox sender in a one-thread pool, housekeeping (heartbeat, config-file watch) in another and
-delivery probes in a third, so slow watchers can never starve delivery. The main thread only
-waits for signals and reloads.
+the event loop that carries its fetch instead, so no worker waits for it). The daemon's own
+rounds run from three more: the outbox sender on one worker, digests, housekeeping (heartbeat,
+config-file watch) and a fleet's claims on another, and delivery probes and bounce scans on
+a third, so slow watchers can never starve delivery. The main thread only waits for signals
+and reloads.
 """
 
 from __future__ import annotations
@@ -143,7 +144,7 @@ class LazyRelay:
 
 
 class Daemon:
-    """Owns the scheduler, the store and the current config; swaps configs on reload."""
+    """Owns the timetables, the store and the current config; swaps configs on reload."""
 
     def __init__(self, path: Path, debug_smtp: bool = False, state_dir: Path | None = None,
                  reinit: bool = False) -> None:
@@ -268,7 +269,7 @@ class Daemon:
 
     def _wait_for_jobs(self, deadline: float) -> None:
         """Let the running jobs finish, until `deadline`. A fleet daemon keeps renewing the
-        claims of its running checks meanwhile (the paused scheduler no longer does): a lease
+        claims of its running checks meanwhile (the paused housework lane no longer does): a lease
         shorter than SHUTDOWN_TIMEOUT would otherwise lapse, another daemon would check them
         again, and the results this one is finishing would be refused."""
         step = FLEET_POLL if self.fleet is not None else SHUTDOWN_TIMEOUT

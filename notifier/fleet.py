@@ -288,7 +288,7 @@ class Fleet:
 
 
 def next_due(wc: WatcherConfig, now: float) -> float:
-    """The watcher's next grid point after `now` (the same on every host)."""
+    """The watcher's next grid point at or after `now` (the same on every host)."""
     fire = wc.schedule.at_or_after(wc.name, now)
     return fire if fire is not None else now + 86400.0
 

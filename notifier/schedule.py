@@ -78,10 +78,8 @@ class CronExpr:
     @classmethod
     def parse(cls, text: str) -> CronExpr:
         """ValueError with a hint when `text` is not a cron expression APScheduler accepts."""
-        from apscheduler.triggers.cron import CronTrigger  # noqa: PLC0415 - see the class
-
         try:
-            CronTrigger.from_crontab(text)
+            _trigger(text, None)  # kept: the trigger of a watcher without a timezone
         except ValueError as exc:
             raise ValueError(f"{text!r} is not a cron expression ({exc}); use five fields like "
                              f"'*/15 9-18 * * mon-fri'") from None
@@ -175,7 +173,7 @@ class _Entry:
         """Due some time and not running: in the heap, or held for its queue's turn."""
         return not self.running and self.due != math.inf
 
-    def next_due(self, now: float) -> float:
+    def following(self, now: float) -> float:
         """After a run (or a skipped time): the first time of its schedule after the time it was
         due, or its Retry-After if that is later (inf: never)."""
         nxt = self.times.at_or_after(self.name, max(now, self.due + AFTER))
@@ -285,7 +283,7 @@ class Timetable:
             entry = self._entries.get(name)
             if entry is None:
                 return False
-            scheduled = entry.next_due(self.now()) if entry.running else entry.due
+            scheduled = entry.following(self.now()) if entry.running else entry.due
             if when <= scheduled:
                 return False
             entry.not_before = when
@@ -391,14 +389,19 @@ class Timetable:
                     self._cond.wait(self.LONGEST_WAIT)
                     continue
                 heapq.heappop(self._heap)
-                if not self._stale(entry):
+                if self._stale(entry):
+                    continue
+                try:
                     self._start(entry)
+                except Exception as exc:  # a bug in `queue` or `launch`: the run's, not the timer's end
+                    self._report(entry.name, exc)
+                    self._finished(entry)
 
     def _start(self, entry: _Entry) -> None:
         """With the lock held: run a due entry, or skip this time while its name still runs (an
         entry `set` anew during a run)."""
         if entry.name in self._running:
-            entry.due = entry.next_due(self.now())
+            entry.due = entry.following(self.now())
             if entry.waiting():
                 self._push(entry)
             return
@@ -411,12 +414,7 @@ class Timetable:
             self._queue_of[entry.name] = queue
         entry.running = True
         self._running.add(entry.name)
-        try:
-            launched = self.launch(entry.name) if self.launch is not None else None
-        except Exception as exc:  # a bug in `launch`: reported as the run's, and the timer lives on
-            self._report(entry.name, exc)
-            self._finished(entry)
-            return
+        launched = self.launch(entry.name) if self.launch is not None else None
         if launched is None:
             self._hand_over(functools.partial(self._fire, entry))
         else:
@@ -461,7 +459,7 @@ class Timetable:
             if queue is not None:
                 self._next_turn(queue)
             entry.running = False
-            entry.due = self.now() if entry.again else entry.next_due(self.now())
+            entry.due = self.now() if entry.again else entry.following(self.now())
             entry.again = False
             if not self._stale(entry) and entry.waiting():  # not removed or replaced meanwhile
                 self._push(entry)

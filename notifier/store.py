@@ -372,13 +372,8 @@ class Store:
             if gone is not None:
                 raise gone
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    _rollback(self._db)
-                    raise
-                self._db.execute("COMMIT")
+                with _immediate(self._db) as db:
+                    yield db
             except sqlite3.DatabaseError as exc:
                 raise StateError(_explain(self.path, exc)) from None
 
@@ -790,17 +785,25 @@ def _migrate(db: sqlite3.Connection) -> None:
     for version, script in _MIGRATIONS:
         if _schema_version(db) >= version:
             continue
-        db.execute("BEGIN IMMEDIATE")
-        try:
+        with _immediate(db):
             if _schema_version(db) < version:
                 for statement in script.split(";"):
                     if statement.strip():
                         db.execute(statement)
                 db.execute(f"PRAGMA user_version = {version}")
-        except BaseException:
-            _rollback(db)
-            raise
+
+
+@contextmanager
+def _immediate(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """One write transaction: committed at the end, rolled back if anything fails, the COMMIT
+    included (a full disk can refuse it and leave the transaction open, holding the lock)."""
+    db.execute("BEGIN IMMEDIATE")
+    try:
+        yield db
         db.execute("COMMIT")
+    except BaseException:
+        _rollback(db)
+        raise
 
 
 def _rollback(db: sqlite3.Connection) -> None:

@@ -280,73 +280,64 @@ def test_timetable_starts_what_is_due_at_most_a_tick_late_never_early(runs: Runs
         table.shutdown()
 
 
+class Launches:
+    """A Timetable's `launch` under test: a pending future for each run of a name that starts
+    with `only` (the others it declines: they run on the workers), and the most of them pending
+    at once among the names that start with `counted`."""
+
+    def __init__(self, only: str = "", counted: str = "") -> None:
+        self.only = only
+        self.counted = counted
+        self.futures: list[tuple[str, Future[None]]] = []
+        self.most = 0
+        self.lock = threading.Lock()
+
+    def __call__(self, name: str) -> Future[None] | None:
+        if not name.startswith(self.only):
+            return None
+        future: Future[None] = Future()
+        with self.lock:
+            self.futures.append((name, future))
+            self.most = max(self.most, sum(1 for n, f in self.futures
+                                           if n.startswith(self.counted) and not f.done()))
+        return future
+
+    def started(self, prefix: str = "") -> int:
+        with self.lock:
+            return sum(1 for n, _ in self.futures if n.startswith(prefix))
+
+    def end(self, name: str) -> None:
+        """End the first pending run of `name`."""
+        with self.lock:
+            future = next(f for n, f in self.futures if n == name and not f.done())
+        future.set_result(None)  # its callbacks (the timetable's) run here, outside the lock
+
+    def end_all(self) -> None:
+        with self.lock:
+            pending = [f for _, f in self.futures if not f.done()]
+        for future in pending:
+            future.set_result(None)
+
+
 def test_timetable_launched_runs_hold_their_name_until_their_future_is_done(runs: Runs) -> None:
     """A name `launch` takes elsewhere (the daemon: a url check on the event loop) uses no
     worker, is not started again while its future is pending, and is rescheduled once it is
     done; names `launch` declines run on the workers as usual."""
-    pending: list[Future[None]] = []
-    lock = threading.Lock()
-
-    def launch(name: str) -> Future[None] | None:
-        if name != "elsewhere":
-            return None
-        future: Future[None] = Future()
-        with lock:
-            pending.append(future)
-        return future
-
-    table = Timetable(runs, workers=2, launch=launch)
+    launches = Launches(only="elsewhere")
+    table = Timetable(runs, workers=2, launch=launches)
     table.TICK = 0.005
     table.set("elsewhere", every(0.02), first=clock.time())
     table.set("here", every(0.02))
     table.start()
     try:
         poll(lambda: runs.n("here") >= 5, "5 runs of the name on the workers")
-        with lock:
-            assert len(pending) == 1  # its later times were skipped while it was pending
-            pending[0].set_result(None)
-        poll(lambda: len(pending) >= 2, "the launched name started again after its run ended")
+        assert launches.started() == 1  # its later times were skipped while it was pending
+        launches.end("elsewhere")
+        poll(lambda: launches.started() >= 2, "the launched name started again after its run ended")
         assert "elsewhere" not in runs.count  # never run on a worker
     finally:
-        with lock:
-            for future in pending:
-                if not future.done():
-                    future.set_result(None)
+        launches.end_all()
         table.shutdown()
-
-
-class Launches:
-    """A Timetable's `launch` under test: a pending future for each name it is given, and the
-    most of them pending at once among the names that start with `counted`."""
-
-    def __init__(self, counted: str = "") -> None:
-        self.counted = counted
-        self.futures: dict[str, Future[None]] = {}
-        self.most = 0
-        self.lock = threading.Lock()
-
-    def __call__(self, name: str) -> Future[None]:
-        future: Future[None] = Future()
-        with self.lock:
-            self.futures[name] = future
-            self.most = max(self.most, sum(1 for n, f in self.futures.items()
-                                           if n.startswith(self.counted) and not f.done()))
-        return future
-
-    def started(self, prefix: str = "") -> int:
-        with self.lock:
-            return sum(1 for n in self.futures if n.startswith(prefix))
-
-    def end(self, name: str) -> None:
-        with self.lock:
-            future = self.futures[name]
-        future.set_result(None)  # its callbacks (the timetable's) run here, outside the lock
-
-    def end_all(self) -> None:
-        with self.lock:
-            pending = [f for f in self.futures.values() if not f.done()]
-        for future in pending:
-            future.set_result(None)
 
 
 def test_launched_runs_count_toward_the_runs_at_once() -> None:
@@ -447,6 +438,30 @@ def test_soon_runs_a_name_now_and_again_after_its_running_self(runs: Runs) -> No
         assert runs.n("outbox") == 2
         assert "unknown" not in runs.started
     finally:
+        table.shutdown()
+
+
+def test_a_launch_that_raises_is_the_runs_failure_and_the_timer_goes_on() -> None:
+    """A bug in `launch` (or `queue`) reaches `failed` under the name, and the names due after
+    it still start."""
+    seen: list[tuple[str, str]] = []
+    launches = Launches()
+
+    def launch(name: str) -> Future[None] | None:
+        if name == "a-broken":
+            raise RuntimeError("launch broke")
+        return launches(name)
+
+    table = Timetable(lambda name: None, workers=2, launch=launch,
+                      failed=lambda name, exc: seen.append((name, str(exc))))
+    table.set("a-broken", Never(), first=clock.time())
+    table.set("b-fine", Never(), first=clock.time())
+    table.start()
+    try:
+        poll(lambda: launches.started("b-fine") == 1, "the name due after the broken one")
+        assert seen == [("a-broken", "launch broke")]
+    finally:
+        launches.end_all()
         table.shutdown()
 
 

@@ -2,10 +2,11 @@
 
 Every url fetch in the process runs on one asyncio event loop (`_loop`), so a pass keeps a
 hundred requests in flight without a hundred threads; one exchange on a connection is
-`_wire`'s. What does not change between fetches is worked out once: the request line and
-headers per watcher (`Request`), the TLS context per (verify, CA bundle), the proxy and .netrc
-login per site. Idle connections are kept per route (the site, or the proxy and the site) for
-the next fetch, in this pass or the daemon's next one, up to `MAX_IDLE` in all.
+`_wire`'s. What does not change between fetches is worked out once: the TLS context per
+(verify, CA bundle), the proxy and .netrc login per site; a `Request` is made at each fetch
+from the watcher's address and its shared settings. Idle connections are kept per route (the
+site, or the proxy and the site) for the next fetch, in this pass or the daemon's next one, up
+to `MAX_IDLE` in all.
 
 The caller holds the deadline: one asyncio.timeout around the whole fetch (connect, TLS,
 proxy hand-shake, headers, body, every redirect hop), which cancels whatever is waiting when
@@ -409,11 +410,16 @@ async def _open_now(route: Route, site: Site) -> _Conn:
 
 
 async def _reach_proxy(proxy: SplitResult, verify: bool, ca_file: str | None) -> _Conn:
-    via = proxy.scheme.lower()
+    via = proxy.scheme  # urlsplit lower-cases it
     default_port = {"http": 80, "https": 443}.get(via, 1080)
     context = tls_context(verify, ca_file) if via == "https" else None
     try:
-        return await _connect(proxy.hostname or "", proxy.port or default_port, context)
+        port = proxy.port or default_port
+    except ValueError:  # out of range, or not a number: HTTP_PROXY is read as it is
+        raise ProxyFailed(f"the URL of the proxy {proxy.hostname} has an invalid port number; fix "
+                          f"the watcher's `proxy` or the environment's HTTP_PROXY/HTTPS_PROXY") from None
+    try:
+        return await _connect(proxy.hostname or "", port, context)
     except ConnectFailed as exc:
         raise ProxyFailed(f"the proxy {proxy.hostname} could not be reached: {exc}") from None
 
@@ -475,7 +481,7 @@ async def _tunnel(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, pr
 async def _socks(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, proxy: SplitResult,
                  host: str, port: int) -> None:
     """Ask a SOCKS proxy to connect to host:port (RFC 1928 and 1929; SOCKS4 and 4a)."""
-    via = proxy.scheme.lower()
+    via = proxy.scheme  # urlsplit lower-cases it
     remote = via in ("socks5h", "socks4a")  # the proxy resolves the name
     address = host if remote else await _resolve(host, port, socket.AF_INET if via == "socks4" else 0)
     try:

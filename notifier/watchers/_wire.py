@@ -188,7 +188,6 @@ async def _read_body(reader: asyncio.StreamReader, status: int, reason: str, hea
     # With Transfer-Encoding, Content-Length means nothing; without chunked last, the body
     # ends with the connection (RFC 9112, 6.3).
     length = None if transfer or length_text is None else _length(length_text)
-    keep_alive = keep_alive and (chunked or not transfer)
     if not wanted:
         if length is not None and length <= DRAIN_MAX:
             await _exactly(reader, length)
@@ -201,7 +200,7 @@ async def _read_body(reader: asyncio.StreamReader, status: int, reason: str, hea
         body.add(await _exactly(reader, length))
     elif chunked:
         await _read_chunks(reader, body)
-    else:  # HTTP/1.0 style: the body ends with the connection
+    else:  # HTTP/1.0 style, or a transfer-coding without chunked last: ends with the connection
         keep_alive = False
         while data := await reader.read(READ_SIZE):
             body.add(data)

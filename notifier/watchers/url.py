@@ -4,8 +4,8 @@ Built for thousands of watchers per pass with a hundred fetches in flight: every
 on one event loop (`_loop`), connections are kept alive and shared by every url watcher in
 the process, at most `per_host` fetches go to one host at a time (see `_http`), bodies are
 read under a size cap and a total deadline, and decoded by notifier.charset on the caller's
-thread. What stays the same between checks (the request line, headers, TLS and proxy
-settings) is worked out when the config is loaded.
+thread. What stays the same between checks (method, headers, body, TLS and proxy settings)
+is parsed when the config is loaded, once for the watchers written alike.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from email.utils import parsedate_to_datetime
 from functools import partial
 from http import HTTPStatus
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 from notifier.binary import binary_type, summary
 from notifier.charset import codec_name, decode_text
@@ -47,6 +48,17 @@ MiB = 1024 * 1024
 MAX_RETRY_AFTER = 86400.0  # a site asking for a week's pause still gets a look every day
 
 _PROXY_SCHEMES = ("http://", "https://", "socks4://", "socks4a://", "socks5://", "socks5h://")
+
+
+def _check_proxy(proxy: str) -> None:
+    """ValueError unless `proxy` is a proxy URL notifier can use; the message does not repeat
+    it, since it may hold a password."""
+    if not proxy.lower().startswith(_PROXY_SCHEMES):
+        raise ValueError("proxy must be a URL like http://proxy:3128 or socks5://proxy:1080")
+    try:
+        urlsplit(proxy).port  # noqa: B018 - raises for a port out of range or not a number
+    except ValueError:
+        raise ValueError("proxy has an invalid port number; use one from 1 to 65535") from None
 _DENIED = "the site refused access; check the headers (cookies, tokens) the watcher sends"
 _GONE = "the page is gone or has moved; check the url"
 _STATUS_HINTS = {401: _DENIED, 403: _DENIED, 404: _GONE, 410: _GONE,
@@ -157,8 +169,8 @@ class Url(Watcher, kind="url"):
             raise ValueError("ca_file and verify: false contradict each other; keep one")
         data = options.get("data")
         proxy = options.get("proxy")
-        if proxy is not None and not proxy.lower().startswith(_PROXY_SCHEMES):
-            raise ValueError(f"proxy {proxy!r} must be a URL like http://proxy:3128 or socks5://proxy:1080")
+        if proxy is not None:
+            _check_proxy(proxy)
         request = Request.to(self.url, method=method, headers=_headers(options.get("headers")),
                              body=None if data is None else data.encode(),
                              proxy=proxy, verify=verify, ca_file=ca_file)
@@ -206,16 +218,15 @@ class Url(Watcher, kind="url"):
     async def receive(self, previous: Mapping[str, str]) -> Received:
         """The network part of `fetch`, on the event loop: request, redirects, body. The rest
         (status, charset, binary detection) is left to `finish`, wherever it is called."""
-        request = self.request
+        request, settings = self.request, self.settings
         conditional = {}
-        if self.settings.method in ("GET", "HEAD"):
+        if settings.method in ("GET", "HEAD"):
             if previous.get("etag"):
                 conditional["If-None-Match"] = previous["etag"]
             if previous.get("last_modified"):
                 conditional["If-Modified-Since"] = previous["last_modified"]
             if conditional:  # the watcher's own headers win, as they always did
                 request = replace(request, headers={**conditional, **request.headers})
-        settings = self.settings
         connect = settings.connect_timeout if settings.connect_timeout < settings.timeout else None
         try:
             async with limits.slot(request.site):

@@ -12,12 +12,12 @@ from typing import Any
 import pytest
 
 from notifier.errors import WatchError
-from notifier.options import parse_options
 from notifier.watchers import _http, _loop
 from notifier.watchers._http import PER_HOST, close_pools, configure, limits
 from notifier.watchers.url import Url
 from tests.servers.http import LocalHTTPServer, Stream, server_context
 from tests.servers.smtp import LocalCA
+from tests.watchers._build import url_watcher
 from tests.watchers._timing import timed
 
 TIMEOUT = 1.0
@@ -27,10 +27,7 @@ SLACK = 0.5  # scheduling noise on a loaded machine; a per-read timeout would ne
 pytestmark = pytest.mark.usefixtures("hermetic_http")
 
 
-def watcher(url: str, **raw: Any) -> Url:
-    values, problems = parse_options({"url": url, **raw}, Url.options, "watchers.yaml", "watchers.w")
-    assert not problems, problems
-    return Url(values)
+watcher = url_watcher
 
 
 def test_per_host_limit_is_obeyed_and_other_hosts_go_on(http_server: LocalHTTPServer) -> None:

@@ -15,12 +15,12 @@ from typing import Any
 import pytest
 
 from notifier.errors import WatchError
-from notifier.options import parse_options
 from notifier.watchers._http import close_pools
 from notifier.watchers.url import Url
 from tests.servers.http import LocalHTTPServer, server_context
 from tests.servers.proxy import HttpProxy, SocksProxy
 from tests.servers.smtp import LocalCA
+from tests.watchers._build import url_watcher
 
 SITE = {"site.test": "127.0.0.1"}  # a name only the test proxies can resolve
 
@@ -29,10 +29,7 @@ pytestmark = pytest.mark.usefixtures("hermetic_http")
 
 
 def watcher(url: str, **raw: Any) -> Url:
-    values, problems = parse_options({"url": url, "timeout": "5s", **raw}, Url.options,
-                                     "watchers.yaml", "watchers.w")
-    assert not problems, problems
-    return Url(values)
+    return url_watcher(url, **{"timeout": "5s", **raw})
 
 
 def free_port() -> int:
@@ -235,6 +232,18 @@ def test_no_proxy_names_networks_of_addresses(
         assert watcher(http_server.url("/")).fetch({}).text == "hello"
         assert len(proxy.asked) == (0 if direct else 1)
     assert http_server.count("/") == 1
+
+
+def test_a_proxy_from_the_environment_with_a_bad_port_is_a_watch_error(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """HTTP_PROXY is not checked like the config: its bad port is the check's error, with the
+    proxy's name and what to fix (never its password), not an unexpected bug."""
+    monkeypatch.setenv("HTTP_PROXY", "http://user:secret@proxy.test:99999")
+    close_pools()  # the environment's proxies are read once per site
+    bad_port = r"the URL of the proxy proxy\.test has an invalid port number"
+    with pytest.raises(WatchError, match=bad_port) as caught:
+        watcher("http://site.test/").fetch({})
+    assert "secret" not in str(caught.value)
 
 
 def test_an_https_proxy_carries_a_sites_tls_inside_its_own(

@@ -16,7 +16,6 @@ import pytest
 
 from notifier.binary import describe_change
 from notifier.errors import WatchError
-from notifier.options import parse_options
 from notifier.watchers import _http
 from notifier.watchers.url import Url
 from tests.servers.http import (
@@ -29,6 +28,7 @@ from tests.servers.http import (
     server_context,
 )
 from tests.servers.smtp import LocalCA
+from tests.watchers._build import url_watcher
 from tests.watchers._timing import timed
 
 LAST_MODIFIED = "Wed, 21 Oct 2015 07:28:00 GMT"
@@ -37,11 +37,7 @@ LAST_MODIFIED = "Wed, 21 Oct 2015 07:28:00 GMT"
 pytestmark = pytest.mark.usefixtures("hermetic_http")
 
 
-def watcher(**raw: Any) -> Url:
-    """Build a watcher the way the config loader does: parse, fill defaults, construct."""
-    values, problems = parse_options(raw, Url.options, "watchers.yaml", "watchers.w")
-    assert not problems, problems
-    return Url(values)
+watcher = url_watcher
 
 
 def test_watchers_written_alike_share_settings_that_go_with_the_last_of_them() -> None:
@@ -220,6 +216,7 @@ def test_connection_refused_is_a_watch_error() -> None:
     ({"url": "https://example.com/", "encoding": "klingon"}, "encoding 'klingon' is unknown"),
     ({"url": "https://example.com/", "headers": {"Cookie": "name=张三"}}, "one line of ASCII"),
     ({"url": "https://example.com/", "proxy": "proxy:3128"}, "must be a URL like http://proxy:3128"),
+    ({"url": "https://example.com/", "proxy": "http://u:secret@proxy:99999"}, r"^proxy has an invalid port"),
     ({"url": "http://exa mple.com/"}, "is not a valid address"),
 ])
 def test_unusable_options_are_rejected(raw: dict[str, Any], message: str) -> None:

@@ -17,10 +17,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from notifier.errors import WatchError
-from notifier.options import parse_options
 from notifier.watchers import _http
 from notifier.watchers.url import Url
 from tests.servers.raw import HANGUP, RawServer, Reply
+from tests.watchers._build import url_watcher
 
 OK_HEAD = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n"
 
@@ -36,10 +36,7 @@ def raw_server() -> Iterator[RawServer]:
 
 
 def watcher(url: str, **raw: Any) -> Url:
-    values, problems = parse_options({"url": url, "timeout": "5s", **raw}, Url.options,
-                                     "watchers.yaml", "watchers.w")
-    assert not problems, problems
-    return Url(values)
+    return url_watcher(url, **{"timeout": "5s", **raw})
 
 
 def encode(data: bytes, coding: str) -> bytes:
